@@ -1,0 +1,77 @@
+"""notifykit: async notifications over pluggable transports.
+
+Public API only; everything else lives in private ``_modules``.
+"""
+
+from ._clock import Clock, EventLoopClock
+from ._config import NotifierConfig, TransportConfig
+from ._deadletter import DeadLetter, DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path, read_dead_letters
+from ._errors import (
+    BatchError,
+    ConfigError,
+    InvalidNotificationError,
+    MissingDependencyError,
+    NotifierClosedError,
+    NotifyKitError,
+    PermanentError,
+    TransientError,
+    TransportError,
+    UnknownTransportError,
+)
+from ._formats import WireFormat, cloudevent_attributes
+from ._loading import NAMESPACE, installed_schemes, load_transport_class
+from ._message import ContextLike, Notification, Priority, RequestContext
+from ._notifier import Notifier, PreparedNotifier, SupportsNotify
+from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
+from ._settings import TransportSettings
+from ._stats import TransportState, TransportStats
+from ._transport import Transport
+from ._url import ParsedURL, parse_url, redact_url
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NAMESPACE",
+    "BatchError",
+    "CircuitPolicy",
+    "Clock",
+    "ConfigError",
+    "ContextLike",
+    "DeadLetter",
+    "DeadLetterSink",
+    "EventLoopClock",
+    "Filter",
+    "InvalidNotificationError",
+    "JsonlDeadLetterSink",
+    "MissingDependencyError",
+    "Notification",
+    "Notifier",
+    "NotifierClosedError",
+    "NotifierConfig",
+    "NotifyKitError",
+    "OverflowPolicy",
+    "ParsedURL",
+    "PermanentError",
+    "PreparedNotifier",
+    "Priority",
+    "RequestContext",
+    "RetryPolicy",
+    "SupportsNotify",
+    "TransientError",
+    "Transport",
+    "TransportConfig",
+    "TransportError",
+    "TransportSettings",
+    "TransportState",
+    "TransportStats",
+    "UnknownTransportError",
+    "WireFormat",
+    "cloudevent_attributes",
+    "default_dead_letter_path",
+    "installed_schemes",
+    "load_transport_class",
+    "parse_url",
+    "read_dead_letters",
+    "redact_url",
+    "__version__",
+]

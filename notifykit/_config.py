@@ -1,0 +1,294 @@
+"""Explicit configuration objects, built from a URL or a TOML file/mapping."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+from ._formats import WireFormat
+from ._message import Priority
+from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
+from ._url import parse_url, redact_url
+
+__all__ = ["NotifierConfig", "TransportConfig"]
+
+DEFAULT_QUEUE_SIZE = 10_000
+DEFAULT_BLOCK_TIMEOUT = 5.0
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT = 10.0
+DEFAULT_TOPICS = ("notifications",)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """One transport: where (URL), how (format, topics, options) and the delivery policies.
+
+    The URL may carry secrets; ``repr`` shows it redacted.
+    """
+
+    url: str
+    name: str | None = None
+    format: WireFormat | None = None
+    topics: tuple[str, ...] = DEFAULT_TOPICS
+    filter: Filter = field(default_factory=Filter)
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    overflow: OverflowPolicy = OverflowPolicy.BLOCK
+    block_timeout: float | None = DEFAULT_BLOCK_TIMEOUT
+    batch_size: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+    options: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ConfigError(f"queue_size must be >= 1, got {self.queue_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.block_timeout is not None and self.block_timeout < 0:
+            raise ConfigError(f"block_timeout must be >= 0, got {self.block_timeout}")
+        if not self.topics:
+            raise ConfigError("topics must name at least one topic")
+
+    def __repr__(self) -> str:
+        return f"TransportConfig(name={self.name!r}, url={redact_url(self.url)!r}, format={self.format})"
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> TransportConfig:
+        """Core keys in the query string (format, topics, queue_size, overflow, retry_*,
+        circuit_*, event_types, min_priority, …) set policies; the rest are the transport's."""
+        parsed = parse_url(url)
+        core: dict[str, Any] = {}
+        keys: list[str] = []
+        for key, value in parsed.query:
+            if key in _URL_KEYS:
+                keys.append(key)
+                core.setdefault(key, []).append(value)
+        table: dict[str, Any] = {}
+        for key, values in core.items():
+            table[key] = values if key in _LIST_KEYS else values[-1]
+        remaining = [(k, v) for k, v in parsed.query if k not in _URL_KEYS]
+        options: dict[str, list[str]] = {}
+        for key, value in remaining:
+            options.setdefault(key, []).append(value)
+        base = _strip_query(url, set(keys))
+        config = _transport_from_table(table | {"url": base}, where=parsed.redacted, coerce_strings=True)
+        config = replace(config, options=options)
+        return replace(config, **overrides) if overrides else config
+
+
+def _strip_query(url: str, core_keys: set[str]) -> str:
+    """The URL without the core's own query keys (the transport sees only its options)."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    kept = [pair for pair in query.split("&") if pair and pair.split("=", 1)[0] not in core_keys]
+    return f"{head}?{'&'.join(kept)}" if kept else head
+
+
+_URL_KEYS = {
+    "name", "format", "topic", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
+    "event_types", "min_priority", "retry_initial_delay", "retry_max_delay", "retry_multiplier",
+    "retry_max_elapsed", "retry_max_attempts", "circuit_failure_threshold", "circuit_reset_timeout",
+}
+_LIST_KEYS = {"topic", "topics", "event_types"}
+_TABLE_KEYS = {"url", "name", "format", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
+               "filter", "retry", "circuit", "options"}
+_RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_attempts"}
+_CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
+_FILTER_KEYS = {"event_types", "min_priority"}
+_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports"}
+
+
+def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
+    if value is None or (none_ok and isinstance(value, str) and value.lower() in {"none", "never", ""}):
+        if none_ok:
+            return None
+        raise ConfigError(f"{where}: {key} must be a number")
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def _str_list(value: Any, key: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = []
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigError(f"{where}: {key} must be a list of strings")
+            items.extend(item.split(","))
+    else:
+        raise ConfigError(f"{where}: {key} must be a string or a list of strings")
+    result = tuple(item.strip() for item in items if item.strip())
+    if not result:
+        raise ConfigError(f"{where}: {key} is empty")
+    return result
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _sub_table(table: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_strings: bool = False) -> TransportConfig:
+    """Build a TransportConfig from a TOML table or from URL query keys (``retry_*``)."""
+    flat = dict(table)
+    nested_retry = dict(_sub_table(flat, "retry", where))
+    nested_circuit = dict(_sub_table(flat, "circuit", where))
+    nested_filter = dict(_sub_table(flat, "filter", where))
+    if coerce_strings:  # URL form: retry_initial_delay=… etc.
+        for key in list(flat):
+            if key.startswith("retry_"):
+                nested_retry[key[len("retry_"):]] = flat.pop(key)
+            elif key.startswith("circuit_"):
+                nested_circuit[key[len("circuit_"):]] = flat.pop(key)
+            elif key in _FILTER_KEYS:
+                nested_filter[key] = flat.pop(key)
+        if "topic" in flat:
+            flat["topics"] = list(flat.pop("topic")) + list(flat.pop("topics", []))
+        flat.pop("retry", None), flat.pop("circuit", None), flat.pop("filter", None)
+    else:
+        _check_keys(flat, _TABLE_KEYS, where)
+    _check_keys(nested_retry, _RETRY_KEYS, f"{where} [retry]")
+    _check_keys(nested_circuit, _CIRCUIT_KEYS, f"{where} [circuit]")
+    _check_keys(nested_filter, _FILTER_KEYS, f"{where} [filter]")
+
+    url = flat.get("url")
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"{where}: 'url' is required and must be a string")
+    parse_url(url)  # malformed URLs fail here, at configuration time
+
+    retry = RetryPolicy(**_policy_fields(nested_retry, RetryPolicy(), "retry", where,
+                                         {"max_attempts": int}, nullable={"max_elapsed", "max_attempts"}))
+    circuit = CircuitPolicy(**_policy_fields(nested_circuit, CircuitPolicy(), "circuit", where,
+                                             {"failure_threshold": int}))
+    min_priority = nested_filter.get("min_priority")
+    flt = Filter(
+        event_types=_str_list(nested_filter["event_types"], "event_types", where) if "event_types" in nested_filter else ("*",),
+        min_priority=None if min_priority is None else _priority(min_priority, where),
+    )
+    options = flat.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: [options] must be a table")
+    name = flat.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}: name must be a string")
+    fmt = flat.get("format")
+    return TransportConfig(
+        url=url,
+        name=name,
+        format=None if fmt is None else WireFormat.parse(fmt),
+        topics=_str_list(flat["topics"], "topics", where) if "topics" in flat else DEFAULT_TOPICS,
+        filter=flt,
+        queue_size=_number(flat.get("queue_size", DEFAULT_QUEUE_SIZE), "queue_size", where, int),
+        overflow=OverflowPolicy.parse(flat.get("overflow", OverflowPolicy.BLOCK)),
+        block_timeout=_number(flat.get("block_timeout", DEFAULT_BLOCK_TIMEOUT), "block_timeout", where, float, none_ok=True),
+        batch_size=_number(flat.get("batch_size"), "batch_size", where, int, none_ok=True),
+        retry=retry,
+        circuit=circuit,
+        options={str(k): _option_value(v, str(k), where) for k, v in options.items()},
+    )
+
+
+def _policy_fields(table: Mapping[str, Any], defaults: Any, prefix: str, where: str,
+                   kinds: Mapping[str, type[int]], nullable: set[str] | None = None) -> dict[str, Any]:
+    """Typed policy fields from a TOML/URL table, falling back to the dataclass defaults."""
+    values: dict[str, Any] = {}
+    for name in defaults.__dataclass_fields__:
+        raw = table.get(name, getattr(defaults, name))
+        kind: type[int] | type[float] = kinds.get(name, float)
+        values[name] = _number(raw, f"{prefix}.{name}", where, kind, none_ok=name in (nullable or set()))
+    return values
+
+
+def _priority(value: Any, where: str) -> Priority:
+    try:
+        return Priority.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: min_priority: {exc}") from None
+
+
+def _option_value(value: Any, key: str, where: str) -> str | list[str]:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError(f"{where}: option {key!r} must be a string, number, boolean or list of them")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    """Everything a Notifier needs: its transports and the notifier-wide settings."""
+
+    transports: tuple[TransportConfig, ...]
+    publisher_id: str = "notifykit"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    dead_letter_path: Path | None = None
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.transports:
+            raise ConfigError("a Notifier needs at least one transport")
+        if self.max_payload_bytes < 1:
+            raise ConfigError("max_payload_bytes must be >= 1")
+        if not self.publisher_id:
+            raise ConfigError("publisher_id must not be empty")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, where: str = "configuration") -> NotifierConfig:
+        """Top-level keys publisher_id, max_payload_bytes, dead_letter_path, close_timeout,
+        and a ``[transports.NAME]`` table per transport."""
+        _check_keys(data, _NOTIFIER_KEYS, where)
+        tables = data.get("transports")
+        if not isinstance(tables, Mapping) or not tables:
+            raise ConfigError(f"{where}: needs at least one [transports.NAME] table with a url")
+        transports = []
+        for name, table in tables.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{where}: [transports.{name}] must be a table")
+            config = _transport_from_table(table, where=f"{where} [transports.{name}]")
+            transports.append(replace(config, name=str(name)))
+        dead = data.get("dead_letter_path")
+        publisher_id = data.get("publisher_id", "notifykit")
+        if not isinstance(publisher_id, str):
+            raise ConfigError(f"{where}: publisher_id must be a string")
+        return cls(
+            transports=tuple(transports),
+            publisher_id=publisher_id,
+            max_payload_bytes=_number(data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES), "max_payload_bytes", where, int),
+            dead_letter_path=None if dead is None else Path(str(dead)),
+            close_timeout=_number(data.get("close_timeout", DEFAULT_CLOSE_TIMEOUT), "close_timeout", where, float),
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> NotifierConfig:
+        """Read a TOML file; a syntax error names the file and the line."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {str(path)!r}: {exc}") from None
+        return cls.from_mapping(data, where=str(path))

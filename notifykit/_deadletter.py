@@ -1,0 +1,87 @@
+"""Where notifications go when they cannot be delivered: never silently dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import anyio.to_thread
+
+from ._formats import WireFormat
+from ._message import Notification
+
+__all__ = ["DeadLetter", "DeadLetterSink", "JsonlDeadLetterSink", "default_dead_letter_path", "read_dead_letters"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A notification one transport gave up on, and why."""
+
+    transport: str
+    reason: str
+    notification: Notification
+    failed_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport,
+            "reason": self.reason,
+            "failed_at": self.failed_at.isoformat(timespec="microseconds"),
+            "message": json.loads(self.notification.encode(WireFormat.JSON)),
+        }
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Stores dead letters; ``write`` must not block the event loop."""
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+def default_dead_letter_path() -> Path:
+    """``$NOTIFYKIT_DEAD_LETTERS``, else ``$XDG_STATE_HOME/notifykit/deadletters.jsonl``."""
+    explicit = os.environ.get("NOTIFYKIT_DEAD_LETTERS")
+    if explicit:
+        return Path(explicit)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "notifykit" / "deadletters.jsonl"
+
+
+class JsonlDeadLetterSink:
+    """Appends one JSON object per dead letter to a file, fsynced, in a worker thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def _append(self, lines: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        lines = "".join(json.dumps(letter.as_dict(), ensure_ascii=False) + "\n" for letter in letters)
+        await anyio.to_thread.run_sync(self._append, lines)
+
+    def __repr__(self) -> str:
+        return f"JsonlDeadLetterSink({str(self.path)!r})"
+
+
+def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL dead-letter file (blocking; for CLIs and tests)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

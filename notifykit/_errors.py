@@ -1,0 +1,73 @@
+"""Every error notifykit raises, in one place so callers can catch by family."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "BatchError",
+    "ConfigError",
+    "InvalidNotificationError",
+    "MissingDependencyError",
+    "NotifierClosedError",
+    "NotifyKitError",
+    "PermanentError",
+    "TransientError",
+    "TransportError",
+    "UnknownTransportError",
+]
+
+
+class NotifyKitError(Exception):
+    """Base class of every error raised by notifykit."""
+
+
+class ConfigError(NotifyKitError, ValueError):
+    """A URL, TOML file or option is malformed or names something unknown."""
+
+
+class UnknownTransportError(ConfigError):
+    """No installed transport serves the URL scheme."""
+
+    def __init__(self, scheme: str, installed: list[str]) -> None:
+        self.scheme = scheme
+        self.installed = installed
+        names = ", ".join(installed) if installed else "none"
+        super().__init__(f"unknown transport scheme {scheme!r}; installed transports: {names}")
+
+
+class MissingDependencyError(ConfigError):
+    """A transport is registered but its optional dependencies are not installed."""
+
+
+class InvalidNotificationError(NotifyKitError, ValueError):
+    """The notification cannot be sent as given (event type, payload, context)."""
+
+
+class NotifierClosedError(NotifyKitError, RuntimeError):
+    """notify() was called on a Notifier that is not open."""
+
+
+class TransportError(NotifyKitError):
+    """Raised by a transport's send(); tells the dispatcher whether to retry."""
+
+
+class TransientError(TransportError):
+    """Delivery failed but may succeed later (broker down, timeout, 5xx)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(TransportError):
+    """Delivery can never succeed for this message (rejected, too large, forbidden)."""
+
+
+class BatchError(TransportError):
+    """Part of a batch failed; messages whose index is not in ``failures`` were sent."""
+
+    def __init__(self, failures: Mapping[int, TransientError | PermanentError]) -> None:
+        self.failures = dict(failures)
+        kinds = sorted({type(e).__name__ for e in self.failures.values()})
+        super().__init__(f"{len(self.failures)} message(s) of the batch failed ({', '.join(kinds)})")

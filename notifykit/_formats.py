@@ -1,0 +1,121 @@
+"""Wire formats: how a Notification becomes bytes on a transport.
+
+* ``oslo`` — oslo.messaging's messagingv2 envelope, what Ceilometer's listener reads;
+* ``cloudevents`` — CloudEvents 1.0 structured JSON;
+* ``json`` — the plain message.
+
+The payload is spliced in already encoded (``Notification.payload_json``), so it is
+serialised once per notification whatever the number of transports and formats.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._message import Notification
+
+__all__ = ["WireFormat", "OSLO_TIMESTAMP_FORMAT"]
+
+#: oslo.messaging writes ``str(timeutils.utcnow())``: naive UTC, space separated.
+OSLO_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_COMPACT = (",", ":")
+
+
+def _with_payload(head: dict[str, Any], key: str, payload_json: str) -> str:
+    """JSON of ``head`` with ``key`` set to the pre-encoded payload, appended last."""
+    text = json.dumps(head, separators=_COMPACT, ensure_ascii=False)
+    return f'{text[:-1]},"{key}":{payload_json}}}'
+
+
+def _encode_json(n: Notification) -> bytes:
+    head = {
+        "message_id": n.message_id,
+        "event_type": n.event_type,
+        "priority": n.priority.value,
+        "publisher_id": n.publisher_id,
+        "timestamp": n.iso_timestamp,
+        "context": n.context.as_dict(),
+    }
+    return _with_payload(head, "payload", n.payload_json).encode()
+
+
+def _encode_oslo(n: Notification) -> bytes:
+    inner: dict[str, Any] = {
+        "message_id": n.message_id,
+        "publisher_id": n.publisher_id,
+        "event_type": n.event_type,
+        "priority": n.priority.value.upper(),
+        "timestamp": n.timestamp.strftime(OSLO_TIMESTAMP_FORMAT),
+        # oslo's rabbit driver adds this; its listener drops redeliveries with a seen id.
+        "_unique_id": n.message_id.replace("-", ""),
+    }
+    for key, value in n.context.as_dict().items():
+        inner[f"_context_{key}"] = value
+    message = _with_payload(inner, "payload", n.payload_json)
+    envelope = {"oslo.version": "2.0", "oslo.message": message}
+    return json.dumps(envelope, separators=_COMPACT, ensure_ascii=False).encode()
+
+
+#: Context fields carried as CloudEvents extension attributes (names must be [a-z0-9]).
+_CE_EXTENSIONS = (("request_id", "requestid"), ("user_id", "userid"), ("project_id", "projectid"),
+                  ("traceparent", "traceparent"))
+
+
+def cloudevent_attributes(n: Notification) -> dict[str, str]:
+    """CloudEvents context attributes (everything but data) — shared by structured and binary mode."""
+    attrs = {
+        "specversion": "1.0",
+        "id": n.message_id,
+        "source": n.publisher_id,
+        "type": n.event_type,
+        "time": n.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "datacontenttype": "application/json",
+        "priority": n.priority.value,
+    }
+    for field_name, attr in _CE_EXTENSIONS:
+        value = getattr(n.context, field_name)
+        if value is not None:
+            attrs[attr] = value
+    return attrs
+
+
+def _encode_cloudevents(n: Notification) -> bytes:
+    return _with_payload(dict(cloudevent_attributes(n)), "data", n.payload_json).encode()
+
+
+class WireFormat(enum.StrEnum):
+    """How a transport lays a notification on the wire."""
+
+    OSLO = "oslo"
+    CLOUDEVENTS = "cloudevents"
+    JSON = "json"
+
+    @classmethod
+    def parse(cls, value: WireFormat | str) -> WireFormat:
+        if isinstance(value, WireFormat):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(f.value for f in cls)
+            raise ConfigError(f"unknown format {value!r}; expected one of {names}") from None
+
+    @property
+    def content_type(self) -> str:
+        """MIME type of the encoded bytes."""
+        if self is WireFormat.CLOUDEVENTS:
+            return "application/cloudevents+json"
+        return "application/json"
+
+    def serialise(self, n: Notification) -> bytes:
+        """Encode without caching; use ``Notification.encode`` to share the result."""
+        if self is WireFormat.OSLO:
+            return _encode_oslo(n)
+        if self is WireFormat.CLOUDEVENTS:
+            return _encode_cloudevents(n)
+        return _encode_json(n)

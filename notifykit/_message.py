@@ -1,0 +1,263 @@
+"""The immutable notification, its priority and its request context."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ._errors import InvalidNotificationError
+
+if TYPE_CHECKING:
+    from ._formats import WireFormat
+
+__all__ = ["Notification", "Priority", "RequestContext", "ContextLike"]
+
+_LEVELS = {
+    "debug": 10,
+    "sample": 15,
+    "info": 20,
+    "audit": 25,
+    "warn": 30,
+    "error": 40,
+    "critical": 50,
+}
+
+
+class Priority(enum.StrEnum):
+    """oslo.messaging's notification priorities, ordered by ``level`` for filters."""
+
+    AUDIT = "audit"
+    DEBUG = "debug"
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+    CRITICAL = "critical"
+    SAMPLE = "sample"
+
+    @property
+    def level(self) -> int:
+        """Severity used by ``min_priority`` filters (debug < sample < info < audit < warn < error < critical)."""
+        return _LEVELS[self.value]
+
+    @classmethod
+    def parse(cls, value: str | Priority) -> Priority:
+        """Accept 'info', 'INFO' or 'warning' (alias of warn) and give one clear error otherwise."""
+        if isinstance(value, Priority):
+            return value
+        text = str(value).strip().lower()
+        if text == "warning":
+            text = "warn"
+        try:
+            return cls(text)
+        except ValueError:
+            names = ", ".join(p.value for p in cls)
+            raise InvalidNotificationError(f"unknown priority {value!r}; expected one of {names}") from None
+
+
+_CONTEXT_FIELDS = ("request_id", "user_id", "project_id", "traceparent")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked for the action being reported, carried beside the payload.
+
+    ``extra`` holds any further JSON-serialisable keys (oslo contexts carry many).
+    """
+
+    request_id: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    traceparent: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, ctx: ContextLike) -> RequestContext:
+        """Build a context from a mapping (``{}`` is fine), a RequestContext or None."""
+        if ctx is None:
+            return _EMPTY_CONTEXT
+        if isinstance(ctx, RequestContext):
+            return ctx
+        if not isinstance(ctx, Mapping):
+            raise InvalidNotificationError(
+                f"context must be a mapping or RequestContext, not {type(ctx).__name__}"
+            )
+        if not ctx:
+            return _EMPTY_CONTEXT
+        known: dict[str, str | None] = {}
+        extra: dict[str, Any] = {}
+        for key, value in ctx.items():
+            if not isinstance(key, str):
+                raise InvalidNotificationError(f"context keys must be strings, got {key!r}")
+            if key in _CONTEXT_FIELDS:
+                if value is not None and not isinstance(value, str):
+                    raise InvalidNotificationError(f"context field {key!r} must be a string")
+                known[key] = value
+            elif key == "tenant" and "project_id" not in ctx:
+                known["project_id"] = None if value is None else str(value)
+            else:
+                extra[key] = value
+        return cls(extra=extra, **known)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The context as a flat dict without empty fields (what the wire formats carry)."""
+        out: dict[str, Any] = {}
+        for name in _CONTEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out.update(self.extra)
+        return out
+
+    def validate(self) -> None:
+        """Reject a malformed traceparent or unserialisable extra keys at the call site."""
+        if self.traceparent is not None and not _TRACEPARENT.match(self.traceparent):
+            raise InvalidNotificationError(
+                f"context traceparent {self.traceparent!r} is not a W3C traceparent"
+            )
+        if self.extra:
+            try:
+                json.dumps(self.extra, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidNotificationError(f"context is not JSON-serialisable: {exc}") from None
+
+
+_EMPTY_CONTEXT = RequestContext()
+
+ContextLike = Mapping[str, Any] | RequestContext | None
+
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+MAX_EVENT_TYPE_LENGTH = 255
+
+
+def validate_event_type(event_type: object) -> str:
+    """Dotted words such as ``backup.create.start``; anything else is an error."""
+    if not isinstance(event_type, str):
+        raise InvalidNotificationError(f"event_type must be a string, not {type(event_type).__name__}")
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH or not _EVENT_TYPE.match(event_type):
+        raise InvalidNotificationError(
+            f"invalid event_type {event_type!r}: expected dotted words of letters, digits, '_' or '-'"
+            f" (e.g. 'backup.create.start'), at most {MAX_EVENT_TYPE_LENGTH} characters"
+        )
+    return event_type
+
+
+def _find_unserialisable(value: Any, path: str) -> str | None:
+    """Locate the first value json cannot encode, so the error can name it."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            found = _find_unserialisable(item, f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _find_unserialisable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value!r}, which JSON cannot represent"
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    return f"{path} is of type {type(value).__name__}"
+
+
+def serialise_payload(payload: object, max_bytes: int) -> str:
+    """Encode the payload once, checking it is a JSON object within the size limit."""
+    if not isinstance(payload, Mapping):
+        raise InvalidNotificationError(f"payload must be a JSON object (a mapping), not {type(payload).__name__}")
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        where = _find_unserialisable(payload, "payload") or "payload"
+        raise InvalidNotificationError(f"payload is not JSON-serialisable: {where}") from None
+    size = len(text.encode()) if not text.isascii() else len(text)
+    if size > max_bytes:
+        raise InvalidNotificationError(
+            f"payload is {size} bytes encoded, over the limit of {max_bytes} bytes (max_payload_bytes)"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Notification:
+    """One event, validated and serialised once; every transport shares this object.
+
+    Build with :meth:`create`; ``payload_json`` is the payload already encoded,
+    and ``encode()`` caches each wire format's bytes so that two transports with the
+    same format share one encoding.
+    """
+
+    message_id: str
+    event_type: str
+    priority: Priority
+    publisher_id: str
+    timestamp: datetime
+    payload: Mapping[str, Any]
+    context: RequestContext
+    payload_json: str
+    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+        publisher_id: str,
+        context: ContextLike = None,
+        max_payload_bytes: int = 1024 * 1024,
+        message_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> Notification:
+        """Validate everything the caller gave and raise one clear error if anything is wrong."""
+        ctx = RequestContext.coerce(context)
+        ctx.validate()
+        payload_json = serialise_payload(payload, max_payload_bytes)
+        if timestamp is None:
+            timestamp = datetime.now(UTC)
+        elif timestamp.tzinfo is None:
+            raise InvalidNotificationError("timestamp must be timezone-aware (UTC)")
+        return cls(
+            message_id=message_id or str(uuid.uuid4()),
+            event_type=validate_event_type(event_type),
+            priority=Priority.parse(priority),
+            publisher_id=publisher_id,
+            timestamp=timestamp.astimezone(UTC),
+            payload=payload,
+            context=ctx,
+            payload_json=payload_json,
+        )
+
+    @property
+    def iso_timestamp(self) -> str:
+        """UTC, ISO 8601 with microseconds, e.g. ``2026-11-25T12:00:00.000001+00:00``."""
+        return self.timestamp.isoformat(timespec="microseconds")
+
+    def encode(self, wire_format: WireFormat | str) -> bytes:
+        """The notification in a wire format, computed once per format."""
+        from ._formats import WireFormat
+
+        fmt = WireFormat.parse(wire_format)
+        cached = self._encoded.get(fmt.value)
+        if cached is None:
+            cached = fmt.serialise(self)
+            self._encoded[fmt.value] = cached
+        return cached
+
+    def __repr__(self) -> str:
+        return (
+            f"Notification(message_id={self.message_id!r}, event_type={self.event_type!r},"
+            f" priority={self.priority.value!r}, publisher_id={self.publisher_id!r})"
+        )

@@ -1,0 +1,329 @@
+"""The Notifier: validates at the call site, then hands off to one dispatcher per transport."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._clock import Clock, EventLoopClock
+from ._config import NotifierConfig, TransportConfig
+from ._deadletter import DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path
+from ._dispatcher import Dispatcher
+from ._errors import ConfigError, NotifierClosedError
+from ._loading import load_transport_class
+from ._message import ContextLike, Notification, Priority
+from ._settings import TransportSettings
+from ._stats import TransportState, TransportStats
+from ._transport import Transport
+from ._url import parse_url
+
+__all__ = ["Notifier", "PreparedNotifier", "SupportsNotify"]
+
+log = logging.getLogger("notifykit")
+
+
+class SupportsNotify(Protocol):
+    """What code that emits notifications depends on: a Notifier or a prepared view of one."""
+
+    async def notify(
+        self,
+        ctx: ContextLike,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+    ) -> Notification: ...
+
+
+class _PriorityMethods:
+    """One method per priority, as oslo.messaging's Notifier offers."""
+
+    async def notify(
+        self,
+        ctx: ContextLike,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+    ) -> Notification:
+        raise NotImplementedError
+
+    async def audit(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.AUDIT)
+
+    async def debug(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.DEBUG)
+
+    async def info(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.INFO)
+
+    async def warn(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.WARN)
+
+    warning = warn
+
+    async def error(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.ERROR)
+
+    async def critical(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.CRITICAL)
+
+    async def sample(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
+        return await self.notify(ctx, event_type, payload, priority=Priority.SAMPLE)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Notifier(_PriorityMethods):
+    """Transport-agnostic async notifier.
+
+    ``async with Notifier.from_url("amqp://…", publisher_id="backup.host1") as n:
+    await n.info({}, "backup.create.start", payload)``. ``notify()`` validates and
+    raises at the call site; delivery then happens in the background, one worker
+    per transport, each behind its own bounded queue.
+    """
+
+    def __init__(
+        self,
+        config: NotifierConfig | TransportConfig | Sequence[TransportConfig],
+        *,
+        publisher_id: str | None = None,
+        dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+        close_timeout: float | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> None:
+        if isinstance(config, TransportConfig):
+            config = NotifierConfig(transports=(config,))
+        elif not isinstance(config, NotifierConfig):
+            config = NotifierConfig(transports=tuple(config))
+        if publisher_id is not None:
+            config = replace(config, publisher_id=publisher_id)
+        if close_timeout is not None:
+            config = replace(config, close_timeout=close_timeout)
+        if max_payload_bytes is not None:
+            config = replace(config, max_payload_bytes=max_payload_bytes)
+        self.config = config
+        self.publisher_id = config.publisher_id
+        self._sink = self._make_sink(dead_letters, config.dead_letter_path)
+        clock = clock or EventLoopClock()
+        self._dispatchers: list[Dispatcher] = []
+        for transport_config in config.transports:
+            name = self._unique_name(transport_config)
+            transport = _build_transport(name, transport_config)
+            self._dispatchers.append(Dispatcher(name, transport, transport_config, self._sink, clock))
+        self._state = _State.NEW
+        self._task_group: TaskGroup | None = None
+
+    @staticmethod
+    def _make_sink(
+        dead_letters: DeadLetterSink | str | os.PathLike[str] | None, configured: Path | None
+    ) -> DeadLetterSink:
+        if dead_letters is None:
+            return JsonlDeadLetterSink(configured or default_dead_letter_path())
+        if isinstance(dead_letters, str | os.PathLike):
+            return JsonlDeadLetterSink(dead_letters)
+        return dead_letters
+
+    def _unique_name(self, config: TransportConfig) -> str:
+        base = config.name or parse_url(config.url).scheme
+        taken = {d.name for d in self._dispatchers}
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        return name
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, *, publisher_id: str, dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
+                 clock: Clock | None = None, close_timeout: float | None = None,
+                 max_payload_bytes: int | None = None, **overrides: Any) -> Notifier:
+        """One transport; its options and policies are URL query parameters
+        (``overrides`` replace TransportConfig fields)."""
+        return cls(TransportConfig.from_url(url, **overrides), publisher_id=publisher_id,
+                   dead_letters=dead_letters, clock=clock, close_timeout=close_timeout,
+                   max_payload_bytes=max_payload_bytes)
+
+    @classmethod
+    def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any], *, publisher_id: str | None = None,
+                    dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
+                    clock: Clock | None = None, close_timeout: float | None = None) -> Notifier:
+        """Several transports from a TOML file path or an already-parsed mapping."""
+        if isinstance(source, Mapping):
+            config = NotifierConfig.from_mapping(source)
+        else:
+            config = NotifierConfig.from_toml(source)
+        return cls(config, publisher_id=publisher_id, dead_letters=dead_letters, clock=clock,
+                   close_timeout=close_timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start one worker per transport. Prefer ``async with``; call aclose() from the same task."""
+        if self._state is not _State.NEW:
+            raise NotifierClosedError("a Notifier can be started only once")
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        for dispatcher in self._dispatchers:
+            self._task_group.start_soon(dispatcher.run, name=f"notifykit:{dispatcher.name}")
+        self._state = _State.OPEN
+
+    async def aclose(self, timeout: float | None = None) -> dict[str, TransportStats]:  # noqa: ASYNC109
+        """Drain every queue within ``timeout`` (default ``close_timeout``), then dead-letter
+        what is left, close the transports and log the counters. Returns the final counters."""
+        if self._state is not _State.OPEN:
+            self._state = _State.CLOSED
+            return self.stats()
+        self._state = _State.CLOSED
+        deadline = self.config.close_timeout if timeout is None else timeout
+        assert self._task_group is not None
+        with anyio.CancelScope(shield=True):
+            for dispatcher in self._dispatchers:
+                dispatcher.close_input()
+            with anyio.move_on_after(deadline):
+                for dispatcher in self._dispatchers:
+                    await dispatcher.finished.wait()
+        self._task_group.cancel_scope.cancel()
+        try:
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish_dispatchers(deadline)
+        final = self.stats()
+        for name, stats in final.items():
+            log.info("notifykit transport %r closed: enqueued=%d sent=%d retried=%d dropped=%d"
+                     " dead_lettered=%d filtered=%d", name, stats.enqueued, stats.sent, stats.retried,
+                     stats.dropped, stats.dead_lettered, stats.filtered)
+        return final
+
+    async def _finish_dispatchers(self, deadline: float) -> None:
+        """Dead-letter what the deadline left behind, then close every transport."""
+        for dispatcher in self._dispatchers:
+            left = await dispatcher.dead_letter_leftovers(f"not delivered before the close deadline ({deadline}s)")
+            if left:
+                log.warning("notifykit transport %r: %d notification(s) undelivered at close were"
+                            " dead-lettered to %r", dispatcher.name, left, self._sink)
+            with anyio.move_on_after(max(deadline, 1.0)):
+                try:
+                    await dispatcher.transport.close()
+                except Exception:
+                    log.exception("notifykit transport %r failed to close", dispatcher.name)
+            dispatcher.stats.state = TransportState.CLOSED
+
+    # -- emitting ----------------------------------------------------------------------
+
+    async def notify(
+        self,
+        ctx: ContextLike,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+        publisher_id: str | None = None,
+    ) -> Notification:
+        """Validate (raising InvalidNotificationError here, at the call site) and enqueue
+        on every transport whose filter accepts it. Waits only under a ``block`` policy
+        with a full queue."""
+        if self._state is not _State.OPEN:
+            raise NotifierClosedError(
+                "Notifier is not open: use 'async with notifier:' (or await start()) before notify()"
+                if self._state is _State.NEW else "Notifier is closed"
+            )
+        notification = Notification.create(
+            event_type,
+            payload,
+            priority=priority,
+            publisher_id=publisher_id or self.publisher_id,
+            context=ctx,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+        blocked: list[Dispatcher] | None = None
+        for dispatcher in self._dispatchers:
+            if not dispatcher.filter.accepts(notification.event_type, notification.priority):
+                dispatcher.stats.filtered += 1
+            elif not dispatcher.offer(notification):
+                blocked = [dispatcher] if blocked is None else [*blocked, dispatcher]
+        if blocked:
+            for dispatcher in blocked:
+                await dispatcher.put(notification)
+        return notification
+
+    def prepare(self, *, publisher_id: str) -> PreparedNotifier:
+        """A view that emits with another publisher_id through the same transports."""
+        return PreparedNotifier(self, publisher_id)
+
+    # -- introspection -----------------------------------------------------------------
+
+    @property
+    def transports(self) -> Mapping[str, Transport]:
+        """The transport instances by name (``memory`` transports keep what they got)."""
+        return {d.name: d.transport for d in self._dispatchers}
+
+    def stats(self) -> dict[str, TransportStats]:
+        """A snapshot of every transport's counters and state."""
+        return {d.name: d.snapshot() for d in self._dispatchers}
+
+    def __repr__(self) -> str:
+        names = ", ".join(repr(d.transport) for d in self._dispatchers)
+        return f"<Notifier publisher_id={self.publisher_id!r} {self._state.value} [{names}]>"
+
+
+class PreparedNotifier(_PriorityMethods):
+    """A Notifier bound to another publisher_id (like oslo.messaging's ``prepare``)."""
+
+    def __init__(self, parent: Notifier, publisher_id: str) -> None:
+        self.parent = parent
+        self.publisher_id = publisher_id
+
+    async def notify(
+        self,
+        ctx: ContextLike,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+    ) -> Notification:
+        return await self.parent.notify(ctx, event_type, payload, priority=priority, publisher_id=self.publisher_id)
+
+
+def _build_transport(name: str, config: TransportConfig) -> Transport:
+    """Find the transport class by URL scheme and let it validate its options."""
+    parsed = parse_url(config.url)
+    cls = load_transport_class(parsed.scheme)
+    options: dict[str, list[str]] = {}
+    for key, value in parsed.query:
+        options.setdefault(key, []).append(value)
+    for key, option in config.options.items():
+        options[key] = [option] if isinstance(option, str) else list(option)
+    settings = TransportSettings.build(
+        name, parsed, config.format or cls.default_format, config.topics, options
+    )
+    try:
+        return cls.from_settings(settings)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"transport {name!r} ({parsed.redacted}): {exc}") from None

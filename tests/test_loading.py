@@ -1,0 +1,83 @@
+"""Transports are found through stevedore entry points, including third-party ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from notifykit import Notifier, UnknownTransportError, installed_schemes, load_transport_class
+
+
+def test_unknown_scheme_lists_installed() -> None:
+    with pytest.raises(UnknownTransportError) as err:
+        Notifier.from_url("carrierpigeon://coop", publisher_id="x")
+    message = str(err.value)
+    assert "unknown transport scheme 'carrierpigeon'" in message
+    assert "memory" in message and "log" in message
+
+
+def test_builtin_schemes_registered() -> None:
+    assert {"memory", "log"} <= set(installed_schemes())
+    assert load_transport_class("memory").__name__ == "MemoryTransport"
+
+
+def write_plugin(root: Path, dist: str, scheme: str, module: str, source: str) -> None:
+    """A distribution 'installed' the way pip lays one out: a module plus its dist-info."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[notifykit.transports]\n{scheme} = {module}:Transport_\n")
+
+
+def run_python(code: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter, as an application that has the plugin installed would be."""
+    env = dict(os.environ, PYTHONPATH=f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_third_party_transport_is_picked_up(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "pigeon_transport", "pigeon", "pigeon_transport", """
+        from notifykit import Transport
+
+        DELIVERED = []
+
+        class Transport_(Transport):
+            async def send(self, batch):
+                DELIVERED.extend(n.event_type for n in batch)
+    """)
+    result = run_python(f"""
+        import anyio, sys
+        import notifykit
+        assert "pigeon" in notifykit.installed_schemes()
+
+        async def main():
+            async with notifykit.Notifier.from_url("pigeon://coop", publisher_id="x",
+                                                   dead_letters={str(tmp_path / 'dl.jsonl')!r}) as n:
+                await n.info({{}}, "backup.create.start", {{"ok": True}})
+            print(sys.modules["pigeon_transport"].DELIVERED, n.stats()["pigeon"].sent)
+
+        anyio.run(main)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['backup.create.start'] 1"
+
+
+def test_plugin_with_missing_dependency_is_a_clear_error(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "broken_transport", "broken", "broken_transport",
+                 "import a_module_that_is_not_installed_xyz\n")
+    result = run_python("""
+        import notifykit
+        try:
+            notifykit.Notifier.from_url("broken://x", publisher_id="x")
+        except notifykit.ConfigError as exc:
+            print(exc)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "transport 'broken' is installed but cannot import 'a_module_that_is_not_installed_xyz'" in result.stdout

@@ -1,0 +1,98 @@
+"""``log://`` — one JSON line per notification: to Python logging, a stream or a file.
+
+* ``log://`` — the ``notifykit.notifications`` logger (``logger=NAME`` to change),
+  at the level matching the priority;
+* ``log://stderr`` or ``log://stdout`` — straight to the stream;
+* ``log:///path/file.jsonl`` — appended to a file (``fsync=true`` to sync each batch).
+
+Writes happen in a worker thread so a slow disk or a full pipe never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import ClassVar, Self
+
+import anyio.to_thread
+
+from notifykit import ConfigError, Notification, Priority, TransientError, Transport, TransportSettings, WireFormat
+
+__all__ = ["LogTransport"]
+
+_LEVELS = {
+    Priority.DEBUG: logging.DEBUG,
+    Priority.SAMPLE: logging.INFO,
+    Priority.INFO: logging.INFO,
+    Priority.AUDIT: logging.INFO,
+    Priority.WARN: logging.WARNING,
+    Priority.ERROR: logging.ERROR,
+    Priority.CRITICAL: logging.CRITICAL,
+}
+
+
+class LogTransport(Transport):
+    """Writes notifications as JSON lines; delivery is done when the write returns."""
+
+    default_format: ClassVar[WireFormat] = WireFormat.JSON
+    max_batch_size = 500
+
+    def __init__(self, settings: TransportSettings) -> None:
+        super().__init__(settings)
+        self.logger: logging.Logger | None = None
+        self.stream_name: str | None = None
+        self.path: str | None = None
+        self.fsync = False
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        transport = cls(settings)
+        url = settings.url
+        host = url.host or ""
+        logger_name = settings.take_str("logger", "notifykit.notifications")
+        transport.fsync = settings.take_bool("fsync", False)
+        if host in ("stderr", "stdout"):
+            if url.path not in ("", "/"):
+                raise ConfigError(f"log URL {url.redacted!r}: a stream URL takes no path")
+            transport.stream_name = host
+        elif host:
+            raise ConfigError(
+                f"log URL {url.redacted!r}: expected log://, log://stderr, log://stdout or log:///path/file.jsonl"
+            )
+        elif url.path not in ("", "/"):
+            transport.path = url.path
+        else:
+            transport.logger = logging.getLogger(logger_name)
+        settings.finish()
+        return transport
+
+    def _write_lines(self, text: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        else:
+            stream = sys.stderr if self.stream_name == "stderr" else sys.stdout
+            stream.write(text)
+            stream.flush()
+
+    async def open(self) -> None:
+        if self.path is not None:
+            directory = os.path.dirname(self.path) or "."
+            await anyio.to_thread.run_sync(lambda: os.makedirs(directory, exist_ok=True))
+
+    async def send(self, batch: Sequence[Notification]) -> None:
+        if self.logger is not None:
+            for n in batch:
+                self.logger.log(_LEVELS[n.priority], "%s", n.encode(self.format).decode())
+            return
+        text = "".join(n.encode(self.format).decode() + "\n" for n in batch)
+        try:
+            await anyio.to_thread.run_sync(self._write_lines, text)
+        except OSError as exc:
+            where = self.path or self.stream_name
+            raise TransientError(f"cannot write notifications to {where}: {exc.strerror}") from None
