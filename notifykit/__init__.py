@@ -18,7 +18,7 @@ from ._errors import (
     TransportError,
     UnknownTransportError,
 )
-from ._formats import WireFormat, cloudevent_attributes
+from ._formats import WireFormat, cloudevent_attributes, decode_message
 from ._loading import NAMESPACE, installed_schemes, load_transport_class
 from ._message import ContextLike, Notification, Priority, RequestContext
 from ._notifier import Notifier, PreparedNotifier, SupportsNotify
@@ -67,6 +67,7 @@ __all__ = [
     "UnknownTransportError",
     "WireFormat",
     "cloudevent_attributes",
+    "decode_message",
     "default_dead_letter_path",
     "installed_schemes",
     "load_transport_class",

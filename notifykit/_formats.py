@@ -19,7 +19,7 @@ from ._errors import ConfigError
 if TYPE_CHECKING:
     from ._message import Notification
 
-__all__ = ["WireFormat", "OSLO_TIMESTAMP_FORMAT"]
+__all__ = ["WireFormat", "OSLO_TIMESTAMP_FORMAT", "decode_message"]
 
 #: oslo.messaging writes ``str(timeutils.utcnow())``: naive UTC, space separated.
 OSLO_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -119,3 +119,44 @@ class WireFormat(enum.StrEnum):
         if self is WireFormat.CLOUDEVENTS:
             return _encode_cloudevents(n)
         return _encode_json(n)
+
+
+def decode_message(body: bytes | str) -> dict[str, Any]:
+    """Turn any of the three wire formats back into one shape, for consumers and ``tail``.
+
+    Returns ``message_id``, ``event_type``, ``priority`` (lower case), ``publisher_id``,
+    ``timestamp``, ``payload``, ``context`` and ``format``. Raises ValueError on
+    anything else.
+    """
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("message is not a JSON object")
+    if "oslo.message" in data:
+        inner = json.loads(data["oslo.message"])
+        context = {k[len("_context_"):]: v for k, v in inner.items() if k.startswith("_context_")}
+        return {
+            "format": "oslo",
+            "message_id": inner.get("message_id"),
+            "event_type": inner.get("event_type"),
+            "priority": str(inner.get("priority", "")).lower(),
+            "publisher_id": inner.get("publisher_id"),
+            "timestamp": inner.get("timestamp"),
+            "payload": inner.get("payload"),
+            "context": context,
+        }
+    if data.get("specversion") == "1.0":
+        context = {field_name: data[attr] for field_name, attr in _CE_EXTENSIONS if attr in data}
+        return {
+            "format": "cloudevents",
+            "message_id": data.get("id"),
+            "event_type": data.get("type"),
+            "priority": data.get("priority"),
+            "publisher_id": data.get("source"),
+            "timestamp": data.get("time"),
+            "payload": data.get("data"),
+            "context": context,
+        }
+    if "event_type" in data and "payload" in data:
+        return {"format": "json", **{k: data.get(k) for k in
+                ("message_id", "event_type", "priority", "publisher_id", "timestamp", "payload", "context")}}
+    raise ValueError("message is neither oslo, cloudevents nor notifykit json")

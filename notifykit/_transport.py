@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar, Self
 
+from ._errors import ConfigError
 from ._formats import WireFormat
 from ._message import Notification
 from ._settings import TransportSettings
@@ -57,6 +58,15 @@ class Transport(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once, after the last send()."""
+
+    @classmethod
+    def tail(cls, settings: TransportSettings) -> AsyncIterator[bytes]:
+        """Consume what this transport's URL receives, yielding raw message bodies (for ``notifykit tail``).
+
+        Optional: a transport that can be read back (a broker) overrides it; the
+        subscription must not disturb other consumers (e.g. a temporary queue).
+        """
+        raise ConfigError(f"transport {settings.url.scheme!r} cannot be tailed")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings.name!r} {self.settings.url.redacted}>"

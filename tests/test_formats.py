@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import ConfigError, Notification, WireFormat
+from notifykit import ConfigError, Notification, WireFormat, decode_message
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -76,3 +76,20 @@ def test_json_is_the_plain_message(notification: Notification) -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ConfigError, match="unknown format 'xml'"):
         WireFormat.parse("xml")
+
+
+@pytest.mark.parametrize("fmt", ["oslo", "cloudevents", "json"])
+def test_decode_round_trip(notification: Notification, fmt: str) -> None:
+    decoded = decode_message(notification.encode(fmt))
+    assert decoded["format"] == fmt
+    assert decoded["message_id"] == notification.message_id
+    assert decoded["event_type"] == "backup.create.end"
+    assert decoded["priority"] == "info"
+    assert decoded["publisher_id"] == "backup.host1"
+    assert decoded["payload"] == notification.payload
+    assert decoded["context"]["request_id"] == "req-0b5e"
+
+
+def test_decode_rejects_foreign_json() -> None:
+    with pytest.raises(ValueError, match="neither"):
+        decode_message(b'{"hello": 1}')
