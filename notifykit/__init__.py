@@ -24,6 +24,7 @@ from ._message import ContextLike, Notification, Priority, RequestContext
 from ._notifier import Notifier, PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._settings import TransportSettings
+from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats
 from ._transport import Transport
 from ._url import ParsedURL, parse_url, redact_url
@@ -56,6 +57,7 @@ __all__ = [
     "Priority",
     "RequestContext",
     "RetryPolicy",
+    "Spool",
     "SupportsNotify",
     "TransientError",
     "Transport",
@@ -69,6 +71,7 @@ __all__ = [
     "cloudevent_attributes",
     "decode_message",
     "default_dead_letter_path",
+    "default_spool_path",
     "installed_schemes",
     "load_transport_class",
     "parse_url",

@@ -22,6 +22,7 @@ DEFAULT_BLOCK_TIMEOUT = 5.0
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT = 10.0
 DEFAULT_TOPICS = ("notifications",)
+DEFAULT_SPOOL_MAX_MESSAGES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,12 @@ class TransportConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
     options: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
+    durable: bool = False
+    spool_max_messages: int = DEFAULT_SPOOL_MAX_MESSAGES
 
     def __post_init__(self) -> None:
+        if self.spool_max_messages < 1:
+            raise ConfigError(f"spool_max_messages must be >= 1, got {self.spool_max_messages}")
         if self.queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1, got {self.queue_size}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -94,14 +99,16 @@ _URL_KEYS = {
     "name", "format", "topic", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
     "event_types", "min_priority", "retry_initial_delay", "retry_max_delay", "retry_multiplier",
     "retry_max_elapsed", "retry_max_attempts", "circuit_failure_threshold", "circuit_reset_timeout",
+    "durable", "spool_max_messages",
 }
 _LIST_KEYS = {"topic", "topics", "event_types"}
 _TABLE_KEYS = {"url", "name", "format", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
-               "filter", "retry", "circuit", "options"}
+               "filter", "retry", "circuit", "options", "durable", "spool_max_messages"}
 _RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_attempts"}
 _CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
 _FILTER_KEYS = {"event_types", "min_priority"}
-_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports"}
+_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports",
+                  "spool_path", "spool_synchronous"}
 
 
 def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
@@ -204,7 +211,18 @@ def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_string
         retry=retry,
         circuit=circuit,
         options={str(k): _option_value(v, str(k), where) for k, v in options.items()},
+        durable=_boolean(flat.get("durable", False), "durable", where),
+        spool_max_messages=_number(flat.get("spool_max_messages", DEFAULT_SPOOL_MAX_MESSAGES), "spool_max_messages",
+                                   where, int),
     )
+
+
+def _boolean(value: Any, key: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
 
 
 def _policy_fields(table: Mapping[str, Any], defaults: Any, prefix: str, where: str,
@@ -244,6 +262,8 @@ class NotifierConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     dead_letter_path: Path | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    spool_path: Path | None = None
+    spool_synchronous: str = "normal"
 
     def __post_init__(self) -> None:
         if not self.transports:
@@ -268,6 +288,7 @@ class NotifierConfig:
             config = _transport_from_table(table, where=f"{where} [transports.{name}]")
             transports.append(replace(config, name=str(name)))
         dead = data.get("dead_letter_path")
+        spool = data.get("spool_path")
         publisher_id = data.get("publisher_id", "notifykit")
         if not isinstance(publisher_id, str):
             raise ConfigError(f"{where}: publisher_id must be a string")
@@ -277,6 +298,8 @@ class NotifierConfig:
             max_payload_bytes=_number(data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES), "max_payload_bytes", where, int),
             dead_letter_path=None if dead is None else Path(str(dead)),
             close_timeout=_number(data.get("close_timeout", DEFAULT_CLOSE_TIMEOUT), "close_timeout", where, float),
+            spool_path=None if spool is None else Path(str(spool)),
+            spool_synchronous=str(data.get("spool_synchronous", "normal")),
         )
 
     @classmethod

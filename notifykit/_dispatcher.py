@@ -21,6 +21,7 @@ from ._deadletter import DeadLetter, DeadLetterSink, now_utc
 from ._errors import BatchError, PermanentError, TransientError
 from ._message import Notification
 from ._policies import OverflowPolicy
+from ._spool import Spool, SpooledRow
 from ._stats import TransportState, TransportStats
 from ._transport import Transport
 
@@ -64,6 +65,7 @@ class Dispatcher:
         sink: DeadLetterSink,
         clock: Clock,
         rng: random.Random | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -82,15 +84,30 @@ class Dispatcher:
         self._in_flight: list[Notification] = []
         self._opened = False
         self.finished = anyio.Event()
+        self._input_closed = False
+        self._wakeup = anyio.Event()
+        # Durable outbox (durable = true, or overflow = spill once the queue is full).
+        self.durable = config.durable
+        self._spool = spool if (config.durable or config.overflow is OverflowPolicy.SPILL) else None
+        self._spilling = False
+        self._after = 0  # highest spool row id taken by the worker
+        self._committed_max = 0  # highest spool row id committed by a caller
+        self._spooled = 0  # rows of this transport in the spool
+        self._spool_counted = anyio.Event()
 
     # -- caller side -------------------------------------------------------------------
 
     def offer(self, notification: Notification) -> bool:
-        """Enqueue without waiting. False means: full under ``block``, call :meth:`put`."""
+        """Enqueue without waiting. False means: call (and await) :meth:`put`."""
+        if self._spool is not None and (self.durable or self._spilling):
+            return False
         try:
             self._send.send_nowait(notification)
         except anyio.WouldBlock:
             if self.overflow is OverflowPolicy.BLOCK:
+                return False
+            if self.overflow is OverflowPolicy.SPILL:
+                self._spilling = True
                 return False
             if self.overflow is OverflowPolicy.DROP_OLDEST:
                 try:
@@ -102,18 +119,44 @@ class Dispatcher:
             self._count_drop()
             return True
         self.stats.enqueued += 1
+        self._wakeup.set()
         return True
 
     async def put(self, notification: Notification) -> None:
-        """Wait for room (``block`` policy); past ``block_timeout`` dead-letter it instead."""
+        """Commit to the spool (durable, spill), or wait for room (``block``; past
+        ``block_timeout`` the notification is dead-lettered instead)."""
+        if self._spool is not None and (self.durable or self._spilling):
+            await self._spool_put(self._spool, notification)
+            return
         timeout = self.config.block_timeout
         with anyio.move_on_after(timeout) as scope:
             await self._send.send(notification)
             self.stats.enqueued += 1
+            self._wakeup.set()
         if scope.cancelled_caught:
             await self._dead_letter(
                 [notification], f"queue full: no room within block_timeout={timeout}s"
             )
+
+    async def _spool_put(self, spool: Spool, notification: Notification) -> None:
+        """Store before returning; past the spool cap, dead-letter (counted as spool_full)."""
+        await self._spool_counted.wait()
+        cap = self.config.spool_max_messages
+        if self._spooled >= cap:
+            self.stats.spool_full += 1
+            await self._dead_letter([notification], f"spool full: {cap} notifications already waiting")
+            return
+        self._spooled += 1
+        try:
+            row_id = await spool.append(self.name, notification)
+        except Exception as exc:
+            self._spooled -= 1
+            log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
+            await self._dead_letter([notification], f"spool write failed: {exc}")
+            return
+        self._committed_max = max(self._committed_max, row_id)
+        self.stats.enqueued += 1
+        self._wakeup.set()
 
     def _count_drop(self) -> None:
         self.stats.dropped += 1
@@ -125,33 +168,74 @@ class Dispatcher:
 
     def close_input(self) -> None:
         """No more notifications: the worker drains what is queued, then stops."""
+        self._input_closed = True
         self._send.close()
+        self._wakeup.set()
 
     @property
     def queue_depth(self) -> int:
         return self._send.statistics().current_buffer_used
 
     def snapshot(self) -> TransportStats:
-        return replace(self.stats, queue_depth=self.queue_depth, in_flight=len(self._in_flight))
+        return replace(self.stats, queue_depth=self.queue_depth, in_flight=len(self._in_flight),
+                       spooled=self._spooled)
 
     # -- worker side -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Worker: take up to batch_size queued notifications at a time and deliver them."""
+        """Worker: deliver batches from the memory queue, then from the spool, until closed."""
         try:
-            # The receive side stays open if we are cancelled: dead_letter_leftovers reads it.
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < self.batch_size:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                self._in_flight = batch
-                await self._deliver(batch)
-                self._in_flight = []
+            if self._spool is not None:
+                self._spooled = await self._spool.count(self.name)
+                self.stats.replayed = self._spooled
+                if self._spooled:
+                    self._spilling = True
+                    log.info("notifykit transport %r: replaying %d notification(s) left in %r",
+                             self.name, self._spooled, self._spool)
+            self._spool_counted.set()
+            while True:
+                self._wakeup = anyio.Event()  # fresh before looking, so no wake-up is lost
+                batch = self._take_queued()
+                if batch:
+                    self._in_flight = batch
+                    await self._deliver(batch)
+                    self._in_flight = []
+                    continue
+                if self._spool is not None and (self.durable or self._spilling):
+                    rows = await self._spool.fetch(self.name, self._after, self.batch_size)
+                    if rows:
+                        await self._deliver_spooled(self._spool, rows)
+                        continue
+                    if self._committed_max > self._after:
+                        continue  # committed while we were reading
+                    if self._spilling and self._spooled <= 0:
+                        self._spilling = False
+                        continue
+                if self._input_closed and not self._spilling:
+                    return
+                await self._wakeup.wait()
         finally:
+            self._spool_counted.set()
             self.finished.set()
+
+    def _take_queued(self) -> list[Notification]:
+        batch: list[Notification] = []
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return batch
+
+    async def _deliver_spooled(self, spool: Spool, rows: list[SpooledRow]) -> None:
+        """Deliver spooled rows; delete them only once sent or dead-lettered."""
+        batch = [row.notification for row in rows]
+        self._in_flight = batch
+        await self._deliver(batch)
+        await spool.delete([row.row_id for row in rows])
+        self._in_flight = []
+        self._after = rows[-1].row_id
+        self._spooled -= len(rows)
 
     async def _deliver(self, batch: list[Notification]) -> None:
         pending: Sequence[Notification] = batch
@@ -248,9 +332,11 @@ class Dispatcher:
             log.critical("notifykit could not write %d dead letter(s) for %r (%s): %s",
                          len(notifications), self.name, ids, reason, exc_info=True)
 
-    async def dead_letter_leftovers(self, reason: str) -> int:
-        """After the worker stopped: dead-letter the in-flight batch and what is still queued."""
-        leftovers = list(self._in_flight)
+    async def dead_letter_leftovers(self, reason: str) -> tuple[int, int]:
+        """After the worker stopped: what is still queued goes to the spool when there is
+        one (replayed by the next Notifier), else to dead letters. Returns (dead-lettered,
+        left in spool)."""
+        leftovers = [] if self._spool is not None and (self.durable or self._spilling) else list(self._in_flight)
         self._in_flight = []
         while True:
             try:
@@ -258,5 +344,10 @@ class Dispatcher:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
         self._receive.close()
+        if self._spool is not None:
+            self._spool_counted.set()
+            for notification in leftovers:
+                await self._spool_put(self._spool, notification)
+            return 0, self._spooled
         await self._dead_letter(leftovers, reason)
-        return len(leftovers)
+        return len(leftovers), 0

@@ -240,6 +240,25 @@ class Notification:
             payload_json=payload_json,
         )
 
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Notification:
+        """Rebuild a notification from its ``json`` wire form (spool replay, dead-letter re-drive),
+        keeping its message_id and timestamp so consumers can de-duplicate."""
+        data = json.loads(body)
+        try:
+            return cls.create(
+                data["event_type"],
+                data["payload"],
+                priority=data["priority"],
+                publisher_id=data["publisher_id"],
+                context=data.get("context") or {},
+                max_payload_bytes=2**62,
+                message_id=data["message_id"],
+                timestamp=datetime.fromisoformat(data["timestamp"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidNotificationError(f"not a notifykit json notification: {exc}") from None
+
     @property
     def iso_timestamp(self) -> str:
         """UTC, ISO 8601 with microseconds, e.g. ``2026-11-25T12:00:00.000001+00:00``."""

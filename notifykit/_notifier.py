@@ -21,7 +21,9 @@ from ._dispatcher import Dispatcher
 from ._errors import ConfigError, NotifierClosedError
 from ._loading import load_transport_class
 from ._message import ContextLike, Notification, Priority
+from ._policies import OverflowPolicy
 from ._settings import TransportSettings
+from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats
 from ._transport import Transport
 from ._url import parse_url
@@ -105,6 +107,7 @@ class Notifier(_PriorityMethods):
         clock: Clock | None = None,
         close_timeout: float | None = None,
         max_payload_bytes: int | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(config, TransportConfig):
             config = NotifierConfig(transports=(config,))
@@ -116,15 +119,21 @@ class Notifier(_PriorityMethods):
             config = replace(config, close_timeout=close_timeout)
         if max_payload_bytes is not None:
             config = replace(config, max_payload_bytes=max_payload_bytes)
+        if spool is not None:
+            config = replace(config, spool_path=Path(spool))
         self.config = config
         self.publisher_id = config.publisher_id
         self._sink = self._make_sink(dead_letters, config.dead_letter_path)
         clock = clock or EventLoopClock()
+        needs_spool = any(t.durable or t.overflow is OverflowPolicy.SPILL for t in config.transports)
+        self.spool = Spool(config.spool_path or default_spool_path(), synchronous=config.spool_synchronous) \
+            if needs_spool else None
         self._dispatchers: list[Dispatcher] = []
         for transport_config in config.transports:
             name = self._unique_name(transport_config)
             transport = _build_transport(name, transport_config)
-            self._dispatchers.append(Dispatcher(name, transport, transport_config, self._sink, clock))
+            self._dispatchers.append(Dispatcher(name, transport, transport_config, self._sink, clock,
+                                                spool=self.spool))
         self._state = _State.NEW
         self._task_group: TaskGroup | None = None
 
@@ -151,24 +160,26 @@ class Notifier(_PriorityMethods):
     @classmethod
     def from_url(cls, url: str, *, publisher_id: str, dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, close_timeout: float | None = None,
-                 max_payload_bytes: int | None = None, **overrides: Any) -> Notifier:
+                 max_payload_bytes: int | None = None, spool: str | os.PathLike[str] | None = None,
+                 **overrides: Any) -> Notifier:
         """One transport; its options and policies are URL query parameters
         (``overrides`` replace TransportConfig fields)."""
         return cls(TransportConfig.from_url(url, **overrides), publisher_id=publisher_id,
                    dead_letters=dead_letters, clock=clock, close_timeout=close_timeout,
-                   max_payload_bytes=max_payload_bytes)
+                   max_payload_bytes=max_payload_bytes, spool=spool)
 
     @classmethod
     def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any], *, publisher_id: str | None = None,
                     dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
-                    clock: Clock | None = None, close_timeout: float | None = None) -> Notifier:
+                    clock: Clock | None = None, close_timeout: float | None = None,
+                    spool: str | os.PathLike[str] | None = None) -> Notifier:
         """Several transports from a TOML file path or an already-parsed mapping."""
         if isinstance(source, Mapping):
             config = NotifierConfig.from_mapping(source)
         else:
             config = NotifierConfig.from_toml(source)
         return cls(config, publisher_id=publisher_id, dead_letters=dead_letters, clock=clock,
-                   close_timeout=close_timeout)
+                   close_timeout=close_timeout, spool=spool)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -222,16 +233,22 @@ class Notifier(_PriorityMethods):
     async def _finish_dispatchers(self, deadline: float) -> None:
         """Dead-letter what the deadline left behind, then close every transport."""
         for dispatcher in self._dispatchers:
-            left = await dispatcher.dead_letter_leftovers(f"not delivered before the close deadline ({deadline}s)")
+            left, spooled = await dispatcher.dead_letter_leftovers(
+                f"not delivered before the close deadline ({deadline}s)")
             if left:
                 log.warning("notifykit transport %r: %d notification(s) undelivered at close were"
                             " dead-lettered to %r", dispatcher.name, left, self._sink)
+            if spooled:
+                log.warning("notifykit transport %r: %d notification(s) not yet confirmed are kept in %r;"
+                            " the next Notifier on this spool replays them", dispatcher.name, spooled, self.spool)
             with anyio.move_on_after(max(deadline, 1.0)):
                 try:
                     await dispatcher.transport.close()
                 except Exception:
                     log.exception("notifykit transport %r failed to close", dispatcher.name)
             dispatcher.stats.state = TransportState.CLOSED
+        if self.spool is not None:
+            await self.spool.aclose()
 
     # -- emitting ----------------------------------------------------------------------
 
@@ -260,6 +277,13 @@ class Notifier(_PriorityMethods):
             context=ctx,
             max_payload_bytes=self.config.max_payload_bytes,
         )
+        await self.emit(notification)
+        return notification
+
+    async def emit(self, notification: Notification) -> None:
+        """Enqueue an already-built notification, keeping its message_id (re-drive, replay)."""
+        if self._state is not _State.OPEN:
+            raise NotifierClosedError("Notifier is not open")
         blocked: list[Dispatcher] | None = None
         for dispatcher in self._dispatchers:
             if not dispatcher.filter.accepts(notification.event_type, notification.priority):
@@ -269,7 +293,6 @@ class Notifier(_PriorityMethods):
         if blocked:
             for dispatcher in blocked:
                 await dispatcher.put(notification)
-        return notification
 
     def prepare(self, *, publisher_id: str) -> PreparedNotifier:
         """A view that emits with another publisher_id through the same transports."""

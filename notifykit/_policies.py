@@ -19,12 +19,15 @@ class OverflowPolicy(enum.StrEnum):
 
     ``block`` waits for room (up to ``block_timeout``, after which the notification is
     dead-lettered, never lost); ``drop_newest`` drops the new notification;
-    ``drop_oldest`` drops the oldest queued one. Drops are counted and logged.
+    ``drop_oldest`` drops the oldest queued one; ``spill`` commits it to the durable
+    spool (SQLite) and keeps spooling until the backlog is drained. Drops are counted
+    and logged.
     """
 
     BLOCK = "block"
     DROP_NEWEST = "drop_newest"
     DROP_OLDEST = "drop_oldest"
+    SPILL = "spill"
 
     @classmethod
     def parse(cls, value: OverflowPolicy | str) -> OverflowPolicy:

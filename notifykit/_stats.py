@@ -20,7 +20,9 @@ class TransportState(enum.StrEnum):
 @dataclass(slots=True)
 class TransportStats:
     """Counters of one transport. Every notification offered ends in exactly one of
-    sent, dropped or dead_lettered (or is still queued / in flight)."""
+    sent, dropped or dead_lettered, or is still queued, in flight or in the spool.
+    ``replayed`` counts spool rows a previous process left; ``spool_full`` counts
+    notifications dead-lettered because the spool cap was reached."""
 
     name: str
     enqueued: int = 0
@@ -29,8 +31,11 @@ class TransportStats:
     dropped: int = 0
     dead_lettered: int = 0
     filtered: int = 0
+    spool_full: int = 0
+    replayed: int = 0
     queue_depth: int = 0
     in_flight: int = 0
+    spooled: int = 0
     state: TransportState = TransportState.STARTING
     last_error: str | None = None
 

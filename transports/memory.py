@@ -2,7 +2,8 @@
 
 URL options: ``fail=N`` (fail the next N sends), ``failure=transient|permanent``,
 ``delay=SECONDS`` (slow peer), ``max_batch=N``, ``reject=GLOB`` (permanently reject
-matching event types, per message). Tests reach the instance through
+matching event types, per message), ``keep=false`` (count deliveries without keeping
+them, for memory benchmarks). Tests reach the instance through
 ``notifier.transports[name]`` and steer it with :meth:`fail_next`, :meth:`stall`, …
 """
 
@@ -47,6 +48,8 @@ class MemoryTransport(Transport):
         self._reject: list[str] = []
         self._stalled: anyio.Event | None = None
         self.delay = 0.0
+        self.keep = True
+        self.delivered = 0
 
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
@@ -56,6 +59,7 @@ class MemoryTransport(Transport):
         transport.delay = settings.take_float("delay", 0.0, minimum=0.0) or 0.0
         transport.max_batch_size = settings.take_int("max_batch", 100, minimum=1) or 100
         transport._reject = settings.take_list("reject")
+        transport.keep = settings.take_bool("keep", True)
         settings.finish()
         return transport
 
@@ -117,13 +121,17 @@ class MemoryTransport(Transport):
                 for i, n in enumerate(batch)
                 if any(fnmatchcase(n.event_type, glob) for glob in self._reject)
             }
-            self.messages.extend(n for i, n in enumerate(batch) if i not in failures)
-            self.batch_sizes.append(len(batch) - len(failures))
+            self._record([n for i, n in enumerate(batch) if i not in failures])
             if failures:
                 raise BatchError(failures)
             return
-        self.messages.extend(batch)
-        self.batch_sizes.append(len(batch))
+        self._record(batch)
+
+    def _record(self, delivered: Sequence[Notification]) -> None:
+        self.delivered += len(delivered)
+        if self.keep:
+            self.messages.extend(delivered)
+            self.batch_sizes.append(len(delivered))
 
     async def close(self) -> None:
         self.closed = True

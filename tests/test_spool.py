@@ -1,0 +1,150 @@
+"""Durable spool: stored before notify() returns, deleted after confirmation, replayed on start."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from anyio.streams.text import TextReceiveStream
+
+from notifykit import Notifier, Spool, read_dead_letters
+from transports.memory import MemoryTransport
+
+from .test_notifier import memory, until
+
+pytestmark = pytest.mark.asyncio
+
+
+def spool_counts(path: Path) -> dict[str, int]:
+    spool = Spool(path)
+    try:
+        return spool.counts_blocking()
+    finally:
+        spool._close()
+
+
+async def test_durable_keeps_unconfirmed_and_replays_in_order(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite"
+    first = Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
+                              dead_letters=dead_letter_path, close_timeout=0.05)
+    async with first:
+        memory(first, "events").stall()
+        ids = [(await first.info({}, "e.v", {"i": i})).message_id for i in range(25)]
+        assert spool_counts(spool) == {"events": 25}  # committed before notify() returned
+    assert first.stats()["events"].spooled == 25
+    assert first.stats()["events"].dead_lettered == 0 and not dead_letter_path.exists()
+
+    second = Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
+                               dead_letters=dead_letter_path)
+    async with second:
+        await until(lambda: len(memory(second, "events").messages) == 25)
+        await second.info({}, "e.v", {"i": 25})
+    delivered = memory(second, "events").messages
+    assert [m.message_id for m in delivered[:25]] == ids
+    assert [m.payload["i"] for m in delivered] == list(range(26))
+    assert second.stats()["events"].replayed == 25
+    assert spool_counts(spool) == {}
+
+
+async def test_durable_deletes_after_confirmation(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite"
+    async with Notifier.from_url("memory://?durable=true", publisher_id="t", spool=spool,
+                                 dead_letters=dead_letter_path) as n:
+        for i in range(300):
+            await n.info({}, "e.v", {"i": i})
+    assert [m.payload["i"] for m in memory(n).messages] == list(range(300))
+    assert spool_counts(spool) == {}
+    stats = n.stats()["memory"]
+    assert (stats.enqueued, stats.sent, stats.spooled) == (300, 300, 0)
+
+
+async def test_spool_cap_dead_letters_and_counts(tmp_path: Path, dead_letter_path: Path) -> None:
+    n = Notifier.from_url("memory://?durable=true&spool_max_messages=3", publisher_id="t",
+                          spool=tmp_path / "s.sqlite", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        memory(n).stall()
+        for i in range(5):
+            await n.info({}, "e.v", {"i": i})
+    stats = n.stats()["memory"]
+    assert (stats.spool_full, stats.dead_lettered, stats.spooled) == (2, 2, 3)
+    reasons = [r["reason"] for r in read_dead_letters(dead_letter_path)]
+    assert reasons == ["spool full: 3 notifications already waiting"] * 2
+
+
+async def test_spill_overflow_keeps_order(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "s.sqlite"
+    async with Notifier.from_url("memory://?queue_size=2&batch_size=1&overflow=spill", publisher_id="t",
+                                 spool=spool, dead_letters=dead_letter_path) as n:
+        transport = memory(n)
+        transport.stall()
+        await n.info({}, "e.v", {"i": 0})
+        await wait_all_tasks_blocked()
+        for i in range(1, 20):
+            await n.info({}, "e.v", {"i": i})  # never blocks: 2 in memory, the rest spilled
+        assert spool_counts(spool) == {"memory": 17}
+        transport.resume()
+        await until(lambda: len(transport.messages) == 20)
+        for i in range(20, 25):  # backlog drained: back to the memory queue
+            await n.info({}, "e.v", {"i": i})
+    assert [m.payload["i"] for m in transport.messages] == list(range(25))
+    assert n.stats()["memory"].dropped == 0 and spool_counts(spool) == {}
+
+
+PUBLISHER = """
+import anyio, sys
+from notifykit import Notifier
+
+async def main():
+    async with Notifier.from_url("memory://?name=events&durable=true&delay=1000", publisher_id="crash",
+                                 spool=sys.argv[1], dead_letters=sys.argv[2]) as n:
+        i = 0
+        while True:
+            note = await n.info({}, "backup.createprogress", {"i": i})
+            print(note.message_id, flush=True)
+            i += 1
+
+anyio.run(main)
+"""
+
+
+async def test_sigkill_mid_stream_then_replay(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite"
+    script = tmp_path / "publisher.py"
+    script.write_text(textwrap.dedent(PUBLISHER))
+    proc = await anyio.open_process([sys.executable, str(script), str(spool), str(dead_letter_path)])
+    assert proc.stdout is not None
+    text = ""
+    try:
+        with anyio.fail_after(60):
+            async for chunk in TextReceiveStream(proc.stdout):
+                text += chunk
+                if text.count("\n") >= 500:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    returned = text.split("\n")[:-1]  # only complete lines: notify() had returned
+    assert len(returned) >= 500
+    out = tmp_path / "delivered.jsonl"
+    async with Notifier.from_url(f"log://{out}?name=events&durable=true", publisher_id="replay",
+                                 spool=spool, dead_letters=dead_letter_path) as n:
+        pass
+    delivered = {json.loads(line)["message_id"] for line in out.read_text().splitlines()}
+    assert set(returned) <= delivered, f"{len(set(returned) - delivered)} acknowledged notifications lost"
+    assert n.stats()["events"].replayed >= len(returned)
+    assert spool_counts(spool) == {}
+
+
+async def test_memory_transport_can_skip_keeping(dead_letter_path: Path) -> None:
+    async with Notifier.from_url("memory://?keep=false", publisher_id="t", dead_letters=dead_letter_path) as n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+    transport = n.transports["memory"]
+    assert isinstance(transport, MemoryTransport)
+    assert transport.messages == [] and transport.delivered == 10
