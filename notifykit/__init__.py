@@ -5,7 +5,15 @@ Public API only; everything else lives in private ``_modules``.
 
 from ._clock import Clock, EventLoopClock
 from ._config import NotifierConfig, TransportConfig
-from ._deadletter import DeadLetter, DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path, read_dead_letters
+from ._deadletter import (
+    DeadLetter,
+    DeadLetterSink,
+    JsonlDeadLetterSink,
+    MemoryDeadLetterSink,
+    default_dead_letter_path,
+    read_dead_letters,
+    rewrite_dead_letters,
+)
 from ._errors import (
     BatchError,
     ConfigError,
@@ -25,7 +33,7 @@ from ._notifier import Notifier, PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
-from ._stats import TransportState, TransportStats
+from ._stats import TransportState, TransportStats, render_prometheus
 from ._transport import Transport
 from ._url import ParsedURL, parse_url, redact_url
 
@@ -44,6 +52,7 @@ __all__ = [
     "Filter",
     "InvalidNotificationError",
     "JsonlDeadLetterSink",
+    "MemoryDeadLetterSink",
     "MissingDependencyError",
     "Notification",
     "Notifier",
@@ -77,5 +86,7 @@ __all__ = [
     "parse_url",
     "read_dead_letters",
     "redact_url",
+    "render_prometheus",
+    "rewrite_dead_letters",
     "__version__",
 ]

@@ -108,7 +108,7 @@ _RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_a
 _CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
 _FILTER_KEYS = {"event_types", "min_priority"}
 _NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports",
-                  "spool_path", "spool_synchronous"}
+                  "spool_path", "spool_synchronous", "status_path", "status_interval"}
 
 
 def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
@@ -264,6 +264,8 @@ class NotifierConfig:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     spool_path: Path | None = None
     spool_synchronous: str = "normal"
+    status_path: Path | None = None
+    status_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.transports:
@@ -300,6 +302,8 @@ class NotifierConfig:
             close_timeout=_number(data.get("close_timeout", DEFAULT_CLOSE_TIMEOUT), "close_timeout", where, float),
             spool_path=None if spool is None else Path(str(spool)),
             spool_synchronous=str(data.get("spool_synchronous", "normal")),
+            status_path=None if data.get("status_path") is None else Path(str(data["status_path"])),
+            status_interval=_number(data.get("status_interval", 5.0), "status_interval", where, float),
         )
 
     @classmethod

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,15 @@ import anyio.to_thread
 from ._formats import WireFormat
 from ._message import Notification
 
-__all__ = ["DeadLetter", "DeadLetterSink", "JsonlDeadLetterSink", "default_dead_letter_path", "read_dead_letters"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterSink",
+    "JsonlDeadLetterSink",
+    "MemoryDeadLetterSink",
+    "default_dead_letter_path",
+    "read_dead_letters",
+    "rewrite_dead_letters",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ class JsonlDeadLetterSink:
     def _append(self, lines: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # serialises with rewrite_dead_letters
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
@@ -73,6 +83,47 @@ class JsonlDeadLetterSink:
 
     def __repr__(self) -> str:
         return f"JsonlDeadLetterSink({str(self.path)!r})"
+
+
+class MemoryDeadLetterSink:
+    """Keeps dead letters in a list (re-drive collects the ones that fail again)."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+
+def rewrite_dead_letters(
+    path: str | os.PathLike[str],
+    remove: Callable[[dict[str, Any]], bool],
+    add: Sequence[DeadLetter] = (),
+) -> int:
+    """Atomically drop the records ``remove`` selects and append ``add``, under the same
+    lock the sink appends with, so a running process's new dead letters are kept.
+    Returns how many records were removed. Blocking: call from a thread or a CLI."""
+    target = Path(path)
+    with open(target, "a+", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        lock.seek(0)
+        kept: list[str] = []
+        removed = 0
+        for line in lock:
+            if not line.strip():
+                continue
+            if remove(json.loads(line)):
+                removed += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        kept.extend(json.dumps(letter.as_dict(), ensure_ascii=False) + "\n" for letter in add)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    return removed
 
 
 def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

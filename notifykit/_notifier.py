@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from ._clock import Clock, EventLoopClock
@@ -25,6 +26,7 @@ from ._policies import OverflowPolicy
 from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats
+from ._status import report_status_periodically, status_document, write_status_file
 from ._transport import Transport
 from ._url import parse_url
 
@@ -108,6 +110,7 @@ class Notifier(_PriorityMethods):
         close_timeout: float | None = None,
         max_payload_bytes: int | None = None,
         spool: str | os.PathLike[str] | None = None,
+        status_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(config, TransportConfig):
             config = NotifierConfig(transports=(config,))
@@ -121,6 +124,8 @@ class Notifier(_PriorityMethods):
             config = replace(config, max_payload_bytes=max_payload_bytes)
         if spool is not None:
             config = replace(config, spool_path=Path(spool))
+        if status_path is not None:
+            config = replace(config, status_path=Path(status_path))
         self.config = config
         self.publisher_id = config.publisher_id
         self._sink = self._make_sink(dead_letters, config.dead_letter_path)
@@ -161,25 +166,26 @@ class Notifier(_PriorityMethods):
     def from_url(cls, url: str, *, publisher_id: str, dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, close_timeout: float | None = None,
                  max_payload_bytes: int | None = None, spool: str | os.PathLike[str] | None = None,
-                 **overrides: Any) -> Notifier:
+                 status_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Notifier:
         """One transport; its options and policies are URL query parameters
         (``overrides`` replace TransportConfig fields)."""
         return cls(TransportConfig.from_url(url, **overrides), publisher_id=publisher_id,
                    dead_letters=dead_letters, clock=clock, close_timeout=close_timeout,
-                   max_payload_bytes=max_payload_bytes, spool=spool)
+                   max_payload_bytes=max_payload_bytes, spool=spool, status_path=status_path)
 
     @classmethod
     def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any], *, publisher_id: str | None = None,
                     dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
                     clock: Clock | None = None, close_timeout: float | None = None,
-                    spool: str | os.PathLike[str] | None = None) -> Notifier:
+                    spool: str | os.PathLike[str] | None = None,
+                    status_path: str | os.PathLike[str] | None = None) -> Notifier:
         """Several transports from a TOML file path or an already-parsed mapping."""
         if isinstance(source, Mapping):
             config = NotifierConfig.from_mapping(source)
         else:
             config = NotifierConfig.from_toml(source)
         return cls(config, publisher_id=publisher_id, dead_letters=dead_letters, clock=clock,
-                   close_timeout=close_timeout, spool=spool)
+                   close_timeout=close_timeout, spool=spool, status_path=status_path)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,6 +206,10 @@ class Notifier(_PriorityMethods):
         await self._task_group.__aenter__()
         for dispatcher in self._dispatchers:
             self._task_group.start_soon(dispatcher.run, name=f"notifykit:{dispatcher.name}")
+        if self.config.status_path is not None:
+            self._task_group.start_soon(report_status_periodically, self.config.status_path,
+                                        self.config.status_interval, self._status_document,
+                                        name="notifykit:status")
         self._state = _State.OPEN
 
     async def aclose(self, timeout: float | None = None) -> dict[str, TransportStats]:  # noqa: ASYNC109
@@ -249,6 +259,9 @@ class Notifier(_PriorityMethods):
             dispatcher.stats.state = TransportState.CLOSED
         if self.spool is not None:
             await self.spool.aclose()
+        if self.config.status_path is not None:
+            document = status_document(self.publisher_id, self.stats(), closed=True)
+            await anyio.to_thread.run_sync(write_status_file, self.config.status_path, document)
 
     # -- emitting ----------------------------------------------------------------------
 
@@ -304,6 +317,9 @@ class Notifier(_PriorityMethods):
     def transports(self) -> Mapping[str, Transport]:
         """The transport instances by name (``memory`` transports keep what they got)."""
         return {d.name: d.transport for d in self._dispatchers}
+
+    def _status_document(self) -> dict[str, Any]:
+        return status_document(self.publisher_id, self.stats())
 
     def stats(self) -> dict[str, TransportStats]:
         """A snapshot of every transport's counters and state."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TransportState", "TransportStats"]
+__all__ = ["TransportState", "TransportStats", "render_prometheus"]
 
 
 class TransportState(enum.StrEnum):
@@ -43,3 +44,29 @@ class TransportStats:
         data = asdict(self)
         data["state"] = self.state.value
         return data
+
+
+_COUNTERS = ("enqueued", "sent", "retried", "dropped", "dead_lettered", "filtered", "spool_full", "replayed")
+_GAUGES = ("queue_depth", "in_flight", "spooled")
+
+
+def render_prometheus(stats: Mapping[str, TransportStats] | Mapping[str, Mapping[str, Any]]) -> str:
+    """Prometheus text exposition of the counters (``notifykit_<counter>_total{transport=…}``)."""
+    rows = {name: (s.as_dict() if isinstance(s, TransportStats) else dict(s)) for name, s in stats.items()}
+    lines: list[str] = []
+    for counter in _COUNTERS:
+        lines.append(f"# TYPE notifykit_{counter}_total counter")
+        lines.extend(f'notifykit_{counter}_total{{transport="{_label(n)}"}} {int(r.get(counter, 0))}' for n, r in rows.items())
+    for gauge in _GAUGES:
+        lines.append(f"# TYPE notifykit_{gauge} gauge")
+        lines.extend(f'notifykit_{gauge}{{transport="{_label(n)}"}} {int(r.get(gauge, 0))}' for n, r in rows.items())
+    lines.append("# TYPE notifykit_transport_state gauge")
+    for name, row in rows.items():
+        for state in TransportState:
+            value = 1 if row.get("state") == state.value else 0
+            lines.append(f'notifykit_transport_state{{transport="{_label(name)}",state="{state.value}"}} {value}')
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
