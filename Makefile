@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The three packages (backup/ once it has code), checked by ruff and mypy --strict.
 PACKAGES := notifykit transports $(if $(wildcard backup/*.py),backup)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(PACKAGES) tests benchmarks examples
 	$(BIN)/mypy --strict $(PACKAGES)
 
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site
