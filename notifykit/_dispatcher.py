@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -28,6 +29,9 @@ from ._transport import Transport
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("notifykit")
+
+#: Delivered spool rows are deleted in groups of this many (or when the worker is idle).
+DELETE_BATCH = 256
 
 
 class _Circuit:
@@ -92,14 +96,23 @@ class Dispatcher:
         self._spilling = False
         self._after = 0  # highest spool row id taken by the worker
         self._committed_max = 0  # highest spool row id committed by a caller
-        self._spooled = 0  # rows of this transport in the spool
+        self._spooled = 0  # rows of this transport in the spool, not yet delivered
+        self._reserved = 0  # offered to the spool, commit not finished yet
         self._spool_counted = anyio.Event()
+        # Rows this process committed, in order, so the worker need not read them back;
+        # complete=False means some spooled rows are only in SQLite (replay, overflow).
+        self._cache: deque[SpooledRow] = deque()
+        self._cache_complete = True
+        self._to_delete: list[int] = []  # delivered rows, deleted in batches
+        if self._spool is not None:
+            self._spool.subscribe(name, self._on_committed)
 
     # -- caller side -------------------------------------------------------------------
 
     def offer(self, notification: Notification) -> bool:
         """Enqueue without waiting. False means: call (and await) :meth:`put`."""
         if self._spool is not None and (self.durable or self._spilling):
+            self._reserved += 1  # until put() has committed it, the worker must not stop spilling
             return False
         try:
             self._send.send_nowait(notification)
@@ -108,6 +121,7 @@ class Dispatcher:
                 return False
             if self.overflow is OverflowPolicy.SPILL:
                 self._spilling = True
+                self._reserved += 1
                 return False
             if self.overflow is OverflowPolicy.DROP_OLDEST:
                 try:
@@ -126,7 +140,10 @@ class Dispatcher:
         """Commit to the spool (durable, spill), or wait for room (``block``; past
         ``block_timeout`` the notification is dead-lettered instead)."""
         if self._spool is not None and (self.durable or self._spilling):
-            await self._spool_put(self._spool, notification)
+            try:
+                await self._spool_put(self._spool, notification)
+            finally:
+                self._reserved -= 1
             return
         timeout = self.config.block_timeout
         with anyio.move_on_after(timeout) as scope:
@@ -154,8 +171,16 @@ class Dispatcher:
             log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
             await self._dead_letter([notification], f"spool write failed: {exc}")
             return
-        self._committed_max = max(self._committed_max, row_id)
         self.stats.enqueued += 1
+        del row_id
+
+    def _on_committed(self, row_id: int, notification: Notification) -> None:
+        self._committed_max = max(self._committed_max, row_id)
+        if self._cache_complete and len(self._cache) < self.config.queue_size:
+            self._cache.append(SpooledRow(row_id, notification))
+        else:
+            self._cache_complete = False
+            self._cache.clear()
         self._wakeup.set()
 
     def _count_drop(self) -> None:
@@ -190,6 +215,7 @@ class Dispatcher:
                 self.stats.replayed = self._spooled
                 if self._spooled:
                     self._spilling = True
+                    self._cache_complete = False
                     log.info("notifykit transport %r: replaying %d notification(s) left in %r",
                              self.name, self._spooled, self._spool)
             self._spool_counted.set()
@@ -202,13 +228,17 @@ class Dispatcher:
                     self._in_flight = []
                     continue
                 if self._spool is not None and (self.durable or self._spilling):
-                    rows = await self._spool.fetch(self.name, self._after, self.batch_size)
+                    rows = await self._next_spooled(self._spool)
                     if rows:
                         await self._deliver_spooled(self._spool, rows)
                         continue
                     if self._committed_max > self._after:
                         continue  # committed while we were reading
-                    if self._spilling and self._spooled <= 0:
+                    if self._to_delete:
+                        await self._flush_deletes(self._spool)  # idle: a good time; then look again
+                        continue
+                    self._cache_complete = True  # everything committed is delivered
+                    if self._spilling and self._spooled <= 0 and self._reserved == 0:
                         self._spilling = False
                         continue
                 if self._input_closed and not self._spilling:
@@ -227,15 +257,33 @@ class Dispatcher:
                 break
         return batch
 
+    async def _next_spooled(self, spool: Spool) -> list[SpooledRow]:
+        """The next rows after ``_after``: from the in-memory copy when it is complete,
+        else read back from SQLite."""
+        if self._cache_complete:
+            rows: list[SpooledRow] = []
+            while self._cache and len(rows) < self.batch_size:
+                rows.append(self._cache.popleft())
+            return rows
+        return await spool.fetch(self.name, self._after, self.batch_size)
+
     async def _deliver_spooled(self, spool: Spool, rows: list[SpooledRow]) -> None:
-        """Deliver spooled rows; delete them only once sent or dead-lettered."""
+        """Deliver spooled rows; they are deleted only once sent or dead-lettered (in
+        batches of DELETE_BATCH: a crash re-sends at most that many, at-least-once)."""
         batch = [row.notification for row in rows]
         self._in_flight = batch
         await self._deliver(batch)
-        await spool.delete([row.row_id for row in rows])
         self._in_flight = []
+        self._to_delete.extend(row.row_id for row in rows)
         self._after = rows[-1].row_id
         self._spooled -= len(rows)
+        if len(self._to_delete) >= DELETE_BATCH:
+            await self._flush_deletes(spool)
+
+    async def _flush_deletes(self, spool: Spool) -> None:
+        if self._to_delete:
+            done, self._to_delete = self._to_delete, []
+            await spool.delete(done)
 
     async def _deliver(self, batch: list[Notification]) -> None:
         pending: Sequence[Notification] = batch
@@ -345,6 +393,7 @@ class Dispatcher:
                 break
         self._receive.close()
         if self._spool is not None:
+            await self._flush_deletes(self._spool)
             self._spool_counted.set()
             for notification in leftovers:
                 await self._spool_put(self._spool, notification)

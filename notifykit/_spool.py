@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +59,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, float]] = []
+        self.notifications: list[Notification] = []
         self.done = anyio.Event()
         self.ids: list[int] = []
         self.error: BaseException | None = None
@@ -80,6 +81,12 @@ class Spool:
         self._lock = threading.Lock()
         self._pending: _Pending | None = None
         self._writer_busy = False
+        self._listeners: dict[str, Callable[[int, Notification], None]] = {}
+
+    def subscribe(self, transport: str, on_committed: Callable[[int, Notification], None]) -> None:
+        """Call ``on_committed(row_id, notification)`` for each row of ``transport``, in
+        row order, as soon as its commit is done (lets the worker skip re-reading it)."""
+        self._listeners[transport] = on_committed
 
     # -- blocking part, always called in a worker thread -------------------------------
 
@@ -151,6 +158,7 @@ class Spool:
         index = len(batch.rows)
         batch.rows.append((transport, notification.message_id,
                            notification.encode(WireFormat.JSON).decode(), time.time()))
+        batch.notifications.append(notification)
         if not self._writer_busy:
             await self._write_pending()
         else:
@@ -170,6 +178,11 @@ class Spool:
                         batch.ids = await anyio.to_thread.run_sync(self._insert, batch.rows)
                 except Exception as exc:
                     batch.error = exc
+                else:
+                    for row, row_id, notification in zip(batch.rows, batch.ids, batch.notifications, strict=True):
+                        listener = self._listeners.get(row[0])
+                        if listener is not None:
+                            listener(row_id, notification)
                 batch.done.set()
         finally:
             self._writer_busy = False

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.streams.text import TextReceiveStream
@@ -148,3 +149,34 @@ async def test_memory_transport_can_skip_keeping(dead_letter_path: Path) -> None
     transport = n.transports["memory"]
     assert isinstance(transport, MemoryTransport)
     assert transport.messages == [] and transport.delivered == 10
+
+
+@pytest.mark.parametrize("url", ["memory://?queue_size=5&overflow=spill&max_batch=7",
+                                 "memory://?durable=true&queue_size=5&max_batch=7"])
+async def test_concurrent_callers_with_stalls_lose_nothing_and_keep_order(tmp_path: Path, url: str) -> None:
+    async with Notifier.from_url(url, publisher_id="t", spool=tmp_path / "s.sqlite",
+                                 dead_letters=tmp_path / "dl.jsonl") as n:
+        transport = memory(n)
+
+        async def caller(c: int) -> None:
+            for i in range(200):
+                await n.info({}, "e.v", {"c": c, "i": i})
+                if i % 17 == 0:
+                    await anyio.lowlevel.checkpoint()
+
+        async def flapper() -> None:
+            for _ in range(30):
+                transport.stall()
+                await anyio.sleep(0.002)
+                transport.resume()
+                await anyio.sleep(0.002)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flapper)
+            for c in range(8):
+                tg.start_soon(caller, c)
+    got = [(m.payload["c"], m.payload["i"]) for m in transport.messages]
+    assert len(got) == len(set(got)) == 1600
+    for c in range(8):
+        assert [i for cc, i in got if cc == c] == list(range(200))
+    assert spool_counts(tmp_path / "s.sqlite") == {}
