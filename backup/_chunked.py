@@ -153,7 +153,8 @@ class ChunkedBackupDriver(BackupDriver):
             "volume_size": size,
             "objects": entries,
         }
-        await self.store.put_object(container, self.metadata_name(prefix), json.dumps(metadata, indent=1).encode())
+        encoded = await anyio.to_thread.run_sync(lambda: json.dumps(metadata, indent=1).encode())
+        await self.store.put_object(container, self.metadata_name(prefix), encoded)
         await self.store.sync_container(container)
         return BackupResult(container=container, service_metadata=prefix, size_bytes=size,
                             object_count=len(entries), stored_bytes=sum(e["stored_length"] for e in entries))
@@ -217,7 +218,7 @@ class ChunkedBackupDriver(BackupDriver):
                 f"metadata object {record.container}/{name} is missing: the backup is incomplete or damaged"
             ) from None
         try:
-            meta = json.loads(raw)
+            meta = await anyio.to_thread.run_sync(json.loads, raw)
             objects = meta["objects"]
             size = int(meta["volume_size"])
             checked = [(str(o["name"]), int(o["offset"]), int(o["length"]), int(o["stored_length"]),

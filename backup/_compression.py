@@ -69,6 +69,10 @@ class ZstdCompression:
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         try:
+            # A damaged header could declare any size; refuse before allocating it.
+            declared = self._zstd.frame_content_size(data)
+            if declared not in (-1, expected_size):
+                raise CorruptBackupError(f"zstd frame declares {declared} bytes, expected {expected_size}")
             return self._zstd.ZstdDecompressor().decompress(data, max_output_size=max(expected_size, 1))
         except self._zstd.ZstdError as exc:
             raise CorruptBackupError(f"zstd frame does not decompress: {exc}") from None

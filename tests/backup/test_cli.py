@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +132,38 @@ def test_progress_display_plain_lines_once_per_ten_percent(tmp_path: Path) -> No
     out.seek(0)
     text = out.read().splitlines()
     assert [line.split()[1] for line in text] == [f"{p}%" for p in range(0, 101, 10)]
+
+
+def test_sigint_ends_in_error_event_and_status(tmp_path: Path) -> None:
+    """Ctrl-C during ``create``: exit 130, ``backup.create.error`` emitted, status error."""
+    volume = tmp_path / "big.img"
+    with volume.open("wb") as fh:
+        fh.truncate(4 * 1024**3)  # sparse: many 64 KiB chunks, so the backup is still running at the signal
+    log = tmp_path / "n.jsonl"
+    env = {**os.environ, "NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db"),
+           "NOTIFYKIT_BACKUP_STORE_PATH": str(tmp_path / "objects"), "NOTIFYKIT_BACKUP_FSYNC": "false",
+           "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl")}
+    env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "backup.cli", "create", str(volume), "--chunk-size", "64KiB",
+                             "--notifier", f"log://{log}"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("create: "), first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    events = lines(log)
+    assert [e["event_type"] for e in events if "progress" not in str(e["event_type"])] == [
+        "backup.create.start", "backup.create.error"]
+    assert events[-1]["priority"] == "error"
+    assert events[-1]["payload"]["fail_reason"] == "cancelled before completion"
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        assert conn.execute("SELECT status, fail_reason FROM backups").fetchall() == [
+            ("error", "cancelled before completion")]

@@ -12,11 +12,10 @@ from backup import COMPRESSIONS, BackupStatus, PosixBackupDriver, ProgressPolicy
 
 from .helpers import CHUNK, backup_env
 
-pytestmark = pytest.mark.asyncio
-
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 @pytest.mark.parametrize("size", SIZES)
 async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, size: int) -> None:
@@ -45,6 +44,7 @@ async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, si
     assert len(progress) == max(1, record.object_count)
 
 
+@pytest.mark.asyncio
 async def test_compressible_chunks_are_stored_smaller(tmp_path: Path) -> None:
     async with backup_env(tmp_path, compression="zstd") as env:
         volume = tmp_path / "zeros.img"
@@ -55,6 +55,7 @@ async def test_compressible_chunks_are_stored_smaller(tmp_path: Path) -> None:
     assert stored < CHUNK
 
 
+@pytest.mark.asyncio
 async def test_posix_driver_with_default_chunks_round_trips(tmp_path: Path) -> None:
     driver = PosixBackupDriver(tmp_path / "objects", fsync=True)
     async with backup_env(tmp_path, store=driver.store, chunk_size=driver.chunk_size, compression="zstd") as env:
@@ -63,3 +64,18 @@ async def test_posix_driver_with_default_chunks_round_trips(tmp_path: Path) -> N
         await env.service.restore_backup(record.id, tmp_path / "out.img")
     assert record.object_count == 2
     assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
+
+
+@pytest.mark.parametrize("compression", ["zlib", "zstd"])
+def test_codecs_refuse_damaged_streams_with_a_clear_error(compression: str) -> None:
+    from backup import CorruptBackupError, get_compressor
+
+    codec = get_compressor(compression)
+    packed = codec.compress(b"x" * 10_000)
+    assert codec.decompress(packed, 10_000) == b"x" * 10_000
+    with pytest.raises(CorruptBackupError, match=compression):
+        codec.decompress(packed[: len(packed) // 2], 10_000)  # truncated
+    with pytest.raises(CorruptBackupError):
+        codec.decompress(packed, 5_000)  # expands beyond what the metadata allows
+    with pytest.raises(CorruptBackupError):
+        codec.decompress(b"\x00" * 32, 10_000)  # not a stream at all
