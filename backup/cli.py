@@ -287,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BackupError, NotifyKitError) as exc:
         print(f"notifykit-backup: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. the demo's sample volume on a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"notifykit-backup: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("notifykit-backup: interrupted; the operation was recorded as failed", file=sys.stderr)
         return 130

@@ -152,6 +152,8 @@ async def main() -> None:
         "overhead_ratio": round(overhead, 4),
         "overhead_ratio_median": round(statistics.median(times["on"]) / statistics.median(times["off"]) - 1, 4),
         "cpu_overhead_ratio_median": round(statistics.median(cpu["on"]) / statistics.median(cpu["off"]) - 1, 4),
+        # process CPU seconds per wall second of a backup: above 1 means several cores worked
+        "backup_cpu_per_wall_median": round(statistics.median(c / w for c, w in zip(cpu["off"], times["off"], strict=True)), 2),
         "notify_call_share_median": round(statistics.median(notify_share), 5),
         "backup_vs_copy_ratio": round(best["off"] / best["copy"], 3),
         "target_overhead_ratio": 0.02,

@@ -50,15 +50,17 @@ class ManualClock:
 
 
 class FullStore(PosixObjectStore):
-    """A real posix store whose disk fills up after ``room`` objects (ENOSPC from the OS layer)."""
+    """A real posix store whose disk fails after ``room`` objects with ``code`` (ENOSPC: full,
+    EROFS: remounted read-only), as the OS would report it."""
 
-    def __init__(self, root: Path, room: int) -> None:
+    def __init__(self, root: Path, room: int, code: int = errno.ENOSPC) -> None:
         super().__init__(root, fsync=False)
         self.room = room
+        self.code = code
 
     def _put(self, container: str, name: str, data: bytes) -> None:
         if self.room <= 0:
-            raise self._error("write object", f"{container}/{name}", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            raise self._error("write object", f"{container}/{name}", OSError(self.code, os.strerror(self.code)))
         self.room -= 1
         super()._put(container, name, data)
 

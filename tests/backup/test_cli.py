@@ -123,6 +123,18 @@ def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
         BackupConfig.load(toml, env={})
 
 
+def test_progress_display_redraws_one_bar_on_a_terminal(tmp_path: Path) -> None:
+    out = (tmp_path / "out.txt").open("w+", newline="")
+    display = ProgressDisplay("restore", out, tty=True)
+    display(0, 1000)
+    display(1000, 1000)
+    display.finish()
+    out.seek(0)
+    text = out.read()
+    assert text.count("\n") == 1 and text.endswith("\r\n")
+    assert "[" + "#" * 30 + "] 100.0%" in text and "[" + "." * 30 + "]   0.0%" in text
+
+
 def test_progress_display_plain_lines_once_per_ten_percent(tmp_path: Path) -> None:
     out = (tmp_path / "out.txt").open("w+")
     display = ProgressDisplay("create", out, tty=False)

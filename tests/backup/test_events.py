@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -133,16 +135,19 @@ async def test_store_that_is_not_a_directory_is_create_error(tmp_path: Path) -> 
     assert record.status is BackupStatus.ERROR and "Not a directory" in (record.fail_reason or "")
 
 
-async def test_full_store_is_create_error_and_delete_cleans_up(tmp_path: Path) -> None:
-    store = FullStore(tmp_path / "store", room=3)
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device (object store full)"),
+                                              (errno.EROFS, "Read-only file system (object store read-only?)")])
+async def test_full_or_readonly_store_is_create_error_and_delete_cleans_up(tmp_path: Path, code: int,
+                                                                          reason: str) -> None:
+    store = FullStore(tmp_path / "store", room=3, code=code)
     async with backup_env(tmp_path, store=store, policy=EVERY_4) as env:
-        with pytest.raises(ObjectStoreError, match="object store full"):
+        with pytest.raises(ObjectStoreError, match=re.escape(reason)):
             await env.service.create_backup(env.volume(10 * CHUNK))
         [record] = await env.service.list()
         await env.service.delete_backup(record.id)
         leftovers = list((tmp_path / "store").iterdir())
     assert env.event_types == ["backup.create.start", "backup.create.error", "backup.delete.start", "backup.delete.end"]
-    assert record.status is BackupStatus.ERROR and "no space left" in (record.fail_reason or "")
+    assert record.status is BackupStatus.ERROR and (record.fail_reason or "").endswith(reason)
     assert leftovers == []
 
 
