@@ -236,7 +236,7 @@ class ChunkedBackupDriver(BackupDriver):
                 f" catalog says {record.size_bytes}"
             )
         meta["objects"] = [dict(zip(("name", "offset", "length", "stored_length", "sha256", "compression"), e,
-                                    strict=True)) for e in checked]
+                                    strict=True), index=i) for i, e in enumerate(checked)]
         return dict(meta)
 
     def _unpack(self, container: str, entry: dict[str, Any], stored: bytes) -> bytes:
@@ -278,8 +278,7 @@ class ChunkedBackupDriver(BackupDriver):
                             stored = await self.store.get_object(container, entry["name"])
                         except ObjectNotFoundError:
                             raise CorruptBackupError(
-                                f"object {container}/{entry['name']} (chunk {entry['offset'] // max(1, meta['chunk_size'])})"
-                                " is missing from the object store"
+                                f"object {container}/{entry['name']} (chunk {entry['index']}) is missing from the object store"
                             ) from None
                         data = await anyio.to_thread.run_sync(self._unpack, container, entry, stored)
                         await anyio.to_thread.run_sync(_pwrite_all, fd, data, entry["offset"], path)

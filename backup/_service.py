@@ -94,12 +94,12 @@ class BackupService:
 
     # -- notifications -----------------------------------------------------------------
 
-    def _context(self, ctx: ContextLike, record: BackupRecord | None = None) -> RequestContext:
-        base = RequestContext.coerce(ctx)
-        fields: dict[str, Any] = dict(base.as_dict())
+    def _context(self, ctx: ContextLike) -> RequestContext:
+        """The caller's context, with a request_id and the default project/user filled in."""
+        fields: dict[str, Any] = dict(RequestContext.coerce(ctx).as_dict())
         fields.setdefault("request_id", f"req-{uuid.uuid4()}")
-        fields.setdefault("project_id", record.project_id if record else self.project_id)
-        fields.setdefault("user_id", record.user_id if record else self.user_id)
+        fields.setdefault("project_id", self.project_id)
+        fields.setdefault("user_id", self.user_id)
         return RequestContext.coerce(fields)
 
     async def _emit(self, ctx: RequestContext, event_type: str, payload: Mapping[str, Any],

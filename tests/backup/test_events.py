@@ -288,3 +288,63 @@ async def test_stalled_transport_does_not_stall_the_backup(tmp_path: Path) -> No
         env.memory.resume()
     assert record.status is BackupStatus.AVAILABLE
     assert env.service.notification_failures >= 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "wrong_size"])
+async def test_damaged_metadata_is_restore_error(tmp_path: Path, damage: str) -> None:
+    async with backup_env(tmp_path) as env:
+        record = await env.service.create_backup(env.volume(3 * CHUNK))
+        assert record.container is not None
+        meta = tmp_path / "store" / record.container / f"{record.service_metadata}_metadata"
+        if damage == "missing":
+            meta.unlink()
+        elif damage == "truncated":
+            meta.write_bytes(meta.read_bytes()[:50])
+        else:
+            meta.write_text(meta.read_text().replace(f'"volume_size": {3 * CHUNK}', f'"volume_size": {2 * CHUNK}'))
+        with pytest.raises(CorruptBackupError, match="metadata object") as caught:
+            await env.service.restore_backup(record.id, tmp_path / "out.img")
+        after = await env.service.show(record.id)
+    assert {"missing": "is missing", "truncated": "is unreadable", "wrong_size": "metadata says"}[damage] in str(caught.value)
+    assert env.event_types[-2:] == ["backup.restore.start", "backup.restore.error"]
+    assert after.status is BackupStatus.ERROR_RESTORING and after.fail_reason == str(caught.value)
+    assert not (tmp_path / "out.img").exists()
+
+
+async def test_volume_that_shrinks_during_backup_is_create_error(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "store", free=1)
+    async with backup_env(tmp_path, store=store) as env:
+        volume = env.volume(40 * CHUNK)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                async def create() -> None:
+                    with pytest.raises(VolumeError, match="did it shrink"):
+                        await env.service.create_backup(volume)
+
+                tg.start_soon(create)
+                await store.first_stored.wait()
+                # At most ~10 chunks are in flight (bounded streams), so the reader is far from byte 20*CHUNK.
+                with volume.open("r+b") as fh:
+                    fh.truncate(20 * CHUNK)
+                store.gate.set()
+        [record] = await env.service.list()
+    assert env.event_types[0] == "backup.create.start" and env.event_types[-1] == "backup.create.error"
+    assert record.status is BackupStatus.ERROR and f"ended at byte {20 * CHUNK}" in (record.fail_reason or "")
+
+
+async def test_restore_of_a_failed_backup_is_refused(tmp_path: Path) -> None:
+    async with backup_env(tmp_path) as env:
+        with pytest.raises(VolumeError):
+            await env.service.create_backup(tmp_path / "missing.img")
+        [record] = await env.service.list()
+        with pytest.raises(InvalidStatusTransitionError, match="is error: cannot become restoring"):
+            await env.service.restore_backup(record.id, tmp_path / "out.img")
+    assert env.event_types == ["backup.create.start", "backup.create.error", "backup.restore.error"]
+    assert env.memory.messages[-1].payload["status"] == "error"
+
+
+async def test_prepared_notifier_sets_the_publisher(tmp_path: Path) -> None:
+    async with backup_env(tmp_path) as env:
+        env.service.notifier = env.notifier.prepare(publisher_id="backup.other-host")
+        await env.service.create_backup(env.volume(CHUNK))
+    assert {n.publisher_id for n in env.memory.messages} == {"backup.other-host"}
