@@ -121,7 +121,10 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
             record = await service.create_backup(args.path, name=args.name, volume_id=args.volume_id,
                                                  on_progress=display)
             display.finish()
-            _print_record(record, out, args.json) if args.json else out.write(record.id + "\n")
+            if args.json:
+                _print_record(record, out, as_json=True)
+            else:
+                out.write(record.id + "\n")
         elif args.command == "restore":
             display = ProgressDisplay("restore", err)
             await service.restore_backup(args.id, args.target, overwrite=args.overwrite, on_progress=display)

@@ -39,7 +39,7 @@ from transports.memory import MemoryTransport
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 512
-RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 7
 CHUNK = 4 * MIB
 COMPRESSION = "zstd"
 EVERY_OBJECT = ProgressPolicy(backup_object_number_per_notification=1)
