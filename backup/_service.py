@@ -240,6 +240,23 @@ class BackupService:
         await self._emit(context, "backup.delete.end", usage_from_backup(record))
         return record
 
+    async def recover_interrupted(self, *, ctx: ContextLike = None) -> builtins.list[BackupRecord]:
+        """Fail this host's operations left in a working status by a process that died
+        (SIGKILL, power loss), as Cinder does at service start: ``creating`` → ``error``,
+        ``restoring`` → ``error_restoring``, ``deleting`` → ``error_deleting``, each with its
+        ``.error`` event. Call it only when no other process works on this host's backups."""
+        context = self._context(ctx)
+        working = {BackupStatus.CREATING: "create", BackupStatus.RESTORING: "restore", BackupStatus.DELETING: "delete"}
+        recovered: builtins.list[BackupRecord] = []
+        for record in await self.catalog.list():
+            op = working.get(record.status)
+            if op is None or record.host != self.host:
+                continue
+            await self._fail(context, op, record, BackupError(
+                f"interrupted: the process running this {op} stopped before it finished"))
+            recovered.append(await self.catalog.get(record.id))
+        return recovered
+
     async def list(self, *, project_id: str | None = None, include_deleted: bool = False) -> builtins.list[BackupRecord]:
         """Backups, oldest first (deleted ones only with ``include_deleted``)."""
         return await self.catalog.list(project_id=project_id, include_deleted=include_deleted)

@@ -141,6 +141,9 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
                 _print_table(records, out)
         elif args.command == "show":
             _print_record(await service.show(args.id), out, args.json)
+        elif args.command == "recover":
+            for record in await service.recover_interrupted():
+                out.write(f"{record.id} {record.status.value}: {record.fail_reason}\n")
     return 0
 
 
@@ -273,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", parents=[common], help="show one backup")
     sh.add_argument("id")
     sh.add_argument("--json", action="store_true")
+    sub.add_parser("recover", parents=[common],
+                   help="mark this host's backups left creating/restoring/deleting by a dead process as failed")
     dm = sub.add_parser("demo", parents=[common], help="back up, restore, verify and delete a sample volume")
     dm.add_argument("--size", default="256MiB", help="sample volume size (default 256MiB)")
     dm.add_argument("--keep", action="store_true", help="keep the demo's work directory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,21 @@ async def test_prepared_notifier_sets_the_publisher(tmp_path: Path) -> None:
         env.service.notifier = env.notifier.prepare(publisher_id="backup.other-host")
         await env.service.create_backup(env.volume(CHUNK))
     assert {n.publisher_id for n in env.memory.messages} == {"backup.other-host"}
+
+
+async def test_recover_fails_operations_left_by_a_dead_process(tmp_path: Path) -> None:
+    async with backup_env(tmp_path) as env:
+        done = await env.service.create_backup(env.volume(CHUNK))
+        stuck = await env.catalog.add(replace(done, id="stuck-create", status=BackupStatus.CREATING))
+        await env.catalog.add(replace(done, id="restoring", status=BackupStatus.AVAILABLE))
+        await env.catalog.transition("restoring", BackupStatus.RESTORING)
+        await env.catalog.add(replace(done, id="elsewhere", host="other-host", status=BackupStatus.CREATING))
+        recovered = await env.service.recover_interrupted()
+        statuses = {r.id: r.status for r in await env.service.list()}
+    assert sorted((r.id, r.status) for r in recovered) == [("restoring", BackupStatus.ERROR_RESTORING),
+                                                           (stuck.id, BackupStatus.ERROR)]
+    assert all("interrupted" in (r.fail_reason or "") for r in recovered)
+    assert statuses == {done.id: BackupStatus.AVAILABLE, "stuck-create": BackupStatus.ERROR,
+                        "restoring": BackupStatus.ERROR_RESTORING, "elsewhere": BackupStatus.CREATING}
+    assert sorted((n.event_type, n.payload["backup_id"]) for n in env.memory.messages[-2:]) == [
+        ("backup.create.error", "stuck-create"), ("backup.restore.error", "restoring")]
