@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The three packages (backup/ once it has code), checked by ruff and mypy --strict.
 PACKAGES := notifykit transports $(if $(wildcard backup/*.py),backup)
+# `make demo DEMO_ARGS='--size 1GiB'` passes options to `notifykit-backup demo`.
+DEMO_ARGS ?=
 
 .PHONY: demo test lint docs bench clean
 
@@ -20,7 +22,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo
-	$(BIN)/python examples/emit.py
+	$(BIN)/notifykit-backup demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

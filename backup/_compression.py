@@ -1,0 +1,95 @@
+"""Chunk compression codecs: none, zlib and zstd (the ``zstandard`` package).
+
+Codecs are stateless from the caller's view and safe to call from several worker
+threads at once (zstd contexts are not thread-safe, so each call builds its own).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Protocol
+
+from ._errors import BackupConfigError, CorruptBackupError
+
+__all__ = ["COMPRESSIONS", "Compressor", "get_compressor"]
+
+COMPRESSIONS = ("none", "zlib", "zstd")
+
+
+class Compressor(Protocol):
+    name: str
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, data: bytes, expected_size: int) -> bytes: ...
+
+
+class NoCompression:
+    name = "none"
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def decompress(self, data: bytes, expected_size: int) -> bytes:
+        return data
+
+
+class ZlibCompression:
+    name = "zlib"
+
+    def __init__(self, level: int = 6) -> None:
+        self.level = level
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data, self.level)
+
+    def decompress(self, data: bytes, expected_size: int) -> bytes:
+        try:
+            # max_length bounds memory if a corrupt stream claims to expand forever.
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(data, expected_size + 1)
+            if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+                raise CorruptBackupError("zlib stream is truncated or has trailing data")
+            return out
+        except zlib.error as exc:
+            raise CorruptBackupError(f"zlib stream does not decompress: {exc}") from None
+
+
+class ZstdCompression:
+    name = "zstd"
+
+    def __init__(self, level: int = 3) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self.level = level
+
+    def compress(self, data: bytes) -> bytes:
+        return self._zstd.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
+
+    def decompress(self, data: bytes, expected_size: int) -> bytes:
+        try:
+            # A damaged header could declare any size; refuse before allocating it.
+            declared = self._zstd.frame_content_size(data)
+            if declared not in (-1, expected_size):
+                raise CorruptBackupError(f"zstd frame declares {declared} bytes, expected {expected_size}")
+            return self._zstd.ZstdDecompressor().decompress(data, max_output_size=max(expected_size, 1))
+        except self._zstd.ZstdError as exc:
+            raise CorruptBackupError(f"zstd frame does not decompress: {exc}") from None
+
+
+def get_compressor(name: str, level: int | None = None) -> Compressor:
+    """The codec called ``name`` (none, zlib, zstd); an unknown name is a BackupConfigError."""
+    key = name.lower()
+    if key == "none":
+        return NoCompression()
+    if key == "zlib":
+        return ZlibCompression(6 if level is None else level)
+    if key == "zstd":
+        try:
+            return ZstdCompression(3 if level is None else level)
+        except ImportError:
+            raise BackupConfigError(
+                "compression 'zstd' needs the zstandard package: pip install 'notifykit[backup]'"
+            ) from None
+    raise BackupConfigError(f"unknown compression {name!r}; choose one of: {', '.join(COMPRESSIONS)}")

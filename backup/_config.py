@@ -1,0 +1,163 @@
+"""BackupConfig: every setting of the backup service and CLI, from defaults, a TOML file,
+environment variables and explicit options (later sources win, in that order).
+
+TOML keys sit in a ``[backup]`` table (or at the top level); each key ``name`` can also be
+set with the environment variable ``NOTIFYKIT_BACKUP_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._chunked import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE
+from ._compression import COMPRESSIONS
+from ._errors import BackupConfigError
+from ._progress import ProgressPolicy
+
+__all__ = ["ENV_PREFIX", "BackupConfig", "parse_size"]
+
+ENV_PREFIX = "NOTIFYKIT_BACKUP_"
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object, key: str = "size") -> int:
+    """Bytes from ``4194304``, ``"4MiB"``, ``"4M"`` (binary) or ``"4MB"`` (decimal)."""
+    if isinstance(value, bool):
+        raise BackupConfigError(f"{key} must be a size such as 4MiB, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise BackupConfigError(f"{key} must be a size such as 4194304, 4MiB or 512M, got {value!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "notifykit" / "backup"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupConfig:
+    """Settings with their defaults; see docs/backup.md for each one."""
+
+    catalog_path: Path = field(default_factory=lambda: _state_dir() / "catalog.sqlite3")
+    store_path: Path = field(default_factory=lambda: _state_dir() / "objects")
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    compression: str = "zstd"
+    compression_level: int | None = None
+    workers: int | None = None
+    fsync: bool = True
+    host: str = field(default_factory=socket.gethostname)
+    availability_zone: str = "nova"
+    project_id: str = "default"
+    user_id: str = "default"
+    notifier_url: str = "log://stderr"
+    notifier_config: Path | None = None
+    dead_letter_path: Path | None = None
+    backup_object_number_per_notification: int = 10
+    backup_timer_interval: float = 120.0
+    backup_enable_progress_timer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < MIN_CHUNK_SIZE:
+            raise BackupConfigError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes, got {self.chunk_size}")
+        if self.compression not in COMPRESSIONS:
+            raise BackupConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.workers is not None and self.workers < 1:
+            raise BackupConfigError(f"workers must be >= 1, got {self.workers}")
+        if not self.host:
+            raise BackupConfigError("host must not be empty")
+        self.progress_policy()  # validates the progress options
+
+    @property
+    def publisher_id(self) -> str:
+        return f"backup.{self.host}"
+
+    def progress_policy(self) -> ProgressPolicy:
+        return ProgressPolicy(self.backup_object_number_per_notification, self.backup_timer_interval,
+                              self.backup_enable_progress_timer)
+
+    # -- loading -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, toml_path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
+             **overrides: Any) -> BackupConfig:
+        """Defaults ← TOML file ← ``NOTIFYKIT_BACKUP_*`` variables ← ``overrides`` (None = unset)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = toml_path or env.get(f"{ENV_PREFIX}CONFIG")
+        if path:
+            values.update(cls._from_toml(Path(path)))
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = raw
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise BackupConfigError(f"unknown backup setting(s): {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: cls._coerce(k, v) for k, v in values.items()})
+
+    @classmethod
+    def _from_toml(cls, path: Path) -> dict[str, Any]:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise BackupConfigError(f"backup config file {str(path)!r} does not exist") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BackupConfigError(f"backup config file {str(path)!r} is not valid TOML: {exc}") from None
+        table = data.get("backup", data)
+        if not isinstance(table, dict):
+            raise BackupConfigError(f"{str(path)!r}: [backup] must be a table")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise BackupConfigError(f"{str(path)!r}: unknown backup setting(s): {', '.join(unknown)}")
+        return dict(table)
+
+    @staticmethod
+    def _coerce(key: str, value: Any) -> Any:
+        """Strings from the environment or TOML values into each field's type."""
+        if key == "chunk_size":
+            return parse_size(value, key)
+        if key in ("catalog_path", "store_path", "notifier_config", "dead_letter_path"):
+            return Path(os.path.expanduser(str(value)))
+        if key in ("fsync", "backup_enable_progress_timer"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise BackupConfigError(f"{key} must be true or false, got {value!r}")
+        if key in ("compression_level", "workers", "backup_object_number_per_notification"):
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                return int(value)
+            except (TypeError, ValueError):
+                raise BackupConfigError(f"{key} must be an integer, got {value!r}") from None
+        if key == "backup_timer_interval":
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                return float(value)
+            except (TypeError, ValueError):
+                raise BackupConfigError(f"{key} must be a number of seconds, got {value!r}") from None
+        if key == "compression":
+            return str(value).lower()
+        return str(value)

@@ -1,0 +1,57 @@
+"""The interface between BackupService and a backup driver (Cinder's BackupDriver, async).
+
+A driver moves bytes; the service owns the catalog, the statuses and the notifications.
+Drivers report each finished object through ``on_object`` so the service can emit
+throttled progress without knowing how the driver splits a volume.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ._catalog import BackupRecord
+
+__all__ = ["BackupDriver", "BackupResult", "ObjectCallback"]
+
+# Called after each object is stored (backup) or written back (restore), with its raw size.
+ObjectCallback = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """What a finished backup looks like in the object store."""
+
+    container: str
+    service_metadata: str
+    size_bytes: int
+    object_count: int
+    stored_bytes: int
+
+
+class BackupDriver(ABC):
+    """An asyncio backup driver: never blocks the event loop, raises BackupError subclasses."""
+
+    @property
+    @abstractmethod
+    def service(self) -> str:
+        """The driver's name, recorded as the backup's ``service``."""
+
+    @abstractmethod
+    async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
+        """The volume's size in bytes; VolumeError if it cannot be read."""
+
+    @abstractmethod
+    async def backup(self, record: BackupRecord, on_object: ObjectCallback) -> BackupResult:
+        """Copy the volume at ``record.volume_path`` into the store."""
+
+    @abstractmethod
+    async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
+                      *, overwrite: bool = False) -> int:
+        """Write the backup to ``target``, verifying every object; returns the bytes written."""
+
+    @abstractmethod
+    async def delete(self, record: BackupRecord) -> None:
+        """Remove every object of the backup and its container (a missing container is fine)."""

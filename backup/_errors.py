@@ -1,0 +1,51 @@
+"""Every error the backup service raises, so callers (and the CLI) can catch by family."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackupError",
+    "BackupNotFoundError",
+    "BackupConfigError",
+    "CorruptBackupError",
+    "InvalidStatusTransitionError",
+    "ObjectNotFoundError",
+    "ObjectStoreError",
+    "RestoreTargetError",
+    "VolumeError",
+]
+
+
+class BackupError(Exception):
+    """Base class; its message is what ends up in a record's ``fail_reason``."""
+
+
+class BackupConfigError(BackupError, ValueError):
+    """A configuration value (option, environment variable, TOML key) is invalid."""
+
+
+class BackupNotFoundError(BackupError, LookupError):
+    """No backup with that id in the catalog."""
+
+
+class InvalidStatusTransitionError(BackupError):
+    """The requested operation is not allowed in the backup's current status."""
+
+
+class VolumeError(BackupError):
+    """The volume to back up is missing, unreadable, of the wrong kind, or changed while read."""
+
+
+class ObjectStoreError(BackupError):
+    """The object store refused an operation (full, read-only, not a directory, …)."""
+
+
+class ObjectNotFoundError(ObjectStoreError, LookupError):
+    """An object or container that should exist does not."""
+
+
+class CorruptBackupError(BackupError):
+    """A stored object does not match its metadata (checksum, size, compression)."""
+
+
+class RestoreTargetError(BackupError):
+    """The restore target cannot be written (exists, wrong kind, read-only)."""

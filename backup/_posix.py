@@ -1,0 +1,149 @@
+"""``posix`` object store: a directory tree (one directory per container), like Cinder's
+posix backup driver. Objects are written to a temporary file and renamed into place, so
+a crash never leaves a half-written object under its real name. All disk I/O runs in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+import anyio.to_thread
+
+from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
+from ._errors import ObjectNotFoundError, ObjectStoreError
+from ._objectstore import validate_name
+
+__all__ = ["PosixBackupDriver", "PosixObjectStore"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+class PosixObjectStore:
+    """Objects as files under ``root/<container>/``; ``fsync`` makes each put durable."""
+
+    name = "posix"
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"PosixObjectStore({str(self.root)!r})"
+
+    def _container(self, container: str) -> Path:
+        return self.root / validate_name("container", container)
+
+    def _object(self, container: str, name: str) -> Path:
+        return self._container(container) / validate_name("object", name)
+
+    def _error(self, action: str, what: str, exc: OSError) -> ObjectStoreError:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on device (object store full)"
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            reason = f"{reason} (object store read-only?)"
+        cls = ObjectNotFoundError if isinstance(exc, FileNotFoundError) else ObjectStoreError
+        return cls(f"posix object store {str(self.root)!r}: cannot {action} {what}: {reason}")
+
+    # -- blocking helpers (run in threads) -----------------------------------------
+
+    def _create_container(self, container: str) -> None:
+        path = self._container(container)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error("create container", repr(container), exc) from None
+
+    def _delete_container(self, container: str) -> None:
+        path = self._container(container)
+        try:
+            for leftover in path.glob(_TMP_PREFIX + "*"):
+                leftover.unlink(missing_ok=True)
+            path.rmdir()
+        except OSError as exc:
+            raise self._error("delete container", repr(container), exc) from None
+
+    def _put(self, container: str, name: str, data: bytes) -> None:
+        final = self._object(container, name)
+        tmp = final.with_name(f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise self._error("write object", f"{container}/{name}", exc) from None
+
+    def _get(self, container: str, name: str) -> bytes:
+        try:
+            return self._object(container, name).read_bytes()
+        except OSError as exc:
+            raise self._error("read object", f"{container}/{name}", exc) from None
+
+    def _delete(self, container: str, name: str) -> None:
+        try:
+            self._object(container, name).unlink()
+        except OSError as exc:
+            raise self._error("delete object", f"{container}/{name}", exc) from None
+
+    def _list(self, container: str) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self._container(container))
+                          if not e.name.startswith(_TMP_PREFIX) and e.is_file())
+        except OSError as exc:
+            raise self._error("list container", repr(container), exc) from None
+
+    def _sync_container(self, container: str) -> None:
+        """Make the renames durable (directory entries) once a backup is complete."""
+        if not self.fsync:
+            return
+        try:
+            fd = os.open(self._container(container), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._error("sync container", repr(container), exc) from None
+
+    # -- ObjectStore -------------------------------------------------------------------
+
+    async def create_container(self, container: str) -> None:
+        await anyio.to_thread.run_sync(self._create_container, container)
+
+    async def delete_container(self, container: str) -> None:
+        await anyio.to_thread.run_sync(self._delete_container, container)
+
+    async def put_object(self, container: str, name: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self._put, container, name, data)
+
+    async def get_object(self, container: str, name: str) -> bytes:
+        return await anyio.to_thread.run_sync(self._get, container, name)
+
+    async def delete_object(self, container: str, name: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, container, name)
+
+    async def list_objects(self, container: str) -> list[str]:
+        return await anyio.to_thread.run_sync(self._list, container)
+
+    async def sync_container(self, container: str) -> None:
+        await anyio.to_thread.run_sync(self._sync_container, container)
+
+
+class PosixBackupDriver(ChunkedBackupDriver):
+    """Cinder's posix backup driver: chunked backups in a directory tree."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 compression: str = "zstd", compression_level: int | None = None, workers: int | None = None) -> None:
+        super().__init__(PosixObjectStore(root, fsync=fsync), chunk_size=chunk_size, compression=compression,
+                         compression_level=compression_level, workers=workers)

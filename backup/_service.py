@@ -1,0 +1,320 @@
+"""BackupService: create, restore, delete, list and show backups, reporting every step.
+
+The service owns the catalog record and its status, and emits Cinder's backup
+notifications through whatever ``SupportsNotify`` it is given (a Notifier, or
+``notifier.prepare(publisher_id=f"backup.{host}")``). It never picks a transport.
+
+Every operation that starts emits ``.start`` and then exactly one of ``.end`` or
+``.error``. Failures, including cancellation, set the matching error status and a
+``fail_reason`` before the exception reaches the caller. Notification failures are
+logged and never fail (or stall) a backup: delivery is the transport layer's job.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from notifykit import Clock, ContextLike, EventLoopClock, Priority, RequestContext, SupportsNotify
+
+from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
+from ._driver import BackupDriver, ObjectCallback
+from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
+from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup
+from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
+
+__all__ = ["BackupService", "ProgressObserver", "describe_failure"]
+
+log = logging.getLogger("backup")
+
+# Called after every object (not throttled) with (bytes_done, total_bytes): for progress bars.
+ProgressObserver = Callable[[int, int], None]
+
+DEFAULT_NOTIFY_TIMEOUT = 10.0
+# How long a shielded error report may take when the operation was cancelled.
+_SHIELDED_REPORT_TIMEOUT = 15.0
+
+_OPS = {
+    "create": (BackupStatus.AVAILABLE, BackupStatus.ERROR),
+    "restore": (BackupStatus.AVAILABLE, BackupStatus.ERROR_RESTORING),
+    "delete": (BackupStatus.DELETED, BackupStatus.ERROR_DELETING),
+}
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line ``fail_reason`` for any exception, cancellation included."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled before completion"
+    if isinstance(exc, BackupError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class BackupService:
+    """Async backup manager: one catalog, one driver, one notifier."""
+
+    def __init__(
+        self,
+        catalog: BackupCatalog,
+        driver: BackupDriver,
+        notifier: SupportsNotify,
+        *,
+        host: str,
+        availability_zone: str = "nova",
+        project_id: str = "default",
+        user_id: str = "default",
+        progress: ProgressPolicy | None = None,
+        clock: Clock | None = None,
+        notify_timeout: float = DEFAULT_NOTIFY_TIMEOUT,
+    ) -> None:
+        self.catalog = catalog
+        self.driver = driver
+        self.notifier = notifier
+        self.host = host
+        self.availability_zone = availability_zone
+        self.project_id = project_id
+        self.user_id = user_id
+        self.progress = progress or ProgressPolicy()
+        self.clock: Clock = clock or EventLoopClock()
+        self.notify_timeout = notify_timeout
+        self.notification_failures = 0
+
+    # -- notifications -----------------------------------------------------------------
+
+    def _context(self, ctx: ContextLike) -> RequestContext:
+        """The caller's context, with a request_id and the default project/user filled in."""
+        fields: dict[str, Any] = dict(RequestContext.coerce(ctx).as_dict())
+        fields.setdefault("request_id", f"req-{uuid.uuid4()}")
+        fields.setdefault("project_id", self.project_id)
+        fields.setdefault("user_id", self.user_id)
+        return RequestContext.coerce(fields)
+
+    async def _emit(self, ctx: RequestContext, event_type: str, payload: Mapping[str, Any],
+                    priority: Priority = Priority.INFO) -> None:
+        """Hand one notification to the notifier; never raises, never waits past notify_timeout."""
+        try:
+            with anyio.move_on_after(self.notify_timeout) as scope:
+                await self.notifier.notify(ctx, event_type, payload, priority=priority)
+            if scope.cancelled_caught:
+                self.notification_failures += 1
+                log.warning("notification %s not accepted within %.1fs; the backup goes on",
+                            event_type, self.notify_timeout)
+        except Exception as exc:
+            self.notification_failures += 1
+            log.warning("notification %s could not be emitted (%s: %s); the backup goes on",
+                        event_type, type(exc).__name__, exc)
+
+    async def _emit_progress(self, ctx: RequestContext, op: str, record: BackupRecord,
+                             update: ProgressUpdate | None) -> None:
+        if update is not None:
+            await self._emit(ctx, f"backup.{op}progress", progress_payload(
+                record, bytes_done=update.bytes_done, objects_done=update.objects_done, percentage=update.percentage))
+
+    async def _fail(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException) -> None:
+        """Record the error status with a fail_reason, then emit ``backup.<op>.error``."""
+        reason = describe_failure(exc)
+        error_status = _OPS[op][1]
+        try:
+            record = await self.catalog.transition(record.id, error_status, fail_reason=reason)
+        except Exception as catalog_exc:
+            log.error("backup %s: could not record status %s (%s); reporting anyway", record.id,
+                      error_status.value, catalog_exc)
+            record = _replace_status(record, error_status, reason)
+        log.error("backup %s: %s failed: %s", record.id, op, reason)
+        await self._emit(ctx, f"backup.{op}.error", usage_from_backup(record), Priority.ERROR)
+
+    async def _reject(self, ctx: RequestContext, op: str, backup_id: str, exc: BackupError,
+                      record: BackupRecord | None) -> None:
+        """A request refused before it started (unknown id, wrong status): error event, no
+        status change, since the backup itself is unaffected."""
+        reason = str(exc)
+        if record is not None:
+            payload = usage_from_backup(record, fail_reason=reason)
+        else:  # nothing known but what was asked: every field present, unknown ones null
+            payload = dict.fromkeys(PAYLOAD_FIELDS)
+            payload.update(backup_id=backup_id, tenant_id=ctx.project_id, user_id=ctx.user_id, host=self.host,
+                           availability_zone=self.availability_zone, service=self.driver.service, status=None,
+                           fail_reason=reason, size=0, size_bytes=0, num_dependent_backups=0,
+                           payload_version=PAYLOAD_VERSION)
+        await self._emit(ctx, f"backup.{op}.error", payload, Priority.ERROR)
+
+    async def _guarded(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException) -> None:
+        """Report a failure; shielded so a cancelled operation still leaves a trace."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_SHIELDED_REPORT_TIMEOUT):
+            await self._fail(ctx, op, record, exc)
+
+    async def _progress_timer(self, ctx: RequestContext, op: str, tracker: ProgressTracker,
+                              current: Callable[[], BackupRecord]) -> None:
+        """Heartbeat progress every backup_timer_interval while objects are slow."""
+        while not tracker.final_sent:
+            await self.clock.sleep(max(tracker.seconds_until_timer(), 0.001))
+            await self._emit_progress(ctx, op, current(), tracker.timer_due())
+
+    # -- operations --------------------------------------------------------------------
+
+    async def create_backup(
+        self,
+        volume_path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        volume_id: str | None = None,
+        ctx: ContextLike = None,
+        on_progress: ProgressObserver | None = None,
+    ) -> BackupRecord:
+        """Back up a file or block device; returns the ``available`` record.
+
+        ``volume_id`` defaults to a stable id derived from the volume's real path.
+        """
+        path = await anyio.to_thread.run_sync(os.path.realpath, volume_path)
+        context = self._context(ctx)
+        try:
+            size = await self.driver.volume_size(path)
+        except BackupError:
+            size = 0  # reported below, inside the operation, as create.error
+        record = await self.catalog.add(BackupRecord(
+            id=new_backup_id(),
+            project_id=context.project_id or self.project_id,
+            user_id=context.user_id or self.user_id,
+            availability_zone=self.availability_zone,
+            host=self.host,
+            display_name=name,
+            volume_id=volume_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{self.host}{path}")),
+            volume_path=path,
+            service=self.driver.service,
+            size_bytes=size,
+        ))
+        await self._emit(context, "backup.create.start", usage_from_backup(record))
+        try:
+            record = await self._run_with_progress(
+                context, "create", record, size, on_progress,
+                lambda on_object: self.driver.backup(record, on_object))
+        except BaseException as exc:
+            await self._guarded(context, "create", record, exc)
+            raise
+        return record
+
+    async def restore_backup(
+        self,
+        backup_id: str,
+        target: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        ctx: ContextLike = None,
+        on_progress: ProgressObserver | None = None,
+    ) -> BackupRecord:
+        """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``)."""
+        context = self._context(ctx)
+        record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING)
+        try:
+            record = await self._run_with_progress(
+                context, "restore", record, record.size_bytes, on_progress,
+                lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite))
+        except BaseException as exc:
+            await self._guarded(context, "restore", record, exc)
+            raise
+        return record
+
+    async def delete_backup(self, backup_id: str, *, ctx: ContextLike = None) -> BackupRecord:
+        """Remove every object and the container; the record stays, as ``deleted``."""
+        context = self._context(ctx)
+        record = await self._begin(context, "delete", backup_id, BackupStatus.DELETING)
+        try:
+            await self.driver.delete(record)
+            record = await self.catalog.transition(record.id, BackupStatus.DELETED)
+        except BaseException as exc:
+            await self._guarded(context, "delete", record, exc)
+            raise
+        await self._emit(context, "backup.delete.end", usage_from_backup(record))
+        return record
+
+    async def recover_interrupted(self, *, ctx: ContextLike = None) -> builtins.list[BackupRecord]:
+        """Fail this host's operations left in a working status by a process that died
+        (SIGKILL, power loss), as Cinder does at service start: ``creating`` → ``error``,
+        ``restoring`` → ``error_restoring``, ``deleting`` → ``error_deleting``, each with its
+        ``.error`` event. Call it only when no other process works on this host's backups."""
+        context = self._context(ctx)
+        working = {BackupStatus.CREATING: "create", BackupStatus.RESTORING: "restore", BackupStatus.DELETING: "delete"}
+        recovered: builtins.list[BackupRecord] = []
+        for record in await self.catalog.list():
+            op = working.get(record.status)
+            if op is None or record.host != self.host:
+                continue
+            await self._fail(context, op, record, BackupError(
+                f"interrupted: the process running this {op} stopped before it finished"))
+            recovered.append(await self.catalog.get(record.id))
+        return recovered
+
+    async def list(self, *, project_id: str | None = None, include_deleted: bool = False) -> builtins.list[BackupRecord]:
+        """Backups, oldest first (deleted ones only with ``include_deleted``)."""
+        return await self.catalog.list(project_id=project_id, include_deleted=include_deleted)
+
+    async def show(self, backup_id: str) -> BackupRecord:
+        """One backup, or BackupNotFoundError."""
+        return await self.catalog.get(backup_id)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _begin(self, context: RequestContext, op: str, backup_id: str, status: BackupStatus) -> BackupRecord:
+        """Move the record into the operation's working status and emit ``.start``; a refused
+        request (unknown id, wrong status) emits ``.error`` and raises without touching it."""
+        record: BackupRecord | None = None
+        try:
+            record = await self.catalog.get(backup_id)
+            record = await self.catalog.transition(backup_id, status, fail_reason=None)
+        except (BackupNotFoundError, InvalidStatusTransitionError) as exc:
+            log.error("backup %s: %s refused: %s", backup_id, op, exc)
+            await self._reject(context, op, backup_id, exc, record)
+            raise
+        await self._emit(context, f"backup.{op}.start", usage_from_backup(record))
+        return record
+
+    async def _run_with_progress(self, context: RequestContext, op: str, record: BackupRecord, total: int,
+                                 on_progress: ProgressObserver | None,
+                                 work: Callable[[ObjectCallback], Awaitable[Any]]) -> BackupRecord:
+        """Run the driver with throttled progress (count + timer), then record and emit ``.end``."""
+        tracker = ProgressTracker(total, self.progress, self.clock)
+
+        async def on_object(nbytes: int) -> None:
+            update = tracker.object_done(nbytes)
+            if on_progress is not None:
+                on_progress(tracker.bytes_done, total)
+            await self._emit_progress(context, op, record, update)
+
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            if self.progress.backup_enable_progress_timer:
+                tg.start_soon(self._progress_timer, context, op, tracker, lambda: record)
+            try:
+                result = await work(on_object)
+            except BaseException as exc:  # re-raised below, unwrapped from the task group
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        await self._emit_progress(context, op, record, tracker.final())
+        success = _OPS[op][0]
+        if op == "create":
+            record = await self.catalog.transition(
+                record.id, success, size_bytes=result.size_bytes, object_count=result.object_count,
+                container=result.container, service_metadata=result.service_metadata)
+        else:
+            record = await self.catalog.transition(record.id, success)
+        await self._emit(context, f"backup.{op}.end", usage_from_backup(record))
+        return record
+
+
+def _replace_status(record: BackupRecord, status: BackupStatus, reason: str) -> BackupRecord:
+    return replace(record, status=status, fail_reason=reason)

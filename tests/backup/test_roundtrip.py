@@ -1,0 +1,81 @@
+"""Byte-identical round trips on real files, for every compression and the chunk-edge sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from backup import COMPRESSIONS, BackupStatus, PosixBackupDriver, ProgressPolicy
+
+from .helpers import CHUNK, backup_env
+
+SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("size", SIZES)
+async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, size: int) -> None:
+    async with backup_env(tmp_path, compression=compression,
+                          policy=ProgressPolicy(backup_object_number_per_notification=1,
+                                                backup_enable_progress_timer=False)) as env:
+        volume = env.volume(size)
+        record = await env.service.create_backup(volume)
+        assert record.container is not None and record.service_metadata is not None
+        container = tmp_path / "store" / record.container
+        metadata = json.loads((container / f"{record.service_metadata}_metadata").read_bytes())
+        restored = await env.service.restore_backup(record.id, tmp_path / "restored.img")
+        same = (tmp_path / "restored.img").read_bytes() == volume.read_bytes()
+        await env.service.delete_backup(record.id)
+        gone = not container.exists()
+    assert same
+    assert record.size_bytes == size and record.object_count == math.ceil(size / CHUNK)
+    assert restored.status is BackupStatus.AVAILABLE
+    assert metadata["volume_size"] == size and metadata["compression"] == compression
+    assert [o["length"] for o in metadata["objects"]] == [min(CHUNK, size - i * CHUNK)
+                                                         for i in range(record.object_count)]
+    assert all(len(o["sha256"]) == 64 for o in metadata["objects"])
+    assert gone
+    progress = [n.payload["percentage"] for n in env.memory.messages if n.event_type == "backup.createprogress"]
+    assert progress == sorted(progress) and progress[-1] == 100.0
+    assert len(progress) == max(1, record.object_count)
+
+
+@pytest.mark.asyncio
+async def test_compressible_chunks_are_stored_smaller(tmp_path: Path) -> None:
+    async with backup_env(tmp_path, compression="zstd") as env:
+        volume = tmp_path / "zeros.img"
+        volume.write_bytes(bytes(4 * CHUNK))
+        record = await env.service.create_backup(volume)
+        assert record.container is not None
+        stored = sum(p.stat().st_size for p in (tmp_path / "store" / record.container).glob("*-0000*"))
+    assert stored < CHUNK
+
+
+@pytest.mark.asyncio
+async def test_posix_driver_with_default_chunks_round_trips(tmp_path: Path) -> None:
+    driver = PosixBackupDriver(tmp_path / "objects", fsync=True)
+    async with backup_env(tmp_path, store=driver.store, chunk_size=driver.chunk_size, compression="zstd") as env:
+        volume = env.volume(driver.chunk_size + 5)
+        record = await env.service.create_backup(volume)
+        await env.service.restore_backup(record.id, tmp_path / "out.img")
+    assert record.object_count == 2
+    assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
+
+
+@pytest.mark.parametrize("compression", ["zlib", "zstd"])
+def test_codecs_refuse_damaged_streams_with_a_clear_error(compression: str) -> None:
+    from backup import CorruptBackupError, get_compressor
+
+    codec = get_compressor(compression)
+    packed = codec.compress(b"x" * 10_000)
+    assert codec.decompress(packed, 10_000) == b"x" * 10_000
+    with pytest.raises(CorruptBackupError, match=compression):
+        codec.decompress(packed[: len(packed) // 2], 10_000)  # truncated
+    with pytest.raises(CorruptBackupError):
+        codec.decompress(packed, 5_000)  # expands beyond what the metadata allows
+    with pytest.raises(CorruptBackupError):
+        codec.decompress(b"\x00" * 32, 10_000)  # not a stream at all
