@@ -1,0 +1,29 @@
+"""Fixtures for the webhook tests: a real receiver on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .receiver import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def idle_receiver() -> Iterator[Receiver]:
+    """A receiver on a reserved port that the test starts itself (server down, then up)."""
+    server = Receiver()
+    try:
+        yield server
+    finally:
+        server.stop()
