@@ -9,14 +9,22 @@ import pytest
 from .receiver import Receiver
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@pytest.fixture(scope="session")
+def _shared_receiver() -> Iterator[Receiver]:
     server = Receiver()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def receiver(_shared_receiver: Receiver) -> Iterator[Receiver]:
+    """The session's receiver, emptied for this test (starting uvicorn per test costs more than the tests)."""
+    _shared_receiver.reset()
+    yield _shared_receiver
+    _shared_receiver.reset()
 
 
 @pytest.fixture

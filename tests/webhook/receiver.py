@@ -78,6 +78,16 @@ class Receiver:
             if reply.gate:
                 self._gates.append(reply.gate)
 
+    def reset(self) -> None:
+        """Forget requests and scripts (one server serves many tests); release held answers."""
+        with self._lock:
+            for gate in self._gates:
+                gate.set()
+            self.requests.clear()
+            self._script.clear()
+            self._rules.clear()
+            self._gates.clear()
+
     def _reply_for(self, request: Received) -> Reply:
         with self._lock:
             for predicate, reply in self._rules:
