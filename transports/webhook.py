@@ -50,6 +50,10 @@ __all__ = ["WebhookTransport", "parse_retry_after"]
 MAX_RESPONSE_BYTES = 4096
 #: Most characters of a response body quoted in an error message.
 MAX_QUOTED_CHARS = 512
+#: Default events per CloudEvents batch body (batch=true).
+BATCH_BODY_EVENTS = 100
+#: Default notifications per send() in per-event mode, fanned out max_concurrency at a time.
+PER_EVENT_BATCH = 1000
 #: Bodies larger than this are signed in a worker thread, so hashing never stalls the loop.
 SIGN_INLINE_MAX_BYTES = 64 * 1024
 
@@ -132,7 +136,10 @@ class WebhookTransport(Transport):
         fmt = settings.format
         t.binary = settings.take_choice("mode", ("structured", "binary"), "structured") == "binary"
         t.batch = settings.take_bool("batch", False)
-        t.max_batch_size = settings.take_int("max_batch", cls.max_batch_size, minimum=1) or cls.max_batch_size
+        # Per-event mode: a large batch keeps max_concurrency requests in flight longer
+        # (the dispatcher hands over one batch at a time, so each batch ends with a tail).
+        default_batch = BATCH_BODY_EVENTS if t.batch else PER_EVENT_BATCH
+        t.max_batch_size = settings.take_int("max_batch", default_batch, minimum=1) or default_batch
         t.timeout = settings.take_float("timeout", 10.0, minimum=0.001) or 10.0
         t.max_concurrency = settings.take_int("max_concurrency", 10, minimum=1) or 10
         t.verify = settings.take_bool("verify", True)

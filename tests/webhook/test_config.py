@@ -25,7 +25,7 @@ def test_defaults(tmp_path: Path) -> None:
     t = build("https://hooks.example:8443/notify", tmp_path)
     assert t.target == "https://hooks.example:8443/notify"
     assert t.format is WireFormat.CLOUDEVENTS
-    assert (t.binary, t.batch, t.timeout, t.max_concurrency, t.max_batch_size) == (False, False, 10.0, 10, 100)
+    assert (t.binary, t.batch, t.timeout, t.max_concurrency, t.max_batch_size) == (False, False, 10.0, 10, 1000)
     assert (t.verify, t.http2, t.follow_redirects) == (True, False, False)
 
 
@@ -34,6 +34,7 @@ def test_options_are_taken_out_of_the_target_url(tmp_path: Path) -> None:
     assert t.target == "http://127.0.0.1:9/a/b"
     assert (t.timeout, t.max_concurrency, t.max_batch_size, t.batch, t.http2, t.verify) == (2.5, 4, 7, True, True, False)
     assert build("http://[::1]:8080", tmp_path).target == "http://[::1]:8080/"
+    assert build("http://127.0.0.1:9/?batch=true", tmp_path).max_batch_size == 100
 
 
 @pytest.mark.parametrize(
