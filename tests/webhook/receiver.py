@@ -49,8 +49,10 @@ class Received:
 class Receiver:
     """Serve on 127.0.0.1:port; ``script()`` queues replies, ``when()`` answers matching bodies."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: dict[str, Any] | None = None) -> None:
         self.port = port or free_port()
+        #: uvicorn ssl_* settings (ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_cert_reqs) to serve https.
+        self.tls = tls or {}
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         self._script: list[Reply] = []
@@ -61,7 +63,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/hook"
 
     # -- scripting -----------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class Receiver:
     def start(self) -> None:
         config = uvicorn.Config(
             self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
-            access_log=False, timeout_graceful_shutdown=1,
+            access_log=False, timeout_graceful_shutdown=1, **self.tls,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"receiver-{self.port}", daemon=True)
