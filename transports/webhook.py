@@ -20,7 +20,6 @@ import re
 import ssl
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from datetime import UTC
 from typing import ClassVar, Self
 from urllib.parse import quote
@@ -63,7 +62,6 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", SIGNATURE_HEADER.lower()}
 # CloudEvents HTTP binding 3.1.3.2: printable ASCII except space, '"' and '%' goes as is.
 _CE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
-_HEADER_OPTION = re.compile(r"(^|&)(header=)([^&:]*)(:?)[^&]*")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -85,14 +83,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         when = when.replace(tzinfo=UTC)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
-
-
-def _hide_header_values(redacted_url: str) -> str:
-    """``header=Authorization:Bearer x`` → ``header=Authorization:***`` in an already redacted URL."""
-    head, sep, query = redacted_url.partition("?")
-    if not sep:
-        return redacted_url
-    return f"{head}?{_HEADER_OPTION.sub(lambda m: f'{m[1]}{m[2]}{m[3]}{m[4]}***', query)}"
 
 
 def _take_raw(settings: TransportSettings, key: str) -> list[str]:
@@ -129,8 +119,6 @@ class WebhookTransport(Transport):
 
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
-        # Header values (Authorization, API keys) must not show in any error about another option.
-        settings.url = replace(settings.url, redacted=_hide_header_values(settings.url.redacted))
         t = cls(settings)
         t._configure_target()
         fmt = settings.format
