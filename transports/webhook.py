@@ -94,7 +94,7 @@ class WebhookTransport(Transport):
     """POSTs notifications to one HTTP(S) endpoint; a 2xx answer means delivered."""
 
     default_format: ClassVar[WireFormat] = WireFormat.CLOUDEVENTS
-    max_batch_size = 100
+    max_batch_size = PER_EVENT_BATCH
 
     def __init__(self, settings: TransportSettings) -> None:
         super().__init__(settings)
@@ -261,15 +261,27 @@ class WebhookTransport(Transport):
         raise BatchError(failures)
 
     async def _post_each(self, batch: Sequence[Notification]) -> dict[int, TransientError | PermanentError]:
-        """One request per notification, at most ``max_concurrency`` at a time."""
+        """One request per notification, at most ``max_concurrency`` at a time.
+
+        After the first transient failure (peer down, overloaded, rate limiting) no new
+        request is started: the rest of the batch fails at once and the core's backoff
+        applies to it, instead of every request waiting out its own timeout.
+        """
         failures: dict[int, TransientError | PermanentError] = {}
         indexes: Iterator[int] = iter(range(len(batch)))
+        halted: list[TransientError] = []
 
         async def worker() -> None:
             for index in indexes:  # shared iterator: each worker takes the next index
+                if halted:
+                    failures[index] = TransientError(f"not sent after: {halted[0]}", retry_after=halted[0].retry_after)
+                    continue
                 try:
                     await self._post(*self._request(batch[index]))
-                except (TransientError, PermanentError) as exc:
+                except TransientError as exc:
+                    failures[index] = exc
+                    halted.append(exc)
+                except PermanentError as exc:
                     failures[index] = exc
 
         async with anyio.create_task_group() as tg:

@@ -159,7 +159,8 @@ async def test_per_event_batch_reports_each_failure(receiver: Receiver, dead_let
 async def test_batch_all_transient_is_one_transient_error_with_longest_retry_after(receiver: Receiver,
                                                                                    dead_letter_path: Path) -> None:
     receiver.script(Reply(429, headers={"Retry-After": "2"}), Reply(429, headers={"Retry-After": "5"}))
-    transport = transport_of(notifier(receiver.url + "?max_concurrency=1", dead_letter_path))
+    # Both requests are in flight at once (max_concurrency=2), so both answers count.
+    transport = transport_of(notifier(receiver.url + "?max_concurrency=2", dead_letter_path))
     batch = [Notification.create("backup.create.end", {"seq": i}, publisher_id="p") for i in range(2)]
     await transport.open()
     try:
@@ -169,6 +170,22 @@ async def test_batch_all_transient_is_one_transient_error_with_longest_retry_aft
         await transport.close()
     assert not isinstance(info.value, BatchError)
     assert info.value.retry_after == 5.0 and "all 2 requests failed" in str(info.value)
+
+
+async def test_first_transient_failure_stops_the_rest_of_the_batch(receiver: Receiver, dead_letter_path: Path) -> None:
+    receiver.script(Reply(503, headers={"Retry-After": "4"}))
+    transport = transport_of(notifier(receiver.url + "?max_concurrency=1", dead_letter_path))
+    batch = [Notification.create("backup.create.end", {"seq": i}, publisher_id="p") for i in range(5)]
+    await transport.open()
+    try:
+        with pytest.raises(TransientError) as info:
+            await transport.send(batch)
+        assert len(receiver.requests) == 1  # a down or overloaded peer is not hammered (nor waited on) 5 times
+        assert info.value.retry_after == 4.0
+        await transport.send(batch)  # the core's retry: the peer is back
+    finally:
+        await transport.close()
+    assert len(receiver.requests) == 6
 
 
 async def test_mixed_batch_through_the_core(receiver: Receiver, dead_letter_path: Path, fake_clock: FakeClock) -> None:
