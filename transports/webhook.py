@@ -146,6 +146,8 @@ class WebhookTransport(Transport):
             raise ConfigError(f"{t._where('mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
         if t.binary and t.batch:
             raise ConfigError(f"{t._where('batch')}: CloudEvents binary mode carries one event per request; use mode=structured")
+        if t._auth is not None and any(name.lower() == "authorization" for name in t.headers):
+            raise ConfigError(f"{t._where('header')}: Authorization is set both by the URL's user:password and by a header")
         if t.key_file and not t.cert_file:
             raise ConfigError(f"{t._where('key')}: a client key needs its certificate (cert=…)")
         tls_options = [name for name, value in (("ca_file", t.ca_file), ("cert", t.cert_file)) if value]

@@ -70,8 +70,14 @@ def test_bad_urls(tmp_path: Path) -> None:
         build(f"http://127.0.0.1:9/hook?ca_file={__file__}", tmp_path)
 
 
+def test_url_credentials_and_authorization_header_conflict(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Authorization is set both") as info:
+        build("http://u:pw-1234@127.0.0.1:9/hook?header=authorization:Bearer tok-5678", tmp_path)
+    assert "pw-1234" not in str(info.value) and "tok-5678" not in str(info.value)
+
+
 def test_secrets_never_in_errors_or_reprs(tmp_path: Path) -> None:
-    url = f"http://user:pw-9876@127.0.0.1:9/hook?header=Authorization:{SECRET}&secret=whsec-abcdef"
+    url = f"http://user:pw-9876@127.0.0.1:9/hook?header=X-Api-Key:{SECRET}&secret=whsec-abcdef"
     t = build(url, tmp_path)
     for text in (repr(t), repr(t.settings.url), t.settings.url.redacted):
         assert "sk-live" not in text and "whsec-abcdef" not in text and "pw-9876" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -277,3 +279,21 @@ async def test_concurrency_is_bounded(receiver: Receiver, dead_letter_path: Path
         gate.set()
         await transport.close()
     assert len(receiver.requests) == 10
+
+
+async def test_no_secret_in_any_log_record_even_at_debug(receiver: Receiver, dead_letter_path: Path,
+                                                         fake_clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger: notifykit's, httpx's and httpcore's
+    receiver.script(Reply(500), Reply(403, body=b"denied for Bearer tok-4f9a-secret"))
+    url = (receiver.url.replace("http://", "http://svc:pw-77x1@")
+           + "?header=X-Api-Key:Bearer tok-4f9a-secret&secret=whsec-9d2e&retry_max_attempts=1")
+    n = notifier(url, dead_letter_path, fake_clock)
+    async with n:
+        await n.info(CTX, "backup.create.end", {"size": 1})
+        await n.info(CTX, "backup.create.end", {"size": 2})
+    assert receiver.requests[0].headers["x-api-key"] == "Bearer tok-4f9a-secret"  # it was sent…
+    assert receiver.requests[0].headers["authorization"].startswith("Basic ")
+    assert caplog.records  # …and there were log records to leak into
+    logged = caplog.text + dead_letter_path.read_text() + repr(n) + repr(n.stats())
+    for secret in ("tok-4f9a", "whsec-9d2e", "pw-77x1", base64.b64encode(b"svc:pw-77x1").decode()):
+        assert secret not in logged
