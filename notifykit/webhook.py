@@ -6,6 +6,12 @@ a receiver refuse replays of an old request (``tolerance``). During a key rotati
 sender signs with every configured secret (several ``v1=`` entries) and the receiver
 accepts any of its secrets, so neither side has to switch at the same instant.
 
+CloudEvents binary mode carries the event's attributes (id, type, source, …) in
+``ce-*`` headers rather than in the body, so those headers are signed too: the signed
+string is ``"<t>."``, then one ``"<name>:<value>\n"`` line per ``ce-*`` header (lower-case
+name, value as sent, sorted by name), then the body. Without ``ce-*`` headers this is
+exactly Stripe's ``"<t>." + body``.
+
 Pure hmac/hashlib: receivers can use :func:`verify` without installing any transport.
 """
 
@@ -38,21 +44,31 @@ def _secret_list(secret: Secrets) -> list[bytes]:
     return keys
 
 
-def _digest(key: bytes, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(key, f"{timestamp}.".encode(), hashlib.sha256)
+def _signed_prefix(timestamp: int, headers: Mapping[str, str] | None) -> bytes:
+    """``"<t>."`` then the ``ce-*`` headers, one canonical line each (binary-mode attributes)."""
+    lines = sorted(f"{k.lower()}:{v.strip()}\n" for k, v in (headers or {}).items() if k.lower().startswith("ce-"))
+    return f"{timestamp}.{''.join(lines)}".encode()
+
+
+def _digest(key: bytes, prefix: bytes, body: bytes) -> str:
+    mac = hmac.new(key, prefix, hashlib.sha256)
     mac.update(body)
     return mac.hexdigest()
 
 
-def sign(body: bytes | str, secret: Secrets, timestamp: int | None = None) -> dict[str, str]:
+def sign(
+    body: bytes | str, secret: Secrets, timestamp: int | None = None, headers: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Headers to add to a request carrying ``body``: ``{"Notifykit-Signature": "t=…,v1=…"}``.
 
     ``secret`` may be a list during a key rotation: one ``v1`` per secret.
-    ``timestamp`` defaults to now (Unix seconds).
+    ``timestamp`` defaults to now (Unix seconds). ``headers`` are the request's other
+    headers: its ``ce-*`` ones (CloudEvents binary mode) are signed with the body.
     """
     data = body.encode() if isinstance(body, str) else body
     t = int(time.time()) if timestamp is None else int(timestamp)
-    signatures = ",".join(f"{_SCHEME}={_digest(key, t, data)}" for key in _secret_list(secret))
+    prefix = _signed_prefix(t, headers)
+    signatures = ",".join(f"{_SCHEME}={_digest(key, prefix, data)}" for key in _secret_list(secret))
     return {SIGNATURE_HEADER: f"t={t},{signatures}"}
 
 
@@ -94,7 +110,8 @@ def verify(
     """Check a received request; return its signed timestamp or raise :class:`SignatureError`.
 
     ``headers`` is any mapping of the request's headers (names are matched without
-    regard to case), ``body`` the raw bytes as received — not re-serialised JSON.
+    regard to case; its ``ce-*`` headers are covered by the signature), ``body`` the raw
+    bytes as received — not re-serialised JSON.
     ``secret`` may be a list (accept any during a rotation). A timestamp further than
     ``tolerance`` seconds from ``now`` (default: the current time) is refused, so a
     captured request cannot be replayed later.
@@ -112,7 +129,8 @@ def verify(
         when = "old" if age > 0 else "in the future"
         raise SignatureError(f"signature timestamp is {abs(age):.0f}s {when}, outside the tolerance of {tolerance:g}s")
     data = body.encode() if isinstance(body, str) else body
-    expected = [_digest(key, timestamp, data) for key in keys]
+    prefix = _signed_prefix(timestamp, headers)
+    expected = [_digest(key, prefix, data) for key in keys]
     # Compare every pair in constant time; no early exit that would leak which one matched.
     matched = False
     for candidate in signatures:

@@ -104,3 +104,22 @@ def test_empty_secret_and_negative_tolerance_are_config_errors() -> None:
         verify(sign(BODY, "k", timestamp=T), BODY, [], now=T)
     with pytest.raises(ConfigError, match="tolerance"):
         verify(sign(BODY, "k", timestamp=T), BODY, "k", tolerance=-1, now=T)
+
+
+def test_cloudevents_binary_headers_are_signed_too() -> None:
+    ce = {"ce-id": "m-1", "ce-type": "backup.create.end", "ce-source": "backup.host1", "Content-Type": "application/json"}
+    data = b'{"size":1}'
+    signature = sign(data, "k", timestamp=T, headers=ce)
+    received = {**{k.upper() if k.startswith("ce-") else k: v for k, v in ce.items()}, **signature, "X-Proxy": "added"}
+    assert verify(received, data, "k", now=T) == T  # header case and unrelated headers do not matter
+    for name, forged in (("ce-type", "backup.delete.end"), ("ce-source", "evil"), ("ce-subject", "new")):
+        with pytest.raises(SignatureError, match="does not match"):
+            verify({**ce, **signature, name: forged}, data, "k", now=T)
+    without = {k: v for k, v in ce.items() if k != "ce-id"}
+    with pytest.raises(SignatureError, match="does not match"):
+        verify({**without, **signature}, data, "k", now=T)
+
+
+def test_without_ce_headers_the_scheme_is_plain_timestamp_dot_body() -> None:
+    plain = sign(BODY, "k", timestamp=T, headers={"Content-Type": "application/cloudevents+json"})
+    assert plain == sign(BODY, "k", timestamp=T)
