@@ -309,10 +309,11 @@ class WebhookTransport(Transport):
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         if self._secrets:
+            # ce-* headers (binary mode) carry the event's attributes: they are signed with the body.
             if len(body) <= SIGN_INLINE_MAX_BYTES:
-                headers.update(sign(body, self._secrets))
+                headers.update(sign(body, self._secrets, None, headers))
             else:
-                headers.update(await anyio.to_thread.run_sync(sign, body, self._secrets))
+                headers.update(await anyio.to_thread.run_sync(sign, body, self._secrets, None, headers))
         client = self._client
         assert client is not None, "send() before open()"
         try:

@@ -130,6 +130,11 @@ async def test_signed_batch_and_binary_requests_verify(receiver: Receiver, dead_
     assert len(receiver.requests) == 2
     for request in receiver.requests:
         verify(request.headers, request.body, "k1")
+    # In binary mode the attributes live in ce-* headers: forging one breaks the signature.
+    binary = receiver.requests[1]
+    assert binary.headers["ce-type"] == "backup.create.end"
+    with pytest.raises(SignatureError, match="does not match"):
+        verify({**binary.headers, "ce-type": "backup.delete.end"}, binary.body, "k1")
 
 
 async def test_key_rotation_signs_with_every_secret(receiver: Receiver, dead_letter_path: Path, fake_clock: FakeClock) -> None:
@@ -146,3 +151,14 @@ async def test_url_credentials_become_basic_auth(receiver: Receiver, dead_letter
     (request,) = receiver.requests
     assert request.headers["authorization"] == "Basic " + base64.b64encode(b"metering:pa55word").decode()
     assert "pa55word" not in repr(notifier.transports["http"])
+
+
+async def test_large_bodies_are_signed_too(receiver: Receiver, dead_letter_path: Path, fake_clock: FakeClock) -> None:
+    # Over SIGN_INLINE_MAX_BYTES the HMAC is computed in a worker thread; same signature scheme.
+    notifier = Notifier.from_url(f"{receiver.url}?secret=k2", publisher_id="p", dead_letters=dead_letter_path,
+                                 clock=fake_clock)
+    async with notifier:
+        n = await notifier.info(CTX, "backup.create.end", {"blob": "x" * 100_000})
+    (request,) = receiver.requests
+    assert len(request.body) > 100_000 and request.body == n.encode("cloudevents")
+    verify(request.headers, request.body, "k2")
