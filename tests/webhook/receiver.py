@@ -43,6 +43,7 @@ class Received:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    http_version: str = "1.1"
     answered: bool = False
 
 
@@ -128,7 +129,7 @@ class Receiver:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request = Received(scope["method"], scope["path"], headers, body)
+        request = Received(scope["method"], scope["path"], headers, body, scope.get("http_version", "1.1"))
         with self._lock:
             self.requests.append(request)
         reply = self._reply_for(request)

@@ -139,19 +139,39 @@ async def test_echoed_secrets_are_scrubbed_from_errors(receiver: Receiver, dead_
     assert "tok-XYZ" not in repr(n) and "whsec-123456" not in repr(n)
 
 
-async def test_per_event_batch_reports_each_failure(receiver: Receiver, dead_letter_path: Path) -> None:
-    receiver.when(lambda r: b'"seq":1' in r.body, Reply(400, body=b"bad seq"))
-    receiver.when(lambda r: b'"seq":2' in r.body, Reply(503))
-    n = notifier(receiver.url + "?max_concurrency=2", dead_letter_path)
-    transport = transport_of(n)
-    batch = [Notification.create("backup.create.end", {"seq": i}, publisher_id="p") for i in range(4)]
+async def send_held(transport: WebhookTransport, batch: list[Notification], receiver: Receiver,
+                    gate: threading.Event) -> BaseException | None:
+    """send() while the receiver holds every answer until all requests arrived: outcomes do not race."""
+    outcome: list[BaseException] = []
+
+    async def sending() -> None:
+        try:
+            await transport.send(batch)
+        except Exception as exc:
+            outcome.append(exc)
+
     await transport.open()
     try:
-        with pytest.raises(BatchError) as info:
-            await transport.send(batch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sending)
+            await receiver.wait_for(len(batch))
+            gate.set()
     finally:
+        gate.set()
         await transport.close()
-    failures = info.value.failures
+    return outcome[0] if outcome else None
+
+
+async def test_per_event_batch_reports_each_failure(receiver: Receiver, dead_letter_path: Path) -> None:
+    gate = threading.Event()
+    receiver.when(lambda r: b'"seq":1' in r.body, Reply(400, body=b"bad seq", gate=gate))
+    receiver.when(lambda r: b'"seq":2' in r.body, Reply(503, gate=gate))
+    receiver.when(lambda r: True, Reply(200, gate=gate))
+    transport = transport_of(notifier(receiver.url + "?max_concurrency=4", dead_letter_path))
+    batch = [Notification.create("backup.create.end", {"seq": i}, publisher_id="p") for i in range(4)]
+    error = await send_held(transport, batch, receiver, gate)
+    assert isinstance(error, BatchError)
+    failures = error.failures
     assert sorted(failures) == [1, 2]
     assert isinstance(failures[1], PermanentError) and "HTTP 400: bad seq" in str(failures[1])
     assert isinstance(failures[2], TransientError) and "HTTP 503" in str(failures[2])
@@ -160,18 +180,14 @@ async def test_per_event_batch_reports_each_failure(receiver: Receiver, dead_let
 
 async def test_batch_all_transient_is_one_transient_error_with_longest_retry_after(receiver: Receiver,
                                                                                    dead_letter_path: Path) -> None:
-    receiver.script(Reply(429, headers={"Retry-After": "2"}), Reply(429, headers={"Retry-After": "5"}))
-    # Both requests are in flight at once (max_concurrency=2), so both answers count.
+    gate = threading.Event()
+    receiver.when(lambda r: b'"seq":0' in r.body, Reply(429, headers={"Retry-After": "2"}, gate=gate))
+    receiver.when(lambda r: b'"seq":1' in r.body, Reply(429, headers={"Retry-After": "5"}, gate=gate))
     transport = transport_of(notifier(receiver.url + "?max_concurrency=2", dead_letter_path))
     batch = [Notification.create("backup.create.end", {"seq": i}, publisher_id="p") for i in range(2)]
-    await transport.open()
-    try:
-        with pytest.raises(TransientError) as info:
-            await transport.send(batch)
-    finally:
-        await transport.close()
-    assert not isinstance(info.value, BatchError)
-    assert info.value.retry_after == 5.0 and "all 2 requests failed" in str(info.value)
+    error = await send_held(transport, batch, receiver, gate)
+    assert isinstance(error, TransientError) and not isinstance(error, BatchError)
+    assert error.retry_after == 5.0 and "all 2 requests failed" in str(error)
 
 
 async def test_first_transient_failure_stops_the_rest_of_the_batch(receiver: Receiver, dead_letter_path: Path) -> None:
@@ -206,7 +222,7 @@ async def test_mixed_batch_through_the_core(receiver: Receiver, dead_letter_path
 async def test_timeout_is_transient_then_delivered(receiver: Receiver, dead_letter_path: Path, fake_clock: FakeClock) -> None:
     gate = threading.Event()
     receiver.script(Reply(200, gate=gate))
-    n = notifier(receiver.url + "?timeout=0.2", dead_letter_path, fake_clock)
+    n = notifier(receiver.url + "?timeout=0.5", dead_letter_path, fake_clock)
     try:
         async with n:
             await n.info(CTX, "backup.create.end", {"size": 1})
@@ -214,7 +230,7 @@ async def test_timeout_is_transient_then_delivered(receiver: Receiver, dead_lett
         gate.set()
     stats = n.stats()["http"]
     assert stats.sent == 1 and stats.retried >= 1
-    assert "no response within timeout=0.2s" in (stats.last_error or "")
+    assert "no response within timeout=0.5s" in (stats.last_error or "")
 
 
 async def test_server_down_then_up_loses_nothing(idle_receiver: Receiver, dead_letter_path: Path) -> None:

@@ -10,8 +10,10 @@ import pytest
 import trustme
 
 from notifykit import Notification, Notifier, TransientError
+from notifykit.webhook import verify
 from transports.webhook import WebhookTransport
 
+from .h2_receiver import H2Receiver
 from .receiver import Receiver
 
 pytestmark = pytest.mark.asyncio
@@ -85,6 +87,21 @@ async def test_http2_offered_falls_back_to_http11(tls_receiver: Receiver, pki: d
     # uvicorn speaks HTTP/1.1 only: ALPN must settle on it and the request still go through.
     n = await send_one(f"{tls_receiver.url}?ca_file={pki['ca']}&http2=true", tmp_path)
     assert tls_receiver.requests[-1].body == n.encode("cloudevents")
+    assert tls_receiver.requests[-1].http_version == "1.1"
+
+
+async def test_http2_when_enabled_and_only_then(pki: dict[str, Path], tmp_path: Path) -> None:
+    server = H2Receiver(pki["server"])
+    server.start()
+    try:
+        n = await send_one(f"{server.url}?ca_file={pki['ca']}&http2=true&secret=k", tmp_path)
+        await send_one(f"{server.url}?ca_file={pki['ca']}", tmp_path)
+        h2, h11 = server.requests
+    finally:
+        server.stop()
+    assert (h2.http_version, h11.http_version) == ("2", "1.1")
+    assert h2.body == n.encode("cloudevents") and h2.headers["content-type"] == "application/cloudevents+json"
+    verify(h2.headers, h2.body, "k")  # HTTP/2 lower-cases header names: verify does not mind
 
 
 async def test_mutual_tls_client_certificate(mtls_receiver: Receiver, pki: dict[str, Path], tmp_path: Path) -> None:
