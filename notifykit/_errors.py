@@ -12,6 +12,7 @@ __all__ = [
     "NotifierClosedError",
     "NotifyKitError",
     "PermanentError",
+    "SignatureError",
     "TransientError",
     "TransportError",
     "UnknownTransportError",
@@ -71,3 +72,7 @@ class BatchError(TransportError):
         self.failures = dict(failures)
         kinds = sorted({type(e).__name__ for e in self.failures.values()})
         super().__init__(f"{len(self.failures)} message(s) of the batch failed ({', '.join(kinds)})")
+
+
+class SignatureError(NotifyKitError, ValueError):
+    """A signed webhook request is unsigned, expired (possible replay) or tampered with."""

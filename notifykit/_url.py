@@ -11,7 +11,8 @@ from ._errors import ConfigError
 __all__ = ["ParsedURL", "parse_url", "redact_url"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
-_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|credential)", re.IGNORECASE)
+# "header": extra HTTP headers (header=Authorization:Bearer …) usually carry credentials.
+_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|credential|header)", re.IGNORECASE)
 _REDACTED = "***"
 
 

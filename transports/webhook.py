@@ -1,0 +1,362 @@
+"""``http://`` / ``https://`` — POST each notification (or a batch) to a webhook endpoint.
+
+CloudEvents 1.0 over HTTP by default (structured mode; ``mode=binary`` puts the
+attributes in ``ce-*`` headers), or ``oslo`` / ``json`` bodies. With ``secret=…`` every
+request is signed (``notifykit.webhook``), so receivers can check origin and refuse
+replays. One pooled ``httpx.AsyncClient`` per transport, at most ``max_concurrency``
+requests in flight. The transport only classifies outcomes — 2xx sent, 408/425/429/5xx
+and network errors transient (with ``Retry-After``), other statuses permanent — and
+leaves retrying, backoff and dead-lettering to the core.
+
+Secrets (``secret``, header values, URL passwords) never reach logs, reprs or errors.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.util
+import os
+import re
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC
+from typing import ClassVar, Self
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from notifykit import (
+    BatchError,
+    ConfigError,
+    MissingDependencyError,
+    Notification,
+    PermanentError,
+    TransientError,
+    Transport,
+    TransportSettings,
+    WireFormat,
+    __version__,
+    cloudevent_attributes,
+)
+from notifykit.webhook import SIGNATURE_HEADER, sign
+
+__all__ = ["WebhookTransport", "parse_retry_after"]
+
+#: Most bytes of a response body read (to quote in an error, or to drain for keep-alive).
+MAX_RESPONSE_BYTES = 4096
+#: Most characters of a response body quoted in an error message.
+MAX_QUOTED_CHARS = 512
+#: Default events per CloudEvents batch body (batch=true).
+BATCH_BODY_EVENTS = 100
+#: Default notifications per send() in per-event mode, fanned out max_concurrency at a time.
+PER_EVENT_BATCH = 1000
+#: Bodies larger than this are signed in a worker thread, so hashing never stalls the loop.
+SIGN_INLINE_MAX_BYTES = 64 * 1024
+
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+_BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", SIGNATURE_HEADER.lower()}
+# CloudEvents HTTP binding 3.1.3.2: printable ASCII except space, '"' and '%' goes as is.
+_CE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None if absent or junk."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _take_raw(settings: TransportSettings, key: str) -> list[str]:
+    """Every value of a repeatable option, unsplit: header values and secrets may contain commas."""
+    return list(settings.options.pop(key, []))
+
+
+class WebhookTransport(Transport):
+    """POSTs notifications to one HTTP(S) endpoint; a 2xx answer means delivered."""
+
+    default_format: ClassVar[WireFormat] = WireFormat.CLOUDEVENTS
+    max_batch_size = PER_EVENT_BATCH
+
+    def __init__(self, settings: TransportSettings) -> None:
+        super().__init__(settings)
+        self.target = ""
+        self.display = ""
+        self.binary = False
+        self.batch = False
+        self.timeout = 10.0
+        self.max_concurrency = 10
+        self.verify = True
+        self.ca_file: str | None = None
+        self.cert_file: str | None = None
+        self.key_file: str | None = None
+        self.http2 = False
+        self.follow_redirects = False
+        self.headers: dict[str, str] = {}
+        self._secrets: list[str] = []
+        self._auth: httpx.BasicAuth | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- configuration -----------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        t = cls(settings)
+        t._configure_target()
+        fmt = settings.format
+        t.binary = settings.take_choice("mode", ("structured", "binary"), "structured") == "binary"
+        t.batch = settings.take_bool("batch", False)
+        # Per-event mode: a large batch keeps max_concurrency requests in flight longer
+        # (the dispatcher hands over one batch at a time, so each batch ends with a tail).
+        default_batch = BATCH_BODY_EVENTS if t.batch else PER_EVENT_BATCH
+        t.max_batch_size = settings.take_int("max_batch", default_batch, minimum=1) or default_batch
+        t.timeout = settings.take_float("timeout", 10.0, minimum=0.001) or 10.0
+        t.max_concurrency = settings.take_int("max_concurrency", 10, minimum=1) or 10
+        t.verify = settings.take_bool("verify", True)
+        t.ca_file = t._take_file("ca_file")
+        t.cert_file = t._take_file("cert")
+        t.key_file = t._take_file("key")
+        t.http2 = settings.take_bool("http2", False)
+        t.follow_redirects = settings.take_bool("follow_redirects", False)
+        t.headers = t._parse_headers(_take_raw(settings, "header"))
+        secrets = _take_raw(settings, "secret")
+        if any(not s for s in secrets):
+            raise ConfigError(f"{t._where('secret')} must not be empty")
+        t._secrets = secrets
+        settings.finish()
+        if t.binary and fmt is not WireFormat.CLOUDEVENTS:
+            raise ConfigError(f"{t._where('mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
+        if t.binary and t.batch:
+            raise ConfigError(f"{t._where('batch')}: CloudEvents binary mode carries one event per request; use mode=structured")
+        if t._auth is not None and any(name.lower() == "authorization" for name in t.headers):
+            raise ConfigError(f"{t._where('header')}: Authorization is set both by the URL's user:password and by a header")
+        if t.key_file and not t.cert_file:
+            raise ConfigError(f"{t._where('key')}: a client key needs its certificate (cert=…)")
+        tls_options = [name for name, value in (("ca_file", t.ca_file), ("cert", t.cert_file)) if value]
+        if tls_options and settings.url.scheme != "https":
+            raise ConfigError(f"{t._where(tls_options[0])}: TLS options need an https:// URL")
+        if t.http2 and importlib.util.find_spec("h2") is None:
+            raise MissingDependencyError(
+                f"{t._where('http2')}: HTTP/2 needs the 'h2' package; install it with: pip install 'notifykit[webhook]'"
+            )
+        return t
+
+    def _where(self, key: str) -> str:
+        return f"option {key!r} of transport {self.settings.name!r} ({self.settings.url.redacted})"
+
+    def _configure_target(self) -> None:
+        url = self.settings.url
+        if url.scheme not in ("http", "https"):
+            raise ConfigError(f"webhook URL {url.redacted!r}: scheme must be http or https")
+        if len(url.hosts) != 1 or not url.host:
+            raise ConfigError(f"webhook URL {url.redacted!r}: expected exactly one host, e.g. https://hooks.example/notify")
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        port = f":{url.port}" if url.port else ""
+        path = quote(url.path or "/", safe="/:@!$&'()*+,;=-._~")
+        self.target = f"{url.scheme}://{host}{port}{path}"
+        self.display = self.target  # no userinfo, no query: nothing secret
+        if url.username is not None:
+            self._auth = httpx.BasicAuth(url.username, url.password or "")
+
+    def _take_file(self, key: str) -> str | None:
+        path = self.settings.take_str(key)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{self._where(key)}: no such file {path!r}")
+        return path
+
+    def _parse_headers(self, values: Sequence[str]) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for item in values:
+            name, sep, value = item.partition(":")
+            name, value = name.strip(), value.strip()
+            if not sep or not _HEADER_NAME.match(name):
+                raise ConfigError(f"{self._where('header')} must be Name:Value with a valid header name")
+            lowered = name.lower()
+            if lowered in _RESERVED_HEADERS or lowered.startswith("ce-"):
+                raise ConfigError(f"{self._where('header')}: header {name!r} is set by the transport")
+            if any(c in value for c in "\r\n\0"):
+                raise ConfigError(f"{self._where('header')}: the value of header {name!r} contains a line break")
+            headers[name] = value
+        return headers
+
+    # -- connection --------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """Built in a worker thread: loading CA bundles and key files reads the disk."""
+        import certifi
+
+        context = ssl.create_default_context(cafile=self.ca_file or certifi.where())
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        if self.http2:
+            context.set_alpn_protocols(["h2", "http/1.1"])
+        return context
+
+    def _make_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        return httpx.AsyncClient(
+            headers={"User-Agent": f"notifykit/{__version__}", **self.headers},
+            auth=self._auth,
+            timeout=httpx.Timeout(self.timeout),
+            limits=limits,
+            verify=self._ssl_context(),
+            http2=self.http2,
+            follow_redirects=self.follow_redirects,
+            trust_env=False,
+        )
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            self._client = await anyio.to_thread.run_sync(self._make_client)
+        except (OSError, ssl.SSLError) as exc:
+            # A CA file or client certificate that will not load will not load on retry either.
+            raise PermanentError(f"cannot set up TLS for {self.display}: {type(exc).__name__}: {exc.strerror or exc}") from None
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def send(self, batch: Sequence[Notification]) -> None:
+        if self._client is None:
+            await self.open()
+        if self.batch:
+            await self._post(*self._batch_request(batch))
+            return
+        if len(batch) == 1:
+            await self._post(*self._request(batch[0]))
+            return
+        failures = await self._post_each(batch)
+        if not failures:
+            return
+        errors = list(failures.values())
+        if len(failures) == len(batch) and all(isinstance(e, TransientError) for e in errors):
+            waits = [e.retry_after for e in errors if isinstance(e, TransientError) and e.retry_after is not None]
+            raise TransientError(
+                f"all {len(batch)} requests failed, first: {errors[0]}", retry_after=max(waits) if waits else None
+            )
+        raise BatchError(failures)
+
+    async def _post_each(self, batch: Sequence[Notification]) -> dict[int, TransientError | PermanentError]:
+        """One request per notification, at most ``max_concurrency`` at a time.
+
+        After the first transient failure (peer down, overloaded, rate limiting) no new
+        request is started: the rest of the batch fails at once and the core's backoff
+        applies to it, instead of every request waiting out its own timeout.
+        """
+        failures: dict[int, TransientError | PermanentError] = {}
+        indexes: Iterator[int] = iter(range(len(batch)))
+        halted: list[TransientError] = []
+
+        async def worker() -> None:
+            for index in indexes:  # shared iterator: each worker takes the next index
+                if halted:
+                    failures[index] = TransientError(f"not sent after: {halted[0]}", retry_after=halted[0].retry_after)
+                    continue
+                try:
+                    await self._post(*self._request(batch[index]))
+                except TransientError as exc:
+                    failures[index] = exc
+                    halted.append(exc)
+                except PermanentError as exc:
+                    failures[index] = exc
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(self.max_concurrency, len(batch))):
+                tg.start_soon(worker)
+        return failures
+
+    def _request(self, n: Notification) -> tuple[bytes, dict[str, str]]:
+        if self.binary:
+            headers: dict[str, str] = {}
+            for key, value in cloudevent_attributes(n).items():
+                if key == "datacontenttype":
+                    headers["Content-Type"] = value
+                else:
+                    headers[f"ce-{key}"] = quote(value, safe=_CE_SAFE)
+            return n.payload_json.encode(), headers
+        return n.encode(self.format), {"Content-Type": self.format.content_type}
+
+    def _batch_request(self, batch: Sequence[Notification]) -> tuple[bytes, dict[str, str]]:
+        body = b"[" + b",".join(n.encode(self.format) for n in batch) + b"]"
+        content_type = _BATCH_CONTENT_TYPE if self.format is WireFormat.CLOUDEVENTS else "application/json"
+        return body, {"Content-Type": content_type}
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        if self._secrets:
+            # ce-* headers (binary mode) carry the event's attributes: they are signed with the body.
+            if len(body) <= SIGN_INLINE_MAX_BYTES:
+                headers.update(sign(body, self._secrets, None, headers))
+            else:
+                headers.update(await anyio.to_thread.run_sync(sign, body, self._secrets, None, headers))
+        client = self._client
+        assert client is not None, "send() before open()"
+        try:
+            async with client.stream("POST", self.target, content=body, headers=headers) as response:
+                status = response.status_code
+                text = await self._read_capped(response)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except httpx.TimeoutException:
+            raise TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s") from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"POST {self.display}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        if 200 <= status < 300:
+            return
+        quoted = f": {text}" if text else ""
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise TransientError(f"POST {self.display}: HTTP {status}{quoted}", retry_after=retry_after)
+        if 300 <= status < 400:
+            raise PermanentError(f"POST {self.display}: HTTP {status} redirect not followed (follow_redirects=false){quoted}")
+        raise PermanentError(f"POST {self.display}: HTTP {status}{quoted}")
+
+    async def _read_capped(self, response: httpx.Response) -> str:
+        """Up to MAX_RESPONSE_BYTES of the body (drained so the connection can be reused), for errors."""
+        data = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) >= MAX_RESPONSE_BYTES:
+                    break
+        except httpx.HTTPError:
+            pass  # the status already tells the outcome; a broken body only loses the quote
+        if 200 <= response.status_code < 300 or not data:
+            return ""
+        text = " ".join(data[:MAX_RESPONSE_BYTES].decode("utf-8", "replace").split())
+        if len(text) > MAX_QUOTED_CHARS:
+            text = text[:MAX_QUOTED_CHARS] + "…"
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
+        """Hide our own secrets should a peer echo them back (e.g. an error page quoting headers)."""
+        for secret in (*self._secrets, *self.headers.values(), self.settings.url.password or ""):
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.settings.name!r} POST {self.display}>"
