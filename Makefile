@@ -30,6 +30,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(PACKAGES) tests benchmarks examples
 	$(BIN)/mypy --strict $(PACKAGES)
+	$(BIN)/mypy --strict examples/*.py examples/plugin/notifykit_syslog
 
 docs: $(VENV)/.installed-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -1,0 +1,80 @@
+"""Every example in examples/ runs, and does what its docstring says."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          check=False, env=dict(os.environ))
+
+
+def test_emit_example_prints_three_notifications() -> None:
+    result = run(str(EXAMPLES / "emit.py"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count('"event_type":"backup.create') == 3  # start, createprogress, end
+    assert "log: sent=3 dead_lettered=0" in result.stderr
+
+
+def test_backup_example_round_trips_and_notifies(tmp_path: Path) -> None:
+    volume = tmp_path / "volume.img"
+    volume.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    out = tmp_path / "events.jsonl"
+    result = run(str(EXAMPLES / "backup_with_notifications.py"), str(volume), str(tmp_path / "work"), f"log://{out}")
+    assert result.returncode == 0, result.stderr
+    assert "restored identical=True" in result.stdout
+    events = [line for line in out.read_text().splitlines()]
+    assert '"event_type":"backup.create.start"' in events[0]
+    assert any('"event_type":"backup.delete.end"' in e for e in events)
+    assert sum('"backup.createprogress"' in e for e in events) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def receiver() -> tuple[int, subprocess.Popen[str]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "webhook_receiver.py"), "--port", str(port),
+                             "--secret", "s3cret"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    yield port, proc
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_webhook_receiver_verifies_signatures(receiver: tuple[int, subprocess.Popen[str]], tmp_path: Path) -> None:
+    port, proc = receiver
+    emit = run(str(EXAMPLES / "emit.py"), f"http://127.0.0.1:{port}/hook?secret=s3cret")
+    assert emit.returncode == 0, emit.stderr
+    assert "sent=3 dead_lettered=0" in emit.stderr
+    forged = httpx.post(f"http://127.0.0.1:{port}/hook", content=b'{"specversion":"1.0"}',
+                        headers={"Notifykit-Signature": "t=1,v1=00"})
+    assert forged.status_code == 401
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines if not line.startswith("rejected")] == [
+        "backup.create.start", "backup.createprogress", "backup.create.end"]
+    assert any(line.startswith("rejected:") for line in lines)
