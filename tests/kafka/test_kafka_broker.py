@@ -10,7 +10,8 @@ import anyio
 import pytest
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
-from notifykit import Notifier, TransportState, read_dead_letters
+from notifykit import Notifier, TransientError, TransportSettings, TransportState, WireFormat, parse_url, read_dead_letters
+from transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, consume, create_topic, unique_topic
 from .tansu import Tansu
@@ -20,8 +21,8 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def url(broker: Tansu, topic: str, extra: str = "") -> str:
-    return f"kafka://{broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&request_timeout_ms=5000{extra}"
+def url(broker: Tansu, topic: str, extra: str = "", timeout_ms: int = 5000) -> str:
+    return f"kafka://{broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&request_timeout_ms={timeout_ms}{extra}"
 
 
 def expected_partition(key: bytes, partitions: int) -> int:
@@ -100,12 +101,12 @@ async def test_notifications_emitted_while_the_broker_is_down_arrive_after_resta
     own_broker.start()
     topic = unique_topic()
     await create_topic(own_broker.bootstrap, f"{topic}.info", 4)
-    # Small core retry delays; the circuit opens after 2 failures and stays open 3 s, so that
-    # the test can re-create the topic on the new broker before the trial batch (see below).
-    options = ("&request_timeout_ms=1000&retry_backoff_ms=50&linger_ms=0"
-               "&retry_initial_delay=0.05&retry_max_delay=0.5&retry_max_elapsed=120"
-               "&circuit_failure_threshold=2&circuit_reset_timeout=3&batch_size=10")
-    notifier = Notifier.from_url(url(own_broker, topic) + options, publisher_id="p", dead_letters=dead_letter_path)
+    # Small core retry delays; the circuit opens at the first failure and stays open 2 s, so
+    # that the test can re-create the topic on the new broker before the trial batch (below).
+    options = ("&retry_backoff_ms=50&retry_initial_delay=0.05&retry_max_delay=0.5&retry_max_elapsed=120"
+               "&circuit_failure_threshold=1&circuit_reset_timeout=2&batch_size=10")
+    notifier = Notifier.from_url(url(own_broker, topic, options, timeout_ms=1000), publisher_id="p",
+                                 dead_letters=dead_letter_path)
     before, during = 10, 30
     async with notifier as n:
         for i in range(before):
@@ -114,7 +115,7 @@ async def test_notifications_emitted_while_the_broker_is_down_arrive_after_resta
             while n.stats()["kafka"].sent < before:
                 await anyio.sleep(0.02)
 
-        own_broker.stop()
+        own_broker.stop(grace=0.5)  # Tansu waits for its clients on SIGTERM: SIGKILL soon after
         outage_ids = set()
         for i in range(before, before + during):
             outage_ids.add((await n.info({}, "backup.createprogress", {"backup_id": "b-1", "i": i})).message_id)
@@ -196,3 +197,13 @@ async def test_compressed_batches_are_readable(kafka_broker: Tansu, dead_letter_
             await n.info({}, "backup.createprogress", {"backup_id": "b-1", "i": i, "pad": "abc" * 50})
     records = await consume(kafka_broker.bootstrap, [f"{topic}.info"], 20)
     assert [json.loads(r.value)["payload"]["i"] for r in records] == list(range(20))
+
+
+async def test_idempotent_producer_refused_by_the_broker_fails_open_transiently_with_a_hint(kafka_broker: Tansu) -> None:
+    """Tansu cannot serve aiokafka's InitProducerId; against Kafka the default (on) is right."""
+    parsed = parse_url(f"kafka://{kafka_broker.bootstrap}/?request_timeout_ms=3000")
+    settings = TransportSettings.build("kafka", parsed, WireFormat.JSON, ("t",), {"request_timeout_ms": "3000"})
+    transport = KafkaTransport.from_settings(settings)
+    with pytest.raises(TransientError, match="set enable_idempotence=false"):
+        await transport.open()
+    await transport.close()

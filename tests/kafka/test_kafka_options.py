@@ -29,7 +29,7 @@ def test_defaults_favour_durability_and_throughput() -> None:
     options = parse_options(settings("kafka://k1:9093,k2/"))
     assert options.bootstrap_servers == ["k1:9093", "k2:9092"]
     assert options.producer == {
-        "acks": "all", "enable_idempotence": True, "linger_ms": 5, "max_batch_size": 65_536,
+        "acks": "all", "enable_idempotence": True, "linger_ms": 0, "max_batch_size": 65_536,
         "max_request_size": 1_048_576, "compression_type": None,
     }
     assert options.connection["security_protocol"] == "PLAINTEXT"
@@ -113,6 +113,8 @@ def test_key_is_the_first_resource_id_of_the_payload() -> None:
     assert message_key({"backup_id": None, "id": ""}, DEFAULT_KEY_FIELDS) is None
     assert message_key({"backup_id": {"nested": 1}, "flag": True}, ("backup_id", "flag")) is None
     assert message_key({"backup_id": "b"}, ()) is None
+    assert parse_options(settings("kafka://k/?key_field=")).key_fields == ()
+    assert parse_options(settings("kafka://k/?key_field=tenant,backup_id")).key_fields == ("tenant", "backup_id")
 
 
 def test_headers_name_the_event_without_parsing_the_body() -> None:

@@ -180,7 +180,7 @@ def parse_options(settings: TransportSettings) -> KafkaOptions:
     producer = dict(
         acks=acks,
         enable_idempotence=idempotence,
-        linger_ms=_ms(settings, "linger_ms", 5),
+        linger_ms=_ms(settings, "linger_ms", 0),
         max_batch_size=_ms(settings, "max_batch_size", 65_536, 1),
         max_request_size=_ms(settings, "max_request_size", 1_048_576, 1),
         compression_type=_compression(settings),

@@ -10,18 +10,20 @@ for every delivery report: a notification counts as sent only once Kafka acked i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
 
 from notifykit import (
     BatchError,
     Notification,
     PermanentError,
+    Priority,
     TransientError,
     Transport,
     TransportSettings,
@@ -75,6 +77,7 @@ class KafkaTransport(Transport):
         super().__init__(settings)
         self.options = options
         self._producer: Any = None
+        self._topics = {priority: options.topic_names(priority) for priority in Priority}
 
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
@@ -98,8 +101,13 @@ class KafkaTransport(Transport):
         try:
             await producer.start()
         except KafkaError as exc:
-            await producer.stop()
-            raise classify(exc, self._where) from None
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+            error = classify(exc, self._where)
+            if self.options.producer["enable_idempotence"] and not isinstance(exc, KafkaConnectionError):
+                # Seen with brokers that lack InitProducerId support (Tansu answers UnknownError).
+                error = type(error)(f"{error} (if the broker cannot serve idempotent producers, set enable_idempotence=false)")
+            raise error from None
         self._producer = producer
 
     async def send(self, batch: Sequence[Notification]) -> None:
@@ -116,7 +124,7 @@ class KafkaTransport(Transport):
             body = n.encode(self.format)
             key = message_key(n.payload, self.options.key_fields)
             headers = message_headers(n, self.format)
-            for topic in self.options.topic_names(n.priority):
+            for topic in self._topics[n.priority]:
                 try:
                     future = await producer.send(topic, body, key=key, headers=headers)
                 except KafkaError as exc:
@@ -162,7 +170,8 @@ class KafkaTransport(Transport):
         try:
             await consumer.start()
         except KafkaError as exc:
-            await consumer.stop()
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
             raise classify(exc, transport._where) from None
         try:
             async for record in consumer:
