@@ -177,6 +177,8 @@ class KafkaTransport(Transport):
             async for record in consumer:
                 if record.value is not None:
                     yield record.value
+        except KafkaError as exc:
+            raise classify(exc, transport._where) from None
         finally:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
