@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -11,7 +12,7 @@ from ..helpers import REQUIRE_BROKERS
 from .tansu import Tansu, TansuUnavailable, find_tansu
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if REQUIRE_BROKERS:
         pytest.fail(f"Kafka broker (tansu) unavailable: {reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
     pytest.skip(f"Kafka broker (tansu) unavailable: {reason}")
@@ -23,7 +24,6 @@ def tansu_binary() -> Path:
         return find_tansu()
     except TansuUnavailable as exc:
         _unavailable(str(exc))
-        raise
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,17 @@ async def test_single_topic_mode_carries_priority_in_header(kafka_broker: Tansu,
                     b"backup.delete.end": (b"audit", None)}
 
 
+async def test_every_configured_topic_gets_each_notification(kafka_broker: Tansu, dead_letter_path: Path) -> None:
+    first, second = unique_topic("a"), unique_topic("b")
+    async with Notifier.from_url(url(kafka_broker, first, f"&topic={second}"), publisher_id="p",
+                                 dead_letters=dead_letter_path) as n:
+        sent = await n.sample({}, "backup.usage", {"backup_id": "b-1"})
+    assert n.stats()["kafka"].sent == 1
+    for topic in (first, second):
+        [record] = await consume(kafka_broker.bootstrap, [f"{topic}.sample"], 1)
+        assert json.loads(record.value)["message_id"] == sent.message_id
+
+
 async def test_each_backup_keeps_its_order_on_one_partition(kafka_broker: Tansu, dead_letter_path: Path) -> None:
     topic = unique_topic()
     await create_topic(kafka_broker.bootstrap, f"{topic}.info", 8)

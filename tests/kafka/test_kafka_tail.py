@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
 from notifykit import Notifier, TransportSettings, decode_message, parse_url
 from notifykit.cli import main
@@ -25,8 +26,16 @@ async def emit(url: str, dead_letters: Path, events: list[tuple[str, str]]) -> N
 
 
 def test_cli_tail_prints_every_priority_topic_from_the_beginning(
-    kafka_broker: Tansu, dead_letter_path: Path, capsys: pytest.CaptureFixture[str]
+    kafka_broker: Tansu, dead_letter_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stopped: list[bool] = []
+
+    class RecordingConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+        async def stop(self) -> None:
+            await super().stop()
+            stopped.append(True)
+
+    monkeypatch.setattr("transports.kafka.transport.AIOKafkaConsumer", RecordingConsumer)
     topic = unique_topic()
     url = f"kafka://{kafka_broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&format=oslo"
     anyio.run(emit, url, dead_letter_path,
@@ -37,6 +46,7 @@ def test_cli_tail_prints_every_priority_topic_from_the_beginning(
     assert sorted(m["event_type"] for m in lines) == ["backup.create.end", "backup.create.error"]
     assert {m["format"] for m in lines} == {"oslo"}
     assert {m["priority"] for m in lines} == {"info", "error"}
+    assert stopped == [True]  # --limit ended the tail and its consumer left the broker
 
 
 def test_cli_tail_with_no_broker_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
