@@ -1,11 +1,21 @@
 """Kafka delivery throughput: notifykit's kafka:// transport vs a hand-written aiokafka producer.
 
-Both publish the same N records (same JSON body size, key, headers) with the same
-producer settings (acks=all, linger_ms, max_batch_size, batches of 500 awaited with
-gather) to the same Tansu broker, started here on a free loopback port and stopped by
-PID. A run counts as finished when every record is acknowledged, and the topic's end
-offsets are checked to hold them. Prints JSON with msgs/s of each and their ratio
-(target >= 0.9). Usage: python benchmarks/kafka_throughput.py [N] [ROUNDS]
+All variants publish N records (same JSON shape, key, headers) with the same producer
+settings (acks=all, linger_ms, max_batch_size) in batches of 500 awaited together, to
+one Tansu broker started here on a free loopback port and stopped by PID:
+
+* ``aiokafka_send_gather`` — the baseline: build each message (uuid, timestamp,
+  json.dumps), ``await producer.send()`` x 500, then ``gather`` the delivery futures;
+* ``notifykit_tight_loop`` — ``await notifier.info(...)`` N times without yielding, until
+  every notification is acknowledged (validation, payload JSON, queue, dispatcher, transport);
+* ``notifykit_caller_yields`` — the same, the caller yielding every 100 notifications
+  as a service does between requests, so delivery overlaps with emitting;
+* ``transport_send_prebuilt`` — ``KafkaTransport.send()`` alone on notifications created
+  before the clock starts (envelope encoding, key, headers, produce and acks are timed).
+
+Every run is checked: the records are read back. Prints JSON with msgs/s (median of
+rounds) and ratios to the baseline (target >= 0.9).
+Usage: python benchmarks/kafka_throughput.py [N] [ROUNDS]
 """
 
 from __future__ import annotations

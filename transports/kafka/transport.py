@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError  # type: ignore[import-untyped]
 
 from notifykit import (
     BatchError,
@@ -104,8 +104,8 @@ class KafkaTransport(Transport):
             with contextlib.suppress(KafkaError):
                 await producer.stop()
             error = classify(exc, self._where)
-            if self.options.producer["enable_idempotence"] and not isinstance(exc, KafkaConnectionError):
-                # Seen with brokers that lack InitProducerId support (Tansu answers UnknownError).
+            if self.options.producer["enable_idempotence"] and isinstance(exc, UnknownError | UnsupportedVersionError):
+                # What brokers without InitProducerId support answer (Tansu: UnknownError).
                 error = type(error)(f"{error} (if the broker cannot serve idempotent producers, set enable_idempotence=false)")
             raise error from None
         self._producer = producer
