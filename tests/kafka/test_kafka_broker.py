@@ -114,10 +114,10 @@ async def test_notifications_emitted_while_the_broker_is_down_arrive_after_resta
     own_broker.start()
     topic = unique_topic()
     await create_topic(own_broker.bootstrap, f"{topic}.info", 4)
-    # Small core retry delays; the circuit opens at the first failure and stays open 2 s, so
+    # Small core retry delays; the circuit opens at the first failure and stays open 3 s, so
     # that the test can re-create the topic on the new broker before the trial batch (below).
     options = ("&retry_backoff_ms=50&retry_initial_delay=0.05&retry_max_delay=0.5&retry_max_elapsed=120"
-               "&circuit_failure_threshold=1&circuit_reset_timeout=2&batch_size=10")
+               "&circuit_failure_threshold=1&circuit_reset_timeout=3&batch_size=10")
     notifier = Notifier.from_url(url(own_broker, topic, options, timeout_ms=1000), publisher_id="p",
                                  dead_letters=dead_letter_path)
     before, during = 10, 30
