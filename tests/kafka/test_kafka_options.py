@@ -8,7 +8,7 @@ import certifi
 import pytest
 from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 
-from notifykit import ConfigError, Notification, PermanentError, Priority, TransientError, WireFormat, parse_url
+from notifykit import ConfigError, Notification, PermanentError, Priority, TransientError, WireFormat, load_transport_class, parse_url
 from notifykit._settings import TransportSettings
 from transports.kafka import KafkaTransport, message_headers, message_key
 from transports.kafka.errors import classify
@@ -23,6 +23,11 @@ def settings(url: str, topics: tuple[str, ...] = ("notifications",)) -> Transpor
     for key, value in parsed.query:
         options.setdefault(key, []).append(value)
     return TransportSettings.build("kafka", parsed, WireFormat.JSON, topics, options)
+
+
+def test_both_schemes_are_registered_entry_points() -> None:
+    assert load_transport_class("kafka") is KafkaTransport
+    assert load_transport_class("kafka+ssl") is KafkaTransport
 
 
 def test_defaults_favour_durability_and_throughput() -> None:
