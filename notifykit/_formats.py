@@ -26,9 +26,13 @@ OSLO_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _COMPACT = (",", ":")
 
 
+# Built once: json.dumps() with non-default arguments builds an encoder per call.
+_ENCODER = json.JSONEncoder(separators=_COMPACT, ensure_ascii=False)
+
+
 def _with_payload(head: dict[str, Any], key: str, payload_json: str) -> str:
     """JSON of ``head`` with ``key`` set to the pre-encoded payload, appended last."""
-    text = json.dumps(head, separators=_COMPACT, ensure_ascii=False)
+    text = _ENCODER.encode(head)
     return f'{text[:-1]},"{key}":{payload_json}}}'
 
 
@@ -50,7 +54,8 @@ def _encode_oslo(n: Notification) -> bytes:
         "publisher_id": n.publisher_id,
         "event_type": n.event_type,
         "priority": n.priority.value.upper(),
-        "timestamp": n.timestamp.strftime(OSLO_TIMESTAMP_FORMAT),
+        # str(timeutils.utcnow()) as oslo writes it; isoformat is several times faster than strftime.
+        "timestamp": n.timestamp.replace(tzinfo=None).isoformat(" ", "microseconds"),
         # oslo's rabbit driver adds this; its listener drops redeliveries with a seen id.
         "_unique_id": n.message_id.replace("-", ""),
     }
@@ -58,7 +63,7 @@ def _encode_oslo(n: Notification) -> bytes:
         inner[f"_context_{key}"] = value
     message = _with_payload(inner, "payload", n.payload_json)
     envelope = {"oslo.version": "2.0", "oslo.message": message}
-    return json.dumps(envelope, separators=_COMPACT, ensure_ascii=False).encode()
+    return _ENCODER.encode(envelope).encode()
 
 
 #: Context fields carried as CloudEvents extension attributes (names must be [a-z0-9]).
@@ -73,7 +78,7 @@ def cloudevent_attributes(n: Notification) -> dict[str, str]:
         "id": n.message_id,
         "source": n.publisher_id,
         "type": n.event_type,
-        "time": n.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": n.timestamp.replace(tzinfo=None).isoformat("T", "microseconds") + "Z",
         "datacontenttype": "application/json",
         "priority": n.priority.value,
     }

@@ -99,3 +99,23 @@ def test_encoding_is_cached_per_format() -> None:
     n = make()
     assert n.encode("oslo") is n.encode("oslo")
     assert n.encode("json") is not n.encode("oslo")
+
+
+def test_message_ids_are_uuid4_and_differ_across_fork() -> None:
+    import os
+    import uuid
+
+    from notifykit._message import new_message_id
+
+    parent_first = new_message_id()  # fills the random pool before forking
+    assert uuid.UUID(parent_first).version == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: ids from its own pool
+        os.write(write, " ".join(new_message_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    child = set(os.read(read, 1 << 16).decode().split())
+    os.waitpid(pid, 0)
+    parent = {new_message_id() for _ in range(50)}
+    assert len(child) == 50 and not child & parent
