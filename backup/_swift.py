@@ -284,8 +284,13 @@ class SwiftObjectStore:
         for n in range(1, policy.attempts + 1):
             try:
                 return await attempt()
-            except (_Retryable, httpx.TimeoutException, httpx.TransportError) as exc:
+            except httpx.InvalidURL as exc:
+                raise ObjectStoreError(f"swift: cannot {action} {what}: invalid URL ({exc})") from None
+            except (_Retryable, httpx.HTTPError) as exc:
                 reason = _describe(exc)
+                if isinstance(exc, httpx.HTTPError) and not isinstance(exc, httpx.TransportError):
+                    # a body that cannot be decoded, a redirect: trying again will not help
+                    raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}") from None
                 if n == policy.attempts:
                     raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}"
                                            f" (gave up after {policy.attempts} attempt(s))") from None
@@ -426,7 +431,7 @@ class SwiftObjectStore:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, httpx.HTTPError):
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return str(exc)
 
