@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from backup import BackupStatus, CorruptBackupError, ObjectStoreError, ProgressPolicy, SwiftObjectStore, SwiftOptions
@@ -109,24 +110,26 @@ async def test_swift_stopped_mid_backup_ends_in_create_error(tmp_path: Path, swi
             killed_at.append(done)
             swift_aio.kill("proxy")
 
-    try:
-        async with swift_env(tmp_path, swift_options, policy=EVERY_OBJECT) as env:
+    async with swift_env(tmp_path, swift_options, policy=EVERY_OBJECT) as env, SwiftAPI(swift_aio) as api:
+        try:
             with anyio.fail_after(30), pytest.raises(ObjectStoreError, match="gave up after 3 attempt"):
                 await env.service.create_backup(env.volume(40 * CHUNK), on_progress=kill_proxy_at_object_3)
-            records = await env.service.list()
-    finally:
-        swift_aio.restart("proxy")
+        finally:
+            await anyio.to_thread.run_sync(swift_aio.restart, "proxy")
+        records = await env.service.list()
+        names = await api.listing(f"backup_{records[0].id}")  # Swift is back: what was left?
+        await env.service.delete_backup(records[0].id)  # a failed backup can be cleaned up
+        after_delete = await api.listing(f"backup_{records[0].id}")
     assert killed_at
     assert [r.status for r in records] == [BackupStatus.ERROR]
     record = records[0]
     assert record.fail_reason is not None and "swift: cannot" in record.fail_reason
-    assert env.event_types[0] == "backup.create.start" and env.event_types[-1] == "backup.create.error"
-    assert "backup.create.end" not in env.event_types
-    error = env.memory.messages[-1].payload
+    events = env.event_types
+    assert events[0] == "backup.create.start" and "backup.create.end" not in events
+    error = next(n.payload for n in env.memory.messages if n.event_type == "backup.create.error")
     assert error["status"] == "error" and error["fail_reason"] == record.fail_reason
-    async with SwiftAPI(swift_aio) as api:  # Swift is back: only some chunks, never the metadata
-        names = await api.listing(f"backup_{record.id}")
     assert names is not None and len(names) < 40 and not any(n.endswith("_metadata") for n in names)
+    assert after_delete is None
 
 
 async def test_container_quota_413_is_a_clear_permanent_error(tmp_path: Path, swift_aio: Any,
