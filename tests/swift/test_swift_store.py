@@ -190,3 +190,44 @@ async def test_token_revoked_midway_is_renewed(tmp_path: Path, swift_aio: Any, s
         await store.aclose()
     assert stale.status_code == 401
     assert names == ["one", "two"]
+
+
+async def test_object_server_down_gives_up_with_the_5xx_in_fail_reason(tmp_path: Path, swift_aio: Any) -> None:
+    options = SwiftOptions.from_url(swift_aio.info()["store_url"], {"retry_attempts": 2, "retry_backoff": 0.01})
+    swift_aio.kill("object")
+    try:
+        async with swift_env(tmp_path, options) as env:
+            with pytest.raises(ObjectStoreError, match="gave up after 2 attempt"):
+                await env.service.create_backup(env.volume(2 * CHUNK))
+            record = (await env.service.list())[0]
+    finally:
+        await anyio.to_thread.run_sync(swift_aio.restart, "object")
+    assert record.status is BackupStatus.ERROR
+    assert record.fail_reason is not None and "503 Service Unavailable" in record.fail_reason
+
+
+async def test_object_server_outage_is_retried_until_it_returns(tmp_path: Path, swift_aio: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    options = SwiftOptions.from_url(swift_aio.info()["store_url"], {"retry_attempts": 30, "retry_backoff": 0.1})
+    caplog.set_level(logging.WARNING, logger="backup.swift")
+    swift_aio.kill("object")
+    try:
+        async with swift_env(tmp_path, options) as env:
+            volume = env.volume(6 * CHUNK)
+            records = []
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    async def create() -> None:
+                        records.append(await env.service.create_backup(volume))
+
+                    tg.start_soon(create)
+                    while not any("attempt 3 of 30" in r.getMessage() for r in caplog.records):
+                        await anyio.sleep(0.01)
+                    await anyio.to_thread.run_sync(swift_aio.restart, "object")
+            await env.service.restore_backup(records[0].id, tmp_path / "restored.img")
+    finally:
+        if swift_aio.procs["object"].poll() is not None:
+            await anyio.to_thread.run_sync(swift_aio.restart, "object")
+    assert records[0].status is BackupStatus.AVAILABLE
+    assert sha256(tmp_path / "restored.img") == sha256(volume)
+    assert any("503" in r.getMessage() for r in caplog.records)
