@@ -159,7 +159,6 @@ class _Retryable(Exception):
 class _Session:
     storage_url: str
     token: str = field(repr=False)
-    generation: int
 
 
 def _digests(data: bytes) -> tuple[str, str]:
@@ -178,7 +177,6 @@ class SwiftObjectStore:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._session: _Session | None = None
-        self._generation = 0
         self._auth_lock: anyio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -248,8 +246,7 @@ class SwiftObjectStore:
             url = self._catalog_endpoint(resp)
             if not token:
                 raise ObjectStoreError(f"keystone at {opts.auth_url} answered without X-Subject-Token")
-        self._generation += 1
-        return _Session(url, token, self._generation)
+        return _Session(url, token)
 
     def _check_auth(self, resp: httpx.Response) -> None:
         if resp.status_code >= 500:
