@@ -2,7 +2,7 @@
 
 ``BackupService(catalog, driver, notifier, host=...)`` creates, restores and deletes
 backups of files and block devices; ``PosixBackupDriver`` stores them as compressed,
-checksummed chunks in a directory tree. Notifications go through any
+checksummed chunks in a directory tree, ``SwiftObjectStore`` in OpenStack Swift. Notifications go through any
 ``notifykit.SupportsNotify``.
 """
 
@@ -27,7 +27,8 @@ from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, usage_from_backup
 from ._posix import PosixBackupDriver, PosixObjectStore
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
 from ._service import BackupService, ProgressObserver
-from ._setup import build_driver, open_backup_service
+from ._setup import build_driver, build_store, open_backup_service
+from ._swift import SwiftObjectStore, SwiftOptions, SwiftRetryPolicy
 
 __all__ = [
     "COMPRESSIONS",
@@ -61,8 +62,12 @@ __all__ = [
     "ProgressTracker",
     "ProgressUpdate",
     "RestoreTargetError",
+    "SwiftObjectStore",
+    "SwiftOptions",
+    "SwiftRetryPolicy",
     "VolumeError",
     "build_driver",
+    "build_store",
     "get_compressor",
     "open_backup_service",
     "size_in_gib",

@@ -2,7 +2,7 @@
 
 The shape of Cinder's ChunkedBackupDriver on an ObjectStore, as an asyncio pipeline:
 
-    reader ──(bounded stream)──► N compress+sha256 workers ──(bounded stream)──► writers
+    reader ──(bounded stream)──► N compress+sha256 workers ──(bounded stream)──► M writers
 
 Reads, hashing/compression and object writes all run in worker threads (zlib, zstd and
 hashlib release the GIL), so several cores work at once while the event loop only moves
@@ -32,10 +32,12 @@ from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectN
 from ._objectstore import ObjectStore
 from ._volume import open_restore_target, open_volume, read_exactly, volume_size
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "METADATA_VERSION", "ChunkedBackupDriver"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "METADATA_VERSION", "ChunkedBackupDriver"]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 4096
+# Objects being written at once: enough to overlap one store round-trip with the next.
+DEFAULT_UPLOADS = 2
 METADATA_VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
 
@@ -80,12 +82,16 @@ class ChunkedBackupDriver(BackupDriver):
     """Chunked, compressed, checksummed backups on any ObjectStore."""
 
     def __init__(self, store: ObjectStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compression: str = "zstd",
-                 compression_level: int | None = None, workers: int | None = None) -> None:
+                 compression_level: int | None = None, workers: int | None = None,
+                 uploads: int = DEFAULT_UPLOADS) -> None:
         if chunk_size < MIN_CHUNK_SIZE:
             raise BackupConfigError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes, got {chunk_size}")
         if workers is not None and workers < 1:
             raise BackupConfigError(f"workers must be >= 1, got {workers}")
+        if uploads < 1:
+            raise BackupConfigError(f"uploads must be >= 1, got {uploads}")
         self.store = store
+        self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
         self.workers = workers or max(2, os.cpu_count() or 2)
@@ -196,7 +202,7 @@ class ChunkedBackupDriver(BackupDriver):
                 tg.start_soon(read, raw_send)
                 for _ in range(self.workers):
                     tg.start_soon(pack, raw_recv.clone(), packed_send.clone())
-                for _ in range(2):
+                for _ in range(self.uploads):
                     tg.start_soon(write, packed_recv.clone())
                 raw_recv.close()
                 packed_send.close()

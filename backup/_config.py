@@ -21,8 +21,13 @@ from ._chunked import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE
 from ._compression import COMPRESSIONS
 from ._errors import BackupConfigError
 from ._progress import ProgressPolicy
+from ._swift import SwiftOptions, is_swift_url
 
-__all__ = ["ENV_PREFIX", "BackupConfig", "parse_size"]
+__all__ = ["ENV_PREFIX", "OBJECT_STORES", "BackupConfig", "parse_size"]
+
+OBJECT_STORES = ("posix", "swift")
+_SWIFT_KEYS = ("user", "key", "auth_version", "container", "project", "project_domain", "user_domain", "region",
+               "interface", "retry_attempts", "retry_backoff", "timeout")
 
 ENV_PREFIX = "NOTIFYKIT_BACKUP_"
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
@@ -53,7 +58,23 @@ class BackupConfig:
     """Settings with their defaults; see docs/backup.md for each one."""
 
     catalog_path: Path = field(default_factory=lambda: _state_dir() / "catalog.sqlite3")
+    object_store: str = "posix"
     store_path: Path = field(default_factory=lambda: _state_dir() / "objects")
+    # swift: the URL may hold user:key@ and options; the swift_* keys override it.
+    swift_url: str | None = field(default=None, repr=False)
+    swift_user: str | None = None
+    swift_key: str | None = field(default=None, repr=False)
+    swift_auth_version: str | None = None
+    swift_container: str | None = None
+    swift_project: str | None = None
+    swift_project_domain: str | None = None
+    swift_user_domain: str | None = None
+    swift_region: str | None = None
+    swift_interface: str | None = None
+    swift_retry_attempts: int | None = None
+    swift_retry_backoff: float | None = None
+    swift_timeout: float | None = None
+    uploads: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compression: str = "zstd"
     compression_level: int | None = None
@@ -77,6 +98,12 @@ class BackupConfig:
             raise BackupConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.workers is not None and self.workers < 1:
             raise BackupConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.uploads is not None and self.uploads < 1:
+            raise BackupConfigError(f"uploads must be >= 1, got {self.uploads}")
+        if self.object_store not in OBJECT_STORES:
+            raise BackupConfigError(f"object_store must be one of {', '.join(OBJECT_STORES)}, got {self.object_store!r}")
+        if self.object_store == "swift":
+            self.swift_options()  # validates the swift options
         if not self.host:
             raise BackupConfigError("host must not be empty")
         self.progress_policy()  # validates the progress options
@@ -84,6 +111,12 @@ class BackupConfig:
     @property
     def publisher_id(self) -> str:
         return f"backup.{self.host}"
+
+    def swift_options(self) -> SwiftOptions:
+        """Swift's connection settings: ``swift_url`` completed/overridden by the swift_* keys."""
+        if not self.swift_url:
+            raise BackupConfigError("object_store = swift needs swift_url (e.g. swift://USER:KEY@HOST:8080/auth/v1.0)")
+        return SwiftOptions.from_url(self.swift_url, {k: getattr(self, f"swift_{k}") for k in _SWIFT_KEYS})
 
     def progress_policy(self) -> ProgressPolicy:
         return ProgressPolicy(self.backup_object_number_per_notification, self.backup_timer_interval,
@@ -108,6 +141,11 @@ class BackupConfig:
         if unknown:
             raise BackupConfigError(f"unknown backup setting(s): {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("store_path") is not None:  # an explicit --store decides the kind of store
+            values["object_store"] = "swift" if is_swift_url(overrides["store_path"]) else "posix"
+        if is_swift_url(values.get("store_path")):  # store_path = "swift://…" means swift_url
+            values["swift_url"] = values.pop("store_path")
+            values["object_store"] = "swift"
         return cls(**{k: cls._coerce(k, v) for k, v in values.items()})
 
     @classmethod
@@ -144,20 +182,21 @@ class BackupConfig:
             if text in ("0", "false", "no", "off"):
                 return False
             raise BackupConfigError(f"{key} must be true or false, got {value!r}")
-        if key in ("compression_level", "workers", "backup_object_number_per_notification"):
+        if key in ("compression_level", "workers", "uploads", "backup_object_number_per_notification",
+                   "swift_retry_attempts"):
             try:
                 if isinstance(value, bool):
                     raise ValueError
                 return int(value)
             except (TypeError, ValueError):
                 raise BackupConfigError(f"{key} must be an integer, got {value!r}") from None
-        if key == "backup_timer_interval":
+        if key in ("backup_timer_interval", "swift_retry_backoff", "swift_timeout"):
             try:
                 if isinstance(value, bool):
                     raise ValueError
                 return float(value)
             except (TypeError, ValueError):
                 raise BackupConfigError(f"{key} must be a number of seconds, got {value!r}") from None
-        if key == "compression":
+        if key in ("compression", "object_store"):
             return str(value).lower()
         return str(value)

@@ -180,6 +180,7 @@ async def run_demo(config: BackupConfig, size: int, out: TextIO, err: TextIO, *,
     """Sample volume → backup → restore → compare → delete, then print what was emitted."""
     workdir = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="notifykit-backup-demo-")))
     config = dataclasses.replace(config, catalog_path=workdir / "catalog.sqlite3", store_path=workdir / "objects",
+                                 object_store="posix",  # the demo measures what it leaves on disk
                                  dead_letter_path=config.dead_letter_path or workdir / "deadletters.jsonl")
     volume, restored = workdir / "volume.img", workdir / "restored.img"
     try:
@@ -250,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("settings (also NOTIFYKIT_BACKUP_* variables and a TOML file)")
     g.add_argument("--config", help="TOML file with a [backup] table (env NOTIFYKIT_BACKUP_CONFIG)")
     g.add_argument("--catalog", dest="catalog_path", help="SQLite catalog file")
-    g.add_argument("--store", dest="store_path", help="posix object store directory")
+    g.add_argument("--store", dest="store_path",
+                   help="posix object store directory, or swift://USER:KEY@HOST:PORT/auth/v1.0[?container=…] for Swift")
     g.add_argument("--chunk-size", dest="chunk_size", help="chunk size, e.g. 4MiB (default 4MiB)")
     g.add_argument("--compression", choices=COMPRESSIONS, help="chunk compression (default zstd)")
     g.add_argument("--notifier", dest="notifier_url", help="notifier URL (default log://stderr)")

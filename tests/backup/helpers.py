@@ -118,7 +118,7 @@ def write_volume(path: Path, size: int, seed: int = 7) -> Path:
 @asynccontextmanager
 async def backup_env(root: Path, *, compression: str = "none", policy: ProgressPolicy | None = None,
                      store: ObjectStore | None = None, clock: Any = None, url: str = "memory://",
-                     notify_timeout: float = 10.0, chunk_size: int = CHUNK) -> AsyncIterator[Env]:
+                     notify_timeout: float = 10.0, chunk_size: int = CHUNK, uploads: int = 2) -> AsyncIterator[Env]:
     """Everything a backup test needs; the notifier is closed (queues drained) on exit, so
     ``env.memory.messages`` is complete once the ``async with`` is over."""
     notifier = Notifier.from_url(url, publisher_id=PUBLISHER, dead_letters=root / "deadletters.jsonl",
@@ -126,7 +126,8 @@ async def backup_env(root: Path, *, compression: str = "none", policy: ProgressP
     memory = notifier.transports["memory"]
     assert isinstance(memory, MemoryTransport)
     store = store or PosixObjectStore(root / "store", fsync=False)
-    driver = ChunkedBackupDriver(store, chunk_size=chunk_size, compression=compression, workers=2)
+    driver = ChunkedBackupDriver(store, chunk_size=chunk_size, compression=compression, workers=2,
+                                 uploads=uploads)
     async with notifier, BackupCatalog(root / "catalog.sqlite3") as catalog:
         service = BackupService(catalog, driver, notifier, host="testhost", availability_zone="az-1",
                                 progress=policy or ProgressPolicy(backup_enable_progress_timer=False),

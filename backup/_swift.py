@@ -1,0 +1,439 @@
+"""``swift`` object store: OpenStack Swift's object API over httpx, like Cinder's Swift driver.
+
+Authentication is TempAuth (v1: ``GET /auth/v1.0`` with ``X-Auth-User``/``X-Auth-Key``) or
+Keystone v3 password auth (the ``object-store`` endpoint from the token's catalog). The
+token is fetched on first use and again when Swift answers 401. Each backup gets its own
+container ``backup_<id>``, or, with ``container`` set, one shared container in which each
+backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
+
+Every PUT carries the object's MD5 as ``ETag`` (Swift refuses a body that does not match,
+and its answer is checked too) and the sha256 of the stored bytes as
+``X-Object-Meta-Sha256``; every GET is checked against both. Hashing runs in worker
+threads. 5xx answers, timeouts and connection failures are retried by a small
+``SwiftRetryPolicy`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
+permanent errors with a message fit for ``fail_reason``. Credentials never appear in
+reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._errors import BackupConfigError, CorruptBackupError, ObjectNotFoundError, ObjectStoreError
+from ._objectstore import validate_name
+
+__all__ = ["SwiftObjectStore", "SwiftOptions", "SwiftRetryPolicy", "is_swift_url"]
+
+log = logging.getLogger("backup.swift")
+_T = TypeVar("_T")
+
+SCHEMES = {"swift": "http", "swift+http": "http", "swift+https": "https"}
+_AUTH_VERSIONS = ("1", "3")
+# URL query keys (the config keys without their ``swift_`` prefix).
+_QUERY_KEYS = ("container", "auth_version", "project", "project_domain", "user_domain", "region", "interface",
+               "retry_attempts", "retry_backoff", "timeout")
+
+
+def is_swift_url(value: object) -> bool:
+    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
+
+
+@dataclass(frozen=True, slots=True)
+class SwiftRetryPolicy:
+    """Bounded retries with exponential backoff and full jitter, for 5xx, timeouts and
+    connection failures: ``attempts`` tries in all, waits of up to ``backoff * 2**n`` s."""
+
+    attempts: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise BackupConfigError(f"swift_retry_attempts must be >= 1, got {self.attempts}")
+        if self.backoff < 0:
+            raise BackupConfigError(f"swift_retry_backoff must be >= 0 seconds, got {self.backoff}")
+
+    def delay(self, failed_attempts: int) -> float:
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (failed_attempts - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class SwiftOptions:
+    """Where and how to reach Swift. ``key`` is a secret: it is left out of the repr."""
+
+    auth_url: str
+    user: str
+    key: str = field(repr=False)
+    auth_version: str = "1"
+    container: str | None = None
+    project: str | None = None
+    project_domain: str = "Default"
+    user_domain: str = "Default"
+    region: str | None = None
+    interface: str = "public"
+    retry: SwiftRetryPolicy = field(default_factory=SwiftRetryPolicy)
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.auth_version not in _AUTH_VERSIONS:
+            raise BackupConfigError(f"swift_auth_version must be 1 (TempAuth) or 3 (Keystone), got {self.auth_version!r}")
+        if not self.user or not self.key:
+            raise BackupConfigError("swift needs a user and a key (swift_user/swift_key, or user:key@ in swift_url)")
+        if self.auth_version == "3" and not self.project:
+            raise BackupConfigError("swift_auth_version 3 (Keystone) needs swift_project")
+        if self.container is not None:
+            try:
+                validate_name("container", self.container)
+            except ObjectStoreError as exc:
+                raise BackupConfigError(f"swift_container: {exc}") from None
+        if not self.timeout > 0:
+            raise BackupConfigError(f"swift_timeout must be > 0 seconds, got {self.timeout}")
+
+    @classmethod
+    def from_url(cls, url: str, overrides: Mapping[str, Any] | None = None) -> SwiftOptions:
+        """``swift[+https]://[USER[:KEY]@]HOST[:PORT][/AUTH_PATH][?container=…&auth_version=3&…]``.
+
+        USER may hold ``%3A`` for TempAuth's ``account:user``. ``overrides`` (the
+        ``swift_*`` config keys without the prefix, None = unset) win over the URL.
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise BackupConfigError(f"swift_url is not a valid URL ({_redact(url)})") from None
+        scheme = SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.hostname:
+            raise BackupConfigError(f"swift_url must look like swift://USER:KEY@HOST:PORT/auth/v1.0, got {_redact(url)}")
+        values: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in _QUERY_KEYS:
+                raise BackupConfigError(f"swift_url: unknown option {key!r} (known: {', '.join(_QUERY_KEYS)})")
+            values[key] = value
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        path = parts.path.rstrip("/")
+        version = str(values.pop("auth_version", "3" if path.endswith("/v3") else "1"))
+        if not path:
+            path = "/v3" if version == "3" else "/auth/v1.0"
+        auth_url = f"{scheme}://{host}{f':{port}' if port else ''}{path}"
+        user = values.pop("user", None) or unquote(parts.username or "")
+        key = values.pop("key", None) or unquote(parts.password or "")
+        try:
+            retry = SwiftRetryPolicy(int(values.pop("retry_attempts", 3)), float(values.pop("retry_backoff", 0.5)))
+            timeout = float(values.pop("timeout", 30.0))
+        except (TypeError, ValueError) as exc:
+            raise BackupConfigError(f"swift_url: bad number in retry_attempts/retry_backoff/timeout ({exc})") from None
+        unknown = set(values) - set(_QUERY_KEYS)
+        if unknown:
+            raise BackupConfigError(f"unknown swift option(s): {', '.join(sorted(unknown))}")
+        return cls(auth_url=auth_url, user=user, key=key, auth_version=version, retry=retry, timeout=timeout,
+                   **{k: str(v) for k, v in values.items()})
+
+
+def _redact(url: str) -> str:
+    """The URL without its userinfo and query, for error messages."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    netloc = netloc.rpartition("@")[2]
+    path = rest[len(rest.split("/", 1)[0]):].split("?", 1)[0] if "/" in rest else ""
+    return f"{head}://{netloc}{path}"
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth trying again (5xx, timeout, lost connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    storage_url: str
+    token: str = field(repr=False)
+
+
+def _digests(data: bytes) -> tuple[str, str]:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest(), hashlib.sha256(data).hexdigest()
+
+
+class SwiftObjectStore:
+    """The ObjectStore protocol on Swift. Call ``aclose()`` when done (closes connections)."""
+
+    name = "swift"
+
+    def __init__(self, options: SwiftOptions, *, max_connections: int = 16,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.options = options
+        self._max_connections = max_connections
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._session: _Session | None = None
+        self._auth_lock: anyio.Lock | None = None
+
+    def __repr__(self) -> str:
+        shared = f", container={self.options.container!r}" if self.options.container else ""
+        return f"SwiftObjectStore({self.options.auth_url!r}, user={self.options.user!r}{shared})"
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- naming ---------------------------------------------------------------------------
+
+    def _path(self, container: str, name: str | None = None) -> tuple[str, str | None]:
+        """(Swift container, Swift object name) for a logical container/object."""
+        validate_name("container", container)
+        if name is not None:
+            validate_name("object", name)
+        if self.options.container is None:
+            return container, name
+        return self.options.container, f"{container}/{name}" if name is not None else None
+
+    @staticmethod
+    def _url(storage_url: str, container: str, obj: str | None = None) -> str:
+        url = f"{storage_url.rstrip('/')}/{quote(container, safe='')}"
+        return f"{url}/{quote(obj, safe='/')}" if obj is not None else url
+
+    # -- HTTP plumbing ------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=self._max_connections,
+                                  max_keepalive_connections=self._max_connections)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.options.timeout), limits=limits,
+                                             trust_env=False, follow_redirects=False, transport=self._transport)
+        return self._client
+
+    async def _authenticate(self, stale: _Session | None) -> _Session:
+        """A valid session; re-authenticates once for all callers that saw ``stale`` fail."""
+        if self._auth_lock is None:
+            self._auth_lock = anyio.Lock()
+        async with self._auth_lock:
+            if self._session is not None and self._session is not stale:
+                return self._session
+            session = await self._with_retries("authenticate", f"at {self.options.auth_url}", self._auth_once)
+            self._session = session
+            return session
+
+    async def _auth_once(self) -> _Session:
+        opts = self.options
+        client = self._http()
+        if opts.auth_version == "1":
+            resp = await client.get(opts.auth_url, headers={"X-Auth-User": opts.user, "X-Auth-Key": opts.key})
+            self._check_auth(resp)
+            url, token = resp.headers.get("X-Storage-Url"), resp.headers.get("X-Auth-Token")
+            if not url or not token:
+                raise ObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
+        else:
+            body = {"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": opts.user, "domain": {"name": opts.user_domain}, "password": opts.key}}},
+                "scope": {"project": {"name": opts.project, "domain": {"name": opts.project_domain}}},
+            }}
+            resp = await client.post(f"{opts.auth_url}/auth/tokens", json=body)
+            self._check_auth(resp)
+            token = resp.headers.get("X-Subject-Token")
+            url = self._catalog_endpoint(resp)
+            if not token:
+                raise ObjectStoreError(f"keystone at {opts.auth_url} answered without X-Subject-Token")
+        return _Session(url, token)
+
+    def _check_auth(self, resp: httpx.Response) -> None:
+        if resp.status_code >= 500:
+            raise _Retryable(f"{resp.status_code} {resp.reason_phrase}")
+        if resp.status_code in (401, 403):
+            raise ObjectStoreError(f"swift authentication at {self.options.auth_url} failed for user "
+                                   f"{self.options.user!r}: {resp.status_code} {resp.reason_phrase} (check the key)")
+        if resp.status_code >= 300:
+            raise ObjectStoreError(f"swift authentication at {self.options.auth_url} failed:"
+                                   f" {resp.status_code} {resp.reason_phrase}")
+
+    def _catalog_endpoint(self, resp: httpx.Response) -> str:
+        """The object-store endpoint for our interface (and region) from a Keystone v3 token."""
+        opts = self.options
+        try:
+            catalog = resp.json()["token"]["catalog"]
+            for service in catalog:
+                if service.get("type") != "object-store":
+                    continue
+                for endpoint in service.get("endpoints", []):
+                    region_ok = opts.region is None or opts.region in (endpoint.get("region"), endpoint.get("region_id"))
+                    if endpoint.get("interface") == opts.interface and region_ok:
+                        return str(endpoint["url"])
+        except (ValueError, KeyError, TypeError):
+            raise ObjectStoreError(f"keystone at {opts.auth_url} answered with an unreadable token body") from None
+        region = f" in region {opts.region!r}" if opts.region else ""
+        raise ObjectStoreError(f"keystone at {opts.auth_url}: no {opts.interface} object-store endpoint{region}")
+
+    async def _with_retries(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``attempt()`` under the retry policy; the last failure becomes an ObjectStoreError."""
+        policy = self.options.retry
+        for n in range(1, policy.attempts + 1):
+            try:
+                return await attempt()
+            except httpx.InvalidURL as exc:
+                raise ObjectStoreError(f"swift: cannot {action} {what}: invalid URL ({exc})") from None
+            except (_Retryable, httpx.HTTPError) as exc:
+                reason = _describe(exc)
+                if isinstance(exc, httpx.HTTPError) and not isinstance(exc, httpx.TransportError):
+                    # a body that cannot be decoded, a redirect: trying again will not help
+                    raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}") from None
+                if n == policy.attempts:
+                    raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}"
+                                           f" (gave up after {policy.attempts} attempt(s))") from None
+                delay = policy.delay(n)
+                log.warning("swift: %s %s failed (%s); attempt %d of %d in %.2fs", action, what, reason, n + 1,
+                            policy.attempts, delay)
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _request(self, method: str, action: str, container: str, obj: str | None = None, *,
+                       headers: Mapping[str, str] | None = None, content: bytes | None = None,
+                       params: Mapping[str, str] | None = None,
+                       ok: tuple[int, ...] = (200, 201, 202, 204)) -> httpx.Response:
+        """One Swift API call with auth (re-auth once on 401), retries and error mapping.
+
+        Returns the response for a status in ``ok`` or 404 (the caller decides what a
+        missing thing means); raises ObjectStoreError for everything else.
+        """
+        what = f"{container}/{obj}" if obj is not None else repr(container)
+        reauthenticated = False
+
+        async def once() -> httpx.Response:
+            nonlocal reauthenticated
+            session = self._session or await self._authenticate(None)
+            while True:
+                hdrs = {"X-Auth-Token": session.token, **(headers or {})}
+                resp = await self._http().request(method, self._url(session.storage_url, container, obj),
+                                                  headers=hdrs, content=content, params=params)
+                if resp.status_code == 401 and not reauthenticated:
+                    reauthenticated = True  # token expired or revoked: one fresh token, then give up
+                    session = await self._authenticate(session)
+                    continue
+                break
+            status = resp.status_code
+            if status in ok or status == 404:
+                return resp
+            if status == 401:
+                raise ObjectStoreError(f"swift refused the token for {method} {what} (401) right after authenticating")
+            if status == 507:
+                raise ObjectStoreError(f"swift object store full: 507 Insufficient Storage on {method} {what}")
+            if status == 413:
+                raise ObjectStoreError(f"swift refused {method} {what}: 413 Request Entity Too Large (the object"
+                                       f" exceeds the cluster's max_file_size or a quota is exhausted): {_body(resp)}")
+            if status == 422:
+                raise _Retryable("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
+            if status >= 500:
+                raise _Retryable(f"{status} {resp.reason_phrase}")
+            raise ObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
+
+        return await self._with_retries(action, what, once)
+
+    # -- ObjectStore ----------------------------------------------------------------------
+
+    async def create_container(self, container: str) -> None:
+        swift_container, _ = self._path(container)
+        await self._request("PUT", "create container", swift_container, ok=(201, 202, 204))
+
+    async def delete_container(self, container: str) -> None:
+        swift_container, _ = self._path(container)
+        if self.options.container is not None:
+            # Shared container: the backup's "container" is its prefix; it is gone once empty.
+            left = await self._list_names(swift_container, f"{container}/")
+            if left is None:
+                raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
+            if left:
+                raise ObjectStoreError(f"swift: cannot delete {swift_container}/{container}/: {len(left)} object(s) left")
+            return
+        resp = await self._request("DELETE", "delete container", swift_container, ok=(204,))
+        if resp.status_code == 404:
+            raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
+
+    async def put_object(self, container: str, name: str, data: bytes) -> None:
+        swift_container, obj = self._path(container, name)
+        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
+        headers = {"ETag": md5, "X-Object-Meta-Sha256": sha256, "Content-Type": "application/octet-stream"}
+        resp = await self._request("PUT", "store object", swift_container, obj, headers=headers, content=data,
+                                   ok=(201,))
+        if resp.status_code == 404:
+            raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist (writing {name})")
+        etag = resp.headers.get("ETag", "").strip('"')
+        if etag != md5:
+            raise ObjectStoreError(f"swift stored {swift_container}/{obj} with ETag {etag!r}, expected {md5!r}")
+
+    async def get_object(self, container: str, name: str) -> bytes:
+        swift_container, obj = self._path(container, name)
+        resp = await self._request("GET", "read object", swift_container, obj, ok=(200,))
+        if resp.status_code == 404:
+            raise ObjectNotFoundError(f"object {swift_container}/{obj} is missing from swift")
+        data = resp.content
+        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
+        etag = resp.headers.get("ETag", "").strip('"')
+        stored_sha = resp.headers.get("X-Object-Meta-Sha256")
+        if (etag and etag != md5) or (stored_sha and stored_sha != sha256):
+            raise CorruptBackupError(f"object {swift_container}/{obj} read from swift does not match its"
+                                     " ETag/X-Object-Meta-Sha256")
+        return data
+
+    async def delete_object(self, container: str, name: str) -> None:
+        """A 404 means someone (or an earlier, retried attempt) already removed it: done."""
+        swift_container, obj = self._path(container, name)
+        await self._request("DELETE", "delete object", swift_container, obj, ok=(204,))
+
+    async def list_objects(self, container: str) -> list[str]:
+        swift_container, _ = self._path(container)
+        prefix = f"{container}/" if self.options.container is not None else ""
+        names = await self._list_names(swift_container, prefix)
+        if names is None:
+            if self.options.container is not None:
+                return []
+            raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
+        return sorted(n[len(prefix):] for n in names)
+
+    async def _list_names(self, swift_container: str, prefix: str) -> list[str] | None:
+        """Every object name under ``prefix`` (following Swift's 10 000-name pages); None if
+        the container does not exist."""
+        names: list[str] = []
+        marker = ""
+        while True:
+            params = {"format": "json", "prefix": prefix, "marker": marker}
+            resp = await self._request("GET", "list container", swift_container, params=params, ok=(200, 204))
+            if resp.status_code == 404:
+                return None
+            if resp.status_code == 204 or not resp.content:
+                return names
+            try:
+                page = [str(item["name"]) for item in resp.json()]
+            except (ValueError, KeyError, TypeError):
+                raise ObjectStoreError(f"swift answered an unreadable listing for {swift_container!r}") from None
+            if not page:
+                return names
+            names.extend(page)
+            marker = page[-1]
+
+    async def sync_container(self, container: str) -> None:
+        """Nothing to do: Swift answers 201 only once the object is durably written."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc)
+
+
+def _body(resp: httpx.Response) -> str:
+    """The start of an error body, one line (Swift explains 4xx answers in plain text)."""
+    text = " ".join(resp.text.split())[:200]
+    return text or "(no body)"

@@ -1,0 +1,41 @@
+"""A real OpenStack Swift all-in-one (scripts/swift-aio) for the whole session, on loopback.
+
+Skips every Swift test with a one-line reason when the Swift binaries are missing, and
+fails instead under NOTIFYKIT_REQUIRE_BROKERS=1 (CI installs them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from backup import SwiftOptions
+
+from ..helpers import REQUIRE_BROKERS
+from .helpers import load_swift_aio
+
+
+@pytest.fixture(scope="session")
+def swift_aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    aio_module = load_swift_aio()
+    missing = aio_module.missing_binaries()
+    if missing:
+        reason = f"Swift not installed (missing {', '.join(missing)}; apt-get install swift swift-proxy swift-object" \
+                 " swift-container swift-account memcached)"
+        if REQUIRE_BROKERS:
+            pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
+        pytest.skip(reason)
+    aio = aio_module.SwiftAIO(tmp_path_factory.mktemp("swift-aio"))
+    aio.start()
+    try:
+        yield aio
+    finally:
+        aio.stop()
+
+
+@pytest.fixture
+def swift_options(swift_aio: Any) -> SwiftOptions:
+    """TempAuth credentials for the session's Swift; short retry waits keep failure tests fast."""
+    return SwiftOptions.from_url(swift_aio.info()["store_url"], {"retry_backoff": 0.05})
