@@ -94,6 +94,9 @@ class MemoryDeadLetterSink:
     async def write(self, letters: Sequence[DeadLetter]) -> None:
         self.letters.extend(letters)
 
+    def __repr__(self) -> str:
+        return f"MemoryDeadLetterSink({len(self.letters)} letters)"
+
 
 def rewrite_dead_letters(
     path: str | os.PathLike[str],

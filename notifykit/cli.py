@@ -12,6 +12,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -116,7 +117,10 @@ def _replay_config(args: argparse.Namespace) -> NotifierConfig:
 
 
 async def _cancel_on_signals(scope: anyio.CancelScope) -> None:
-    """SIGTERM/SIGINT: stop sending; the Notifier then drains within close_timeout."""
+    """SIGTERM/SIGINT: stop sending; the Notifier then drains within close_timeout.
+    (Only the main thread can receive signals; elsewhere, e.g. called from a test, no-op.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             print(f"notifykit: {signal.Signals(signum).name}: draining, then stopping", file=sys.stderr)
