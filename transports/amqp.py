@@ -1,0 +1,354 @@
+"""``amqp://`` and ``amqps://`` — RabbitMQ via aio-pika, routed the way oslo.messaging does.
+
+Each notification goes to a topic exchange (default ``openstack``) with routing key
+``<topic>.<priority>`` for every configured topic, persistent, with publisher confirms.
+A batch is published pipelined (all messages written, then every confirm awaited), and
+a message counts as sent only once the broker confirmed it. Unconfirmed messages are
+reported per index in a ``BatchError`` so the core's dispatcher retries exactly those
+(at-least-once: consumers dedup on ``message_id``); a lost connection is re-opened by
+the next ``send()``, so the core's backoff is the reconnect backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import aio_pika
+import aio_pika.abc
+import aiormq.abc
+import aiormq.exceptions
+from yarl import URL
+
+from notifykit import (
+    BatchError,
+    ConfigError,
+    Notification,
+    PermanentError,
+    Priority,
+    TransientError,
+    Transport,
+    TransportSettings,
+    WireFormat,
+)
+
+__all__ = ["AmqpTransport"]
+
+log = logging.getLogger("notifykit.amqp")
+
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+_TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpOptions:
+    """Everything parsed from the URL, validated once at configuration time."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str
+    password: str
+    vhost: str
+    exchange: str
+    durable: bool
+    declare_queues: bool
+    mandatory: bool
+    persistent: bool
+    confirm_timeout: float
+    connect_timeout: float
+    heartbeat: int
+    connection_name: str
+    ssl_context: ssl.SSLContext | None
+
+    @classmethod
+    def take(cls, settings: TransportSettings) -> AmqpOptions:
+        url = settings.url
+        if url.scheme not in _DEFAULT_PORTS:
+            raise ConfigError(f"AMQP URL {url.redacted!r}: scheme must be amqp or amqps")
+        port = _DEFAULT_PORTS[url.scheme]
+        hosts = tuple((h.host or "127.0.0.1", h.port or port) for h in url.hosts) or (("127.0.0.1", port),)
+        path = url.path
+        vhost = "/" if path in ("", "/") else path[1:]
+        exchange = settings.take_str("exchange", "openstack") or ""
+        if not exchange or exchange.startswith("amq."):
+            raise ConfigError(f"option 'exchange' of transport {settings.name!r} ({url.redacted}) "
+                              f"must be a non-empty name not starting with 'amq.', got {exchange!r}")
+        options = cls(
+            hosts=hosts,
+            username=url.username if url.username is not None else "guest",
+            password=url.password if url.password is not None else "guest",
+            vhost=vhost,
+            exchange=exchange,
+            durable=settings.take_bool("durable", True),
+            declare_queues=settings.take_bool("declare_queues", True),
+            mandatory=settings.take_bool("mandatory", True),
+            persistent=settings.take_bool("persistent", True),
+            confirm_timeout=settings.take_float("confirm_timeout", 30.0, minimum=0.001) or 30.0,
+            connect_timeout=settings.take_float("connect_timeout", 10.0, minimum=0.001) or 10.0,
+            heartbeat=settings.take_int("heartbeat", 60, minimum=0) or 0,
+            connection_name=settings.take_str("connection_name", f"notifykit {settings.name}") or settings.name,
+            ssl_context=_take_tls(settings),
+        )
+        for topic in settings.topics:
+            if not topic or any(c in topic for c in "#*"):
+                raise ConfigError(f"topic {topic!r} of transport {settings.name!r} ({url.redacted}) "
+                                  "must be a non-empty name without '#' or '*'")
+        return options
+
+    def connection_url(self, host: str, port: int, scheme: str) -> URL:
+        query = {"heartbeat": str(self.heartbeat), "name": self.connection_name}
+        return URL.build(scheme=scheme, host=host, port=port, user=self.username, password=self.password,
+                         path="/" + self.vhost, query=query)
+
+
+def _take_tls(settings: TransportSettings) -> ssl.SSLContext | None:
+    """The TLS context for ``amqps://``, built here so a bad file is a ConfigError up front."""
+    where = f"transport {settings.name!r} ({settings.url.redacted})"
+    ca_file = settings.take_str("ca_file") or settings.take_str("cafile")
+    certfile = settings.take_str("certfile")
+    keyfile = settings.take_str("keyfile")
+    verify = settings.take_bool("verify", True)
+    if settings.url.scheme != "amqps":
+        given = [k for k, v in (("ca_file", ca_file), ("certfile", certfile), ("keyfile", keyfile)) if v]
+        if given:
+            raise ConfigError(f"option(s) {', '.join(given)} of {where} need an amqps:// URL")
+        return None
+    for key, path in (("ca_file", ca_file), ("certfile", certfile), ("keyfile", keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"option {key!r} of {where}: no such file {path!r}")
+    if keyfile and not certfile:
+        raise ConfigError(f"option 'keyfile' of {where} needs 'certfile' too")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        if certfile:
+            context.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"TLS files of {where} cannot be loaded: {exc}") from None
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class AmqpTransport(Transport):
+    """Publishes to a RabbitMQ topic exchange with pipelined publisher confirms."""
+
+    default_format: ClassVar[WireFormat] = WireFormat.OSLO
+    max_batch_size = 1000
+
+    def __init__(self, settings: TransportSettings, options: AmqpOptions) -> None:
+        super().__init__(settings)
+        self.options = options
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        # One channel per topic: aiormq matches returned messages by message_id per channel.
+        self._channels: list[tuple[str, aiormq.abc.AbstractChannel]] = []
+        self._declared: set[str] = set()
+        self._broken = False
+        self.connects = 0
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        options = AmqpOptions.take(settings)
+        settings.finish()
+        return cls(settings, options)
+
+    # -- connection --------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        password = self.options.password
+        return text.replace(password, "***") if password else text
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    @property
+    def connected(self) -> bool:
+        return (not self._broken and self._connection is not None and not self._connection.is_closed
+                and bool(self._channels) and not any(channel.is_closed for _, channel in self._channels))
+
+    async def _connect(self) -> aio_pika.abc.AbstractConnection:
+        """Try each host in turn; TransientError when none answers."""
+        errors = []
+        for host, port in self.options.hosts:
+            url = self.options.connection_url(host, port, self.settings.url.scheme)
+            try:
+                return await aio_pika.connect(url, ssl_context=self.options.ssl_context,
+                                              timeout=self.options.connect_timeout)
+            except aiormq.exceptions.ProbableAuthenticationError as exc:
+                errors.append(f"{host}:{port}: authentication refused ({self._describe(exc)})")
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError, ssl.SSLError) as exc:
+                errors.append(f"{host}:{port}: {self._describe(exc)}")
+        raise TransientError(f"cannot connect to {self.settings.url.redacted}: {'; '.join(errors)}")
+
+    async def _ensure_ready(self) -> None:
+        if self.connected:
+            return
+        await self._reset()
+        connection = await self._connect()
+        try:
+            channels = []
+            for topic in self.settings.topics:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                channels.append((topic, await channel.get_underlay_channel()))
+            await self._declare_exchange(channels[0][1])
+        except BaseException:
+            await _close_quietly(connection)
+            raise
+        self._connection, self._channels = connection, channels
+        self._declared = set()
+        self._broken = False
+        self.connects += 1
+        log.info("notifykit amqp %r connected to %s (connection %d)", self.name, self.settings.url.redacted, self.connects)
+
+    async def _declare_exchange(self, channel: aiormq.abc.AbstractChannel) -> None:
+        try:
+            await channel.exchange_declare(self.options.exchange, exchange_type="topic",
+                                           durable=self.options.durable, auto_delete=False)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise PermanentError(
+                f"exchange {self.options.exchange!r} exists on {self.settings.url.redacted} with other "
+                f"settings than topic/durable={str(self.options.durable).lower()}: {self._describe(exc)}"
+            ) from None
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            raise TransientError(f"cannot declare exchange {self.options.exchange!r}: {self._describe(exc)}") from None
+
+    async def _declare_queues(self, routing_keys: set[str]) -> None:
+        """Declare and bind the durable ``<topic>.<priority>`` queues, as oslo.messaging does."""
+        channel = self._channels[0][1]
+        for key in sorted(routing_keys - self._declared):
+            try:
+                await channel.queue_declare(key, durable=self.options.durable, auto_delete=False)
+                await channel.queue_bind(key, self.options.exchange, routing_key=key)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                await self._reset()
+                raise PermanentError(f"queue {key!r} exists with other settings than "
+                                     f"durable={str(self.options.durable).lower()}: {self._describe(exc)}") from None
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                await self._reset()
+                raise TransientError(f"cannot declare queue {key!r}: {self._describe(exc)}") from None
+            self._declared.add(key)
+
+    async def _reset(self) -> None:
+        connection, self._connection, self._channels = self._connection, None, []
+        if connection is not None:
+            await _close_quietly(connection)
+
+    # -- Transport ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._ensure_ready()
+
+    async def send(self, batch: Sequence[Notification]) -> None:
+        await self._ensure_ready()
+        if self.options.declare_queues:
+            keys = {f"{topic}.{p.value}" for topic in self.settings.topics for p in {n.priority for n in batch}}
+            if not keys <= self._declared:
+                await self._declare_queues(keys)
+        tasks = self._publish_all(batch)
+        try:
+            await asyncio.wait(tasks, timeout=self.options.confirm_timeout)
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for finished ones; unconfirmed ones are retried
+        failures = self._outcomes(batch, tasks)
+        if failures:
+            raise BatchError(failures)
+
+    def _publish_all(self, batch: Sequence[Notification]) -> list[asyncio.Task[Any]]:
+        """Start one publish per (notification, topic): writes pipelined, confirms awaited later."""
+        fmt = self.format
+        exchange = self.options.exchange
+        mandatory = self.options.mandatory
+        delivery_mode = _PERSISTENT if self.options.persistent else _TRANSIENT
+        create_task = asyncio.get_running_loop().create_task
+        tasks: list[asyncio.Task[Any]] = []
+        for n in batch:
+            properties = aiormq.spec.Basic.Properties(
+                content_type=fmt.content_type,
+                content_encoding="utf-8",
+                delivery_mode=delivery_mode,
+                message_id=n.message_id,
+                timestamp=n.timestamp,
+                message_type=n.event_type,
+                app_id=n.publisher_id,
+            )
+            body = n.encode(fmt)
+            suffix = _PRIORITY_SUFFIX[n.priority]
+            for topic, channel in self._channels:
+                tasks.append(create_task(channel.basic_publish(
+                    body, exchange=exchange, routing_key=topic + suffix, properties=properties, mandatory=mandatory,
+                )))
+        return tasks
+
+    def _outcomes(self, batch: Sequence[Notification], tasks: list[asyncio.Task[Any]]) -> dict[int, TransientError | PermanentError]:
+        """Per-index failures; the connection is dropped if any message was lost with it."""
+        failures: dict[int, TransientError | PermanentError] = {}
+        topics = len(self._channels) or 1
+        broken = False
+        for position, task in enumerate(tasks):
+            index = position // topics
+            if task.cancelled():
+                error: TransientError | PermanentError = TransientError(
+                    f"not confirmed within confirm_timeout={self.options.confirm_timeout}s")
+                broken = True
+            elif (exc := task.exception()) is None:
+                continue
+            elif isinstance(exc, aiormq.exceptions.PublishError):
+                error = PermanentError(f"unroutable: no queue bound to exchange {self.options.exchange!r} "
+                                       f"for routing key {_routing_key(exc)!r} (mandatory)")
+            elif isinstance(exc, aiormq.exceptions.DeliveryError):
+                error = TransientError("nacked by the broker")
+            else:
+                error = TransientError(f"connection lost before confirm: {self._describe(exc)}")
+                broken = True
+            if index not in failures or isinstance(error, PermanentError):
+                failures[index] = error
+        if broken:
+            self._broken = True  # the next send() closes this connection and opens a new one
+        return failures
+
+    async def close(self) -> None:
+        await self._reset()
+
+    # -- tail --------------------------------------------------------------------------
+
+    @classmethod
+    async def tail(cls, settings: TransportSettings) -> AsyncIterator[bytes]:
+        """Bind a temporary exclusive queue to ``<topic>.*`` for every topic and yield bodies."""
+        transport = cls.from_settings(settings)
+        connection = await transport._connect()
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(transport.options.exchange, aio_pika.ExchangeType.TOPIC,
+                                                      durable=transport.options.durable)
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            for topic in settings.topics:
+                await queue.bind(exchange, routing_key=f"{topic}.*")
+            async with queue.iterator(no_ack=True) as messages:
+                async for message in messages:
+                    yield message.body
+        finally:
+            await _close_quietly(connection)
+
+    def __repr__(self) -> str:
+        return f"<AmqpTransport {self.name!r} {self.settings.url.redacted} exchange={self.options.exchange!r}>"
+
+
+_PRIORITY_SUFFIX = {p: "." + p.value for p in Priority}
+
+
+def _routing_key(exc: aiormq.exceptions.PublishError) -> str:
+    key = getattr(getattr(exc, "frame", None), "routing_key", None)
+    return key if isinstance(key, str) else "?"
+
+
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), timeout=5)
+    except Exception as exc:  # a dead connection may fail to close; nothing is lost by that
+        log.debug("notifykit amqp: closing a connection failed: %s", type(exc).__name__)
