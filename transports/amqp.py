@@ -12,6 +12,7 @@ the next ``send()``, so the core's backoff is the reconnect backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -195,7 +196,7 @@ class AmqpTransport(Transport):
             for topic in self.settings.topics:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 channels.append((topic, await channel.get_underlay_channel()))
-            await self._declare_exchange(channels[0][1])
+            await self._declare(connection, [])
         except BaseException:
             await _close_quietly(connection)
             raise
@@ -205,33 +206,39 @@ class AmqpTransport(Transport):
         self.connects += 1
         log.info("notifykit amqp %r connected to %s (connection %d)", self.name, self.settings.url.redacted, self.connects)
 
-    async def _declare_exchange(self, channel: aiormq.abc.AbstractChannel) -> None:
-        try:
-            await channel.exchange_declare(self.options.exchange, exchange_type="topic",
-                                           durable=self.options.durable, auto_delete=False)
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise PermanentError(
-                f"exchange {self.options.exchange!r} exists on {self.settings.url.redacted} with other "
-                f"settings than topic/durable={str(self.options.durable).lower()}: {self._describe(exc)}"
-            ) from None
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise TransientError(f"cannot declare exchange {self.options.exchange!r}: {self._describe(exc)}") from None
+    async def _declare(self, connection: aio_pika.abc.AbstractConnection, queues: list[str]) -> None:
+        """Declare the exchange (no queues) or the ``<topic>.<priority>`` queues bound to it, as oslo does.
 
-    async def _declare_queues(self, routing_keys: set[str]) -> None:
-        """Declare and bind the durable ``<topic>.<priority>`` queues, as oslo.messaging does."""
-        channel = self._channels[0][1]
-        for key in sorted(routing_keys - self._declared):
-            try:
-                await channel.queue_declare(key, durable=self.options.durable, auto_delete=False)
-                await channel.queue_bind(key, self.options.exchange, routing_key=key)
-            except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                await self._reset()
-                raise PermanentError(f"queue {key!r} exists with other settings than "
-                                     f"durable={str(self.options.durable).lower()}: {self._describe(exc)}") from None
-            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                await self._reset()
-                raise TransientError(f"cannot declare queue {key!r}: {self._describe(exc)}") from None
-            self._declared.add(key)
+        Runs on its own channel: the broker closes a channel that re-declares an existing
+        entity with other settings (e.g. oslo's non-durable default), which must not
+        disturb publishing. Such an entity is used as it is, with a warning: it exists,
+        so messages still reach it.
+        """
+        exchange, durable = self.options.exchange, self.options.durable
+        channel = await _open_channel(connection)
+        try:
+            if not queues:
+                try:
+                    await channel.exchange_declare(exchange, exchange_type="topic", durable=durable, auto_delete=False)
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    log.warning("notifykit amqp %r: exchange %r exists with other settings than topic/durable=%s; "
+                                "publishing to it as it is (%s)", self.name, exchange, durable, self._describe(exc))
+            for key in queues:
+                try:
+                    await channel.queue_declare(key, durable=durable, auto_delete=False)
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    log.warning("notifykit amqp %r: queue %r exists with other settings than durable=%s; "
+                                "binding it as it is (%s)", self.name, key, durable, self._describe(exc))
+                    channel = await _open_channel(connection)
+                await channel.queue_bind(key, exchange, routing_key=key)
+                self._declared.add(key)
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            what = f"queues {', '.join(queues)}" if queues else f"exchange {exchange!r}"
+            self._broken = True
+            raise TransientError(f"cannot declare {what}: {self._describe(exc)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _reset(self) -> None:
         connection, self._connection, self._channels = self._connection, None, []
@@ -248,7 +255,8 @@ class AmqpTransport(Transport):
         if self.options.declare_queues:
             keys = {f"{topic}.{p.value}" for topic in self.settings.topics for p in {n.priority for n in batch}}
             if not keys <= self._declared:
-                await self._declare_queues(keys)
+                assert self._connection is not None
+                await self._declare(self._connection, sorted(keys - self._declared))
         tasks = self._publish_all(batch)
         try:
             await asyncio.wait(tasks, timeout=self.options.confirm_timeout)
@@ -345,6 +353,11 @@ _PRIORITY_SUFFIX = {p: "." + p.value for p in Priority}
 def _routing_key(exc: aiormq.exceptions.PublishError) -> str:
     key = getattr(getattr(exc, "frame", None), "routing_key", None)
     return key if isinstance(key, str) else "?"
+
+
+async def _open_channel(connection: aio_pika.abc.AbstractConnection) -> aiormq.abc.AbstractChannel:
+    channel = await connection.channel(publisher_confirms=False)
+    return await channel.get_underlay_channel()
 
 
 async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:

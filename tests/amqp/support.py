@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,13 @@ from notifykit import Priority
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = 5672
 BROKER_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for unreachable-broker tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

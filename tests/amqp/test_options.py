@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 
 from notifykit import ConfigError, TransientError, TransportSettings, WireFormat, load_transport_class, parse_url
 from transports.amqp import AmqpTransport
+
+from .support import free_port
 
 SECRET = "s3cr3t-pw"
 
@@ -24,12 +25,6 @@ def build(url: str, topics: tuple[str, ...] = ("notifications",), **options: str
         query.setdefault(key, []).append(value)
     settings = TransportSettings.build("amqp", parsed, WireFormat.OSLO, topics, query)
     return AmqpTransport.from_settings(settings)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_both_schemes_are_registered() -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import aio_pika
 import pytest
 
-from notifykit import Notifier, TransportState, decode_message, read_dead_letters
+from notifykit import Notifier, decode_message, read_dead_letters
 
 from ..helpers import FakeClock
-from .support import Names, amqp_connection, consume, delete_all, queue_length
+from .support import Names, amqp_connection, consume, queue_length
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
 
@@ -111,23 +112,26 @@ async def test_nacked_messages_are_retried_then_dead_lettered(broker: str, names
     assert await queue_length(queue) == 1
 
 
-async def test_exchange_with_other_settings_is_a_permanent_error(broker: str, names: Names, dead_letter_path: Path) -> None:
+async def test_entities_declared_non_durable_elsewhere_are_used_as_they_are(
+        broker: str, names: Names, dead_letter_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """oslo.messaging's default (amqp_durable_queues=False) declares both non-durable: still delivered."""
     async with amqp_connection() as connection:
         channel = await connection.channel()
-        await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=False)
+        exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=False)
+        queue = await channel.declare_queue(f"{names.topic}.info", durable=False)
+        await queue.bind(exchange, f"{names.topic}.info")
+    caplog.set_level(logging.WARNING, logger="notifykit.amqp")
     url = f"{broker}?exchange={names.exchange}&topic={names.topic}"
     async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
-        await notifier.info(CTX, "e.t", {})
+        sent = await notifier.info(CTX, "e.t", {})
+        await notifier.error(CTX, "e.t", {})  # its queue does not exist yet: declared durable
     stats = notifier.stats()["amqp"]
-    assert (stats.sent, stats.dead_lettered) == (0, 1)
-    [letter] = list(read_dead_letters(dead_letter_path))
-    assert f"exchange {names.exchange!r} exists on amqp://guest:***@127.0.0.1:5672/" in letter["reason"]
-    assert "other settings than topic/durable=true" in letter["reason"]
-    assert "guest:guest" not in letter["reason"]
-    # durable=false matches it, and works
-    url = f"{broker}?exchange={names.exchange}&topic={names.topic}&durable=false"
-    async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
-        await notifier.info(CTX, "e.t", {})
-    assert notifier.stats()["amqp"].sent == 1
-    assert notifier.stats()["amqp"].state is TransportState.CLOSED
-    await delete_all(names)
+    assert (stats.sent, stats.dead_lettered, stats.retried) == (2, 0, 0)
+    [got] = await consume(f"{names.topic}.info", 1, timeout=5)
+    assert got.message_id == sent.message_id
+    assert await queue_length(f"{names.topic}.error") == 1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert f"exchange {names.exchange!r} exists with other settings than topic/durable=True" in warnings[0]
+    assert f"queue '{names.topic}.info' exists with other settings than durable=True" in warnings[1]
+    assert "guest:guest" not in caplog.text
