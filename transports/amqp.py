@@ -147,7 +147,7 @@ class AmqpTransport(Transport):
         self.options = options
         self._connection: aio_pika.abc.AbstractConnection | None = None
         # One channel per topic: aiormq matches returned messages by message_id per channel.
-        self._channels: list[tuple[str, aiormq.abc.AbstractChannel]] = []
+        self._channels: list[tuple[str, aiormq.Channel]] = []
         self._declared: set[str] = set()
         self._broken = False
         self.connects = 0
@@ -194,8 +194,7 @@ class AmqpTransport(Transport):
         try:
             channels = []
             for topic in self.settings.topics:
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                channels.append((topic, await channel.get_underlay_channel()))
+                channels.append((topic, await _open_channel(connection, confirms=True)))
             await self._declare(connection, [])
         except BaseException:
             await _close_quietly(connection)
@@ -273,23 +272,19 @@ class AmqpTransport(Transport):
         exchange = self.options.exchange
         mandatory = self.options.mandatory
         delivery_mode = _PERSISTENT if self.options.persistent else _TRANSIENT
+        content_type = fmt.content_type
         create_task = asyncio.get_running_loop().create_task
         tasks: list[asyncio.Task[Any]] = []
         for n in batch:
             properties = aiormq.spec.Basic.Properties(
-                content_type=fmt.content_type,
-                content_encoding="utf-8",
-                delivery_mode=delivery_mode,
-                message_id=n.message_id,
-                timestamp=n.timestamp,
-                message_type=n.event_type,
-                app_id=n.publisher_id,
+                content_type=content_type, delivery_mode=delivery_mode, message_id=n.message_id, timestamp=n.timestamp,
             )
             body = n.encode(fmt)
             suffix = _PRIORITY_SUFFIX[n.priority]
             for topic, channel in self._channels:
                 tasks.append(create_task(channel.basic_publish(
                     body, exchange=exchange, routing_key=topic + suffix, properties=properties, mandatory=mandatory,
+                    wait=False,  # the confirm is what counts; not waiting for each socket drain halves the wake-ups
                 )))
         return tasks
 
@@ -355,9 +350,13 @@ def _routing_key(exc: aiormq.exceptions.PublishError) -> str:
     return key if isinstance(key, str) else "?"
 
 
-async def _open_channel(connection: aio_pika.abc.AbstractConnection) -> aiormq.abc.AbstractChannel:
-    channel = await connection.channel(publisher_confirms=False)
-    return await channel.get_underlay_channel()
+async def _open_channel(connection: aio_pika.abc.AbstractConnection, *, confirms: bool = False) -> aiormq.Channel:
+    """The aiormq channel under an aio-pika one: publishing there skips a layer per message."""
+    channel = await connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+    underlay = await channel.get_underlay_channel()
+    if not isinstance(underlay, aiormq.Channel):  # pragma: no cover - aio-pika always builds on aiormq.Channel
+        raise TransientError(f"unexpected AMQP channel type {type(underlay).__name__}")
+    return underlay
 
 
 async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:

@@ -134,3 +134,8 @@ async def test_unreachable_broker_is_transient_without_password(caplog: pytest.L
     assert SECRET not in text
     assert SECRET not in caplog.text
     await t.close()
+
+
+@pytest.mark.parametrize(("path", "vhost"), [("", "/"), ("/", "/"), ("/%2F", "/"), ("/prod", "prod"), ("/a%2Fb", "a/b")])
+def test_vhost_from_path(path: str, vhost: str) -> None:
+    assert build(f"amqp://h{path}").options.vhost == vhost
