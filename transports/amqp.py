@@ -140,7 +140,7 @@ class AmqpTransport(Transport):
     """Publishes to a RabbitMQ topic exchange with pipelined publisher confirms."""
 
     default_format: ClassVar[WireFormat] = WireFormat.OSLO
-    max_batch_size = 1000
+    max_batch_size = 2500
 
     def __init__(self, settings: TransportSettings, options: AmqpOptions) -> None:
         super().__init__(settings)
@@ -256,48 +256,65 @@ class AmqpTransport(Transport):
             if not keys <= self._declared:
                 assert self._connection is not None
                 await self._declare(self._connection, sorted(keys - self._declared))
-        tasks = self._publish_all(batch)
+        failures: dict[int, TransientError | PermanentError] = {}
+        tasks = self._publish_all(batch, failures)
         try:
-            await asyncio.wait(tasks, timeout=self.options.confirm_timeout)
-        finally:
-            for task in tasks:
-                task.cancel()  # no-op for finished ones; unconfirmed ones are retried
-        failures = self._outcomes(batch, tasks)
+            _, pending = await asyncio.wait([task for _, task in tasks], timeout=self.options.confirm_timeout)
+        except BaseException:  # cancelled: stop publishing, the dispatcher owns the batch again
+            for _, task in tasks:
+                task.cancel()
+            raise
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+        self._outcomes(tasks, pending, failures)
         if failures:
             raise BatchError(failures)
 
-    def _publish_all(self, batch: Sequence[Notification]) -> list[asyncio.Task[Any]]:
-        """Start one publish per (notification, topic): writes pipelined, confirms awaited later."""
+    def _publish_all(self, batch: Sequence[Notification],
+                     failures: dict[int, TransientError | PermanentError]) -> list[tuple[int, asyncio.Task[Any]]]:
+        """Start one publish per (notification, topic): writes pipelined, confirms awaited later.
+
+        Every body is encoded before the first publish starts, so an encoding error is a
+        per-message failure and never leaves publishes running behind an exception.
+        """
         fmt = self.format
+        bodies: list[tuple[int, Notification, bytes]] = []
+        for index, n in enumerate(batch):
+            try:
+                bodies.append((index, n, n.encode(fmt)))
+            except Exception as exc:
+                failures[index] = PermanentError(f"cannot encode as {fmt.value}: {type(exc).__name__}: {exc}")
         exchange = self.options.exchange
         mandatory = self.options.mandatory
         delivery_mode = _PERSISTENT if self.options.persistent else _TRANSIENT
         content_type = fmt.content_type
         create_task = asyncio.get_running_loop().create_task
-        tasks: list[asyncio.Task[Any]] = []
-        for n in batch:
+        tasks: list[tuple[int, asyncio.Task[Any]]] = []
+        for index, n, body in bodies:
             properties = aiormq.spec.Basic.Properties(
                 content_type=content_type, delivery_mode=delivery_mode, message_id=n.message_id, timestamp=n.timestamp,
             )
-            body = n.encode(fmt)
             suffix = _PRIORITY_SUFFIX[n.priority]
             for topic, channel in self._channels:
-                tasks.append(create_task(channel.basic_publish(
+                tasks.append((index, create_task(channel.basic_publish(
                     body, exchange=exchange, routing_key=topic + suffix, properties=properties, mandatory=mandatory,
                     wait=False,  # the confirm is what counts; not waiting for each socket drain halves the wake-ups
-                )))
+                ))))
         return tasks
 
-    def _outcomes(self, batch: Sequence[Notification], tasks: list[asyncio.Task[Any]]) -> dict[int, TransientError | PermanentError]:
-        """Per-index failures; the connection is dropped if any message was lost with it."""
-        failures: dict[int, TransientError | PermanentError] = {}
-        topics = len(self._channels) or 1
+    def _outcomes(self, tasks: list[tuple[int, asyncio.Task[Any]]], timed_out: set[asyncio.Task[Any]],
+                  failures: dict[int, TransientError | PermanentError]) -> None:
+        """Record per-index failures (a permanent one wins); drop the connection if it lost messages."""
         broken = False
-        for position, task in enumerate(tasks):
-            index = position // topics
-            if task.cancelled():
+        for index, task in tasks:
+            if task in timed_out:
                 error: TransientError | PermanentError = TransientError(
                     f"not confirmed within confirm_timeout={self.options.confirm_timeout}s")
+                broken = True
+            elif task.cancelled():
+                error = TransientError("publish cancelled")
                 broken = True
             elif (exc := task.exception()) is None:
                 continue
@@ -313,7 +330,6 @@ class AmqpTransport(Transport):
                 failures[index] = error
         if broken:
             self._broken = True  # the next send() closes this connection and opens a new one
-        return failures
 
     async def close(self) -> None:
         await self._reset()

@@ -100,6 +100,8 @@ class CuttableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
         self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def __aenter__(self) -> CuttableProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._server_ssl)
@@ -123,14 +125,16 @@ class CuttableProxy:
             client_w.close()
             return
         self._writers.update((client_w, broker_w))
-        for reader, writer in ((client_r, broker_w), (broker_r, client_w)):
-            task = asyncio.get_running_loop().create_task(self._pipe(reader, writer))
+        for reader, writer, held in ((client_r, broker_w, False), (broker_r, client_w, True)):
+            task = asyncio.get_running_loop().create_task(self._pipe(reader, writer, held))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: bool) -> None:
         try:
             while data := await reader.read(65536):
+                if held:
+                    await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (OSError, ssl.SSLError):
@@ -138,6 +142,13 @@ class CuttableProxy:
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    def hold(self) -> None:
+        """Stop forwarding what the broker sends (confirms included): a stuck broker or network."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> int:
         """Reset every proxied connection (both sides); returns how many sockets were cut."""

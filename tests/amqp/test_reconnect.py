@@ -71,3 +71,30 @@ async def test_amqps_through_a_real_tls_listener(broker: str, names: Names, dead
         assert "CERTIFICATE_VERIFY_FAILED" in (stats.last_error or "")
     [got] = await consume(f"{names.topic}.info", 1, timeout=5)
     assert got.message_id == sent.message_id
+
+
+async def test_unconfirmed_batch_times_out_and_is_sent_again(broker: str, names: Names, dead_letter_path: Path) -> None:
+    async with CuttableProxy() as proxy:
+        url = (f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange={names.exchange}&topic={names.topic}"
+               "&confirm_timeout=0.3&retry_initial_delay=0.05&heartbeat=0")
+        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+            transport = notifier.transports["amqp"]
+            assert isinstance(transport, AmqpTransport)
+            await notifier.info({}, "e.t", {"warm": "up"})  # connected, exchange and queue declared
+            with anyio.fail_after(10):
+                while notifier.stats()["amqp"].sent < 1:
+                    await anyio.sleep(0.01)
+            proxy.hold()
+            ids = {(await notifier.info({}, "e.t", {"i": i})).message_id for i in range(5)}
+            with anyio.fail_after(10):
+                while notifier.stats()["amqp"].retried < 5:
+                    await anyio.sleep(0.01)
+            assert notifier.stats()["amqp"].sent == 1
+            assert notifier.stats()["amqp"].last_error == "not confirmed within confirm_timeout=0.3s"
+            proxy.release()
+        stats = notifier.stats()["amqp"]
+    assert (stats.sent, stats.dead_lettered) == (6, 0)
+    assert transport.connects == 2
+    queued = await queue_length(f"{names.topic}.info")
+    got = await consume(f"{names.topic}.info", queued, timeout=10)
+    assert ids <= {m.message_id for m in got}
