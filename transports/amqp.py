@@ -17,7 +17,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import aio_pika
@@ -53,7 +53,7 @@ class AmqpOptions:
 
     hosts: tuple[tuple[str, int], ...]
     username: str
-    password: str
+    password: str = field(repr=False)
     vhost: str
     exchange: str
     durable: bool
@@ -342,15 +342,16 @@ class AmqpTransport(Transport):
         transport = cls.from_settings(settings)
         connection = await transport._connect()
         try:
+            await transport._declare(connection, [])  # the exchange, used as it is if declared otherwise
             channel = await connection.channel()
-            exchange = await channel.declare_exchange(transport.options.exchange, aio_pika.ExchangeType.TOPIC,
-                                                      durable=transport.options.durable)
             queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
             for topic in settings.topics:
-                await queue.bind(exchange, routing_key=f"{topic}.*")
+                await queue.bind(transport.options.exchange, routing_key=f"{topic}.*")
             async with queue.iterator(no_ack=True) as messages:
                 async for message in messages:
                     yield message.body
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            raise TransientError(f"tail of {settings.url.redacted} stopped: {transport._describe(exc)}") from None
         finally:
             await _close_quietly(connection)
 

@@ -115,6 +115,7 @@ def test_wildcard_topics_are_rejected() -> None:
 def test_password_never_in_repr_or_errors(tls_files: tuple[Path, Path]) -> None:
     t = build(f"amqp://user:{SECRET}@127.0.0.1/")
     assert SECRET not in repr(t)
+    assert SECRET not in repr(t.options)
     assert "user:***@127.0.0.1" in repr(t)
     with pytest.raises(ConfigError) as info:
         build(f"amqp://user:{SECRET}@h/?nope=1")

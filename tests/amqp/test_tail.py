@@ -9,13 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aio_pika
 import anyio
 import pytest
 
 from notifykit import Notifier
 from notifykit.cli import main, tail
 
-from .support import Names, free_port
+from .support import Names, amqp_connection, free_port
 
 pytestmark = [pytest.mark.broker]
 
@@ -32,7 +33,13 @@ async def publish_until(done: anyio.Event, url: str, dead_letter_path: Path) -> 
 
 
 @pytest.mark.asyncio
-async def test_tail_prints_matching_notifications_as_json(broker: str, names: Names, dead_letter_path: Path) -> None:
+@pytest.mark.parametrize("exchange_exists", ["no", "non-durable"])
+async def test_tail_prints_matching_notifications_as_json(broker: str, names: Names, dead_letter_path: Path,
+                                                         exchange_exists: str) -> None:
+    if exchange_exists == "non-durable":  # as oslo.messaging declares it by default
+        async with amqp_connection() as connection:
+            channel = await connection.channel()
+            await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=False)
     url = f"{broker}?exchange={names.exchange}&topic={names.topic}"
     out = io.StringIO()
     done = anyio.Event()
