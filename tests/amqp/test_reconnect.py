@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
 from pathlib import Path
 
@@ -98,3 +99,64 @@ async def test_unconfirmed_batch_times_out_and_is_sent_again(broker: str, names:
     queued = await queue_length(f"{names.topic}.info")
     got = await consume(f"{names.topic}.info", queued, timeout=10)
     assert ids <= {m.message_id for m in got}
+
+
+async def close_connections_named(connection_name: str) -> int:
+    """Have the broker close (CONNECTION_FORCED) only the connections carrying our connection_name."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.skip("rabbitmqctl not found: cannot make the broker close a connection")
+    listed = await anyio.run_process([rabbitmqctl, "-q", "list_connections", "pid", "client_properties"], check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"rabbitmqctl list_connections failed: {listed.stderr.decode().strip()[:200]}")
+    closed = 0
+    marker = f'{{"connection_name","{connection_name}"}}'
+    for line in listed.stdout.decode().splitlines():
+        pid, _, properties = line.partition("\t")
+        if pid.startswith("<") and marker in properties:
+            await anyio.run_process([rabbitmqctl, "-q", "close_connection", pid, "notifykit test"])
+            closed += 1
+    return closed
+
+
+async def test_broker_closing_our_connection_mid_stream_loses_nothing(broker: str, names: Names,
+                                                                      dead_letter_path: Path) -> None:
+    """Like ``rabbitmqctl close_all_connections``, but only for this test's connection (CONNECTION_FORCED)."""
+    connection_name = f"notifykit-test-{names.exchange}"
+    url = (f"{broker}?exchange={names.exchange}&topic={names.topic}&connection_name={connection_name}"
+           "&retry_initial_delay=0.05&batch_size=200")
+    ids: list[str] = []
+    async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+        transport = notifier.transports["amqp"]
+        assert isinstance(transport, AmqpTransport)
+        closed = anyio.Event()
+        count = 0
+
+        async def close_once() -> None:
+            nonlocal count
+            while notifier.stats()["amqp"].sent < 1000:
+                await anyio.sleep(0.002)
+            count = await close_connections_named(connection_name)
+            closed.set()
+
+        async def stream() -> None:
+            """Publish in paced chunks until 1,000 more went out after the broker closed the connection."""
+            after_close = 0
+            while after_close < 1000 and len(ids) < 100_000:
+                for _ in range(100):
+                    ids.append((await notifier.info({}, "e.t", {"i": len(ids)})).message_id)
+                after_close += 100 if closed.is_set() else 0
+                while notifier.stats()["amqp"].sent + notifier.stats()["amqp"].retried < len(ids) - 500:
+                    await anyio.sleep(0.002)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(close_once)
+                await stream()
+    stats = notifier.stats()["amqp"]
+    assert count == 1
+    assert (stats.sent, stats.dead_lettered) == (len(ids), 0)
+    assert transport.connects == 2
+    queued = await queue_length(f"{names.topic}.info")
+    got = await consume(f"{names.topic}.info", queued, timeout=20)
+    assert {m.message_id for m in got} == set(ids)
