@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Self
 
 import aio_pika
 import aio_pika.abc
-import aiormq.abc
+import aiormq
 import aiormq.exceptions
 from yarl import URL
 
@@ -161,8 +161,12 @@ class AmqpTransport(Transport):
     # -- connection --------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
+        """Belt and braces (aiormq already censors URLs): no library message may carry the password."""
         password = self.options.password
-        return text.replace(password, "***") if password else text
+        if not password:
+            return text
+        text = text.replace(f":{password}@", ":***@")
+        return text.replace(password, "***") if len(password) >= 4 else text
 
     def _describe(self, exc: BaseException) -> str:
         return self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -180,7 +184,7 @@ class AmqpTransport(Transport):
             try:
                 return await aio_pika.connect(url, ssl_context=self.options.ssl_context,
                                               timeout=self.options.connect_timeout)
-            except aiormq.exceptions.ProbableAuthenticationError as exc:
+            except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as exc:
                 errors.append(f"{host}:{port}: authentication refused ({self._describe(exc)})")
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError, ssl.SSLError) as exc:
                 errors.append(f"{host}:{port}: {self._describe(exc)}")

@@ -140,3 +140,16 @@ async def test_unreachable_broker_is_transient_without_password(caplog: pytest.L
 @pytest.mark.parametrize(("path", "vhost"), [("", "/"), ("/", "/"), ("/%2F", "/"), ("/prod", "prod"), ("/a%2Fb", "a/b")])
 def test_vhost_from_path(path: str, vhost: str) -> None:
     assert build(f"amqp://h{path}").options.vhost == vhost
+
+
+@pytest.mark.asyncio
+@pytest.mark.broker
+async def test_wrong_password_is_transient_and_not_echoed(broker: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    t = build(f"amqp://guest:{SECRET}@127.0.0.1:5672/")
+    with pytest.raises(TransientError) as info:
+        await t.open()
+    assert str(info.value).startswith("cannot connect to amqp://guest:***@127.0.0.1:5672/: 127.0.0.1:5672: authentication refused")
+    assert SECRET not in str(info.value)
+    assert SECRET not in caplog.text
+    await t.close()
