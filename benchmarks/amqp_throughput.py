@@ -12,7 +12,8 @@ messages to a durable queue bound to a topic exchange:
 * ``oslo_messaging_notifier``: ``oslo_messaging.Notifier.info`` (rabbit driver,
   messagingv2), which does not wait for confirms.
 
-Each raw client serialises an oslo-style envelope per message, like a real client.
+Each raw client serialises, per message, the same oslo envelope notifykit sends (same
+fields, same size), like a real oslo-compatible client.
 The slow one-message-at-a-time clients publish ``min(N, 10000)`` (their rate does not
 depend on N). The machine and broker are shared, so the pipelined clients and notifykit
 run ROUNDS interleaved rounds and each keeps its best round (same treatment for all).
@@ -50,16 +51,22 @@ PAYLOAD: dict[str, Any] = {
     "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
 }
 CTX = {"request_id": "req-1", "project_id": "p-1", "user_id": "u-1"}
+COMPACT = (",", ":")
 
 
 def raw_message(i: int) -> aio_pika.Message:
-    """What a hand-written client sends: an oslo envelope, persistent, with a message_id."""
+    """What a hand-written oslo-compatible client sends: the same envelope and fields as notifykit's
+    ``oslo`` format (``_unique_id``, ``_context_*``, payload), persistent, with a message_id."""
     message_id = str(uuid.uuid4())
-    inner = {"message_id": message_id, "publisher_id": "bench", "event_type": "backup.createprogress",
-             "priority": "INFO", "timestamp": str(datetime.now(UTC).replace(tzinfo=None)), "payload": {**PAYLOAD, "i": i}}
-    body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode()
-    return aio_pika.Message(body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            message_id=message_id)
+    inner: dict[str, Any] = {
+        "message_id": message_id, "publisher_id": "bench", "event_type": "backup.createprogress", "priority": "INFO",
+        "timestamp": str(datetime.now(UTC).replace(tzinfo=None)), "_unique_id": message_id.replace("-", ""),
+    }
+    inner.update({f"_context_{k}": v for k, v in CTX.items()})
+    inner["payload"] = {**PAYLOAD, "i": i}
+    body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner, separators=COMPACT)}, separators=COMPACT)
+    return aio_pika.Message(body.encode(), content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message_id)
 
 
 async def purge(queue: str) -> int:
