@@ -1,0 +1,103 @@
+"""RabbitMQ faults: connections cut ten times mid-stream, and a publisher SIGKILLed in
+durable mode; every message_id whose notify() returned reaches the broker."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+from notifykit import Notifier
+
+from ..amqp.support import CuttableProxy, Names, consume, queue_length
+from ..test_spool import spool_counts
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+
+N = 20_000
+CUTS = 10
+
+
+async def test_ten_cuts_during_twenty_thousand(broker: str, names: Names, dead_letter_path: Path) -> None:
+    async with CuttableProxy() as proxy:
+        # A queue far smaller than the stream: callers wait while the link is down, but
+        # never past block_timeout (past it a notification would be dead-lettered: none is).
+        url = (f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange={names.exchange}&topic={names.topic}"
+               "&queue_size=2000&overflow=block&block_timeout=30&batch_size=500"
+               "&retry_initial_delay=0.02&retry_max_delay=0.2&circuit_reset_timeout=0.2&heartbeat=0")
+        cuts: list[int] = []
+        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+
+            async def cutter() -> None:
+                for k in range(1, CUTS + 1):
+                    threshold = k * N // (CUTS + 1)
+                    while notifier.stats()["amqp"].sent < threshold:
+                        await anyio.sleep(0.001)
+                    if proxy.cut():
+                        cuts.append(notifier.stats()["amqp"].sent)
+
+            with anyio.fail_after(240):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cutter)
+                    ids = [(await notifier.info({}, "backup.createprogress", {"i": i})).message_id for i in range(N)]
+        stats = notifier.stats()["amqp"]
+    assert len(cuts) == CUTS and max(cuts) < N  # every cut landed mid-stream
+    assert (stats.enqueued, stats.sent, stats.dead_lettered, stats.dropped) == (N, N, 0, 0)
+    assert stats.retried > 0
+    assert not dead_letter_path.exists()
+    queued = await queue_length(f"{names.topic}.info")
+    got = await consume(f"{names.topic}.info", queued, timeout=60)
+    received = [m.message_id for m in got]
+    assert set(received) == set(ids)  # none lost, nothing foreign
+    assert len(received) - len(set(received)) == queued - N  # duplicates are the at-least-once re-sends
+
+
+PUBLISHER = """
+import anyio, sys
+from notifykit import Notifier
+
+async def main():
+    async with Notifier.from_url(sys.argv[1], publisher_id="crash", spool=sys.argv[2], dead_letters=sys.argv[3]) as n:
+        i = 0
+        while True:
+            note = await n.info({}, "backup.createprogress", {"i": i})
+            print(note.message_id, flush=True)
+            i += 1
+
+anyio.run(main)
+"""
+
+
+async def test_sigkill_in_durable_mode_then_replay(broker: str, names: Names, tmp_path: Path,
+                                                   dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite"
+    url = f"{broker}?exchange={names.exchange}&topic={names.topic}&name=rabbit&durable=true&batch_size=200"
+    script = tmp_path / "publisher.py"
+    script.write_text(textwrap.dedent(PUBLISHER))
+    proc = await anyio.open_process([sys.executable, str(script), url, str(spool), str(dead_letter_path)])
+    assert proc.stdout is not None
+    text = ""
+    try:
+        with anyio.fail_after(120):
+            async for chunk in TextReceiveStream(proc.stdout):
+                text += chunk
+                if text.count("\n") >= 3000:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    returned = set(text.split("\n")[:-1])  # complete lines only: notify() had returned
+    left = spool_counts(spool).get("rabbit", 0)
+
+    async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead_letter_path) as n:
+        pass
+    assert n.stats()["rabbit"].replayed == left
+    assert n.stats()["rabbit"].sent == left and spool_counts(spool) == {}
+    queued = await queue_length(f"{names.topic}.info")
+    got = await consume(f"{names.topic}.info", queued, timeout=60)
+    assert returned <= {m.message_id for m in got}, "a notification acknowledged to the caller was lost"
