@@ -101,6 +101,7 @@ def test_encoding_is_cached_per_format() -> None:
     assert n.encode("json") is not n.encode("oslo")
 
 
+@pytest.mark.filterwarnings("ignore:Using fork:DeprecationWarning")  # eventlet (oslo.messaging) warns on any fork
 def test_message_ids_are_uuid4_and_differ_across_fork() -> None:
     import os
     import uuid
