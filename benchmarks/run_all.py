@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 IMAGES = ROOT / "docs" / "img"
 UNITS = (("_us", "µs (lower is better)"), ("per_s", "per second (higher is better)"))
-SKIP = {"run_all.py"}
+SKIP = {"run_all.py", "_faults.py"}
 
 
 def leaves(data: Any, prefix: str = "") -> list[tuple[str, float]]:

@@ -1,0 +1,201 @@
+"""Fault scenarios for benchmarks/reliability_report.py, against the real brokers.
+
+Each returns a row: faults injected, notifications emitted, sent (confirmed), received
+(by an independent consumer), duplicated, lost and dead-lettered. The broker helpers are
+the test suite's own (tests/amqp, tests/kafka, tests/webhook), so the report and the
+tests exercise the same faults.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.text import TextReceiveStream
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from notifykit import Notifier  # noqa: E402
+from tests.amqp.support import BROKER_URL, CuttableProxy, Names, consume, delete_all, queue_length  # noqa: E402
+
+
+def row(name: str, faults: int, emitted: set[str], received: list[str], stats: Any) -> dict[str, Any]:
+    counts = Counter(received)
+    return {
+        "scenario": name,
+        "faults_injected": faults,
+        "emitted": len(emitted),
+        "sent": stats.sent,
+        "received": len(received),
+        "duplicated": sum(c - 1 for c in counts.values()),
+        "lost": len(emitted - set(counts)),
+        "dead_lettered": stats.dead_lettered,
+    }
+
+
+async def rabbitmq_cuts(n: int = 20_000, cuts: int = 10) -> dict[str, Any]:
+    """The connection to RabbitMQ reset ``cuts`` times mid-stream (a TCP proxy cuts it)."""
+    names = Names.fresh()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with CuttableProxy() as proxy:
+                url = (f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange={names.exchange}&topic={names.topic}"
+                       "&queue_size=2000&block_timeout=30&retry_initial_delay=0.02&retry_max_delay=0.2"
+                       "&circuit_reset_timeout=0.2&heartbeat=0")
+                done = 0
+                async with Notifier.from_url(url, publisher_id="report", dead_letters=Path(tmp) / "dl") as notifier:
+
+                    async def cutter() -> None:
+                        nonlocal done
+                        for k in range(1, cuts + 1):
+                            while notifier.stats()["amqp"].sent < k * n // (cuts + 1):
+                                await anyio.sleep(0.001)
+                            done += 1 if proxy.cut() else 0
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(cutter)
+                        emitted = {(await notifier.info({}, "backup.createprogress", {"i": i})).message_id
+                                   for i in range(n)}
+        queued = await queue_length(f"{names.topic}.info")
+        received = [m.message_id or "" for m in await consume(f"{names.topic}.info", queued, timeout=60)]
+        return row("rabbitmq: connection cut mid-stream", done, emitted, received, notifier.stats()["amqp"])
+    finally:
+        await delete_all(names)
+
+
+PUBLISHER = """
+import anyio, sys
+from notifykit import Notifier
+
+async def main():
+    async with Notifier.from_url(sys.argv[1], publisher_id="crash", spool=sys.argv[2], dead_letters=sys.argv[3]) as n:
+        i = 0
+        while True:
+            print((await n.info({}, "backup.createprogress", {"i": i})).message_id, flush=True)
+            i += 1
+
+anyio.run(main)
+"""
+
+
+async def rabbitmq_sigkill(kills: int = 3, per_run: int = 2000) -> dict[str, Any]:
+    """The publishing process SIGKILLed ``kills`` times in durable mode; a last one replays the spool."""
+    names = Names.fresh()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            spool, dead = Path(tmp) / "spool.sqlite", Path(tmp) / "dl.jsonl"
+            url = f"{BROKER_URL}?exchange={names.exchange}&topic={names.topic}&name=rabbit&durable=true"
+            script = Path(tmp) / "publisher.py"
+            script.write_text(textwrap.dedent(PUBLISHER))
+            emitted: set[str] = set()
+            for _ in range(kills):
+                proc = await anyio.open_process([sys.executable, str(script), url, str(spool), str(dead)])
+                assert proc.stdout is not None
+                text = ""
+                try:
+                    async for chunk in TextReceiveStream(proc.stdout):
+                        text += chunk
+                        if text.count("\n") >= per_run:
+                            break
+                finally:
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                emitted |= set(text.split("\n")[:-1])
+            async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead) as notifier:
+                pass
+        queued = await queue_length(f"{names.topic}.info")
+        received = [m.message_id or "" for m in await consume(f"{names.topic}.info", queued, timeout=60)]
+        return row("rabbitmq: publisher SIGKILLed (durable), then replayed", kills, emitted, received,
+                   notifier.stats()["rabbit"])
+    finally:
+        await delete_all(names)
+
+
+async def kafka_restart(during: int = 500) -> dict[str, Any] | None:
+    """The Kafka broker stopped mid-stream and a new one started on the same port."""
+    from tests.kafka.records import NO_IDEMPOTENCE, create_topic
+    from tests.kafka.records import consume as kafka_consume
+    from tests.kafka.tansu import Tansu, TansuUnavailable, find_tansu
+
+    try:
+        broker = Tansu(find_tansu())
+        broker.start()
+    except TansuUnavailable as exc:
+        return {"scenario": "kafka: broker restarted", "skipped": str(exc)}
+    try:
+        topic = f"report-{Names.fresh().topic}"
+        await create_topic(broker.bootstrap, f"{topic}.info", 2)
+        url = (f"kafka://{broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&request_timeout_ms=1000"
+               "&retry_initial_delay=0.05&retry_max_delay=0.5&circuit_failure_threshold=1&circuit_reset_timeout=2")
+        with tempfile.TemporaryDirectory() as tmp:
+            async with Notifier.from_url(url, publisher_id="report", dead_letters=Path(tmp) / "dl") as notifier:
+                await notifier.info({}, "backup.createprogress", {"backup_id": "b", "i": -1})
+                while notifier.stats()["kafka"].sent < 1:
+                    await anyio.sleep(0.01)
+                broker.stop(grace=0.5)
+                emitted = {(await notifier.info({}, "backup.createprogress", {"backup_id": "b", "i": i})).message_id
+                           for i in range(during)}
+                broker.start()
+                await create_topic(broker.bootstrap, f"{topic}.info", 2)  # Tansu forgets topics on restart
+                with anyio.fail_after(60):
+                    while notifier.stats()["kafka"].sent < during + 1:
+                        await anyio.sleep(0.05)
+        records = await kafka_consume(broker.bootstrap, [f"{topic}.info"], during)
+        received = [json.loads(r.value)["message_id"] for r in records]
+        result = row("kafka: broker stopped, emitted during outage, restarted", 1, emitted, received,
+                     notifier.stats()["kafka"])
+        result["sent"] -= 1  # the warm-up notification before the outage
+        return result
+    finally:
+        broker.stop()
+
+
+async def webhook_flapping(per_phase: int = 100) -> dict[str, Any]:
+    """A receiver answering 503, then too slowly, then refusing connections, then healthy."""
+    from tests.reliability.test_webhook_flapping import FlappingReceiver
+
+    delivered: list[str] = []
+    receiver = FlappingReceiver(delivered)
+    emitted: set[str] = set()
+    faults = 0
+    url = (f"{receiver.url}?timeout=0.3&max_concurrency=8&retry_initial_delay=0.01&retry_max_delay=0.2"
+           "&circuit_failure_threshold=5&circuit_reset_timeout=0.2")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with Notifier.from_url(url, publisher_id="report", dead_letters=Path(tmp) / "dl") as notifier:
+                await anyio.to_thread.run_sync(receiver.start)
+                for mode in ("error", "slow", "down", "ok"):
+                    if mode == "down":
+                        await anyio.to_thread.run_sync(receiver.stop)
+                    else:
+                        receiver.mode = mode
+                    faults += mode != "ok"
+                    for i in range(per_phase):
+                        emitted.add((await notifier.info({}, "backup.createprogress", {"i": i})).message_id)
+                    await anyio.sleep(0.3)
+                    if mode == "down":
+                        receiver = FlappingReceiver(delivered, receiver.port)
+                        await anyio.to_thread.run_sync(receiver.start)
+                with anyio.fail_after(60):
+                    while notifier.stats()["http"].sent < len(emitted):
+                        await anyio.sleep(0.05)
+        # A "slow" 200 the client gave up on counts as received once per request answered.
+        return row("webhook: 503s, timeouts, connection refused", faults, emitted, delivered, notifier.stats()["http"])
+    finally:
+        await anyio.to_thread.run_sync(receiver.stop)
+
+
+async def all_faults() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping()]
+    kafka = await kafka_restart()
+    if kafka is not None:
+        rows.append(kafka)
+    return rows
