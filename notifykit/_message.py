@@ -10,12 +10,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import InvalidNotificationError
-
-if TYPE_CHECKING:
-    from ._formats import WireFormat
+from ._formats import WireFormat
 
 __all__ = ["Notification", "Priority", "RequestContext", "ContextLike"]
 
@@ -85,7 +83,7 @@ class RequestContext:
             return _EMPTY_CONTEXT
         if isinstance(ctx, RequestContext):
             return ctx
-        if not isinstance(ctx, Mapping):
+        if type(ctx) is not dict and not isinstance(ctx, Mapping):
             raise InvalidNotificationError(
                 f"context must be a mapping or RequestContext, not {type(ctx).__name__}"
             )
@@ -207,7 +205,7 @@ os.register_at_fork(after_in_child=_reset_random_pool)
 
 def serialise_payload(payload: object, max_bytes: int) -> str:
     """Encode the payload once, checking it is a JSON object within the size limit."""
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):  # ABC isinstance is slow: dict first
         raise InvalidNotificationError(f"payload must be a JSON object (a mapping), not {type(payload).__name__}")
     try:
         text = _PAYLOAD_ENCODER.encode(payload)
@@ -301,11 +299,9 @@ class Notification:
 
     def encode(self, wire_format: WireFormat | str) -> bytes:
         """The notification in a wire format, computed once per format."""
-        from ._formats import WireFormat
-
-        fmt = WireFormat.parse(wire_format)
-        cached = self._encoded.get(fmt.value)
+        cached = self._encoded.get(wire_format)  # WireFormat is a StrEnum: "json" and JSON share a key
         if cached is None:
+            fmt = WireFormat.parse(wire_format)
             cached = fmt.serialise(self)
             self._encoded[fmt.value] = cached
         return cached

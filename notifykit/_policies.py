@@ -106,4 +106,6 @@ class Filter:
     def accepts(self, event_type: str, priority: Priority) -> bool:
         if self.min_priority is not None and priority.level < self.min_priority.level:
             return False
+        if self.event_types == ("*",):  # the default: no pattern matching on the hot path
+            return True
         return any(fnmatchcase(event_type, pattern) for pattern in self.event_types)
