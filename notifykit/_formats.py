@@ -32,7 +32,7 @@ _ENCODER = json.JSONEncoder(separators=_COMPACT, ensure_ascii=False)
 
 
 # encode_basestring: a JSON string literal (quotes and escapes, non-ASCII kept), in C.
-_quote: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote: Any = json.encoder.encode_basestring
 
 
 def _encode_json(n: Notification) -> bytes:
