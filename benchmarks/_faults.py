@@ -9,22 +9,23 @@ tests exercise the same faults.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import tempfile
-import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.text import TextReceiveStream
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from notifykit import Notifier  # noqa: E402
+
+# Cut connections make aiormq log a traceback each; the rows below are the result that matters.
+logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 from tests.amqp.support import BROKER_URL, CuttableProxy, Names, consume, delete_all, queue_length  # noqa: E402
+from tests.helpers import run_publisher_then_sigkill  # noqa: E402
 
 
 def row(name: str, faults: int, emitted: set[str], received: list[str], stats: Any) -> dict[str, Any]:
@@ -71,21 +72,6 @@ async def rabbitmq_cuts(n: int = 20_000, cuts: int = 10) -> dict[str, Any]:
         await delete_all(names)
 
 
-PUBLISHER = """
-import anyio, sys
-from notifykit import Notifier
-
-async def main():
-    async with Notifier.from_url(sys.argv[1], publisher_id="crash", spool=sys.argv[2], dead_letters=sys.argv[3]) as n:
-        i = 0
-        while True:
-            print((await n.info({}, "backup.createprogress", {"i": i})).message_id, flush=True)
-            i += 1
-
-anyio.run(main)
-"""
-
-
 async def rabbitmq_sigkill(kills: int = 3, per_run: int = 2000) -> dict[str, Any]:
     """The publishing process SIGKILLed ``kills`` times in durable mode; a last one replays the spool."""
     names = Names.fresh()
@@ -93,22 +79,9 @@ async def rabbitmq_sigkill(kills: int = 3, per_run: int = 2000) -> dict[str, Any
         with tempfile.TemporaryDirectory() as tmp:
             spool, dead = Path(tmp) / "spool.sqlite", Path(tmp) / "dl.jsonl"
             url = f"{BROKER_URL}?exchange={names.exchange}&topic={names.topic}&name=rabbit&durable=true"
-            script = Path(tmp) / "publisher.py"
-            script.write_text(textwrap.dedent(PUBLISHER))
             emitted: set[str] = set()
             for _ in range(kills):
-                proc = await anyio.open_process([sys.executable, str(script), url, str(spool), str(dead)])
-                assert proc.stdout is not None
-                text = ""
-                try:
-                    async for chunk in TextReceiveStream(proc.stdout):
-                        text += chunk
-                        if text.count("\n") >= per_run:
-                            break
-                finally:
-                    proc.send_signal(signal.SIGKILL)
-                    await proc.wait()
-                emitted |= set(text.split("\n")[:-1])
+                emitted |= set(await run_publisher_then_sigkill(url, spool, dead, lines=per_run))
             async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead) as notifier:
                 pass
         queued = await queue_length(f"{names.topic}.info")

@@ -40,10 +40,10 @@ def rss_kib() -> int:
     return -1
 
 
-async def memory_bound(total: int, tmp: Path) -> dict[str, Any]:
+async def memory_bound(url: str, total: int, tmp: Path) -> dict[str, Any]:
+    """RSS after the first 10,000 notifications and after ``total`` through one Notifier."""
     marks: dict[str, int] = {}
-    async with Notifier.from_url("memory://?keep=false&queue_size=10000", publisher_id="bench",
-                                 dead_letters=tmp / "dl.jsonl") as n:
+    async with Notifier.from_url(url, publisher_id="bench", dead_letters=tmp / "dl.jsonl") as n:
         for i in range(total):
             await n.info({}, "backup.createprogress", PAYLOAD)
             if i == 9_999:
@@ -51,7 +51,7 @@ async def memory_bound(total: int, tmp: Path) -> dict[str, Any]:
                 marks["rss_after_10k_kib"] = rss_kib()
     gc.collect()
     marks["rss_after_all_kib"] = rss_kib()
-    stats = n.stats()["memory"]
+    (stats,) = n.stats().values()
     return {
         "notifications": total,
         **marks,
@@ -84,24 +84,15 @@ async def rabbitmq_memory_bound(total: int, tmp: Path) -> dict[str, Any]:
     exchange = f"nk_report_{int(time.time())}"
     url = (f"amqp://guest:guest@127.0.0.1:5672/?exchange={exchange}&declare_queues=false&mandatory=false"
            "&durable=false&queue_size=2000")  # the queue is the bound: queue_size x ~1.3 KiB per notification
-    marks: dict[str, int] = {}
-    async with Notifier.from_url(url, publisher_id="bench", dead_letters=tmp / "dl-amqp.jsonl") as n:
-        for i in range(total):
-            await n.info({}, "backup.createprogress", PAYLOAD)
-            if i == 9_999:
-                gc.collect()
-                marks["rss_after_10k_kib"] = rss_kib()
-    gc.collect()
-    marks["rss_after_all_kib"] = rss_kib()
-    stats = n.stats()["amqp"]
-    import aio_pika
+    try:
+        return await memory_bound(url, total, tmp)
+    finally:
+        import aio_pika
 
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
-    async with connection:
-        channel = await connection.channel()
-        await channel.exchange_delete(exchange)
-    return {"notifications": total, **marks, "growth_kib": marks["rss_after_all_kib"] - marks["rss_after_10k_kib"],
-            "sent": stats.sent, "lost": total - stats.sent - stats.dropped - stats.dead_lettered}
+        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            channel = await connection.channel()
+            await channel.exchange_delete(exchange)
 
 
 async def main() -> None:
@@ -110,7 +101,7 @@ async def main() -> None:
     rabbit_n = int(sys.argv[3]) if len(sys.argv) > 3 else 1_000_000
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        bound = await memory_bound(total, tmp)
+        bound = await memory_bound("memory://?keep=false&queue_size=10000", total, tmp)
         rabbit_bound = await rabbitmq_memory_bound(rabbit_n, tmp)
         cost: dict[str, Any] = {}
         for callers in (1, 16):

@@ -15,6 +15,7 @@ import anyio.to_thread
 
 from ._formats import WireFormat
 from ._message import Notification
+from ._paths import state_file
 
 __all__ = [
     "DeadLetter",
@@ -54,11 +55,7 @@ class DeadLetterSink(Protocol):
 
 def default_dead_letter_path() -> Path:
     """``$NOTIFYKIT_DEAD_LETTERS``, else ``$XDG_STATE_HOME/notifykit/deadletters.jsonl``."""
-    explicit = os.environ.get("NOTIFYKIT_DEAD_LETTERS")
-    if explicit:
-        return Path(explicit)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "notifykit" / "deadletters.jsonl"
+    return state_file("NOTIFYKIT_DEAD_LETTERS", "deadletters.jsonl")
 
 
 class JsonlDeadLetterSink:

@@ -15,7 +15,7 @@ import json
 import json.encoder
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError
+from ._choices import parse_choice
 
 if TYPE_CHECKING:
     from ._message import Notification
@@ -97,13 +97,7 @@ class WireFormat(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: WireFormat | str) -> WireFormat:
-        if isinstance(value, WireFormat):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            names = ", ".join(f.value for f in cls)
-            raise ConfigError(f"unknown format {value!r}; expected one of {names}") from None
+        return parse_choice(cls, value, "format")
 
     @property
     def content_type(self) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from ._choices import parse_choice
 from ._errors import ConfigError
 from ._message import Priority
 
@@ -31,13 +32,7 @@ class OverflowPolicy(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: OverflowPolicy | str) -> OverflowPolicy:
-        if isinstance(value, OverflowPolicy):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            names = ", ".join(p.value for p in cls)
-            raise ConfigError(f"unknown overflow policy {value!r}; expected one of {names}") from None
+        return parse_choice(cls, value, "overflow policy")
 
 
 @dataclass(frozen=True, slots=True)

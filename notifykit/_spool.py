@@ -22,6 +22,7 @@ import anyio.to_thread
 from ._errors import ConfigError
 from ._formats import WireFormat
 from ._message import Notification
+from ._paths import state_file
 
 __all__ = ["Spool", "SpooledRow", "default_spool_path"]
 
@@ -41,11 +42,7 @@ CREATE INDEX IF NOT EXISTS outbox_transport_id ON outbox (transport, id);
 
 def default_spool_path() -> Path:
     """``$NOTIFYKIT_SPOOL``, else ``$XDG_STATE_HOME/notifykit/spool.sqlite``."""
-    explicit = os.environ.get("NOTIFYKIT_SPOOL")
-    if explicit:
-        return Path(explicit)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "notifykit" / "spool.sqlite"
+    return state_file("NOTIFYKIT_SPOOL", "spool.sqlite")
 
 
 @dataclass(frozen=True, slots=True)

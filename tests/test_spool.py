@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import signal
-import sys
-import textwrap
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
-from anyio.streams.text import TextReceiveStream
 
 from notifykit import Notifier, Spool, read_dead_letters
 from transports.memory import MemoryTransport
 
+from .helpers import run_publisher_then_sigkill
 from .test_notifier import memory, until
 
 pytestmark = pytest.mark.asyncio
@@ -97,40 +94,11 @@ async def test_spill_overflow_keeps_order(tmp_path: Path, dead_letter_path: Path
     assert n.stats()["memory"].dropped == 0 and spool_counts(spool) == {}
 
 
-PUBLISHER = """
-import anyio, sys
-from notifykit import Notifier
-
-async def main():
-    async with Notifier.from_url("memory://?name=events&durable=true&delay=1000", publisher_id="crash",
-                                 spool=sys.argv[1], dead_letters=sys.argv[2]) as n:
-        i = 0
-        while True:
-            note = await n.info({}, "backup.createprogress", {"i": i})
-            print(note.message_id, flush=True)
-            i += 1
-
-anyio.run(main)
-"""
-
-
 async def test_sigkill_mid_stream_then_replay(tmp_path: Path, dead_letter_path: Path) -> None:
     spool = tmp_path / "spool.sqlite"
-    script = tmp_path / "publisher.py"
-    script.write_text(textwrap.dedent(PUBLISHER))
-    proc = await anyio.open_process([sys.executable, str(script), str(spool), str(dead_letter_path)])
-    assert proc.stdout is not None
-    text = ""
-    try:
-        with anyio.fail_after(60):
-            async for chunk in TextReceiveStream(proc.stdout):
-                text += chunk
-                if text.count("\n") >= 500:
-                    break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
-    returned = text.split("\n")[:-1]  # only complete lines: notify() had returned
+    # The transport never confirms (delay=1000): everything the publisher emitted is spooled.
+    returned = await run_publisher_then_sigkill("memory://?name=events&durable=true&delay=1000", spool,
+                                                dead_letter_path, lines=500, timeout=60)
     assert len(returned) >= 500
     out = tmp_path / "delivered.jsonl"
     async with Notifier.from_url(f"log://{out}?name=events&durable=true", publisher_id="replay",

@@ -3,18 +3,15 @@ durable mode; every message_id whose notify() returned reaches the broker."""
 
 from __future__ import annotations
 
-import signal
-import sys
-import textwrap
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 from notifykit import Notifier
 
 from ..amqp.support import CuttableProxy, Names, consume, queue_length
+from ..helpers import run_publisher_then_sigkill
 from ..test_spool import spool_counts
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
@@ -57,41 +54,11 @@ async def test_ten_cuts_during_twenty_thousand(broker: str, names: Names, dead_l
     assert len(received) - len(set(received)) == queued - N  # duplicates are the at-least-once re-sends
 
 
-PUBLISHER = """
-import anyio, sys
-from notifykit import Notifier
-
-async def main():
-    async with Notifier.from_url(sys.argv[1], publisher_id="crash", spool=sys.argv[2], dead_letters=sys.argv[3]) as n:
-        i = 0
-        while True:
-            note = await n.info({}, "backup.createprogress", {"i": i})
-            print(note.message_id, flush=True)
-            i += 1
-
-anyio.run(main)
-"""
-
-
 async def test_sigkill_in_durable_mode_then_replay(broker: str, names: Names, tmp_path: Path,
                                                    dead_letter_path: Path) -> None:
     spool = tmp_path / "spool.sqlite"
     url = f"{broker}?exchange={names.exchange}&topic={names.topic}&name=rabbit&durable=true&batch_size=200"
-    script = tmp_path / "publisher.py"
-    script.write_text(textwrap.dedent(PUBLISHER))
-    proc = await anyio.open_process([sys.executable, str(script), url, str(spool), str(dead_letter_path)])
-    assert proc.stdout is not None
-    text = ""
-    try:
-        with anyio.fail_after(120):
-            async for chunk in TextReceiveStream(proc.stdout):
-                text += chunk
-                if text.count("\n") >= 3000:
-                    break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
-    returned = set(text.split("\n")[:-1])  # complete lines only: notify() had returned
+    returned = set(await run_publisher_then_sigkill(url, spool, dead_letter_path, lines=3000))
     left = spool_counts(spool).get("rabbit", 0)
 
     async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead_letter_path) as n:
