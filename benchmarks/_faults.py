@@ -9,6 +9,7 @@ tests exercise the same faults.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 from collections import Counter
