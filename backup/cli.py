@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -111,6 +112,26 @@ def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
+
+async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
+    """run_command, stopped by SIGTERM as by Ctrl-C: the operation ends as an error event and
+    status, and the Notifier drains within its close_timeout (a durable transport keeps the
+    rest in its spool). Exit status 143."""
+    result = 143
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        result = await run_command(args, config, out, err)
+        tg.cancel_scope.cancel()
+    return result
+
 
 async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
     if args.command == "demo":
@@ -293,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config, catalog_path=args.catalog_path, store_path=args.store_path, chunk_size=args.chunk_size,
             compression=args.compression, notifier_url=args.notifier_url, notifier_config=args.notifier_config,
             host=args.host)
-        return anyio.run(run_command, args, config, sys.stdout, sys.stderr)
+        return anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
     except (BackupError, NotifyKitError) as exc:
         print(f"notifykit-backup: error: {exc}", file=sys.stderr)
         return 1

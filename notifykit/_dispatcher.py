@@ -88,6 +88,7 @@ class Dispatcher:
         self._in_flight: list[Notification] = []
         self._opened = False
         self.finished = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
         self._input_closed = False
         self._wakeup = anyio.Event()
         # Durable outbox (durable = true, or overflow = spill once the queue is full).
@@ -206,6 +207,19 @@ class Dispatcher:
                        spooled=self._spooled)
 
     # -- worker side -------------------------------------------------------------------
+
+    async def run_shielded(self) -> None:
+        """run() shielded from the caller's cancellation: a caller cancelled inside
+        ``async with notifier`` still gets its queue drained by aclose() (within
+        close_timeout), which alone stops the worker, through :meth:`stop`."""
+        with anyio.CancelScope(shield=True) as scope:
+            self._scope = scope
+            await self.run()
+
+    def stop(self) -> None:
+        """Cancel the worker (the close deadline passed)."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def run(self) -> None:
         """Worker: deliver batches from the memory queue, then from the spool, until closed."""

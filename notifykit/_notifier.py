@@ -205,7 +205,7 @@ class Notifier(_PriorityMethods):
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for dispatcher in self._dispatchers:
-            self._task_group.start_soon(dispatcher.run, name=f"notifykit:{dispatcher.name}")
+            self._task_group.start_soon(dispatcher.run_shielded, name=f"notifykit:{dispatcher.name}")
         if self.config.status_path is not None:
             self._task_group.start_soon(report_status_periodically, self.config.status_path,
                                         self.config.status_interval, self._status_document,
@@ -227,6 +227,8 @@ class Notifier(_PriorityMethods):
             with anyio.move_on_after(deadline):
                 for dispatcher in self._dispatchers:
                     await dispatcher.finished.wait()
+        for dispatcher in self._dispatchers:
+            dispatcher.stop()  # the workers are shielded from outer cancellation: stop them here
         self._task_group.cancel_scope.cancel()
         try:
             await self._task_group.__aexit__(None, None, None)

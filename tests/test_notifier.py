@@ -372,3 +372,17 @@ async def test_log_transport_to_logging(dead_letter_path: Path, caplog: pytest.L
 async def test_repr_hides_secrets(dead_letter_path: Path) -> None:
     n = notifier_for("memory://user:hunter2@x/", dead_letter_path)
     assert "hunter2" not in repr(n) and "hunter2" not in repr(n.transports["memory"])
+
+
+async def test_cancelled_caller_still_gets_its_queue_drained(dead_letter_path: Path) -> None:
+    """Cancelling the scope around ``async with notifier`` (SIGTERM in a CLI) must not cancel the
+    workers before aclose() drained: the last notifications, e.g. an error event, are delivered."""
+    n = notifier_for("memory://?delay=0.01&max_batch=1", dead_letter_path, close_timeout=10)
+    with anyio.CancelScope() as scope:
+        async with n:
+            for i in range(5):
+                await n.info({}, "e.v", {"i": i})
+            scope.cancel()
+            await anyio.sleep(1)
+    assert [m.payload["i"] for m in memory(n).messages] == list(range(5))
+    assert not dead_letter_path.exists()

@@ -146,8 +146,10 @@ def test_progress_display_plain_lines_once_per_ten_percent(tmp_path: Path) -> No
     assert [line.split()[1] for line in text] == [f"{p}%" for p in range(0, 101, 10)]
 
 
-def test_sigint_ends_in_error_event_and_status(tmp_path: Path) -> None:
-    """Ctrl-C during ``create``: exit 130, ``backup.create.error`` emitted, status error."""
+@pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                      (signal.SIGTERM, 143, "SIGTERM: stopping")])
+def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code: int, said: str) -> None:
+    """Ctrl-C or SIGTERM during ``create``: error exit, ``backup.create.error`` emitted, status error."""
     volume = tmp_path / "big.img"
     with volume.open("wb") as fh:
         fh.truncate(4 * 1024**3)  # sparse: many 64 KiB chunks, so the backup is still running at the signal
@@ -163,14 +165,14 @@ def test_sigint_ends_in_error_event_and_status(tmp_path: Path) -> None:
         assert proc.stderr is not None
         first = proc.stderr.readline()
         assert first.startswith("create: "), first
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert said in err and "Traceback" not in err
     events = lines(log)
     assert [e["event_type"] for e in events if "progress" not in str(e["event_type"])] == [
         "backup.create.start", "backup.create.error"]
