@@ -118,18 +118,23 @@ async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out:
     status, and the Notifier drains within its close_timeout (a durable transport keeps the
     rest in its spool). Exit status 143."""
     result = 143
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-                async for _ in signals:
-                    err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
-                    tg.cancel_scope.cancel()
-                    return
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
+                        tg.cancel_scope.cancel()
+                        return
 
-        tg.start_soon(watch)
-        result = await run_command(args, config, out, err)
-        tg.cancel_scope.cancel()
+            tg.start_soon(watch)
+            result = await run_command(args, config, out, err)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the task group wraps the command's own error: unwrap it
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     return result
 
 
