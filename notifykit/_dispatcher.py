@@ -89,6 +89,7 @@ class Dispatcher:
         self._opened = False
         self.finished = anyio.Event()
         self._scope: anyio.CancelScope | None = None
+        self._stopped = False
         self._input_closed = False
         self._wakeup = anyio.Event()
         # Durable outbox (durable = true, or overflow = spill once the queue is full).
@@ -214,10 +215,13 @@ class Dispatcher:
         close_timeout), which alone stops the worker, through :meth:`stop`."""
         with anyio.CancelScope(shield=True) as scope:
             self._scope = scope
+            if self._stopped:  # stopped before this task even started
+                scope.cancel()
             await self.run()
 
     def stop(self) -> None:
         """Cancel the worker (the close deadline passed)."""
+        self._stopped = True
         if self._scope is not None:
             self._scope.cancel()
 

@@ -386,3 +386,12 @@ async def test_cancelled_caller_still_gets_its_queue_drained(dead_letter_path: P
             await anyio.sleep(1)
     assert [m.payload["i"] for m in memory(n).messages] == list(range(5))
     assert not dead_letter_path.exists()
+
+
+async def test_close_right_after_start_with_a_stuck_transport_returns(dead_letter_path: Path) -> None:
+    n = notifier_for("memory://?delay=1000", dead_letter_path)
+    with anyio.fail_after(10):
+        await n.start()
+        await n.info({}, "e.v", {})
+        final = await n.aclose(timeout=0.05)  # the worker may not have started yet
+    assert final["memory"].dead_lettered == 1
