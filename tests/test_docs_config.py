@@ -19,7 +19,15 @@ import pytest
 
 from backup._config import BackupConfig
 from backup._swift import _QUERY_KEYS as SWIFT_QUERY_KEYS
-from notifykit import Notification, Transport, TransportConfig, TransportSettings, WireFormat
+from notifykit import (
+    Notification,
+    Transport,
+    TransportConfig,
+    TransportSettings,
+    TransportStats,
+    WireFormat,
+    render_prometheus,
+)
 from notifykit._config import _CIRCUIT_KEYS, _FILTER_KEYS, _NOTIFIER_KEYS, _RETRY_KEYS, _TABLE_KEYS, _URL_KEYS
 from notifykit._loading import load_transport_class
 from notifykit._url import parse_url
@@ -204,3 +212,13 @@ def test_options_shadowed_by_core_url_keys_are_documented_as_toml_only(scheme: s
         assert TransportConfig.from_url(f"{MINIMAL_URLS[scheme][0]}?{key}=1").options.get(key) is None
         rows = [row for row in table_rows(section) if key in names_in(row[0])]
         assert rows and "`[options]`" in " ".join(rows[0]), f"{scheme}: option {key!r} is shadowed by the core's URL key"
+
+
+def test_documented_metrics_are_the_ones_render_prometheus_writes() -> None:
+    operations = (DOCS / "operations.md").read_text(encoding="utf-8")
+    documented: set[str] = set()
+    for row in table_rows(_section(operations, "## Metrics")):
+        documented |= {name for name in names_in(row[0]) if name.startswith("notifykit_")}
+    exposition = render_prometheus({"rabbit": TransportStats("rabbit")})
+    written = {line.split("{", 1)[0] for line in exposition.splitlines() if not line.startswith("#")}
+    assert written == documented
