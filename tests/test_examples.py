@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -79,3 +82,46 @@ def test_webhook_receiver_verifies_signatures(receiver: tuple[int, subprocess.Po
     assert sorted(line.split()[0] for line in lines if not line.startswith("rejected")) == [
         "backup.create.end", "backup.create.start", "backup.createprogress"]
     assert any(line.startswith("rejected:") for line in lines)
+
+
+
+def test_ceilometer_consumer_meters_backup_size_from_rabbitmq(tmp_path: Path) -> None:
+    """The backup example publishes through notifykit's amqp transport (a unique exchange);
+    the aio-pika-only consumer prints one backup.size sample for create.end and delete.end."""
+    from .amqp.support import BROKER_HOST, BROKER_PORT, BROKER_URL, Names, delete_all
+    from .helpers import require_tcp
+
+    require_tcp(BROKER_HOST, BROKER_PORT, "RabbitMQ")
+    names = Names.fresh()
+    consumer = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "ceilometer_consumer.py"), "--url", BROKER_URL, "--exchange", names.exchange,
+         "--topic", names.topic, "--limit", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert consumer.stderr is not None
+        readable, _, _ = select.select([consumer.stderr], [], [], 30)
+        ready = consumer.stderr.readline() if readable else "(nothing within 30 s)"
+        assert ready.startswith("# listening"), ready
+        volume = tmp_path / "volume.img"
+        volume.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+        url = f"{BROKER_URL}?exchange={names.exchange}&topic={names.topic}"
+        backup = run(str(EXAMPLES / "backup_with_notifications.py"), str(volume), str(tmp_path / "work"), url)
+        assert backup.returncode == 0, backup.stderr
+        backup_id = backup.stdout.split()[1].rstrip(":")
+        out, err = consumer.communicate(timeout=30)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait(timeout=10)
+        anyio.run(delete_all, names)
+    assert consumer.returncode == 0, err
+    samples = out.splitlines()
+    assert len(samples) == 2, out
+    for sample, event_type in zip(samples, ["backup.create.end", "backup.delete.end"], strict=True):
+        fields = dict(item.split("=", 1) for item in sample.split()[2:])
+        assert sample.startswith("backup.size gauge ")
+        assert fields["event_type"] == event_type
+        assert fields["resource_id"] == backup_id
+        assert fields["volume"] == "1" and fields["unit"] == "GiB"  # 2 MiB rounds up to 1 GiB, as in Cinder
+        assert fields["project_id"] == "default" and fields["user_id"] == "default"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}", fields["timestamp"]), fields["timestamp"]
