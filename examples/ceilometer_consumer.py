@@ -47,10 +47,13 @@ def unwrap(body: bytes) -> dict[str, Any]:
 
 
 def sample_line(message: dict[str, Any]) -> str | None:
-    """One ``backup.size`` sample (Ceilometer's meter definition), or None for other events."""
+    """One ``backup.size`` sample (Ceilometer's meter definition), or None for other events
+    and for payloads without ``size`` or ``backup_id``."""
     if message.get("event_type") not in METERED:
         return None
     payload = message.get("payload") or {}
+    if payload.get("size") is None or not payload.get("backup_id"):
+        return None  # Ceilometer makes no sample without a volume and a resource
     fields = {
         "volume": payload.get("size"),  # GiB, rounded up, as Cinder reports it
         "unit": "GiB",
