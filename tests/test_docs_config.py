@@ -222,3 +222,10 @@ def test_documented_metrics_are_the_ones_render_prometheus_writes() -> None:
     exposition = render_prometheus({"rabbit": TransportStats("rabbit")})
     written = {line.split("{", 1)[0] for line in exposition.splitlines() if not line.startswith("#")}
     assert written == documented
+
+
+def test_readme_transport_table_names_every_registered_scheme() -> None:
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    table = "\n".join(line for line in readme.split("## Transports", 1)[1].splitlines() if line.startswith("|"))
+    missing = {scheme for scheme in project_schemes() if f"`{scheme}://" not in table}
+    assert missing == set()

@@ -176,3 +176,13 @@ def test_getting_started_scripts_do_what_the_page_says(tmp_path: Path) -> None:
     assert config.stdout == "audit: sent=2 filtered=0\nconsole: sent=1 filtered=1\n", config.stderr
     assert '"backup.create.error"' in config.stderr and '"backup.create.start"' not in config.stderr
     assert len(audit.read_text().splitlines()) == 2
+
+
+def test_memory_transport_test_on_the_log_and_memory_page_passes(tmp_path: Path) -> None:
+    [code] = python_blocks(ROOT / "docs" / "transports" / "log-and-memory.md")
+    (tmp_path / "test_emits.py").write_text(code, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                             "-o", "asyncio_mode=strict", str(tmp_path / "test_emits.py")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
