@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -79,3 +82,107 @@ def test_webhook_receiver_verifies_signatures(receiver: tuple[int, subprocess.Po
     assert sorted(line.split()[0] for line in lines if not line.startswith("rejected")) == [
         "backup.create.end", "backup.create.start", "backup.createprogress"]
     assert any(line.startswith("rejected:") for line in lines)
+
+
+
+def test_ceilometer_consumer_meters_backup_size_from_rabbitmq(tmp_path: Path) -> None:
+    """The backup example publishes through notifykit's amqp transport (a unique exchange);
+    the aio-pika-only consumer prints one backup.size sample for create.end and delete.end."""
+    from .amqp.support import BROKER_HOST, BROKER_PORT, BROKER_URL, Names, delete_all
+    from .helpers import require_tcp
+
+    require_tcp(BROKER_HOST, BROKER_PORT, "RabbitMQ")
+    names = Names.fresh()
+    consumer = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "ceilometer_consumer.py"), "--url", BROKER_URL, "--exchange", names.exchange,
+         "--topic", names.topic, "--limit", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert consumer.stderr is not None
+        readable, _, _ = select.select([consumer.stderr], [], [], 30)
+        ready = consumer.stderr.readline() if readable else "(nothing within 30 s)"
+        assert ready.startswith("# listening"), ready
+        volume = tmp_path / "volume.img"
+        volume.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+        url = f"{BROKER_URL}?exchange={names.exchange}&topic={names.topic}"
+        backup = run(str(EXAMPLES / "backup_with_notifications.py"), str(volume), str(tmp_path / "work"), url)
+        assert backup.returncode == 0, backup.stderr
+        backup_id = backup.stdout.split()[1].rstrip(":")
+        out, err = consumer.communicate(timeout=30)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait(timeout=10)
+        anyio.run(delete_all, names)
+    assert consumer.returncode == 0, err
+    samples = out.splitlines()
+    assert len(samples) == 2, out
+    for sample, event_type in zip(samples, ["backup.create.end", "backup.delete.end"], strict=True):
+        fields = dict(item.split("=", 1) for item in sample.split()[2:])
+        assert sample.startswith("backup.size gauge ")
+        assert fields["event_type"] == event_type
+        assert fields["resource_id"] == backup_id
+        assert fields["volume"] == "1" and fields["unit"] == "GiB"  # 2 MiB rounds up to 1 GiB, as in Cinder
+        assert fields["project_id"] == "default" and fields["user_id"] == "default"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}", fields["timestamp"]), fields["timestamp"]
+
+
+def python_blocks(markdown: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("url", ["log://stderr", "memory://"])
+def test_readme_quick_start_runs_and_switches_transport_by_url(tmp_path: Path, url: str) -> None:
+    code = python_blocks(ROOT / "README.md")[0]
+    assert 'URL = "log://stderr"' in code
+    script = tmp_path / "quickstart.py"
+    script.write_text(code.replace('URL = "log://stderr"', f'URL = "{url}"'), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    scheme = url.split(":")[0]
+    assert result.stdout.strip() == f"{scheme}: sent=2 dead_lettered=0"
+    assert result.stderr.count('"event_type":"backup.create.') == (2 if scheme == "log" else 0)
+
+
+def getting_started_files(tmp_path: Path) -> None:
+    """Write each code block of docs/getting-started.md that names its file in its first line."""
+    page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```(?:python|toml)\n(.*?)```", page, re.S):
+        first = block.splitlines()[0].split()
+        if len(first) >= 2 and first[0] == "#" and "." in first[1]:
+            (tmp_path / first[1]).write_text(block, encoding="utf-8")
+
+
+def test_getting_started_scripts_do_what_the_page_says(tmp_path: Path) -> None:
+    getting_started_files(tmp_path)
+    dead = tmp_path / "deadletters.jsonl"
+    env = dict(os.environ, NOTIFYKIT_DEAD_LETTERS=str(dead))
+
+    def python(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env=env, check=False)
+
+    emitted = python("emit_demo.py")
+    assert emitted.stdout == "log: sent=2 dead_lettered=0\n", emitted.stderr
+    assert '"priority":"error"' in emitted.stderr
+    refused = python("emit_demo.py", "memory://?fail=10&failure=permanent")
+    assert refused.stdout == "memory: sent=0 dead_lettered=2\n", refused.stderr
+    assert len(dead.read_text().splitlines()) == 2
+    toml = tmp_path / "notifykit.toml"
+    audit = tmp_path / "audit.jsonl"
+    toml.write_text(toml.read_text().replace("/tmp/notifykit-audit.jsonl", str(audit)))
+    config = python("emit_config.py")
+    assert config.stdout == "audit: sent=2 filtered=0\nconsole: sent=1 filtered=1\n", config.stderr
+    assert '"backup.create.error"' in config.stderr and '"backup.create.start"' not in config.stderr
+    assert len(audit.read_text().splitlines()) == 2
+
+
+def test_memory_transport_test_on_the_log_and_memory_page_passes(tmp_path: Path) -> None:
+    [code] = python_blocks(ROOT / "docs" / "transports" / "log-and-memory.md")
+    (tmp_path / "test_emits.py").write_text(code, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                             "-o", "asyncio_mode=strict", str(tmp_path / "test_emits.py")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
