@@ -83,7 +83,7 @@ async def rabbitmq_memory_bound(total: int, tmp: Path) -> dict[str, Any]:
     """The same through RabbitMQ (confirmed; nothing bound to the exchange, so the broker keeps nothing)."""
     exchange = f"nk_report_{int(time.time())}"
     url = (f"amqp://guest:guest@127.0.0.1:5672/?exchange={exchange}&declare_queues=false&mandatory=false"
-           "&durable=false&queue_size=2000")  # the queue is the bound: queue_size x ~1.3 KiB per notification
+           "&durable_queues=false&queue_size=2000")  # the queue is the bound: queue_size x ~1.3 KiB per notification
     try:
         return await memory_bound(url, total, tmp)
     finally:

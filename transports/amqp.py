@@ -85,7 +85,7 @@ class AmqpOptions:
             password=url.password if url.password is not None else "guest",
             vhost=vhost,
             exchange=exchange,
-            durable=settings.take_bool("durable", True),
+            durable=settings.take_bool("durable_queues", True),
             declare_queues=settings.take_bool("declare_queues", True),
             mandatory=settings.take_bool("mandatory", True),
             persistent=settings.take_bool("persistent", True),
@@ -348,11 +348,15 @@ class AmqpTransport(Transport):
         try:
             await transport._declare(connection, [])  # the exchange, used as it is if declared otherwise
             channel = await connection.channel()
+            # Acknowledged one by one (prefetch 100) rather than no_ack: when tail stops, the
+            # broker takes back what was prefetched, instead of aio-pika warning it was lost.
+            await channel.set_qos(prefetch_count=100)
             queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
             for topic in settings.topics:
                 await queue.bind(transport.options.exchange, routing_key=f"{topic}.*")
-            async with queue.iterator(no_ack=True) as messages:
+            async with queue.iterator() as messages:
                 async for message in messages:
+                    await message.ack()
                     yield message.body
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             raise TransientError(f"tail of {settings.url.redacted} stopped: {transport._describe(exc)}") from None

@@ -46,7 +46,7 @@ def test_defaults() -> None:
 
 
 def test_every_option_is_taken() -> None:
-    t = build("amqp://u:p@h1:1234,h2/vh?exchange=nova&durable=false&declare_queues=no&mandatory=0"
+    t = build("amqp://u:p@h1:1234,h2/vh?exchange=nova&durable_queues=false&declare_queues=no&mandatory=0"
               "&persistent=off&confirm_timeout=2.5&connect_timeout=1&heartbeat=0&connection_name=me")
     o = t.options
     assert o.hosts == (("h1", 1234), ("h2", 5672))
