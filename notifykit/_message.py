@@ -14,6 +14,7 @@ from typing import Any
 
 from ._errors import InvalidNotificationError
 from ._formats import WireFormat
+from ._json import dumps_compact
 
 __all__ = ["Notification", "Priority", "RequestContext", "ContextLike"]
 
@@ -47,7 +48,7 @@ class Priority(enum.StrEnum):
     @classmethod
     def parse(cls, value: str | Priority) -> Priority:
         """Accept 'info', 'INFO' or 'warning' (alias of warn) and give one clear error otherwise."""
-        if isinstance(value, Priority):
+        if type(value) is Priority:
             return value
         text = str(value).strip().lower()
         if text == "warning":
@@ -129,6 +130,27 @@ class RequestContext:
 
 _EMPTY_CONTEXT = RequestContext()
 
+# Callers pass the same small context for many notifications (a backup's progress events):
+# keep the validated RequestContext of recent plain-string dicts instead of rebuilding it.
+_CONTEXT_CACHE: dict[tuple[tuple[str, Any], ...], RequestContext] = {}
+_CONTEXT_CACHE_SIZE = 256
+
+
+def _validated_context(ctx: ContextLike) -> RequestContext:
+    if type(ctx) is dict and ctx and all(type(v) is str for v in ctx.values()):
+        key = tuple(ctx.items())
+        cached = _CONTEXT_CACHE.get(key)
+        if cached is None:
+            cached = RequestContext.coerce(ctx)
+            cached.validate()
+            if len(_CONTEXT_CACHE) >= _CONTEXT_CACHE_SIZE:
+                _CONTEXT_CACHE.pop(next(iter(_CONTEXT_CACHE)))  # the oldest entry
+            _CONTEXT_CACHE[key] = cached
+        return cached
+    result = RequestContext.coerce(ctx)
+    result.validate()
+    return result
+
 ContextLike = Mapping[str, Any] | RequestContext | None
 
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
@@ -174,8 +196,6 @@ def _find_unserialisable(value: Any, path: str) -> str | None:
     return f"{path} is of type {type(value).__name__}"
 
 
-# One encoder for every payload: json.dumps() with non-default arguments builds a new one per call.
-_PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 _EVENT_TYPES_SEEN: set[str] = set()
 
 
@@ -208,7 +228,7 @@ def serialise_payload(payload: object, max_bytes: int) -> str:
     if type(payload) is not dict and not isinstance(payload, Mapping):  # ABC isinstance is slow: dict first
         raise InvalidNotificationError(f"payload must be a JSON object (a mapping), not {type(payload).__name__}")
     try:
-        text = _PAYLOAD_ENCODER.encode(payload)
+        text = dumps_compact(payload)
     except (TypeError, ValueError, RecursionError):
         where = _find_unserialisable(payload, "payload") or "payload"
         raise InvalidNotificationError(f"payload is not JSON-serialisable: {where}") from None
@@ -253,8 +273,7 @@ class Notification:
         timestamp: datetime | None = None,
     ) -> Notification:
         """Validate everything the caller gave and raise one clear error if anything is wrong."""
-        ctx = RequestContext.coerce(context)
-        ctx.validate()
+        ctx = _validated_context(context)
         payload_json = serialise_payload(payload, max_payload_bytes)
         if timestamp is None:
             timestamp = datetime.now(UTC)
