@@ -20,14 +20,7 @@ from ._json import dumps_compact, quote
 if TYPE_CHECKING:
     from ._message import Notification
 
-__all__ = ["WireFormat", "OSLO_TIMESTAMP_FORMAT", "decode_message"]
-
-#: oslo.messaging writes ``str(timeutils.utcnow())``: naive UTC, space separated.
-OSLO_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-
-
-
-
+__all__ = ["WireFormat", "cloudevent_attributes", "decode_message"]
 
 
 def _encode_json(n: Notification) -> bytes:
