@@ -13,6 +13,7 @@ from ._errors import ConfigError
 from ._formats import WireFormat
 from ._message import Priority
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
+from ._settings import FALSE_WORDS, TRUE_WORDS
 from ._url import parse_url, redact_url
 
 __all__ = ["NotifierConfig", "TransportConfig"]
@@ -220,8 +221,8 @@ def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_string
 def _boolean(value: Any, key: str, where: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
     raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
 
 

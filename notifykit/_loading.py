@@ -12,10 +12,13 @@ from typing import Any
 from stevedore import DriverManager, ExtensionManager
 from stevedore.exception import NoMatches
 
+from ._config import TransportConfig
 from ._errors import ConfigError, MissingDependencyError, UnknownTransportError
+from ._settings import TransportSettings
 from ._transport import Transport
+from ._url import parse_url
 
-__all__ = ["NAMESPACE", "installed_schemes", "load_transport_class"]
+__all__ = ["NAMESPACE", "installed_schemes", "load_transport_class", "resolve_transport"]
 
 NAMESPACE = "notifykit.transports"
 
@@ -54,3 +57,16 @@ def load_transport_class(scheme: str) -> type[Transport]:
     if not (isinstance(driver, type) and issubclass(driver, Transport)):
         raise ConfigError(f"entry point {scheme!r} in {NAMESPACE} is not a notifykit Transport subclass")
     return driver
+
+
+def resolve_transport(name: str, config: TransportConfig) -> tuple[type[Transport], TransportSettings]:
+    """The transport class for ``config.url`` and the settings it is built from: the URL's own
+    query options, overridden by the config's ``options`` table."""
+    parsed = parse_url(config.url)
+    cls = load_transport_class(parsed.scheme)
+    options: dict[str, list[str]] = {}
+    for key, value in parsed.query:
+        options.setdefault(key, []).append(value)
+    for key, option in config.options.items():
+        options[key] = [option] if isinstance(option, str) else list(option)
+    return cls, TransportSettings.build(name, parsed, config.format or cls.default_format, config.topics, options)

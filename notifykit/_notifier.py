@@ -20,10 +20,9 @@ from ._config import NotifierConfig, TransportConfig
 from ._deadletter import DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path
 from ._dispatcher import Dispatcher
 from ._errors import ConfigError, NotifierClosedError
-from ._loading import load_transport_class
+from ._loading import resolve_transport
 from ._message import ContextLike, Notification, Priority
 from ._policies import OverflowPolicy
-from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats
 from ._status import report_status_periodically, status_document, write_status_file
@@ -352,19 +351,10 @@ class PreparedNotifier(_PriorityMethods):
 
 def _build_transport(name: str, config: TransportConfig) -> Transport:
     """Find the transport class by URL scheme and let it validate its options."""
-    parsed = parse_url(config.url)
-    cls = load_transport_class(parsed.scheme)
-    options: dict[str, list[str]] = {}
-    for key, value in parsed.query:
-        options.setdefault(key, []).append(value)
-    for key, option in config.options.items():
-        options[key] = [option] if isinstance(option, str) else list(option)
-    settings = TransportSettings.build(
-        name, parsed, config.format or cls.default_format, config.topics, options
-    )
+    cls, settings = resolve_transport(name, config)
     try:
         return cls.from_settings(settings)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"transport {name!r} ({parsed.redacted}): {exc}") from None
+        raise ConfigError(f"transport {name!r} ({settings.url.redacted}): {exc}") from None

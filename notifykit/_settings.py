@@ -11,8 +11,8 @@ from ._url import ParsedURL
 
 __all__ = ["TransportSettings"]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(slots=True)
@@ -85,9 +85,9 @@ class TransportSettings:
         if text is None:
             return default
         lowered = text.strip().lower()
-        if lowered in _TRUE:
+        if lowered in TRUE_WORDS:
             return True
-        if lowered in _FALSE:
+        if lowered in FALSE_WORDS:
             return False
         raise ConfigError(f"{self._where(key)} must be true or false, got {text!r}")
 

@@ -27,14 +27,12 @@ from ._config import NotifierConfig, TransportConfig
 from ._deadletter import MemoryDeadLetterSink, default_dead_letter_path, read_dead_letters, rewrite_dead_letters
 from ._errors import ConfigError, NotifyKitError
 from ._formats import decode_message
-from ._loading import load_transport_class
+from ._loading import resolve_transport
 from ._message import Notification
 from ._notifier import Notifier
-from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import render_prometheus
 from ._status import read_status_file
-from ._url import parse_url
 
 __all__ = ["main"]
 
@@ -47,20 +45,9 @@ def _one_line(message: dict[str, Any]) -> str:
             f"{message.get('event_type')} [{message.get('publisher_id')}] {payload}")
 
 
-def _settings_for(url: str) -> TransportSettings:
-    config = TransportConfig.from_url(url)
-    parsed = parse_url(config.url)
-    cls = load_transport_class(parsed.scheme)
-    options: dict[str, list[str]] = {}
-    for key, value in parsed.query:
-        options.setdefault(key, []).append(value)
-    return TransportSettings.build("tail", parsed, config.format or cls.default_format, config.topics, options)
-
-
 async def tail(url: str, event_glob: str, as_json: bool, out: TextIO, limit: int | None = None) -> int:
     """Print each decoded notification matching ``event_glob``; returns how many were printed."""
-    settings = _settings_for(url)
-    cls = load_transport_class(settings.url.scheme)
+    cls, settings = resolve_transport("tail", TransportConfig.from_url(url))
     printed = 0
     bodies = cls.tail(settings)
     try:
