@@ -32,6 +32,7 @@ from ._loading import NAMESPACE, installed_schemes, load_transport_class
 from ._message import ContextLike, Notification, Priority, RequestContext
 from ._notifier import Notifier, PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
+from ._redact import Redactor
 from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats, render_prometheus
@@ -65,6 +66,7 @@ __all__ = [
     "PermanentError",
     "PreparedNotifier",
     "Priority",
+    "Redactor",
     "RequestContext",
     "RetryPolicy",
     "SignatureError",

@@ -8,7 +8,12 @@ requests in flight. The transport only classifies outcomes — 2xx sent, 408/425
 and network errors transient (with ``Retry-After``), other statuses permanent — and
 leaves retrying, backoff and dead-lettering to the core.
 
-Secrets (``secret``, header values, URL passwords) never reach logs, reprs or errors.
+Safe against a hostile receiver: one deadline (``timeout``) covers connecting, the
+headers and the body, and at most ``MAX_RESPONSE_BYTES`` of a body are read; redirects
+are followed only as 307/308 (a POST never becomes a GET), only to the same origin or
+one listed in ``redirect_origin``, and a loop is a permanent error. Secrets (``secret``,
+header values, URL user:password, in every encoding they are sent in) never reach logs,
+reprs, errors or dead letters.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC
 from typing import ClassVar, Self
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -34,12 +39,14 @@ from notifykit import (
     MissingDependencyError,
     Notification,
     PermanentError,
+    Redactor,
     TransientError,
     Transport,
     TransportSettings,
     WireFormat,
     __version__,
     cloudevent_attributes,
+    redact_url,
 )
 from notifykit.webhook import SIGNATURE_HEADER, sign
 
@@ -55,6 +62,11 @@ BATCH_BODY_EVENTS = 100
 PER_EVENT_BATCH = 1000
 #: Bodies larger than this are signed in a worker thread, so hashing never stalls the loop.
 SIGN_INLINE_MAX_BYTES = 64 * 1024
+#: Most redirects followed for one request (307/308, same or listed origin) before giving up.
+MAX_REDIRECTS = 5
+
+_REDIRECTS_KEEPING_METHOD = frozenset({307, 308})
+_REDIRECTS_TO_GET = frozenset({301, 302, 303})
 
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -110,8 +122,10 @@ class WebhookTransport(Transport):
         self.key_file: str | None = None
         self.http2 = False
         self.follow_redirects = False
+        self.redirect_origins: frozenset[str] = frozenset()
         self.headers: dict[str, str] = {}
         self._secrets: list[str] = []
+        self._redactor = Redactor()
         self._auth: httpx.BasicAuth | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -136,12 +150,19 @@ class WebhookTransport(Transport):
         t.key_file = t._take_file("key")
         t.http2 = settings.take_bool("http2", False)
         t.follow_redirects = settings.take_bool("follow_redirects", False)
+        t.redirect_origins = frozenset(t._parse_origin(item) for item in settings.take_list("redirect_origin"))
         t.headers = t._parse_headers(_take_raw(settings, "header"))
         secrets = _take_raw(settings, "secret")
         if any(not s for s in secrets):
             raise ConfigError(f"{t._where('secret')} must not be empty")
         t._secrets = secrets
+        for secret in secrets:
+            t._redactor.add(secret)
+        for value in t.headers.values():
+            t._redactor.add_header(value)
         settings.finish()
+        if t.redirect_origins and not t.follow_redirects:
+            raise ConfigError(f"{t._where('redirect_origin')} needs follow_redirects=true")
         if t.binary and fmt is not WireFormat.CLOUDEVENTS:
             raise ConfigError(f"{t._where('mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
         if t.binary and t.batch:
@@ -175,6 +196,17 @@ class WebhookTransport(Transport):
         self.display = self.target  # no userinfo, no query: nothing secret
         if url.username is not None:
             self._auth = httpx.BasicAuth(url.username, url.password or "")
+            self._redactor.add_basic(url.username, url.password)
+        self._redactor.add(url.password)
+
+    def _parse_origin(self, text: str) -> str:
+        """``scheme://host[:port]`` of a ``redirect_origin`` value, normalised as :func:`_origin` makes it."""
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query or parts.username is not None:
+            raise ConfigError(f"{self._where('redirect_origin')} must be an origin like https://host:8443, got "
+                              f"{redact_url(text)!r}")
+        return _origin(text.strip())
 
     def _take_file(self, key: str) -> str | None:
         path = self.settings.take_str(key)
@@ -222,7 +254,7 @@ class WebhookTransport(Transport):
             limits=limits,
             verify=self._ssl_context(),
             http2=self.http2,
-            follow_redirects=self.follow_redirects,
+            follow_redirects=False,  # followed by _exchange(), which refuses what would leak or lose a POST
             trust_env=False,
         )
 
@@ -314,28 +346,79 @@ class WebhookTransport(Transport):
                 headers.update(sign(body, self._secrets, None, headers))
             else:
                 headers.update(await anyio.to_thread.run_sync(sign, body, self._secrets, None, headers))
-        client = self._client
-        assert client is not None, "send() before open()"
         try:
-            async with client.stream("POST", self.target, content=body, headers=headers) as response:
-                status = response.status_code
-                text = await self._read_capped(response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except httpx.TimeoutException:
+            # One deadline for the whole exchange: a peer trickling headers or body cannot hold it.
+            with anyio.fail_after(self.timeout):
+                status, text, retry_after, url = await self._exchange(body, headers)
+        except TimeoutError:
+            raise TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s") from None
+        except httpx.TimeoutException:  # a single read, connect or pool wait that ran out first
             raise TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s") from None
         except httpx.HTTPError as exc:
             raise TransientError(f"POST {self.display}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        where = self.display if url == self.target else f"{self.display} (redirected to {self._shown(url)})"
         if 200 <= status < 300:
             return
         quoted = f": {text}" if text else ""
         if status in _TRANSIENT_STATUSES or status >= 500:
-            raise TransientError(f"POST {self.display}: HTTP {status}{quoted}", retry_after=retry_after)
-        if 300 <= status < 400:
-            raise PermanentError(f"POST {self.display}: HTTP {status} redirect not followed (follow_redirects=false){quoted}")
-        raise PermanentError(f"POST {self.display}: HTTP {status}{quoted}")
+            raise TransientError(f"POST {where}: HTTP {status}{quoted}", retry_after=retry_after)
+        raise PermanentError(f"POST {where}: HTTP {status}{quoted}")
+
+    async def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, float | None, str]:
+        """POST, following only the redirects that keep the POST whole and its secrets at home.
+
+        Returns the final (status, quoted body, Retry-After, URL). Raises PermanentError
+        for a redirect that would turn the POST into a body-less GET (301/302/303), go to
+        another origin not listed in ``redirect_origin``, loop, or exceed MAX_REDIRECTS.
+        """
+        client = self._client
+        assert client is not None, "send() before open()"
+        url, seen = self.target, {self.target}
+        for _ in range(MAX_REDIRECTS + 1):
+            async with client.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code
+                text = await self._read_capped(response)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                location = response.headers.get("Location")
+            if not 300 <= status < 400 or status == 304:
+                return status, text, retry_after, url
+            url = self._redirect_target(url, status, location)
+            if url in seen:
+                raise PermanentError(f"POST {self.display}: HTTP {status} redirect loop back to {self._shown(url)}")
+            seen.add(url)
+        raise PermanentError(f"POST {self.display}: more than {MAX_REDIRECTS} redirects, last to {self._shown(url)}")
+
+    def _redirect_target(self, url: str, status: int, location: str | None) -> str:
+        """The URL a 3xx answer points to, if following it is safe; else the permanent reason why not."""
+        if not location:
+            raise PermanentError(f"POST {self.display}: HTTP {status} redirect without a Location")
+        target = urljoin(url, location.strip())
+        shown = self._shown(target)
+        if not self.follow_redirects:
+            raise PermanentError(
+                f"POST {self.display}: HTTP {status} redirect not followed (follow_redirects=false), Location: {shown}")
+        if status in _REDIRECTS_TO_GET:
+            raise PermanentError(f"POST {self.display}: HTTP {status} redirect to {shown} not followed: a {status} "
+                                 "turns the POST into a GET without the notification; point the URL there instead")
+        if status not in _REDIRECTS_KEEPING_METHOD:
+            raise PermanentError(f"POST {self.display}: HTTP {status} (not a redirect that keeps the POST), "
+                                 f"Location: {shown}")
+        origin = _origin(target)
+        if origin != _origin(self.target) and origin not in self.redirect_origins:
+            raise PermanentError(
+                f"POST {self.display}: HTTP {status} redirect to another origin {origin} not followed: "
+                "the signed body and credentials stay with their origin unless redirect_origin lists it")
+        return target
+
+    def _shown(self, url: str) -> str:
+        """A peer-given URL fit for an error: no password, no secret-looking query, no echo of our secrets."""
+        return self._scrub(redact_url(url))
 
     async def _read_capped(self, response: httpx.Response) -> str:
-        """Up to MAX_RESPONSE_BYTES of the body (drained so the connection can be reused), for errors."""
+        """Up to MAX_RESPONSE_BYTES of the body (drained so the connection can be reused), for errors.
+
+        The caller's deadline bounds the time; a bigger body is cut (its connection closed).
+        """
         data = b""
         try:
             async for chunk in response.aiter_bytes():
@@ -353,10 +436,17 @@ class WebhookTransport(Transport):
 
     def _scrub(self, text: str) -> str:
         """Hide our own secrets should a peer echo them back (e.g. an error page quoting headers)."""
-        for secret in (*self._secrets, *self.headers.values(), self.settings.url.password or ""):
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return self._redactor.redact(text)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings.name!r} POST {self.display}>"
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` with the default port made explicit: what "same origin" compares."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"

@@ -19,9 +19,9 @@ import anyio
 import uvicorn
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -48,10 +48,12 @@ class Received:
 
 
 class Receiver:
-    """Serve on 127.0.0.1:port; ``script()`` queues replies, ``when()`` answers matching bodies."""
+    """Serve on host:port (127.0.0.1 unless told, e.g. 127.0.0.2 as "another host");
+    ``script()`` queues replies, ``when()`` answers matching bodies."""
 
-    def __init__(self, port: int | None = None, tls: dict[str, Any] | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, tls: dict[str, Any] | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
         #: uvicorn ssl_* settings (ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_cert_reqs) to serve https.
         self.tls = tls or {}
         self.requests: list[Received] = []
@@ -65,7 +67,7 @@ class Receiver:
     @property
     def url(self) -> str:
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.port}/hook"
+        return f"{scheme}://{self.host}:{self.port}/hook"
 
     # -- scripting -----------------------------------------------------------------------
 
@@ -148,7 +150,7 @@ class Receiver:
 
     def start(self) -> None:
         config = uvicorn.Config(
-            self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
+            self, host=self.host, port=self.port, log_level="warning", lifespan="off",
             access_log=False, timeout_graceful_shutdown=1, **self.tls,
         )
         self._server = uvicorn.Server(config)
@@ -157,7 +159,7 @@ class Receiver:
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"test receiver did not start on 127.0.0.1:{self.port}")
+                raise RuntimeError(f"test receiver did not start on {self.host}:{self.port}")
             time.sleep(0.01)
 
     def stop(self) -> None:
