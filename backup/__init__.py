@@ -6,7 +6,7 @@ checksummed chunks in a directory tree, ``SwiftObjectStore`` in OpenStack Swift.
 ``notifykit.SupportsNotify``.
 """
 
-from ._catalog import GIB, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, size_in_gib
+from ._catalog import GIB, SCHEMA_VERSION, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, SQLiteCatalog, size_in_gib
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._compression import COMPRESSIONS, Compressor, get_compressor
 from ._config import BackupConfig
@@ -16,11 +16,13 @@ from ._errors import (
     BackupError,
     BackupNotFoundError,
     CorruptBackupError,
+    DependentBackupsError,
     InvalidStatusTransitionError,
     ObjectNotFoundError,
     ObjectStoreError,
     RestoreTargetError,
     VolumeError,
+    WrongStoreError,
 )
 from ._objectstore import ObjectStore
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, usage_from_backup
@@ -36,6 +38,7 @@ __all__ = [
     "GIB",
     "PAYLOAD_FIELDS",
     "PAYLOAD_VERSION",
+    "SCHEMA_VERSION",
     "TRANSITIONS",
     "BackupCatalog",
     "BackupConfig",
@@ -50,6 +53,7 @@ __all__ = [
     "ChunkedBackupDriver",
     "Compressor",
     "CorruptBackupError",
+    "DependentBackupsError",
     "InvalidStatusTransitionError",
     "ObjectCallback",
     "ObjectNotFoundError",
@@ -62,10 +66,12 @@ __all__ = [
     "ProgressTracker",
     "ProgressUpdate",
     "RestoreTargetError",
+    "SQLiteCatalog",
     "SwiftObjectStore",
     "SwiftOptions",
     "SwiftRetryPolicy",
     "VolumeError",
+    "WrongStoreError",
     "build_driver",
     "build_store",
     "get_compressor",

@@ -1,31 +1,51 @@
-"""The backup catalog: one SQLite row per backup, with validated status transitions.
+"""The backup catalog: one record per backup, with validated status transitions.
+
+``BackupCatalog`` is the interface the service uses; ``SQLiteCatalog`` is its SQLite
+backend. Rules that must hold across processes (legal status transitions, a parent's
+``num_dependent_backups``, refusing to delete a backup others depend on, ``deleted_at``)
+are applied by the backend atomically, inside one transaction per call.
 
 SQLite runs in WAL mode so readers (``list``, ``show``) never wait for a writer, and every
-call goes through a worker thread so the event loop never blocks on the database.
+call goes through a worker thread so the event loop never blocks on the database. The
+schema is versioned (``PRAGMA user_version``); opening an older catalog migrates it.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
 import math
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio.to_thread
 
-from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
+from ._errors import BackupError, BackupNotFoundError, DependentBackupsError, InvalidStatusTransitionError
 
-__all__ = ["GIB", "TRANSITIONS", "BackupCatalog", "BackupRecord", "BackupStatus", "new_backup_id", "size_in_gib"]
+__all__ = [
+    "GIB",
+    "SCHEMA_VERSION",
+    "TRANSITIONS",
+    "UPDATABLE_FIELDS",
+    "BackupCatalog",
+    "BackupRecord",
+    "BackupStatus",
+    "SQLiteCatalog",
+    "new_backup_id",
+    "size_in_gib",
+]
 
 GIB = 1024**3
+_T = TypeVar("_T")
 
 
 def size_in_gib(size_bytes: int) -> int:
@@ -57,6 +77,8 @@ TRANSITIONS: Mapping[BackupStatus, frozenset[BackupStatus]] = {
     S.ERROR_DELETING: frozenset({S.DELETING}),
     S.DELETED: frozenset(),
 }
+# A parent must be in one of these for an increment to be started on it.
+PARENT_STATUSES = frozenset({S.AVAILABLE, S.RESTORING})
 
 
 def _now() -> datetime:
@@ -65,7 +87,11 @@ def _now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class BackupRecord:
-    """One backup as the catalog stores it; immutable, replaced on every update."""
+    """One backup as the catalog stores it; immutable, replaced on every update.
+
+    Text fields may hold lone surrogates (the ``surrogateescape`` form of a non-UTF-8 path
+    or name); a backend must store and return them unchanged.
+    """
 
     id: str
     project_id: str
@@ -87,11 +113,24 @@ class BackupRecord:
     num_dependent_backups: int = 0
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
+    # Where the objects are: the store's kind (posix, swift, …) and its location, redacted.
+    store_kind: str | None = None
+    store_location: str | None = None
+    deleted_at: datetime | None = None
+    # The process running the current operation (see _liveness); None when none runs.
+    worker_pid: int | None = None
+    worker_token: str | None = None
+    # A restore's target, so recover can remove what a killed restore left next to it.
+    restore_target: str | None = None
 
     @property
     def size(self) -> int:
         """Size in GiB, rounded up (Cinder's ``size``)."""
         return size_in_gib(self.size_bytes)
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.parent_id is not None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view (for ``show`` and ``list --json``)."""
@@ -104,93 +143,22 @@ class BackupRecord:
                 value = value.value
             out[f.name] = value
         out["size"] = self.size
+        out["is_incremental"] = self.is_incremental
         return out
 
 
-_COLUMNS = [f.name for f in fields(BackupRecord)]
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS backups (
-    id TEXT PRIMARY KEY,
-    project_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    availability_zone TEXT NOT NULL,
-    host TEXT NOT NULL,
-    display_name TEXT,
-    volume_id TEXT NOT NULL,
-    volume_path TEXT NOT NULL,
-    service TEXT NOT NULL,
-    status TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    object_count INTEGER NOT NULL,
-    service_metadata TEXT,
-    container TEXT,
-    fail_reason TEXT,
-    parent_id TEXT,
-    snapshot_id TEXT,
-    num_dependent_backups INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS backups_project ON backups (project_id, created_at);
-"""
-_UPDATABLE = {"size_bytes", "object_count", "service_metadata", "container", "fail_reason", "volume_id"}
-
-
-def _to_row(record: BackupRecord) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for name in _COLUMNS:
-        value = getattr(record, name)
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, BackupStatus):
-            value = value.value
-        values.append(value)
-    return tuple(values)
-
-
-def _from_row(row: sqlite3.Row) -> BackupRecord:
-    data = dict(zip(_COLUMNS, row, strict=True))
-    data["status"] = BackupStatus(data["status"])
-    data["created_at"] = datetime.fromisoformat(data["created_at"])
-    data["updated_at"] = datetime.fromisoformat(data["updated_at"])
-    return BackupRecord(**data)
+# Fields ``update``/``transition`` may change; the rest are fixed at ``add`` or kept by the
+# backend itself (status, num_dependent_backups, deleted_at, updated_at).
+UPDATABLE_FIELDS = frozenset({"size_bytes", "object_count", "service_metadata", "container", "fail_reason",
+                              "volume_id", "worker_pid", "worker_token", "restore_target"})
 
 
 def new_backup_id() -> str:
     return str(uuid.uuid4())
 
 
-class BackupCatalog:
-    """Async facade over one SQLite connection used from worker threads, one at a time."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"BackupCatalog({str(self.path)!r})"
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def _open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
-        self._conn = conn
-
-    async def open(self) -> None:
-        await anyio.to_thread.run_sync(self._open)
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await anyio.to_thread.run_sync(conn.close)
+class BackupCatalog(ABC):
+    """Where backup records live. Every method is atomic on its own, whatever the backend."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -200,8 +168,234 @@ class BackupCatalog:
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        def locked() -> Any:
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, creating or migrating the schema; BackupError if that is impossible."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def add(self, record: BackupRecord) -> BackupRecord:
+        """Insert a new record. With a ``parent_id``, the parent must exist and be available
+        (or restoring); its ``num_dependent_backups`` grows by one in the same transaction."""
+
+    @abstractmethod
+    async def get(self, backup_id: str) -> BackupRecord:
+        """The record, or BackupNotFoundError."""
+
+    @abstractmethod
+    async def list(self, *, project_id: str | None = None, include_deleted: bool = False,
+                   volume_id: str | None = None) -> builtins.list[BackupRecord]:
+        """Records oldest first (created_at, then id); deleted ones only when asked."""
+
+    @abstractmethod
+    async def dependents(self, backup_id: str) -> builtins.list[BackupRecord]:
+        """The backups not yet deleted whose parent is ``backup_id``, oldest first."""
+
+    @abstractmethod
+    async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
+        """Every backup that existed at some time in [start, end): created before ``end`` and
+        not deleted by ``start`` (the usage audit's window, as Cinder's
+        ``backup_get_all_active_by_window``)."""
+
+    @abstractmethod
+    async def transition(self, backup_id: str, to: BackupStatus, **changes: Any) -> BackupRecord:
+        """Move to status ``to`` if TRANSITIONS allows it from the current status (atomically),
+        applying ``changes``; else InvalidStatusTransitionError naming both statuses.
+
+        Moving to ``deleting`` is refused with DependentBackupsError while other backups
+        depend on this one; reaching ``deleted`` sets ``deleted_at`` and takes one off the
+        parent's ``num_dependent_backups``."""
+
+    @abstractmethod
+    async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
+        """Change fields other than the status (only UPDATABLE_FIELDS)."""
+
+    @staticmethod
+    def check_fields(changes: Mapping[str, Any]) -> None:
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise BackupError(f"catalog fields {sorted(unknown)} cannot be updated")
+
+
+def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callable[[], Sequence[str]]) -> None:
+    """The rules of ``transition``, for every backend: a legal move, and no delete while
+    other backups depend on this one (``dependents`` lists their ids)."""
+    legal = TRANSITIONS[current.status]
+    if to not in legal:
+        nexts = ", ".join(sorted(legal)) or "nothing (final)"
+        raise InvalidStatusTransitionError(
+            f"backup {current.id!r} is {current.status.value}: cannot become {to.value}"
+            f" (from {current.status.value} it may become: {nexts})"
+        )
+    if to is BackupStatus.DELETING and current.num_dependent_backups > 0:
+        ids = list(dependents())
+        named = ", ".join(ids) if ids else f"{current.num_dependent_backups} backup(s)"
+        raise DependentBackupsError(
+            f"backup {current.id!r} has dependent incremental backups: delete them first ({named})")
+
+
+# -- SQLite --------------------------------------------------------------------------------
+
+_COLUMNS = [f.name for f in fields(BackupRecord)]
+_DATETIMES = frozenset({"created_at", "updated_at", "deleted_at"})
+SCHEMA_VERSION = 2
+# Each step takes the schema from the version before it to its own; a fresh catalog runs
+# them all. Version 1 is the schema before versioning (user_version 0, same table).
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS backups (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            availability_zone TEXT NOT NULL,
+            host TEXT NOT NULL,
+            display_name TEXT,
+            volume_id TEXT NOT NULL,
+            volume_path TEXT NOT NULL,
+            service TEXT NOT NULL,
+            status TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            object_count INTEGER NOT NULL,
+            service_metadata TEXT,
+            container TEXT,
+            fail_reason TEXT,
+            parent_id TEXT,
+            snapshot_id TEXT,
+            num_dependent_backups INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS backups_project ON backups (project_id, created_at)",
+    ]),
+    (2, [
+        "ALTER TABLE backups ADD COLUMN store_kind TEXT",
+        "ALTER TABLE backups ADD COLUMN store_location TEXT",
+        "ALTER TABLE backups ADD COLUMN deleted_at TEXT",
+        "ALTER TABLE backups ADD COLUMN worker_pid INTEGER",
+        "ALTER TABLE backups ADD COLUMN worker_token TEXT",
+        "ALTER TABLE backups ADD COLUMN restore_target TEXT",
+        # Deleted before deleted_at existed: the last update is when it was deleted.
+        "UPDATE backups SET deleted_at = updated_at WHERE status = 'deleted'",
+        "CREATE INDEX IF NOT EXISTS backups_parent ON backups (parent_id)",
+        "CREATE INDEX IF NOT EXISTS backups_volume ON backups (volume_id, created_at)",
+    ]),
+]
+assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+
+def _param(value: Any) -> Any:
+    """A Python value as SQLite stores it; text that is not valid UTF-8 (lone surrogates
+    from ``surrogateescape``) is stored as a BLOB of its original bytes."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BackupStatus):
+        return value.value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def _to_row(record: BackupRecord) -> tuple[Any, ...]:
+    return tuple(_param(getattr(record, name)) for name in _COLUMNS)
+
+
+def _from_row(row: Sequence[Any]) -> BackupRecord:
+    """A record from a row; a damaged row (unknown status, bad timestamp) still loads, as
+    an ``error`` record that says what is wrong, so listing never fails on one bad row."""
+    data: dict[str, Any] = {name: (v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v)
+            for name, v in zip(_COLUMNS, row, strict=True)}
+    problems: list[str] = []
+    try:
+        data["status"] = BackupStatus(data["status"])
+    except ValueError:
+        problems.append(f"the catalog holds an invalid status {data['status']!r}")
+        data["status"] = BackupStatus.ERROR
+    for name in _DATETIMES:
+        value = data[name]
+        if value is None and name == "deleted_at":
+            continue
+        try:
+            data[name] = datetime.fromisoformat(str(value))
+        except ValueError:
+            problems.append(f"the catalog holds an invalid {name} {value!r}")
+            data[name] = datetime.fromtimestamp(0, UTC)
+    for name in ("size_bytes", "object_count", "num_dependent_backups"):
+        if not isinstance(data[name], int):
+            problems.append(f"the catalog holds an invalid {name} {data[name]!r}")
+            data[name] = 0
+    if problems:
+        data["fail_reason"] = "; ".join(problems) + (f" (was: {data['fail_reason']})" if data["fail_reason"] else "")
+    return BackupRecord(**data)
+
+
+class SQLiteCatalog(BackupCatalog):
+    """One SQLite file, one connection used from worker threads, one call at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteCatalog({str(self.path)!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (two processes opening an
+        old catalog at once migrate it once)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise BackupError(
+                    f"backup catalog {str(self.path)!r} has schema version {version}; this notifykit-backup"
+                    f" knows versions up to {SCHEMA_VERSION} (upgrade notifykit)")
+            for step, statements in _MIGRATIONS:
+                if step > version:
+                    for statement in statements:
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        def locked() -> _T:
             if self._conn is None:
                 raise BackupError(f"backup catalog {str(self.path)!r} is not open")
             with self._lock:
@@ -212,32 +406,70 @@ class BackupCatalog:
 
         return await anyio.to_thread.run_sync(locked)
 
-    # -- queries -----------------------------------------------------------------------
+    # -- queries (worker thread, lock held) ----------------------------------------------
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, record: BackupRecord) -> None:
-        marks = ", ".join("?" for _ in _COLUMNS)
-        conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
+    def _rows(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> builtins.list[BackupRecord]:
+        rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups{where} ORDER BY created_at, id",
+                            [_param(a) for a in args])
+        return [_from_row(r) for r in rows]
 
-    @staticmethod
-    def _select(conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
-        row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups WHERE id = ?", (backup_id,)).fetchone()
-        if row is None:
+    @classmethod
+    def _select(cls, conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
+        found = cls._rows(conn, " WHERE id = ?", [backup_id])
+        if not found:
             raise BackupNotFoundError(f"backup {backup_id!r} not found")
-        return _from_row(row)
+        return found[0]
 
-    @staticmethod
-    def _select_many(conn: sqlite3.Connection, project_id: str | None, include_deleted: bool) -> list[BackupRecord]:
+    @classmethod
+    def _select_many(cls, conn: sqlite3.Connection, project_id: str | None, include_deleted: bool,
+                     volume_id: str | None) -> builtins.list[BackupRecord]:
         where, args = [], []
         if project_id is not None:
             where.append("project_id = ?")
             args.append(project_id)
+        if volume_id is not None:
+            where.append("volume_id = ?")
+            args.append(volume_id)
         if not include_deleted:
             where.append("status != ?")
             args.append(BackupStatus.DELETED.value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups{clause} ORDER BY created_at, id", args)
-        return [_from_row(r) for r in rows]
+        return cls._rows(conn, f" WHERE {' AND '.join(where)}" if where else "", args)
+
+    @classmethod
+    def _dependents(cls, conn: sqlite3.Connection, backup_id: str) -> builtins.list[BackupRecord]:
+        return cls._rows(conn, " WHERE parent_id = ? AND status != ?", [backup_id, BackupStatus.DELETED.value])
+
+    @classmethod
+    def _existed_between(cls, conn: sqlite3.Connection, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
+        # ISO 8601 in UTC with the same offset sorts as text; compare parsed values anyway,
+        # so a catalog written with another offset stays right.
+        return [r for r in cls._rows(conn, "", []) if r.created_at < end
+                and (r.deleted_at is None or r.deleted_at > start)]
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, record: BackupRecord) -> None:
+        sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
+        row = _to_row(record)
+        conn.execute(f"UPDATE backups SET {sets} WHERE id = ?", (*row[1:], row[0]))
+
+    @classmethod
+    def _insert(cls, conn: sqlite3.Connection, record: BackupRecord) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if record.parent_id is not None:
+                parent = cls._select(conn, record.parent_id)
+                if parent.status not in PARENT_STATUSES:
+                    raise InvalidStatusTransitionError(
+                        f"backup {parent.id!r} is {parent.status.value}: an incremental backup needs an available parent")
+                cls._write(conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1,
+                                         updated_at=_now()))
+            marks = ", ".join("?" for _ in _COLUMNS)
+            conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @classmethod
     def _update(cls, conn: sqlite3.Connection, backup_id: str, to: BackupStatus | None,
@@ -245,56 +477,51 @@ class BackupCatalog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = cls._select(conn, backup_id)
+            now = _now()
             if to is not None:
-                legal = TRANSITIONS[current.status]
-                if to not in legal:
-                    nexts = ", ".join(sorted(legal)) or "nothing (final)"
-                    raise InvalidStatusTransitionError(
-                        f"backup {backup_id!r} is {current.status.value}: cannot become {to.value}"
-                        f" (from {current.status.value} it may become: {nexts})"
-                    )
+                check_transition(current, to, lambda: [r.id for r in cls._dependents(conn, backup_id)])
                 changes = {**changes, "status": to}
-            updated = replace(current, updated_at=_now(), **changes)
-            sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
-            row = _to_row(updated)
-            conn.execute(f"UPDATE backups SET {sets} WHERE id = ?", (*row[1:], backup_id))
+                if to is BackupStatus.DELETED:
+                    changes["deleted_at"] = now
+                    if current.parent_id is not None:
+                        try:
+                            parent = cls._select(conn, current.parent_id)
+                        except BackupNotFoundError:
+                            parent = None
+                        if parent is not None:
+                            cls._write(conn, replace(parent, updated_at=now,
+                                                     num_dependent_backups=max(0, parent.num_dependent_backups - 1)))
+            updated = replace(current, updated_at=now, **changes)
+            cls._write(conn, updated)
             conn.execute("COMMIT")
             return updated
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
+    # -- BackupCatalog -------------------------------------------------------------------
+
     async def add(self, record: BackupRecord) -> BackupRecord:
-        """Insert a new record."""
         await self._run(self._insert, record)
         return record
 
     async def get(self, backup_id: str) -> BackupRecord:
-        """The record, or BackupNotFoundError."""
-        result: BackupRecord = await self._run(self._select, backup_id)
-        return result
+        return await self._run(self._select, backup_id)
 
-    async def list(self, *, project_id: str | None = None, include_deleted: bool = False) -> list[BackupRecord]:
-        """Records oldest first; deleted ones only when asked."""
-        result: list[BackupRecord] = await self._run(self._select_many, project_id, include_deleted)
-        return result
+    async def list(self, *, project_id: str | None = None, include_deleted: bool = False,
+                   volume_id: str | None = None) -> builtins.list[BackupRecord]:
+        return await self._run(self._select_many, project_id, include_deleted, volume_id)
+
+    async def dependents(self, backup_id: str) -> builtins.list[BackupRecord]:
+        return await self._run(self._dependents, backup_id)
+
+    async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
+        return await self._run(self._existed_between, start, end)
 
     async def transition(self, backup_id: str, to: BackupStatus, **changes: Any) -> BackupRecord:
-        """Move to status ``to`` if TRANSITIONS allows it from the current status (atomically),
-        applying ``changes``; else InvalidStatusTransitionError naming both statuses."""
-        self._check_fields(changes)
-        result: BackupRecord = await self._run(self._update, backup_id, to, changes)
-        return result
+        self.check_fields(changes)
+        return await self._run(self._update, backup_id, to, changes)
 
     async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
-        """Change fields other than the status."""
-        self._check_fields(changes)
-        result: BackupRecord = await self._run(self._update, backup_id, None, changes)
-        return result
-
-    @staticmethod
-    def _check_fields(changes: Mapping[str, Any]) -> None:
-        unknown = set(changes) - _UPDATABLE
-        if unknown:
-            raise BackupError(f"catalog fields {sorted(unknown)} cannot be updated")
-
+        self.check_fields(changes)
+        return await self._run(self._update, backup_id, None, changes)

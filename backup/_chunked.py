@@ -100,6 +100,10 @@ class ChunkedBackupDriver(BackupDriver):
     def service(self) -> str:
         return f"backup.drivers.{self.store.name}"
 
+    @property
+    def store_identity(self) -> tuple[str, str]:
+        return self.store.name, self.store.location
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(store={self.store!r}, chunk_size={self.chunk_size},"
                 f" compression={self.compressor.name!r})")

@@ -39,6 +39,12 @@ class BackupDriver(ABC):
     def service(self) -> str:
         """The driver's name, recorded as the backup's ``service``."""
 
+    @property
+    @abstractmethod
+    def store_identity(self) -> tuple[str, str]:
+        """(kind, location) of the store this driver writes to, the location redacted (no
+        credentials): recorded with every backup, compared before a restore or delete."""
+
     @abstractmethod
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         """The volume's size in bytes; VolumeError if it cannot be read."""

@@ -7,11 +7,13 @@ __all__ = [
     "BackupNotFoundError",
     "BackupConfigError",
     "CorruptBackupError",
+    "DependentBackupsError",
     "InvalidStatusTransitionError",
     "ObjectNotFoundError",
     "ObjectStoreError",
     "RestoreTargetError",
     "VolumeError",
+    "WrongStoreError",
 ]
 
 
@@ -29,6 +31,14 @@ class BackupNotFoundError(BackupError, LookupError):
 
 class InvalidStatusTransitionError(BackupError):
     """The requested operation is not allowed in the backup's current status."""
+
+
+class DependentBackupsError(InvalidStatusTransitionError):
+    """The backup has incremental backups that depend on it: they must be deleted first."""
+
+
+class WrongStoreError(BackupError):
+    """The backup lives in another object store than the one configured for this command."""
 
 
 class VolumeError(BackupError):

@@ -34,6 +34,12 @@ class ObjectStore(Protocol):
         """Short store kind, e.g. ``posix``."""
         ...
 
+    @property
+    def location(self) -> str:
+        """Which store of its kind this is, without credentials (a directory, a URL
+        without userinfo): recorded in the catalog with each backup."""
+        ...
+
     async def create_container(self, container: str) -> None:
         """Create the container if it does not exist."""
         ...

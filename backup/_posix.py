@@ -34,6 +34,11 @@ class PosixObjectStore:
     def __repr__(self) -> str:
         return f"PosixObjectStore({str(self.root)!r})"
 
+    @property
+    def location(self) -> str:
+        """The absolute directory (symlinks resolved), so two spellings of one are one store."""
+        return os.path.realpath(self.root)
+
     def _container(self, container: str) -> Path:
         return self.root / validate_name("container", container)
 

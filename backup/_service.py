@@ -27,9 +27,11 @@ from notifykit import Clock, ContextLike, EventLoopClock, Priority, RequestConte
 
 from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
 from ._driver import BackupDriver, ObjectCallback
-from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
+from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError
+from ._liveness import current_process, process_alive
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
+from ._volume import partial_path
 
 __all__ = ["BackupService", "ProgressObserver", "describe_failure"]
 
@@ -41,6 +43,9 @@ ProgressObserver = Callable[[int, int], None]
 DEFAULT_NOTIFY_TIMEOUT = 10.0
 # How long a shielded error report may take when the operation was cancelled.
 _SHIELDED_REPORT_TIMEOUT = 15.0
+
+# Clears the running-operation fields when an operation ends, however it ends.
+_NO_WORKER: dict[str, Any] = {"worker_pid": None, "worker_token": None, "restore_target": None}
 
 _OPS = {
     "create": (BackupStatus.AVAILABLE, BackupStatus.ERROR),
@@ -128,7 +133,7 @@ class BackupService:
         reason = describe_failure(exc)
         error_status = _OPS[op][1]
         try:
-            record = await self.catalog.transition(record.id, error_status, fail_reason=reason)
+            record = await self.catalog.transition(record.id, error_status, fail_reason=reason, **_NO_WORKER)
         except Exception as catalog_exc:
             log.error("backup %s: could not record status %s (%s); reporting anyway", record.id,
                       error_status.value, catalog_exc)
@@ -184,6 +189,8 @@ class BackupService:
             size = await self.driver.volume_size(path)
         except BackupError:
             size = 0  # reported below, inside the operation, as create.error
+        store_kind, store_location = self.driver.store_identity
+        pid, token = current_process()
         record = await self.catalog.add(BackupRecord(
             id=new_backup_id(),
             project_id=context.project_id or self.project_id,
@@ -195,6 +202,10 @@ class BackupService:
             volume_path=path,
             service=self.driver.service,
             size_bytes=size,
+            store_kind=store_kind,
+            store_location=store_location,
+            worker_pid=pid,
+            worker_token=token,
         ))
         await self._emit(context, "backup.create.start", usage_from_backup(record))
         try:
@@ -217,7 +228,8 @@ class BackupService:
     ) -> BackupRecord:
         """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``)."""
         context = self._context(ctx)
-        record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING)
+        record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING,
+                                   restore_target=os.fspath(target))
         try:
             record = await self._run_with_progress(
                 context, "restore", record, record.size_bytes, on_progress,
@@ -233,7 +245,7 @@ class BackupService:
         record = await self._begin(context, "delete", backup_id, BackupStatus.DELETING)
         try:
             await self.driver.delete(record)
-            record = await self.catalog.transition(record.id, BackupStatus.DELETED)
+            record = await self.catalog.transition(record.id, BackupStatus.DELETED, **_NO_WORKER)
         except BaseException as exc:
             await self._guarded(context, "delete", record, exc)
             raise
@@ -244,7 +256,10 @@ class BackupService:
         """Fail this host's operations left in a working status by a process that died
         (SIGKILL, power loss), as Cinder does at service start: ``creating`` → ``error``,
         ``restoring`` → ``error_restoring``, ``deleting`` → ``error_deleting``, each with its
-        ``.error`` event. Call it only when no other process works on this host's backups."""
+        ``.error`` event, and remove the hidden partial file a killed restore left.
+
+        An operation whose process still runs (its pid and start time, recorded in the
+        catalog, match a live process) is left alone, so recover is safe at any time."""
         context = self._context(ctx)
         working = {BackupStatus.CREATING: "create", BackupStatus.RESTORING: "restore", BackupStatus.DELETING: "delete"}
         recovered: builtins.list[BackupRecord] = []
@@ -252,6 +267,11 @@ class BackupService:
             op = working.get(record.status)
             if op is None or record.host != self.host:
                 continue
+            if await anyio.to_thread.run_sync(process_alive, record.worker_pid, record.worker_token):
+                log.info("backup %s: %s still running in process %s; left alone", record.id, op, record.worker_pid)
+                continue
+            if op == "restore" and record.restore_target is not None:
+                await anyio.to_thread.run_sync(_remove_partial, record.restore_target)
             await self._fail(context, op, record, BackupError(
                 f"interrupted: the process running this {op} stopped before it finished"))
             recovered.append(await self.catalog.get(record.id))
@@ -267,14 +287,29 @@ class BackupService:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _begin(self, context: RequestContext, op: str, backup_id: str, status: BackupStatus) -> BackupRecord:
-        """Move the record into the operation's working status and emit ``.start``; a refused
-        request (unknown id, wrong status) emits ``.error`` and raises without touching it."""
+    def check_store(self, record: BackupRecord) -> None:
+        """WrongStoreError unless this service's store is the one the backup was made in."""
+        if record.store_kind is None:  # recorded before stores were: trust the configuration
+            return
+        kind, location = self.driver.store_identity
+        if (kind, location) != (record.store_kind, record.store_location):
+            raise WrongStoreError(
+                f"backup {record.id!r} is in the {record.store_kind} store {record.store_location!r},"
+                f" not in the configured {kind} store {location!r}: use --store to name its store")
+
+    async def _begin(self, context: RequestContext, op: str, backup_id: str, status: BackupStatus,
+                     **changes: Any) -> BackupRecord:
+        """Move the record into the operation's working status (recording this process as
+        the one running it) and emit ``.start``; a refused request (unknown id, wrong status,
+        wrong store, dependent backups) emits ``.error`` and raises without touching it."""
         record: BackupRecord | None = None
+        pid, token = current_process()
         try:
             record = await self.catalog.get(backup_id)
-            record = await self.catalog.transition(backup_id, status, fail_reason=None)
-        except (BackupNotFoundError, InvalidStatusTransitionError) as exc:
+            self.check_store(record)
+            record = await self.catalog.transition(backup_id, status, fail_reason=None, worker_pid=pid,
+                                                   worker_token=token, **changes)
+        except (BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError) as exc:
             log.error("backup %s: %s refused: %s", backup_id, op, exc)
             await self._reject(context, op, backup_id, exc, record)
             raise
@@ -309,12 +344,23 @@ class BackupService:
         if op == "create":
             record = await self.catalog.transition(
                 record.id, success, size_bytes=result.size_bytes, object_count=result.object_count,
-                container=result.container, service_metadata=result.service_metadata)
+                container=result.container, service_metadata=result.service_metadata, **_NO_WORKER)
         else:
-            record = await self.catalog.transition(record.id, success)
+            record = await self.catalog.transition(record.id, success, **_NO_WORKER)
         await self._emit(context, f"backup.{op}.end", usage_from_backup(record))
         return record
 
 
 def _replace_status(record: BackupRecord, status: BackupStatus, reason: str) -> BackupRecord:
     return replace(record, status=status, fail_reason=reason)
+
+
+def _remove_partial(target: str) -> None:
+    """Remove the hidden partial file of a restore to ``target`` (a regular file only)."""
+    partial = partial_path(target)
+    try:
+        if partial.is_file() and not partial.is_symlink():
+            partial.unlink()
+            log.info("removed %s left by an interrupted restore", partial)
+    except OSError as exc:
+        log.warning("could not remove %s left by an interrupted restore: %s", partial, exc.strerror or exc)

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from notifykit import Clock, SupportsNotify
 
-from ._catalog import BackupCatalog
+from ._catalog import SQLiteCatalog
 from ._chunked import DEFAULT_UPLOADS, ChunkedBackupDriver
 from ._config import BackupConfig
 from ._objectstore import ObjectStore
@@ -46,7 +46,7 @@ async def open_backup_service(config: BackupConfig, notifier: SupportsNotify,
         if isinstance(store, SwiftObjectStore):
             stack.push_async_callback(store.aclose)
         driver = build_driver(config, store)
-        catalog = await stack.enter_async_context(BackupCatalog(config.catalog_path))
+        catalog = await stack.enter_async_context(SQLiteCatalog(config.catalog_path))
         yield BackupService(catalog, driver, notifier, host=config.host,
                             availability_zone=config.availability_zone, project_id=config.project_id,
                             user_id=config.user_id, progress=config.progress_policy(), clock=clock)

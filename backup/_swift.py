@@ -183,6 +183,14 @@ class SwiftObjectStore:
         shared = f", container={self.options.container!r}" if self.options.container else ""
         return f"SwiftObjectStore({self.options.auth_url!r}, user={self.options.user!r}{shared})"
 
+    @property
+    def location(self) -> str:
+        """The auth URL, the (non-secret) user and the shared container: never the key."""
+        query = f"?user={quote(self.options.user, safe='')}"
+        if self.options.container:
+            query += f"&container={quote(self.options.container, safe='')}"
+        return f"{self.options.auth_url}{query}"
+
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None

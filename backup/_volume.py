@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from ._errors import RestoreTargetError, VolumeError
 
-__all__ = ["open_restore_target", "open_volume", "read_exactly", "volume_size"]
+__all__ = ["open_restore_target", "open_volume", "partial_path", "read_exactly", "volume_size"]
 
 
 def _describe(mode: int) -> str:
@@ -83,6 +83,12 @@ def read_exactly(fh: BinaryIO, length: int, where: str, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def partial_path(target: str | os.PathLike[str]) -> Path:
+    """The hidden file a regular-file restore writes before renaming it to ``target``."""
+    final = Path(target)
+    return final.with_name(f".{final.name}.partial")
+
+
 def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool) -> tuple[BinaryIO, Path, bool]:
     """Open where a restore writes: ``(file, path_written, is_block_device)``.
 
@@ -109,7 +115,7 @@ def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool) -> t
             raise RestoreTargetError(f"restore target {str(final)!r} is {_describe(st.st_mode)}")
         if not overwrite:
             raise RestoreTargetError(f"restore target {str(final)!r} already exists; pass overwrite to replace it")
-    partial = final.with_name(f".{final.name}.partial")
+    partial = partial_path(final)
     try:
         return open(partial, "wb", buffering=0), partial, False
     except OSError as exc:

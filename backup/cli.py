@@ -29,6 +29,7 @@ from ._compression import COMPRESSIONS
 from ._config import BackupConfig, parse_size
 from ._errors import BackupError
 from ._setup import open_backup_service
+from ._text import display_text
 
 __all__ = ["main"]
 
@@ -101,14 +102,14 @@ def _print_record(record: BackupRecord, out: TextIO, as_json: bool) -> None:
         out.write(json.dumps(record.as_dict(), indent=2) + "\n")
         return
     for key, value in record.as_dict().items():
-        out.write(f"{key:24} {value}\n")
+        out.write(f"{key:24} {display_text(str(value))}\n")
 
 
 def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
     out.write(f"{'id':36}  {'status':15}  {'size_bytes':>12}  {'objects':>7}  {'created_at':25}  name\n")
     for r in records:
         out.write(f"{r.id:36}  {r.status.value:15}  {r.size_bytes:12d}  {r.object_count:7d}  "
-                  f"{r.created_at.isoformat(timespec='seconds'):25}  {r.display_name or ''}\n")
+                  f"{r.created_at.isoformat(timespec='seconds'):25}  {display_text(r.display_name or '')}\n")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -155,7 +156,7 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
             display = ProgressDisplay("restore", err)
             await service.restore_backup(args.id, args.target, overwrite=args.overwrite, on_progress=display)
             display.finish()
-            out.write(f"restored {args.id} to {args.target}\n")
+            out.write(f"restored {args.id} to {display_text(args.target)}\n")
         elif args.command == "delete":
             await service.delete_backup(args.id)
             out.write(f"deleted {args.id}\n")
@@ -169,7 +170,7 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
             _print_record(await service.show(args.id), out, args.json)
         elif args.command == "recover":
             for record in await service.recover_interrupted():
-                out.write(f"{record.id} {record.status.value}: {record.fail_reason}\n")
+                out.write(f"{record.id} {record.status.value}: {display_text(record.fail_reason or '')}\n")
     return 0
 
 

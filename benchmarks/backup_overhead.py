@@ -42,12 +42,12 @@ import anyio
 import anyio.to_thread
 
 from backup import (
-    BackupCatalog,
     BackupService,
     ChunkedBackupDriver,
     ObjectStore,
     PosixBackupDriver,
     ProgressPolicy,
+    SQLiteCatalog,
     SwiftObjectStore,
     SwiftOptions,
 )
@@ -114,7 +114,7 @@ def plain_copy(src: Path, dst: Path) -> float:
 async def one_backup(root: Path, volume: Path, notifier: Any) -> tuple[float, float]:
     """Wall-clock and process CPU seconds (all threads) of one backup."""
     driver = PosixBackupDriver(root / "objects", fsync=False, chunk_size=CHUNK, compression=COMPRESSION)
-    async with BackupCatalog(root / "catalog.sqlite3") as catalog:
+    async with SQLiteCatalog(root / "catalog.sqlite3") as catalog:
         service = BackupService(catalog, driver, notifier, host="bench", progress=EVERY_OBJECT)
         start, cpu = time.perf_counter(), time.process_time()
         record = await service.create_backup(volume)
@@ -126,7 +126,7 @@ async def one_backup(root: Path, volume: Path, notifier: Any) -> tuple[float, fl
 async def store_backup(root: Path, volume: Path, store: ObjectStore, uploads: int) -> float:
     """Wall-clock seconds of one backup (notifications off) to ``store``; deleted afterwards."""
     driver = ChunkedBackupDriver(store, chunk_size=CHUNK, compression=COMPRESSION, uploads=uploads)
-    async with BackupCatalog(root / "catalog-store.sqlite3") as catalog:
+    async with SQLiteCatalog(root / "catalog-store.sqlite3") as catalog:
         service = BackupService(catalog, driver, NoopNotifier(), host="bench", progress=EVERY_OBJECT)
         start = time.perf_counter()
         record = await service.create_backup(volume)

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy
+from backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy, SQLiteCatalog
 from notifykit import Notification, Notifier
 from transports.memory import MemoryTransport
 
@@ -128,7 +128,7 @@ async def backup_env(root: Path, *, compression: str = "none", policy: ProgressP
     store = store or PosixObjectStore(root / "store", fsync=False)
     driver = ChunkedBackupDriver(store, chunk_size=chunk_size, compression=compression, workers=2,
                                  uploads=uploads)
-    async with notifier, BackupCatalog(root / "catalog.sqlite3") as catalog:
+    async with notifier, SQLiteCatalog(root / "catalog.sqlite3") as catalog:
         service = BackupService(catalog, driver, notifier, host="testhost", availability_zone="az-1",
                                 progress=policy or ProgressPolicy(backup_enable_progress_timer=False),
                                 clock=clock, notify_timeout=notify_timeout)

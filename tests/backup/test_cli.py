@@ -181,3 +181,24 @@ def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code
     with sqlite3.connect(tmp_path / "c.db") as conn:
         assert conn.execute("SELECT status, fail_reason FROM backups").fetchall() == [
             ("error", "cancelled before completion")]
+
+
+def test_list_survives_a_bad_record_and_a_name_with_a_newline(settings: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    volume = write_volume(settings / "vol.img", 10_000)
+    log = settings / "n.jsonl"
+    assert main(["create", str(volume), "--name", "two\nlines\x1b[2J", "--notifier", f"log://{log}"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["create", str(volume), "--name", "second", "--notifier", f"log://{log}"]) == 0
+    second = capsys.readouterr().out.strip()
+    with sqlite3.connect(settings / "catalog.sqlite3") as conn:
+        conn.execute("UPDATE backups SET status = 'bogus' WHERE id = ?", (second,))
+    assert main(["list", "--notifier", f"log://{log}"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3  # the header and one line per backup
+    assert table[1].startswith(first) and table[1].endswith("two\\nlines\\x1b[2J")
+    assert table[2].startswith(second) and " error " in table[2]
+    assert main(["show", second, "--notifier", f"log://{log}"]) == 0
+    assert "invalid status 'bogus'" in capsys.readouterr().out
+    assert main(["list", "--json", "--notifier", f"log://{log}"]) == 0
+    names = [r["display_name"] for r in json.loads(capsys.readouterr().out)]
+    assert names == ["two\nlines\x1b[2J", "second"]  # JSON keeps the name exactly
