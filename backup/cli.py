@@ -115,17 +115,25 @@ def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
 # -- commands -----------------------------------------------------------------------------
 
 async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
-    """run_command, stopped by SIGTERM as by Ctrl-C: the operation ends as an error event and
-    status, and the Notifier drains within its close_timeout (a durable transport keeps the
-    rest in its spool). Exit status 143."""
-    result = 143
+    """run_command, stopped by SIGTERM or Ctrl-C (SIGINT): the operation ends as an error event
+    and status, and the Notifier drains within its close_timeout (a durable transport keeps the
+    rest in its spool). Exit status 143 (SIGTERM) or 130 (SIGINT).
+
+    Both signals cancel the command's task group rather than relying on asyncio's one-shot
+    cancellation of the main task, which a cancel scope finishing at the same moment can absorb:
+    a scope's cancellation is level-triggered and cannot be lost."""
+    stopped_by: list[int] = []
     try:
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        if signum == signal.SIGINT:
+                            err.write("notifykit-backup: interrupted; the operation was recorded as failed\n")
+                        else:
+                            err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
+                        stopped_by.append(signum)
                         tg.cancel_scope.cancel()
                         return
 
@@ -136,6 +144,8 @@ async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    if stopped_by:
+        return 130 if stopped_by[0] == signal.SIGINT else 143
     return result
 
 
