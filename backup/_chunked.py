@@ -32,10 +32,16 @@ from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectN
 from ._objectstore import ObjectStore
 from ._volume import open_restore_target, open_volume, read_exactly, volume_size
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "METADATA_VERSION", "ChunkedBackupDriver"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL", "METADATA_VERSION",
+           "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "check_pipeline"]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 4096
+# About 3 x workers + uploads chunks are in memory at once (two bounded streams and the
+# chunks being packed or written): 64 MiB chunks with 4 workers stay under 1 GiB.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# More compress workers or uploads than this buys nothing and costs chunks of memory each.
+MAX_PARALLEL = 64
 # Objects being written at once: enough to overlap one store round-trip with the next.
 DEFAULT_UPLOADS = 2
 METADATA_VERSION = 1
@@ -57,6 +63,16 @@ class _Packed:
     sha256: str
     compression: str
     stored: bytes
+
+
+def check_pipeline(chunk_size: int, workers: int | None, uploads: int | None) -> None:
+    """BackupConfigError unless the pipeline settings are in range (memory stays bounded)."""
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise BackupConfigError(f"chunk_size must be {MIN_CHUNK_SIZE} bytes (4KiB) to {MAX_CHUNK_SIZE} bytes"
+                                f" (64MiB), got {chunk_size}")
+    for key, value in (("workers", workers), ("uploads", uploads)):
+        if value is not None and not 1 <= value <= MAX_PARALLEL:
+            raise BackupConfigError(f"{key} must be 1 to {MAX_PARALLEL}, got {value}")
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -84,17 +100,12 @@ class ChunkedBackupDriver(BackupDriver):
     def __init__(self, store: ObjectStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compression: str = "zstd",
                  compression_level: int | None = None, workers: int | None = None,
                  uploads: int = DEFAULT_UPLOADS) -> None:
-        if chunk_size < MIN_CHUNK_SIZE:
-            raise BackupConfigError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes, got {chunk_size}")
-        if workers is not None and workers < 1:
-            raise BackupConfigError(f"workers must be >= 1, got {workers}")
-        if uploads < 1:
-            raise BackupConfigError(f"uploads must be >= 1, got {uploads}")
+        check_pipeline(chunk_size, workers, uploads)
         self.store = store
         self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
-        self.workers = workers or max(2, os.cpu_count() or 2)
+        self.workers = workers or max(2, min(os.cpu_count() or 2, MAX_PARALLEL))
 
     @property
     def service(self) -> str:
@@ -118,7 +129,9 @@ class ChunkedBackupDriver(BackupDriver):
     def prefix_for(record: BackupRecord) -> str:
         stamp = record.created_at.strftime("%Y%m%d%H%M%S")
         az = _UNSAFE.sub("_", record.availability_zone)
-        return f"volume_{_UNSAFE.sub('_', record.volume_id)}_{stamp}_az_{az}_backup_{record.id}"
+        # Any volume id (a --volume-id is free text) becomes one short path-safe word.
+        volume = _UNSAFE.sub("_", record.volume_id)[:64].replace("..", "__")
+        return f"volume_{volume}_{stamp}_az_{az[:64].replace('..', '__')}_backup_{record.id}"
 
     @staticmethod
     def object_name(prefix: str, index: int) -> str:

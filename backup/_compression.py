@@ -11,9 +11,27 @@ from typing import Protocol
 
 from ._errors import BackupConfigError, CorruptBackupError
 
-__all__ = ["COMPRESSIONS", "Compressor", "get_compressor"]
+__all__ = ["COMPRESSIONS", "LEVELS", "Compressor", "check_level", "get_compressor"]
 
 COMPRESSIONS = ("none", "zlib", "zstd")
+# Each codec's levels (lowest, highest, default); ``none`` takes no level.
+LEVELS: dict[str, tuple[int, int, int]] = {"zlib": (0, 9, 6), "zstd": (1, 22, 3)}
+
+
+def check_level(name: str, level: int | None) -> int | None:
+    """``level`` if codec ``name`` accepts it (None: the codec's default), else a
+    BackupConfigError naming the codec's range."""
+    if level is None:
+        return None
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise BackupConfigError(f"compression_level must be an integer, got {level!r}")
+    key = name.lower()
+    if key not in LEVELS:
+        raise BackupConfigError(f"compression_level {level} does not apply to compression {name!r}: leave it unset")
+    low, high, _ = LEVELS[key]
+    if not low <= level <= high:
+        raise BackupConfigError(f"compression_level for {key} must be {low} to {high}, got {level}")
+    return level
 
 
 class Compressor(Protocol):
@@ -81,13 +99,15 @@ class ZstdCompression:
 def get_compressor(name: str, level: int | None = None) -> Compressor:
     """The codec called ``name`` (none, zlib, zstd); an unknown name is a BackupConfigError."""
     key = name.lower()
+    if key in COMPRESSIONS:
+        level = check_level(key, level)
     if key == "none":
         return NoCompression()
     if key == "zlib":
-        return ZlibCompression(6 if level is None else level)
+        return ZlibCompression(LEVELS["zlib"][2] if level is None else level)
     if key == "zstd":
         try:
-            return ZstdCompression(3 if level is None else level)
+            return ZstdCompression(LEVELS["zstd"][2] if level is None else level)
         except ImportError:
             raise BackupConfigError(
                 "compression 'zstd' needs the zstandard package: pip install 'notifykit[backup]'"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._chunked import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE
-from ._compression import COMPRESSIONS
+from ._chunked import DEFAULT_CHUNK_SIZE, check_pipeline
+from ._compression import COMPRESSIONS, check_level
 from ._errors import BackupConfigError
 from ._progress import ProgressPolicy
 from ._swift import SwiftOptions, is_swift_url
@@ -92,20 +92,19 @@ class BackupConfig:
     backup_enable_progress_timer: bool = True
 
     def __post_init__(self) -> None:
-        if self.chunk_size < MIN_CHUNK_SIZE:
-            raise BackupConfigError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes, got {self.chunk_size}")
+        check_pipeline(self.chunk_size, self.workers, self.uploads)
         if self.compression not in COMPRESSIONS:
             raise BackupConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        if self.workers is not None and self.workers < 1:
-            raise BackupConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.uploads is not None and self.uploads < 1:
-            raise BackupConfigError(f"uploads must be >= 1, got {self.uploads}")
+        check_level(self.compression, self.compression_level)
+        for key in ("host", "availability_zone", "project_id", "user_id"):
+            value = getattr(self, key)
+            if not value or not value.isprintable() or value != value.strip():
+                raise BackupConfigError(f"{key} must be a non-empty printable name without surrounding spaces,"
+                                        f" got {value!r}")
         if self.object_store not in OBJECT_STORES:
             raise BackupConfigError(f"object_store must be one of {', '.join(OBJECT_STORES)}, got {self.object_store!r}")
         if self.object_store == "swift":
             self.swift_options()  # validates the swift options
-        if not self.host:
-            raise BackupConfigError("host must not be empty")
         self.progress_policy()  # validates the progress options
 
     @property

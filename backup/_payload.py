@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._catalog import BackupRecord
+from ._text import utf8_text
 
-__all__ = ["PAYLOAD_VERSION", "PAYLOAD_FIELDS", "progress_payload", "usage_from_backup"]
+__all__ = ["PAYLOAD_VERSION", "PAYLOAD_FIELDS", "progress_payload", "usage_from_backup", "utf8_payload"]
 
 PAYLOAD_VERSION = "1.0"
 
@@ -61,7 +62,13 @@ def usage_from_backup(record: BackupRecord, **extra: Any) -> dict[str, Any]:
         "size_bytes": record.size_bytes,
     }
     payload.update(extra)
-    return payload
+    return utf8_payload(payload)
+
+
+def utf8_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Names and reasons may hold bytes that are not UTF-8 (a path or ``--name`` given as
+    bytes); a payload is JSON for other programs, so it carries valid UTF-8 (U+FFFD for them)."""
+    return {key: utf8_text(value) if isinstance(value, str) else value for key, value in payload.items()}
 
 
 def progress_payload(record: BackupRecord, *, bytes_done: int, objects_done: int, percentage: float) -> dict[str, Any]:

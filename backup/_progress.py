@@ -8,6 +8,7 @@ never goes backwards, and the last event says 100.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from notifykit import Clock
@@ -15,6 +16,9 @@ from notifykit import Clock
 from ._errors import BackupConfigError
 
 __all__ = ["ProgressPolicy", "ProgressTracker", "ProgressUpdate"]
+
+
+MAX_TIMER_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +34,9 @@ class ProgressPolicy:
             raise BackupConfigError(
                 f"backup_object_number_per_notification must be >= 1, got {self.backup_object_number_per_notification}"
             )
-        if not self.backup_timer_interval > 0:
-            raise BackupConfigError(f"backup_timer_interval must be > 0 seconds, got {self.backup_timer_interval}")
+        if not 0 < self.backup_timer_interval <= MAX_TIMER_INTERVAL or math.isnan(self.backup_timer_interval):
+            raise BackupConfigError(f"backup_timer_interval must be > 0 and at most {MAX_TIMER_INTERVAL:.0f} seconds"
+                                    f" (a day), got {self.backup_timer_interval}")
 
 
 @dataclass(frozen=True, slots=True)

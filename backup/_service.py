@@ -29,7 +29,7 @@ from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
 from ._driver import BackupDriver, ObjectCallback
 from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError
 from ._liveness import current_process, process_alive
-from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup
+from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup, utf8_payload
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
 from ._volume import partial_path
 
@@ -154,6 +154,7 @@ class BackupService:
                            availability_zone=self.availability_zone, service=self.driver.service, status=None,
                            fail_reason=reason, size=0, size_bytes=0, num_dependent_backups=0,
                            payload_version=PAYLOAD_VERSION)
+            payload = utf8_payload(payload)
         await self._emit(ctx, f"backup.{op}.error", payload, Priority.ERROR)
 
     async def _guarded(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException) -> None:
@@ -198,7 +199,7 @@ class BackupService:
             availability_zone=self.availability_zone,
             host=self.host,
             display_name=name,
-            volume_id=volume_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{self.host}{path}")),
+            volume_id=volume_id or _volume_id_for(self.host, path),
             volume_path=path,
             service=self.driver.service,
             size_bytes=size,
@@ -353,6 +354,14 @@ class BackupService:
 
 def _replace_status(record: BackupRecord, status: BackupStatus, reason: str) -> BackupRecord:
     return replace(record, status=status, fail_reason=reason)
+
+
+def _volume_id_for(host: str, path: str) -> str:
+    """A stable id from the volume's host and real path; bytes that are not UTF-8 (kept by
+    surrogateescape) enter as ``\\xff`` escapes, so every path gets one, and valid UTF-8
+    paths keep the id they always had."""
+    name = f"file://{host}{path}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
 def _remove_partial(target: str) -> None:
