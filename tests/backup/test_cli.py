@@ -107,7 +107,7 @@ def test_settings_precedence_defaults_toml_env_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("env", "message"), [
     ({"NOTIFYKIT_BACKUP_FSYNC": "maybe"}, "fsync must be true or false"),
     ({"NOTIFYKIT_BACKUP_COMPRESSION": "lzma"}, "compression must be one of none, zlib, zstd"),
-    ({"NOTIFYKIT_BACKUP_CHUNK_SIZE": "12"}, "chunk_size must be at least 4096"),
+    ({"NOTIFYKIT_BACKUP_CHUNK_SIZE": "12"}, "chunk_size must be 4096 bytes"),
     ({"NOTIFYKIT_BACKUP_BACKUP_TIMER_INTERVAL": "-1"}, "backup_timer_interval must be > 0"),
     ({"NOTIFYKIT_BACKUP_CONFIG": "/nonexistent/backup.toml"}, "does not exist"),
 ])
