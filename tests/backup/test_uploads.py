@@ -46,5 +46,5 @@ async def test_uploads_in_flight_reach_the_bound_and_never_exceed_it(tmp_path: P
 
 
 def test_uploads_must_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(BackupConfigError, match="uploads must be >= 1"):
+    with pytest.raises(BackupConfigError, match="uploads must be 1 to 64"):
         ChunkedBackupDriver(PosixObjectStore(tmp_path), uploads=0)

@@ -71,7 +71,7 @@ def test_keystone_v3_options() -> None:
     ({"store_path": "swift://u:k@keystone:5000/v3"}, "needs swift_project"),
     ({"store_path": URL, "swift_container": "no/slash"}, "invalid container name"),
     ({"store_path": URL, "swift_retry_attempts": "0"}, "swift_retry_attempts must be >= 1"),
-    ({"store_path": URL, "uploads": "0"}, "uploads must be >= 1"),
+    ({"store_path": URL, "uploads": "0"}, "uploads must be 1 to 64"),
 ])
 def test_bad_swift_settings_are_one_clear_error_without_the_key(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(BackupConfigError, match=message) as raised:
