@@ -1,12 +1,22 @@
-"""How long ``await notifier.info(...)`` keeps the caller, vs calling a transport directly.
+"""How long ``await notifier.info(...)`` keeps the caller, and whether memory stays flat.
 
-Prints JSON: p50/p99/max in microseconds for (a) notify() through the queue to a
-memory transport, (b) Notification.create + direct MemoryTransport.send(), and (c) a
-direct send() of a prebuilt notification; plus ratios against (b), measured in one run.
+* ``notify_via_queue`` — notify() through the queue to a ``memory://?keep=false``
+  transport (a queue-backed transport that keeps nothing, so memory can stay flat),
+  every call timed, over N_LONG (default 1,000,000) notifications: p50/p99/max in
+  microseconds, and the process RSS after the first 10,000 and after all of them
+  (samples go to an array allocated before the first mark). The caller gives the
+  worker a turn every 100 notifications, outside the timed region.
+* anchors, N (default 50,000) calls each: ``Notification.create`` + a direct
+  ``MemoryTransport.send()`` (what a caller pays without the queue), and a direct
+  ``send()`` of a prebuilt notification.
+
+Goals: notify() p99 <= 20 µs, RSS growth over the run <= 4 MiB.
+Usage: ``python benchmarks/notify_latency.py [N_LONG [N]]``.
 """
 
 from __future__ import annotations
 
+import array
 import gc
 import json
 import platform
@@ -18,36 +28,60 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+from _goals import goal
 
 from notifykit import Notification, Notifier
 from transports.memory import MemoryTransport
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+N_LONG = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
+MARK = 10_000
 PAYLOAD: dict[str, Any] = {
     "tenant_id": "p-1", "user_id": "u-1", "backup_id": "b-1", "volume_id": "v-1", "size": 10,
     "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
 }
+#: What the profile says the time goes to (shown on the page when the goal is missed).
+CAUSE_P99 = ("the tail is the caller's own Notification.create (context lookup, payload JSON, message id, "
+             "timestamp, dataclass construction) plus the occasional cyclic-GC pass and the shared machine's "
+             "scheduler; the queue hand-off itself is a send_nowait")
+CAUSE_RSS = "notifications are retained somewhere between notify() and the transport"
 
 
-def summary(samples_ns: list[int]) -> dict[str, float]:
+def summary(samples_ns: array.array[int] | list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # noqa: E731
     return {"p50_us": round(pick(0.50), 2), "p99_us": round(pick(0.99), 2), "max_us": round(ordered[-1] / 1000, 2)}
 
 
-async def via_notifier(dead_letters: Path) -> list[int]:
-    samples: list[int] = []
-    async with Notifier.from_url("memory://", publisher_id="bench", dead_letters=dead_letters) as notifier:
+def rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+async def via_notifier(dead_letters: Path, n: int) -> tuple[array.array[int], dict[str, int]]:
+    samples = array.array("q", bytes(8 * n))
+    marks: dict[str, int] = {}
+    perf_counter_ns = time.perf_counter_ns
+    url = "memory://?keep=false&queue_size=10000"
+    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters) as notifier:
         ctx = {"request_id": "req-1"}
-        for i in range(N):
-            start = time.perf_counter_ns()
+        for i in range(n):
+            start = perf_counter_ns()
             await notifier.info(ctx, "backup.createprogress", PAYLOAD)
-            samples.append(time.perf_counter_ns() - start)
+            samples[i] = perf_counter_ns() - start
             if i % 100 == 99:
                 await anyio.lowlevel.checkpoint()  # let the worker drain, outside the timed region
+                if i == MARK - 1:
+                    gc.collect()
+                    marks["rss_after_10k_kib"] = rss_kib()
+    gc.collect()
+    marks["rss_after_all_kib"] = rss_kib()
     transport = notifier.transports["memory"]
-    assert isinstance(transport, MemoryTransport) and len(transport.messages) == N
-    return samples
+    assert isinstance(transport, MemoryTransport) and transport.delivered == n, transport.delivered
+    return samples, marks
 
 
 async def direct(prebuilt: bool, transport: MemoryTransport) -> list[int]:
@@ -67,30 +101,37 @@ async def direct(prebuilt: bool, transport: MemoryTransport) -> list[int]:
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        notifier = Notifier.from_url("memory://", publisher_id="bench", dead_letters=Path(tmp) / "dl.jsonl")
+        notifier = Notifier.from_url("memory://?keep=false", publisher_id="bench", dead_letters=Path(tmp) / "dl.jsonl")
         transport = notifier.transports["memory"]
         assert isinstance(transport, MemoryTransport)
+        await via_notifier(Path(tmp) / "dl.jsonl", 20_000)  # warm-up
         gc.collect()
-        await via_notifier(Path(tmp) / "dl.jsonl")  # warm-up
-        gc.collect()
+        samples, marks = await via_notifier(Path(tmp) / "dl.jsonl", N_LONG)
         results = {
-            "notify_via_queue": summary(await via_notifier(Path(tmp) / "dl.jsonl")),
+            "notify_via_queue": summary(samples),
             "direct_create_and_send": summary(await direct(False, transport)),
             "direct_send_prebuilt": summary(await direct(True, transport)),
         }
     base = results["direct_create_and_send"]
+    growth = marks["rss_after_all_kib"] - marks["rss_after_10k_kib"]
     report = {
         "benchmark": "notify_latency",
-        "n": N,
+        "n_notify": N_LONG,
+        "n_anchors": N,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "results": results,
+        "memory": {**marks, "growth_kib": growth},
         "ratio_notify_vs_direct_create_and_send": {
             "p50": round(results["notify_via_queue"]["p50_us"] / base["p50_us"], 2),
             "p99": round(results["notify_via_queue"]["p99_us"] / base["p99_us"], 2),
         },
-        "target_p99_us": 50,
-        "meets_target": results["notify_via_queue"]["p99_us"] < 50,
+        "goals": [
+            goal("notify() p99 latency, queue-backed transport (µs)", results["notify_via_queue"]["p99_us"], "<=", 20,
+                 cause=CAUSE_P99, digits=2),
+            goal(f"RSS growth from {MARK:,} to {N_LONG:,} notifications (KiB)", growth, "<=", 4096, cause=CAUSE_RSS,
+                 digits=0),
+        ],
     }
     print(json.dumps(report, indent=2))
 

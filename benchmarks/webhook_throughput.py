@@ -1,7 +1,8 @@
 """Webhook throughput: notifykit's http transport vs a hand-written httpx loop, same receiver, same run.
 
 A uvicorn receiver runs in a subprocess (so client and server do not share an event
-loop) on 127.0.0.1 and counts the events it gets. Measured, best of ROUNDS, in msgs/s:
+loop) on 127.0.0.1 and counts the events it gets. Measured in msgs/s, the median of
+ROUNDS interleaved rounds (the order rotates each round):
 
 * ``httpx_loop`` — the baseline: CONCURRENCY tasks posting one CloudEvent per request
   with one pooled ``httpx.AsyncClient``;
@@ -9,7 +10,8 @@ loop) on 127.0.0.1 and counts the events it gets. Measured, best of ROUNDS, in m
   one request per event, from the first ``notify()`` until every event is acknowledged;
 * ``notifykit_batched`` — the same with ``batch=true`` (CloudEvents batch, 100 per request).
 
-Prints JSON with both ratios against the baseline (targets: >= 0.9 and >= 10).
+Prints JSON with both ratios against the baseline and the goals (per event >= 1.0x,
+batched >= 20x).
 Usage: python benchmarks/webhook_throughput.py [EVENTS] [CONCURRENCY]
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 
 import anyio
 import httpx
+from _goals import goal, median, rotated
 
 from notifykit import Notifier
 
@@ -37,6 +40,10 @@ EVENTS = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "--serve" else
 CONCURRENCY = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[1] != "--serve" else 10
 BATCH_EVENTS = EVENTS * 10
 ROUNDS = 5
+#: What the profile says the remaining time goes to (shown on the page when the goal is missed).
+CAUSE = ("both sides spend their time in httpx/httpcore's per-request path (header building, h11, the pool) "
+         "and the receiver shares the two cores; notifykit adds the core's per-notification work and its "
+         "retry/accounting around each request")
 PAYLOAD: dict[str, Any] = {
     "tenant_id": "p-1", "user_id": "u-1", "backup_id": "b-1", "volume_id": "v-1", "size": 10,
     "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
@@ -140,7 +147,7 @@ async def via_notifykit(url: str, count: int, dead_letters: Path) -> float:
 
 async def main(port: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/hook"
-    best: dict[str, float] = {}
+    rounds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         dead_letters = Path(tmp) / "dl.jsonl"
         contenders = {
@@ -152,15 +159,16 @@ async def main(port: int) -> dict[str, Any]:
         }
         async with httpx.AsyncClient() as probe:
             await httpx_loop(base, 200)  # warm-up: imports, connections, receiver's JIT-free caches
-            for _ in range(ROUNDS):  # interleaved, so a noisy neighbour hurts every contender alike
-                for name, (run, count) in contenders.items():
+            for number in range(ROUNDS):  # interleaved, so a noisy neighbour hurts every contender alike
+                for name, (run, count) in rotated(list(contenders.items()), number):
                     before = await received(probe, base)
                     elapsed = await run()
                     got = await received(probe, base) - before
                     if got != count:
                         raise SystemExit(f"{name}: receiver counted {got} events, expected {count}")
-                    best[name] = max(best.get(name, 0.0), count / elapsed)
-    baseline = best["httpx_loop"]
+                    rounds.setdefault(name, []).append(count / elapsed)
+    rates = {name: median(values) for name, values in rounds.items()}
+    baseline = rates["httpx_loop"]
     return {
         "benchmark": "webhook_throughput",
         "python": platform.python_version(),
@@ -169,10 +177,17 @@ async def main(port: int) -> dict[str, Any]:
         "batched_events": BATCH_EVENTS,
         "concurrency": CONCURRENCY,
         "rounds": ROUNDS,
-        "msgs_per_s": {name: round(value, 1) for name, value in best.items()},
-        "ratio_per_event_vs_httpx_loop": round(best["notifykit_per_event"] / baseline, 3),
-        "ratio_batched_vs_httpx_loop": round(best["notifykit_batched"] / baseline, 2),
-        "targets": {"per_event": 0.9, "batched": 10},
+        "statistic": "median of interleaved rounds",
+        "msgs_per_s": {name: round(value, 1) for name, value in rates.items()},
+        "rounds_msgs_per_s": {name: [round(x, 1) for x in values] for name, values in rounds.items()},
+        "ratio_per_event_vs_httpx_loop": round(rates["notifykit_per_event"] / baseline, 3),
+        "ratio_batched_vs_httpx_loop": round(rates["notifykit_batched"] / baseline, 2),
+        "goals": [
+            goal(f"per-event msgs/s vs the httpx loop at concurrency {CONCURRENCY}", rates["notifykit_per_event"] / baseline,
+                 ">=", 1.0, anchor="httpx_loop", cause=CAUSE),
+            goal("batched CloudEvents msgs/s vs the httpx loop", rates["notifykit_batched"] / baseline, ">=", 20,
+                 anchor="httpx_loop", digits=2),
+        ],
     }
 
 

@@ -1,0 +1,46 @@
+"""Goals for the benchmarks: a target, the figure measured in the same run, met or missed.
+
+Every benchmark prints its anchors (the hand-written clients it is compared with) beside
+notifykit in one JSON, and a ``goals`` list built here; ``run_all.py`` renders that list
+as the table of docs/performance.md. A missed goal keeps its ``cause`` (what the
+profile says the time goes to), so it stays visible with its explanation.
+
+The machine is shared and loaded: contenders run in interleaved rounds (each round runs
+every contender once, in an order that rotates) and each figure is the median of its
+rounds, so a noisy neighbour hurts every contender alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["OPS", "goal", "median", "rotated"]
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+}
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def rotated(items: Sequence[Any], round_number: int) -> list[Any]:
+    """The contenders in the order of this round: each goes first in turn."""
+    shift = round_number % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+def goal(name: str, figure: float, op: str, target: float, *, anchor: str = "", cause: str = "",
+         digits: int = 3) -> dict[str, Any]:
+    """One row of the goals table. ``cause`` is kept only when the target is missed."""
+    figure = round(figure, digits)
+    met = OPS[op](figure, target)
+    row: dict[str, Any] = {"goal": name, "figure": figure, "op": op, "target": target, "met": met}
+    if anchor:
+        row["anchor"] = anchor
+    if not met and cause:
+        row["cause"] = cause
+    return row

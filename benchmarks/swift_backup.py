@@ -1,0 +1,221 @@
+"""Backing a file up to Swift: notifykit's backup vs python-swiftclient's ``swift upload``, same Swift.
+
+One OpenStack Swift all-in-one on loopback (scripts/swift-aio, unless
+``NOTIFYKIT_BENCH_SWIFT_URL`` = ``swift://USER:KEY@HOST:PORT/auth/v1.0`` names one) and
+one file of SIZE_MIB (half random, half compressible), in a temporary directory. Each
+round, in an order that rotates, runs:
+
+* ``swift_upload`` — the anchor: python-swiftclient's ``SwiftService.upload`` (what
+  ``swift upload --segment-size CHUNK --segment-threads UPLOADS`` runs, in-process, so no
+  interpreter start-up is counted), segment size = the backup's chunk size, as many
+  segment uploads in flight as the backup has chunk uploads, MD5 checked per segment;
+* ``notifykit_backup_zstd`` — ``BackupService.create_backup`` with the chunked driver on
+  the Swift store (zstd, the default compression; MD5 ETag and sha256 per object);
+* ``notifykit_backup_none`` — the same without compression (the same bytes as the anchor);
+* ``posix_fsync`` — the same backup to the posix store with fsync, for reference.
+
+Each figure is the median of ROUNDS rounds in MiB/s of the file's size (the backup's
+catalog and its deletion, and the anchor's container deletion, are outside the timing).
+The CPU seconds used by the client (this process) and by each Swift server during each
+contender are reported too, to show where the time goes on the two shared cores.
+Usage: ``python benchmarks/swift_backup.py [SIZE_MIB [ROUNDS]]`` (defaults 256 and 5).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+from _goals import goal, median, rotated
+
+from backup import (
+    BackupService,
+    ChunkedBackupDriver,
+    ObjectStore,
+    PosixBackupDriver,
+    SQLiteCatalog,
+    SwiftObjectStore,
+    SwiftOptions,
+)
+from backup._setup import SWIFT_DEFAULT_UPLOADS
+from notifykit import ContextLike, Notification, Priority
+
+MIB = 1024 * 1024
+SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+CHUNK = 4 * MIB
+UPLOADS = SWIFT_DEFAULT_UPLOADS
+SWIFT_AIO = Path(__file__).resolve().parents[1] / "scripts" / "swift-aio"
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+#: What the profile says the remaining time goes to (shown on the page when a goal is missed).
+CAUSE = ("both clients wait on the same proxy and object server, which run on the same two cores; the backup "
+         "also hashes (MD5 + sha256) and, with zstd, compresses every chunk in worker threads")
+
+
+class NoopNotifier:
+    """Notifications off: this benchmark measures the store path."""
+
+    def __init__(self) -> None:
+        self._prebuilt = Notification.create("noop", {}, publisher_id="bench")
+
+    async def notify(self, ctx: ContextLike, event_type: str, payload: Any, *,
+                     priority: Priority | str = Priority.INFO) -> Notification:
+        return self._prebuilt
+
+
+def write_volume(path: Path, size: int) -> None:
+    block = (b"compressible text block for the backup benchmark. " * 21_000)[:MIB]
+    with open(path, "wb") as fh:
+        for i in range(size // MIB):
+            fh.write(os.urandom(MIB) if i % 2 else block)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Swift servers run workers = 0: one process each)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+async def backup_once(root: Path, volume: Path, store: ObjectStore, compression: str, uploads: int) -> float:
+    """Seconds of ``create_backup`` alone (the catalog is opened and the backup deleted untimed)."""
+    driver = ChunkedBackupDriver(store, chunk_size=CHUNK, compression=compression, uploads=uploads)
+    async with SQLiteCatalog(root / "catalog.sqlite3") as catalog:
+        service = BackupService(catalog, driver, NoopNotifier(), host="bench")
+        start = time.perf_counter()
+        record = await service.create_backup(volume)
+        elapsed = time.perf_counter() - start
+        assert record.status == "available", record
+        await service.delete_backup(record.id)
+    return elapsed
+
+
+def swift_upload(auth_url: str, user: str, key: str, volume: Path) -> float:
+    """Seconds of python-swiftclient's upload, as ``swift upload`` drives it (authentication included)."""
+    from swiftclient.service import SwiftService, SwiftUploadObject
+
+    container = f"bench_{uuid.uuid4().hex[:8]}"
+    options = {"auth": auth_url, "user": user, "key": key, "auth_version": "1.0"}
+    start = time.perf_counter()
+    with SwiftService(options=options) as service:
+        upload = {"segment_size": CHUNK, "segment_threads": UPLOADS, "object_threads": 1}
+        for result in service.upload(container, [SwiftUploadObject(str(volume), object_name="volume.img")],
+                                     options=upload):
+            if not result["success"]:
+                raise RuntimeError(f"swift upload failed: {result.get('error')}")
+    return time.perf_counter() - start
+
+
+def swift_cleanup(auth_url: str, user: str, key: str) -> None:
+    from swiftclient.service import SwiftService
+
+    with SwiftService(options={"auth": auth_url, "user": user, "key": key, "auth_version": "1.0"}) as service:
+        for page in service.list():
+            for item in page.get("listing", []) if page["success"] else []:
+                if item["name"].startswith("bench_"):
+                    for _ in service.delete(container=item["name"]):
+                        pass
+
+
+def load_swift_aio() -> Any:
+    loader = importlib.machinery.SourceFileLoader("swift_aio", str(SWIFT_AIO))
+    spec = importlib.util.spec_from_loader("swift_aio", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+async def main() -> dict[str, Any]:
+    aio: Any = None
+    url = os.environ.get("NOTIFYKIT_BENCH_SWIFT_URL")
+    pids: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="notifykit-bench-swift-") as tmp:
+        root = Path(tmp)
+        if not url:
+            module = load_swift_aio()
+            missing = module.missing_binaries()
+            if missing:
+                return {"benchmark": "swift_backup", "skipped": f"Swift not installed (missing {', '.join(missing)})"}
+            aio = module.SwiftAIO(root / "swift-aio")
+            await anyio.to_thread.run_sync(aio.start)
+            url = aio.info()["store_url"]
+            pids = {k: v for k, v in aio.info()["pids"].items() if k in ("proxy", "object", "container", "account")}
+        parts = urlsplit(url)
+        auth_url = f"http://{parts.hostname}:{parts.port}{parts.path}"
+        user, key = unquote(parts.username or ""), unquote(parts.password or "")
+        volume = root / "volume.img"
+        await anyio.to_thread.run_sync(write_volume, volume, SIZE_MIB * MIB)
+        store = SwiftObjectStore(SwiftOptions.from_url(url), max_connections=UPLOADS + 4)
+        posix = PosixBackupDriver(root / "objects-fsync", fsync=True).store
+        contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+            ("swift_upload", lambda: anyio.to_thread.run_sync(swift_upload, auth_url, user, key, volume)),
+            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", UPLOADS)),
+            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", UPLOADS)),
+            ("posix_fsync", lambda: backup_once(root, volume, posix, "zstd", 2)),
+        ]
+        rounds: dict[str, list[float]] = {}
+        cpu: dict[str, dict[str, list[float]]] = {}
+        try:
+            await contenders[0][1]()  # warm-up: page cache, connections, imports
+            await contenders[1][1]()
+            for number in range(ROUNDS):
+                for name, run in rotated(contenders, number):
+                    await anyio.to_thread.run_sync(os.sync)  # no writeback of an earlier run inside a timing
+                    before = {k: cpu_seconds(p) for k, p in pids.items()}
+                    client_before = time.process_time()
+                    elapsed = await run()
+                    used = {"client": time.process_time() - client_before,
+                            **{k: cpu_seconds(p) - before[k] for k, p in pids.items()}}
+                    rounds.setdefault(name, []).append(SIZE_MIB / elapsed)
+                    for k, v in used.items():
+                        cpu.setdefault(name, {}).setdefault(k, []).append(v)
+                    print(f"# {name}: {SIZE_MIB / elapsed:.0f} MiB/s", file=sys.stderr, flush=True)
+                    if name == "swift_upload":
+                        await anyio.to_thread.run_sync(swift_cleanup, auth_url, user, key)
+        finally:
+            await store.aclose()
+            if aio is not None:
+                await anyio.to_thread.run_sync(aio.stop)
+    rates = {k: median(v) for k, v in rounds.items()}
+    anchor = rates["swift_upload"]
+    return {
+        "benchmark": "swift_backup",
+        "file_mib": SIZE_MIB,
+        "chunk_mib": CHUNK // MIB,
+        "uploads_in_flight": UPLOADS,
+        "rounds": ROUNDS,
+        "swift_started_here": aio is not None,
+        "statistic": "median of interleaved rounds",
+        "mib_s": {k: round(v, 1) for k, v in rates.items()},
+        "rounds_mib_s": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
+        "cpu_s_median": {name: {k: round(median(v), 2) for k, v in per.items()} for name, per in cpu.items()},
+        "ratio_backup_zstd_vs_swift_upload": round(rates["notifykit_backup_zstd"] / anchor, 3),
+        "ratio_backup_none_vs_swift_upload": round(rates["notifykit_backup_none"] / anchor, 3),
+        "ratio_swift_vs_posix_fsync": round(rates["notifykit_backup_zstd"] / rates["posix_fsync"], 3),
+        "goals": [
+            goal("backup MiB/s (zstd, the default) vs swift upload", rates["notifykit_backup_zstd"] / anchor, ">=", 1.0,
+                 anchor="swift_upload", cause=CAUSE),
+            goal("backup MiB/s (no compression: the same bytes) vs swift upload",
+                 rates["notifykit_backup_none"] / anchor, ">=", 1.0, anchor="swift_upload", cause=CAUSE),
+        ],
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(anyio.run(main), indent=2))
