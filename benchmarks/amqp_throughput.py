@@ -120,7 +120,8 @@ async def teardown() -> None:
 async def bench_notifykit(dead_letters: Path) -> float:
     url = f"{URL}?exchange={EXCHANGE}&topic={TOPIC}"
     start = time.perf_counter()
-    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters) as notifier:
+    # close_timeout: on a loaded machine, draining the last queue may take longer than the default 10 s
+    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters, close_timeout=600) as notifier:
         for i in range(N):
             await notifier.info(CTX, "backup.createprogress", {**PAYLOAD, "i": i})
     elapsed = time.perf_counter() - start
