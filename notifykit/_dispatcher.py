@@ -324,6 +324,7 @@ class Dispatcher:
                     self._circuit.record_success()
             except PermanentError as exc:
                 self._circuit.record_success()  # the peer answered: it is alive
+                self.stats.last_error = str(exc)  # e.g. a refused login: the operator sees why
                 await self._dead_letter(list(pending), f"permanent error: {exc}")
                 self._set_state(TransportState.CONNECTED)
                 return

@@ -7,6 +7,13 @@ a message counts as sent only once the broker confirmed it. Unconfirmed messages
 reported per index in a ``BatchError`` so the core's dispatcher retries exactly those
 (at-least-once: consumers dedup on ``message_id``); a lost connection is re-opened by
 the next ``send()``, so the core's backoff is the reconnect backoff.
+
+A drop-in next to oslo.messaging in either start order: an exchange or queue that exists
+is checked passively and used as it is (what differs from our settings is logged once);
+one that does not is declared with oslo's defaults (non-durable, or quorum queues with
+``quorum_queues=true`` like oslo's ``rabbit_quorum_queue``). A broker that refuses the
+connection (wrong user, password or vhost) is a configuration error: a PermanentError
+carrying the broker's own reason, not a retry until ``retry_max_elapsed``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.exceptions
+import pamqp.commands
+import pamqp.exceptions
+import pamqp.frame
+import pamqp.header
+from pamqp.common import FieldTable
 from yarl import URL
 
 from notifykit import (
@@ -32,6 +44,7 @@ from notifykit import (
     Notification,
     PermanentError,
     Priority,
+    Redactor,
     TransientError,
     Transport,
     TransportSettings,
@@ -57,6 +70,7 @@ class AmqpOptions:
     vhost: str
     exchange: str
     durable: bool
+    quorum: bool
     declare_queues: bool
     mandatory: bool
     persistent: bool
@@ -85,7 +99,10 @@ class AmqpOptions:
             password=url.password if url.password is not None else "guest",
             vhost=vhost,
             exchange=exchange,
-            durable=settings.take_bool("durable_queues", True),
+            # oslo.messaging's defaults (amqp_durable_queues=False), so a stock consumer
+            # declaring after us finds what it would have declared itself.
+            durable=settings.take_bool("durable_queues", False),
+            quorum=settings.take_bool("quorum_queues", False),
             declare_queues=settings.take_bool("declare_queues", True),
             mandatory=settings.take_bool("mandatory", True),
             persistent=settings.take_bool("persistent", True),
@@ -100,6 +117,16 @@ class AmqpOptions:
                 raise ConfigError(f"topic {topic!r} of transport {settings.name!r} ({url.redacted}) "
                                   "must be a non-empty name without '#' or '*'")
         return options
+
+    @property
+    def queue_arguments(self) -> FieldTable:
+        """What a declared queue carries: oslo's ``x-queue-type=quorum`` with rabbit_quorum_queue."""
+        return {"x-queue-type": "quorum"} if self.quorum else {}
+
+    @property
+    def entities_durable(self) -> bool:
+        """Quorum queues are always durable; oslo then declares its exchange durable too."""
+        return self.durable or self.quorum
 
     def connection_url(self, host: str, port: int, scheme: str) -> URL:
         query = {"heartbeat": str(self.heartbeat), "name": self.connection_name}
@@ -151,6 +178,10 @@ class AmqpTransport(Transport):
         self._declared: set[str] = set()
         self._broken = False
         self.connects = 0
+        self._redactor = Redactor([options.password])
+        self._redactor.add_basic(options.username, options.password)
+        #: Entities found declared otherwise than we would have: logged once per transport, not per reconnect.
+        self._reported: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
@@ -162,11 +193,7 @@ class AmqpTransport(Transport):
 
     def _scrub(self, text: str) -> str:
         """Belt and braces (aiormq already censors URLs): no library message may carry the password."""
-        password = self.options.password
-        if not password:
-            return text
-        text = text.replace(f":{password}@", ":***@")
-        return text.replace(password, "***") if len(password) >= 4 else text
+        return self._redactor.redact(text)
 
     def _describe(self, exc: BaseException) -> str:
         return self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -177,18 +204,69 @@ class AmqpTransport(Transport):
                 and bool(self._channels) and not any(channel.is_closed for _, channel in self._channels))
 
     async def _connect(self) -> aio_pika.abc.AbstractConnection:
-        """Try each host in turn; TransientError when none answers."""
-        errors = []
+        """Try each host in turn; PermanentError when every broker refused us, TransientError otherwise."""
+        errors: list[str] = []
+        refused = 0
         for host, port in self.options.hosts:
             url = self.options.connection_url(host, port, self.settings.url.scheme)
+            connection = aio_pika.Connection(url, ssl_context=self.options.ssl_context)
             try:
-                return await aio_pika.connect(url, ssl_context=self.options.ssl_context,
-                                              timeout=self.options.connect_timeout)
-            except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError) as exc:
-                errors.append(f"{host}:{port}: authentication refused ({self._describe(exc)})")
-            except (TimeoutError, OSError, aiormq.exceptions.AMQPError, ssl.SSLError) as exc:
-                errors.append(f"{host}:{port}: {self._describe(exc)}")
-        raise TransientError(f"cannot connect to {self.settings.url.redacted}: {'; '.join(errors)}")
+                await connection.connect(timeout=self.options.connect_timeout)
+                return connection
+            except BaseException as exc:
+                # Marks the object closed, so its __del__ never creates a close() coroutine
+                # that nobody awaits (aio-pika's RuntimeWarning). Nothing was opened: no wait.
+                await connection.close()
+                if not isinstance(exc, Exception):
+                    raise
+                error = self.classify(exc)
+                if isinstance(error, PermanentError):
+                    error = PermanentError(await self._refusal(host, port, exc))
+                    refused += 1
+                errors.append(f"{host}:{port}: {error}")
+        detail = "; ".join(errors)
+        if refused == len(self.options.hosts):
+            message = (f"AMQP broker refused the connection to {self.settings.url.redacted} (a configuration error: "
+                       f"check the URL's user, password and vhost): {detail}")
+            log.error("notifykit amqp %r: %s", self.name, message)
+            raise PermanentError(message)
+        raise TransientError(f"cannot connect to {self.settings.url.redacted}: {detail}")
+
+    def classify(self, exc: BaseException) -> TransientError | PermanentError:
+        """The notifykit error for an aio-pika/aiormq failure, with the broker's own reason when it gave one.
+
+        A refused login or vhost is permanent (a configuration error: retrying cannot fix
+        it); a timeout, a reset, a lost connection or a broker-side channel error is transient.
+        """
+        if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
+            return PermanentError(f"authentication refused: {self._reason(exc)}")
+        if isinstance(exc, aiormq.exceptions.ConnectionNotAllowed | aiormq.exceptions.ChannelAccessRefused):
+            return PermanentError(f"access refused: {self._reason(exc)}")
+        if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+            return PermanentError("the broker closed the connection during the handshake")
+        if isinstance(exc, TimeoutError):
+            return TransientError(f"no answer within connect_timeout={self.options.connect_timeout:g}s")
+        return TransientError(self._describe(exc))
+
+    def _reason(self, exc: BaseException) -> str:
+        """The broker's reply text (ACCESS_REFUSED - …) without aiormq's tuple wrapping."""
+        args = [a for a in exc.args if isinstance(a, str)]
+        return self._scrub(args[-1] if args else self._describe(exc))
+
+    async def _refusal(self, host: str, port: int, exc: BaseException) -> str:
+        """Why the broker refused: its own Connection.Close reason.
+
+        aiormq reports a refused vhost as "Expected Connection.OpenOk, got <Connection.Close
+        object>", dropping the reason; the handshake is replayed here to read it.
+        """
+        if isinstance(exc, aiormq.exceptions.InvalidFrameError):
+            try:
+                reason = await asyncio.wait_for(_handshake_refusal(host, port, self.options, self.settings.url.scheme),
+                                                timeout=self.options.connect_timeout)
+            except (OSError, TimeoutError, ssl.SSLError, pamqp.exceptions.PAMQPException, EOFError) as error:
+                reason = f"the broker closed the connection during the handshake ({type(error).__name__})"
+            return self._scrub(reason or "the broker closed the connection during the handshake")
+        return str(self.classify(exc))
 
     async def _ensure_ready(self) -> None:
         if self.connected:
@@ -210,38 +288,93 @@ class AmqpTransport(Transport):
         log.info("notifykit amqp %r connected to %s (connection %d)", self.name, self.settings.url.redacted, self.connects)
 
     async def _declare(self, connection: aio_pika.abc.AbstractConnection, queues: list[str]) -> None:
-        """Declare the exchange (no queues) or the ``<topic>.<priority>`` queues bound to it, as oslo does.
+        """Make sure the exchange (no queues) or the ``<topic>.<priority>`` queues bound to it exist, as oslo does.
 
-        Runs on its own channel: the broker closes a channel that re-declares an existing
-        entity with other settings (e.g. oslo's non-durable default), which must not
-        disturb publishing. Such an entity is used as it is, with a warning: it exists,
-        so messages still reach it.
+        Never fails against what exists: each entity is first checked passively; one that
+        exists is used as it is (durable or not, classic or quorum: never re-declared with
+        our settings), and one that does not is declared with ours (oslo's defaults). Runs
+        on channels of its own, since the broker closes a channel on a failed check.
         """
-        exchange, durable = self.options.exchange, self.options.durable
-        channel = await _open_channel(connection)
+        exchange = self.options.exchange
         try:
             if not queues:
-                try:
-                    await channel.exchange_declare(exchange, exchange_type="topic", durable=durable, auto_delete=False)
-                except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                    log.warning("notifykit amqp %r: exchange %r exists with other settings than topic/durable=%s; "
-                                "publishing to it as it is (%s)", self.name, exchange, durable, self._describe(exc))
+                await self._ensure(connection, "exchange", exchange)
             for key in queues:
+                await self._ensure(connection, "queue", key)
+                channel = await _open_channel(connection)
                 try:
-                    await channel.queue_declare(key, durable=durable, auto_delete=False)
-                except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                    log.warning("notifykit amqp %r: queue %r exists with other settings than durable=%s; "
-                                "binding it as it is (%s)", self.name, key, durable, self._describe(exc))
-                    channel = await _open_channel(connection)
-                await channel.queue_bind(key, exchange, routing_key=key)
+                    await channel.queue_bind(key, exchange, routing_key=key)
+                finally:
+                    await _close_channel(channel)
                 self._declared.add(key)
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             what = f"queues {', '.join(queues)}" if queues else f"exchange {exchange!r}"
             self._broken = True
-            raise TransientError(f"cannot declare {what}: {self._describe(exc)}") from None
+            error = self.classify(exc)
+            raise type(error)(f"cannot declare {what}: {error}") from None
+
+    async def _ensure(self, connection: aio_pika.abc.AbstractConnection, kind: str, name: str) -> None:
+        """Passive check of one exchange or queue; declare it with our settings only when it does not exist."""
+        durable = self.options.entities_durable
+        channel = await _open_channel(connection)
+        try:
+            try:
+                if kind == "exchange":
+                    await channel.exchange_declare(name, passive=True)
+                else:
+                    await channel.queue_declare(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass  # the channel is closed by the broker; declare below on a new one
+            else:
+                await self._report_differences(connection, kind, name)
+                return
+            channel = await _open_channel(connection)
+            try:
+                if kind == "exchange":
+                    await channel.exchange_declare(name, exchange_type="topic", durable=durable, auto_delete=False)
+                else:
+                    await channel.queue_declare(name, durable=durable, auto_delete=False,
+                                                arguments=self.options.queue_arguments or None)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # Declared by someone else between our check and our declare: theirs stands.
+                self._report(kind, name, exc)
         finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+            await _close_channel(channel)
+
+    async def _report_differences(self, connection: aio_pika.abc.AbstractConnection, kind: str, name: str) -> None:
+        """Log once how an existing entity differs from our settings.
+
+        Asks the broker with an equivalence check on a throwaway channel: AMQP answers a
+        declare of an existing entity with other arguments by refusing it (naming the
+        argument), never by changing the entity, so an existing quorum or durable queue
+        stays exactly as its owner declared it.
+        """
+        key = f"{kind}:{name}"
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        durable = self.options.entities_durable
+        channel = await _open_channel(connection)
+        try:
+            if kind == "exchange":
+                await channel.exchange_declare(name, exchange_type="topic", durable=durable, auto_delete=False)
+            else:
+                await channel.queue_declare(name, durable=durable, auto_delete=False,
+                                            arguments=self.options.queue_arguments or None)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            self._reported.discard(key)
+            self._report(kind, name, exc)
+        finally:
+            await _close_channel(channel)
+
+    def _report(self, kind: str, name: str, exc: BaseException) -> None:
+        key = f"{kind}:{name}"
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        log.warning("notifykit amqp %r: %s %r exists with other settings than ours (durable=%s%s); using it as it is: %s",
+                    self.name, kind, name, self.options.entities_durable,
+                    ", quorum" if self.options.quorum and kind == "queue" else "", self._reason(exc))
 
     async def _reset(self) -> None:
         connection, self._connection, self._channels = self._connection, None, []
@@ -382,6 +515,62 @@ async def _open_channel(connection: aio_pika.abc.AbstractConnection, *, confirms
     if not isinstance(underlay, aiormq.Channel):  # pragma: no cover - aio-pika always builds on aiormq.Channel
         raise TransientError(f"unexpected AMQP channel type {type(underlay).__name__}")
     return underlay
+
+
+async def _close_channel(channel: aiormq.Channel) -> None:
+    """Close a helper channel; one the broker already closed (a failed check) needs nothing."""
+    if channel.is_closed:
+        return
+    with contextlib.suppress(Exception):
+        await channel.close()
+
+
+async def _handshake_refusal(host: str, port: int, options: AmqpOptions, scheme: str) -> str | None:
+    """Replay the AMQP handshake (PLAIN login, then Connection.Open of the vhost) and return the
+    broker's Connection.Close reason, e.g. ``NOT_ALLOWED - vhost nope not found`` (None if it opens)."""
+    context = options.ssl_context if scheme == "amqps" else None
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    buffer = b""
+
+    async def next_frame() -> object:
+        nonlocal buffer
+        while True:
+            try:
+                consumed, _channel, frame = pamqp.frame.unmarshal(buffer)
+            except pamqp.exceptions.UnmarshalingException:
+                data = await reader.read(65536)
+                if not data:
+                    raise EOFError("the broker closed the socket") from None
+                buffer += data
+                continue
+            buffer = buffer[consumed:]
+            return frame
+
+    def refusal(frame: object) -> str | None:
+        if isinstance(frame, pamqp.commands.Connection.Close):
+            return f"{frame.reply_text} (AMQP {frame.reply_code})"
+        return None
+
+    try:
+        writer.write(pamqp.header.ProtocolHeader().marshal())
+        await next_frame()  # Connection.Start
+        credentials = f"\0{options.username}\0{options.password}"
+        writer.write(pamqp.frame.marshal(pamqp.commands.Connection.StartOk(
+            client_properties={"product": "notifykit (diagnosing a refused connection)"},
+            mechanism="PLAIN", response=credentials, locale="en_US"), 0))
+        frame = await next_frame()
+        if (reason := refusal(frame)) is not None:
+            return reason
+        if not isinstance(frame, pamqp.commands.Connection.Tune):
+            return None
+        writer.write(pamqp.frame.marshal(pamqp.commands.Connection.TuneOk(
+            channel_max=frame.channel_max, frame_max=frame.frame_max, heartbeat=0), 0))
+        writer.write(pamqp.frame.marshal(pamqp.commands.Connection.Open(virtual_host=options.vhost), 0))
+        return refusal(await next_frame())
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:

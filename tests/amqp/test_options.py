@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import ConfigError, TransientError, TransportSettings, WireFormat, load_transport_class, parse_url
+from notifykit import ConfigError, PermanentError, TransientError, TransportSettings, WireFormat, load_transport_class, parse_url
 from transports.amqp import AmqpTransport
 
 from .support import free_port
@@ -39,19 +39,21 @@ def test_defaults() -> None:
     assert o.hosts == (("127.0.0.1", 5672),)
     assert (o.username, o.password, o.vhost) == ("guest", "guest", "/")
     assert o.exchange == "openstack"
-    assert o.durable and o.declare_queues and o.mandatory and o.persistent
+    assert not o.durable and not o.quorum  # oslo.messaging's defaults: a stock consumer declares the same
+    assert o.declare_queues and o.mandatory and o.persistent
     assert (o.confirm_timeout, o.connect_timeout, o.heartbeat) == (30.0, 10.0, 60)
     assert o.connection_name == "notifykit amqp"
     assert o.ssl_context is None
 
 
 def test_every_option_is_taken() -> None:
-    t = build("amqp://u:p@h1:1234,h2/vh?exchange=nova&durable_queues=false&declare_queues=no&mandatory=0"
-              "&persistent=off&confirm_timeout=2.5&connect_timeout=1&heartbeat=0&connection_name=me")
+    t = build("amqp://u:p@h1:1234,h2/vh?exchange=nova&durable_queues=true&quorum_queues=yes&declare_queues=no"
+              "&mandatory=0&persistent=off&confirm_timeout=2.5&connect_timeout=1&heartbeat=0&connection_name=me")
     o = t.options
     assert o.hosts == (("h1", 1234), ("h2", 5672))
     assert (o.username, o.password, o.vhost, o.exchange) == ("u", "p", "vh", "nova")
-    assert not (o.durable or o.declare_queues or o.mandatory or o.persistent)
+    assert o.durable and o.quorum and o.queue_arguments == {"x-queue-type": "quorum"}
+    assert not (o.declare_queues or o.mandatory or o.persistent)
     assert (o.confirm_timeout, o.connect_timeout, o.heartbeat, o.connection_name) == (2.5, 1.0, 0, "me")
 
 
@@ -144,12 +146,15 @@ def test_vhost_from_path(path: str, vhost: str) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.broker
-async def test_wrong_password_is_transient_and_not_echoed(broker: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_wrong_password_is_a_configuration_error_and_not_echoed(broker: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     t = build(f"amqp://guest:{SECRET}@127.0.0.1:5672/")
-    with pytest.raises(TransientError) as info:
+    with pytest.raises(PermanentError) as info:
         await t.open()
-    assert str(info.value).startswith("cannot connect to amqp://guest:***@127.0.0.1:5672/: 127.0.0.1:5672: authentication refused")
+    assert str(info.value).startswith("AMQP broker refused the connection to amqp://guest:***@127.0.0.1:5672/ "
+                                      "(a configuration error")
+    assert "127.0.0.1:5672: authentication refused: ACCESS_REFUSED - Login was refused" in str(info.value)
     assert SECRET not in str(info.value)
     assert SECRET not in caplog.text
     await t.close()

@@ -112,19 +112,19 @@ async def test_nacked_messages_are_retried_then_dead_lettered(broker: str, names
     assert await queue_length(queue) == 1
 
 
-async def test_entities_declared_non_durable_elsewhere_are_used_as_they_are(
+async def test_entities_declared_durable_elsewhere_are_used_as_they_are(
         broker: str, names: Names, dead_letter_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """oslo.messaging's default (amqp_durable_queues=False) declares both non-durable: still delivered."""
+    """An oslo.messaging with amqp_durable_queues=True declared both durable: used, differences logged once."""
     async with amqp_connection() as connection:
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=False)
-        queue = await channel.declare_queue(f"{names.topic}.info", durable=False)
+        exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(f"{names.topic}.info", durable=True)
         await queue.bind(exchange, f"{names.topic}.info")
     caplog.set_level(logging.WARNING, logger="notifykit.amqp")
     url = f"{broker}?exchange={names.exchange}&topic={names.topic}"
     async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
         sent = await notifier.info(CTX, "e.t", {})
-        await notifier.error(CTX, "e.t", {})  # its queue does not exist yet: declared durable
+        await notifier.error(CTX, "e.t", {})  # its queue does not exist yet: declared with oslo's defaults
     stats = notifier.stats()["amqp"]
     assert (stats.sent, stats.dead_lettered, stats.retried) == (2, 0, 0)
     [got] = await consume(f"{names.topic}.info", 1, timeout=5)
@@ -132,6 +132,7 @@ async def test_entities_declared_non_durable_elsewhere_are_used_as_they_are(
     assert await queue_length(f"{names.topic}.error") == 1
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
-    assert f"exchange {names.exchange!r} exists with other settings than topic/durable=True" in warnings[0]
-    assert f"queue '{names.topic}.info' exists with other settings than durable=True" in warnings[1]
+    assert f"exchange {names.exchange!r} exists with other settings than ours (durable=False)" in warnings[0]
+    assert f"queue '{names.topic}.info' exists with other settings than ours (durable=False)" in warnings[1]
+    assert all("inequivalent arg 'durable'" in w for w in warnings)
     assert "guest:guest" not in caplog.text
