@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from notifykit import redact_url
+
 from ._chunked import DEFAULT_CHUNK_SIZE, check_pipeline
 from ._compression import COMPRESSIONS, check_level
 from ._errors import BackupConfigError
@@ -90,6 +92,17 @@ class BackupConfig:
     backup_object_number_per_notification: int = 10
     backup_timer_interval: float = 120.0
     backup_enable_progress_timer: bool = True
+
+    def __repr__(self) -> str:
+        """Every field but the keys, and the URLs redacted (user:password@, ``secret=`` and other secret-looking options)."""
+        shown = []
+        for item in dataclasses.fields(self):
+            if not item.repr:
+                continue
+            value = getattr(self, item.name)
+            text = repr(redact_url(value)) if item.name.endswith("_url") and isinstance(value, str) else repr(value)
+            shown.append(f"{item.name}={text}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         check_pipeline(self.chunk_size, self.workers, self.uploads)

@@ -29,6 +29,8 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from notifykit import redact_url
+
 from ._errors import BackupConfigError, CorruptBackupError, ObjectNotFoundError, ObjectStoreError
 from ._objectstore import validate_name
 
@@ -110,10 +112,10 @@ class SwiftOptions:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
-            raise BackupConfigError(f"swift_url is not a valid URL ({_redact(url)})") from None
+            raise BackupConfigError(f"swift_url is not a valid URL ({redact_url(url)})") from None
         scheme = SCHEMES.get(parts.scheme.lower())
         if scheme is None or not parts.hostname:
-            raise BackupConfigError(f"swift_url must look like swift://USER:KEY@HOST:PORT/auth/v1.0, got {_redact(url)}")
+            raise BackupConfigError(f"swift_url must look like swift://USER:KEY@HOST:PORT/auth/v1.0, got {redact_url(url)}")
         values: dict[str, Any] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key not in _QUERY_KEYS:
@@ -138,17 +140,6 @@ class SwiftOptions:
             raise BackupConfigError(f"unknown swift option(s): {', '.join(sorted(unknown))}")
         return cls(auth_url=auth_url, user=user, key=key, auth_version=version, retry=retry, timeout=timeout,
                    **{k: str(v) for k, v in values.items()})
-
-
-def _redact(url: str) -> str:
-    """The URL without its userinfo and query, for error messages."""
-    head, sep, rest = url.partition("://")
-    if not sep:
-        return "***"
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    netloc = netloc.rpartition("@")[2]
-    path = rest[len(rest.split("/", 1)[0]):].split("?", 1)[0] if "/" in rest else ""
-    return f"{head}://{netloc}{path}"
 
 
 class _Retryable(Exception):

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import anyio
 import anyio.to_thread
 
-from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority
+from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, redact_text
 
 from ._catalog import BackupRecord
 from ._compression import COMPRESSIONS
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host)
         return anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
     except (BackupError, NotifyKitError) as exc:
-        print(f"notifykit-backup: error: {exc}", file=sys.stderr)
+        print(f"notifykit-backup: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the demo's sample volume on a full disk
         where = f": {exc.filename}" if exc.filename else ""

@@ -32,7 +32,7 @@ from ._loading import NAMESPACE, installed_schemes, load_transport_class
 from ._message import ContextLike, Notification, Priority, RequestContext
 from ._notifier import Notifier, PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
-from ._redact import Redactor
+from ._redact import Redactor, redact_text
 from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats, render_prometheus
@@ -89,6 +89,7 @@ __all__ = [
     "load_transport_class",
     "parse_url",
     "read_dead_letters",
+    "redact_text",
     "redact_url",
     "render_prometheus",
     "rewrite_dead_letters",

@@ -1,22 +1,36 @@
 """Hiding secrets from text: the one routine every repr, log line, error and dead letter goes through.
 
-A peer may echo a credential back in any form it was sent in (an error page quoting the
-request headers shows ``Authorization: Basic <base64 of user:pass>``, a URL shows it
-percent-encoded), so a :class:`Redactor` knows each secret in every encoding notifykit
-sends it and replaces all of them with ``***``.
+Three tools, used by every repr, log line, error, dead letter and CLI message of notifykit,
+its transports and the backup service:
+
+- :func:`redact_url` for a URL we hold (its password and secret-looking query values);
+- :func:`redact_text` for free text that may quote URLs (a library's error message);
+- :class:`Redactor` for the secrets of one component, in every form they are sent: a peer
+  may echo a credential back (an error page quoting the request headers shows
+  ``Authorization: Basic <base64 of user:pass>``, a URL shows it percent-encoded).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_CHARS", "REDACTED", "Redactor"]
+__all__ = ["MIN_SECRET_CHARS", "REDACTED", "Redactor", "redact_text", "redact_url"]
 
 #: What a hidden secret is replaced with.
 REDACTED = "***"
+_REDACTED = REDACTED
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
+# "header": extra HTTP headers (header=Authorization:Bearer …) usually carry credentials.
+_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|credential|header|signature)", re.IGNORECASE)
+# In free text: user:password@ of any URL, and a secret-looking key=value of any query string.
+_USERINFO_IN_TEXT = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@?#]*):[^\s@/]*@")
+_SECRET_PARAM_IN_TEXT = re.compile(
+    r"(?P<key>[?&;](?:[^\s=&#]*?)(?:pass|secret|token|key|auth|credential|header|signature)[^\s=&#]*=)[^\s&#'\"]+",
+    re.IGNORECASE)
 #: Shorter values are not hidden: replacing every "ab" in a message would hide the message, not a secret.
 MIN_SECRET_CHARS = 4
 
@@ -84,3 +98,34 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"<Redactor of {len(self._needles)} secret form(s)>"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password and secret-looking query values replaced by ``***``.
+
+    Never raises: a URL too broken to parse is reduced to its scheme.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        head = url.split(":", 1)[0]
+        return f"{head}://{_REDACTED}" if _SCHEME.match(head) else _REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{_REDACTED}@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
+    query = parts.query
+    if query:
+        pairs = []
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            shown = _REDACTED if _SECRET_QUERY_KEYS.search(key) and value else value
+            pairs.append(f"{quote(key, safe='_-.')}={quote(shown, safe='*/_-.,:')}")
+        query = "&".join(pairs)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_text(text: str) -> str:
+    """Free text with the password of every URL in it and secret-looking query values replaced by ``***``."""
+    text = _USERINFO_IN_TEXT.sub(rf"\g<head>:{REDACTED}@", text)
+    return _SECRET_PARAM_IN_TEXT.sub(rf"\g<key>{REDACTED}", text)

@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._errors import ConfigError
+from ._redact import redact_url
 
 __all__ = ["ParsedURL", "parse_url", "redact_url"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
-# "header": extra HTTP headers (header=Authorization:Bearer …) usually carry credentials.
-_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|credential|header)", re.IGNORECASE)
-_REDACTED = "***"
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password and secret-looking query values replaced by ``***``.
-
-    Never raises: a URL too broken to parse is reduced to its scheme.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        head = url.split(":", 1)[0]
-        return f"{head}://{_REDACTED}" if _SCHEME.match(head) else _REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{_REDACTED}@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = []
-        for key, value in parse_qsl(query, keep_blank_values=True):
-            shown = _REDACTED if _SECRET_QUERY_KEYS.search(key) and value else value
-            pairs.append(f"{quote(key, safe='_-.')}={quote(shown, safe='*/_-.,:')}")
-        query = "&".join(pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from ._formats import decode_message
 from ._loading import resolve_transport
 from ._message import Notification
 from ._notifier import Notifier
+from ._redact import redact_text
 from ._spool import Spool, default_spool_path
 from ._stats import render_prometheus
 from ._status import read_status_file
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             status(args.file, args.spool, args.prometheus, sys.stdout)
     except NotifyKitError as exc:
-        print(f"notifykit: error: {exc}", file=sys.stderr)
+        print(f"notifykit: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
