@@ -1,9 +1,10 @@
 """notifykit backup: a chunked backup service that emits OpenStack Cinder's backup notifications.
 
 ``BackupService(catalog, driver, notifier, host=...)`` creates, restores and deletes
-backups of files and block devices; ``PosixBackupDriver`` stores them as compressed,
-checksummed chunks in a directory tree, ``SwiftObjectStore`` in OpenStack Swift. Notifications go through any
-``notifykit.SupportsNotify``.
+backups of files and block devices as compressed, checksummed chunks in an object store
+picked by URL (``store_from_url``: a directory, ``swift://`` OpenStack Swift, ``s3://`` S3 /
+Ceph RGW, or any store registered in the ``notifykit.backup.stores`` entry point group).
+Notifications go through any ``notifykit.SupportsNotify``.
 """
 
 from ._catalog import GIB, SCHEMA_VERSION, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, SQLiteCatalog, size_in_gib
@@ -20,17 +21,23 @@ from ._errors import (
     InvalidStatusTransitionError,
     ObjectNotFoundError,
     ObjectStoreError,
+    ObjectStoreFullError,
+    PermanentObjectStoreError,
     RestoreTargetError,
+    TransientObjectStoreError,
+    UnknownStoreError,
     VolumeError,
     WrongStoreError,
 )
 from ._objectstore import ObjectStore
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, usage_from_backup
-from ._posix import PosixBackupDriver, PosixObjectStore
+from ._posix import PosixObjectStore
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
+from ._retry import RetryPolicy
 from ._service import BackupService, ProgressObserver
-from ._setup import build_driver, build_store, open_backup_service
-from ._swift import SwiftObjectStore, SwiftOptions, SwiftRetryPolicy
+from ._setup import PosixBackupDriver, build_driver, build_store, open_backup_service
+from ._stores import StoreFactory, StoreSettings, installed_stores, store_from_url
+from ._swift import SwiftObjectStore, SwiftOptions
 
 __all__ = [
     "COMPRESSIONS",
@@ -59,6 +66,8 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectStore",
     "ObjectStoreError",
+    "ObjectStoreFullError",
+    "PermanentObjectStoreError",
     "PosixBackupDriver",
     "PosixObjectStore",
     "ProgressObserver",
@@ -67,15 +76,21 @@ __all__ = [
     "ProgressUpdate",
     "RestoreTargetError",
     "SQLiteCatalog",
+    "RetryPolicy",
+    "StoreFactory",
+    "StoreSettings",
     "SwiftObjectStore",
     "SwiftOptions",
-    "SwiftRetryPolicy",
+    "TransientObjectStoreError",
+    "UnknownStoreError",
     "VolumeError",
     "WrongStoreError",
     "build_driver",
     "build_store",
     "get_compressor",
+    "installed_stores",
     "open_backup_service",
     "size_in_gib",
+    "store_from_url",
     "usage_from_backup",
 ]

@@ -2,7 +2,9 @@
 environment variables and explicit options (later sources win, in that order).
 
 TOML keys sit in a ``[backup]`` table (or at the top level); each key ``name`` can also be
-set with the environment variable ``NOTIFYKIT_BACKUP_<NAME>``.
+set with the environment variable ``NOTIFYKIT_BACKUP_<NAME>``. The object store is a URL
+(``store``) whose scheme picks the store class by entry point; the store validates its own
+options, so this module knows no store's settings.
 """
 
 from __future__ import annotations
@@ -23,13 +25,9 @@ from ._chunked import DEFAULT_CHUNK_SIZE, check_pipeline
 from ._compression import COMPRESSIONS, check_level
 from ._errors import BackupConfigError
 from ._progress import ProgressPolicy
-from ._swift import SwiftOptions, is_swift_url
+from ._stores import store_from_url
 
-__all__ = ["ENV_PREFIX", "OBJECT_STORES", "BackupConfig", "parse_size"]
-
-OBJECT_STORES = ("posix", "swift")
-_SWIFT_KEYS = ("user", "key", "auth_version", "container", "project", "project_domain", "user_domain", "region",
-               "interface", "retry_attempts", "retry_backoff", "timeout")
+__all__ = ["ENV_PREFIX", "BackupConfig", "parse_size"]
 
 ENV_PREFIX = "NOTIFYKIT_BACKUP_"
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
@@ -60,28 +58,15 @@ class BackupConfig:
     """Settings with their defaults; see docs/backup.md for each one."""
 
     catalog_path: Path = field(default_factory=lambda: _state_dir() / "catalog.sqlite3")
-    object_store: str = "posix"
-    store_path: Path = field(default_factory=lambda: _state_dir() / "objects")
-    # swift: the URL may hold user:key@ and options; the swift_* keys override it.
-    swift_url: str | None = field(default=None, repr=False)
-    swift_user: str | None = None
-    swift_key: str | None = field(default=None, repr=False)
-    swift_auth_version: str | None = None
-    swift_container: str | None = None
-    swift_project: str | None = None
-    swift_project_domain: str | None = None
-    swift_user_domain: str | None = None
-    swift_region: str | None = None
-    swift_interface: str | None = None
-    swift_retry_attempts: int | None = None
-    swift_retry_backoff: float | None = None
-    swift_timeout: float | None = None
+    # A directory, or a store URL (file://, swift://, s3://, …) that may hold credentials.
+    store: str = field(default_factory=lambda: str(_state_dir() / "objects"))
+    # Options for the store over the URL's query (the TOML [backup.store_options] table).
+    store_options: Mapping[str, str] = field(default_factory=dict, repr=False)
     uploads: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compression: str = "zstd"
     compression_level: int | None = None
     workers: int | None = None
-    fsync: bool = True
     host: str = field(default_factory=socket.gethostname)
     availability_zone: str = "nova"
     project_id: str = "default"
@@ -100,7 +85,8 @@ class BackupConfig:
             if not item.repr:
                 continue
             value = getattr(self, item.name)
-            text = repr(redact_url(value)) if item.name.endswith("_url") and isinstance(value, str) else repr(value)
+            is_url = item.name.endswith("_url") or item.name == "store"
+            text = repr(redact_url(value)) if is_url and isinstance(value, str) else repr(value)
             shown.append(f"{item.name}={text}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -114,21 +100,20 @@ class BackupConfig:
             if not value or not value.isprintable() or value != value.strip():
                 raise BackupConfigError(f"{key} must be a non-empty printable name without surrounding spaces,"
                                         f" got {value!r}")
-        if self.object_store not in OBJECT_STORES:
-            raise BackupConfigError(f"object_store must be one of {', '.join(OBJECT_STORES)}, got {self.object_store!r}")
-        if self.object_store == "swift":
-            self.swift_options()  # validates the swift options
+        if not isinstance(self.store, str):  # a Path from library callers
+            object.__setattr__(self, "store", os.fspath(self.store))
+        store_from_url(self.store, self.store_options)  # validates the store URL and its options
         self.progress_policy()  # validates the progress options
 
     @property
     def publisher_id(self) -> str:
         return f"backup.{self.host}"
 
-    def swift_options(self) -> SwiftOptions:
-        """Swift's connection settings: ``swift_url`` completed/overridden by the swift_* keys."""
-        if not self.swift_url:
-            raise BackupConfigError("object_store = swift needs swift_url (e.g. swift://USER:KEY@HOST:8080/auth/v1.0)")
-        return SwiftOptions.from_url(self.swift_url, {k: getattr(self, f"swift_{k}") for k in _SWIFT_KEYS})
+    @property
+    def store_location(self) -> str:
+        """``store`` with its credentials and secret-looking options redacted, for messages."""
+        return redact_url(self.store)
+
 
     def progress_policy(self) -> ProgressPolicy:
         return ProgressPolicy(self.backup_object_number_per_notification, self.backup_timer_interval,
@@ -153,11 +138,6 @@ class BackupConfig:
         if unknown:
             raise BackupConfigError(f"unknown backup setting(s): {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if overrides.get("store_path") is not None:  # an explicit --store decides the kind of store
-            values["object_store"] = "swift" if is_swift_url(overrides["store_path"]) else "posix"
-        if is_swift_url(values.get("store_path")):  # store_path = "swift://…" means swift_url
-            values["swift_url"] = values.pop("store_path")
-            values["object_store"] = "swift"
         return cls(**{k: cls._coerce(k, v) for k, v in values.items()})
 
     @classmethod
@@ -183,9 +163,15 @@ class BackupConfig:
         """Strings from the environment or TOML values into each field's type."""
         if key == "chunk_size":
             return parse_size(value, key)
-        if key in ("catalog_path", "store_path", "notifier_config", "dead_letter_path"):
+        if key in ("catalog_path", "notifier_config", "dead_letter_path"):
             return Path(os.path.expanduser(str(value)))
-        if key in ("fsync", "backup_enable_progress_timer"):
+        if key == "store_options":
+            if not isinstance(value, Mapping):
+                raise BackupConfigError("store_options must be a table of option = value (TOML [backup.store_options])")
+            return dict(value)
+        if key == "store":
+            return os.path.expanduser(str(value)) if "://" not in str(value) else str(value)
+        if key == "backup_enable_progress_timer":
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
@@ -194,21 +180,20 @@ class BackupConfig:
             if text in ("0", "false", "no", "off"):
                 return False
             raise BackupConfigError(f"{key} must be true or false, got {value!r}")
-        if key in ("compression_level", "workers", "uploads", "backup_object_number_per_notification",
-                   "swift_retry_attempts"):
+        if key in ("compression_level", "workers", "uploads", "backup_object_number_per_notification"):
             try:
                 if isinstance(value, bool):
                     raise ValueError
                 return int(value)
             except (TypeError, ValueError):
                 raise BackupConfigError(f"{key} must be an integer, got {value!r}") from None
-        if key in ("backup_timer_interval", "swift_retry_backoff", "swift_timeout"):
+        if key == "backup_timer_interval":
             try:
                 if isinstance(value, bool):
                     raise ValueError
                 return float(value)
             except (TypeError, ValueError):
                 raise BackupConfigError(f"{key} must be a number of seconds, got {value!r}") from None
-        if key in ("compression", "object_store"):
+        if key == "compression":
             return str(value).lower()
         return str(value)

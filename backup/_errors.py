@@ -11,7 +11,11 @@ __all__ = [
     "InvalidStatusTransitionError",
     "ObjectNotFoundError",
     "ObjectStoreError",
+    "ObjectStoreFullError",
+    "PermanentObjectStoreError",
     "RestoreTargetError",
+    "TransientObjectStoreError",
+    "UnknownStoreError",
     "VolumeError",
     "WrongStoreError",
 ]
@@ -45,8 +49,32 @@ class VolumeError(BackupError):
     """The volume to back up is missing, unreadable, of the wrong kind, or changed while read."""
 
 
+class UnknownStoreError(BackupConfigError):
+    """A store URL whose scheme no installed object store registered."""
+
+    def __init__(self, scheme: str, installed: list[str]) -> None:
+        self.scheme = scheme
+        self.installed = installed
+        super().__init__(f"unknown object store scheme {scheme!r}: installed stores are "
+                         f"{', '.join(installed) or 'none'} (or give a plain directory path)")
+
+
 class ObjectStoreError(BackupError):
-    """The object store refused an operation (full, read-only, not a directory, …)."""
+    """The object store refused an operation; every store maps its failures to the subclasses."""
+
+
+class TransientObjectStoreError(ObjectStoreError):
+    """The store failed in a way that may pass (5xx, throttling, timeout, lost connection) and
+    kept failing through the store's retries."""
+
+
+class PermanentObjectStoreError(ObjectStoreError):
+    """The store refused in a way retrying cannot fix (bad credentials, access denied, missing
+    bucket, read-only, object too large)."""
+
+
+class ObjectStoreFullError(PermanentObjectStoreError):
+    """The store has no room left (ENOSPC, 507, quota exceeded)."""
 
 
 class ObjectNotFoundError(ObjectStoreError, LookupError):

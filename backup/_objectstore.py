@@ -2,8 +2,10 @@
 
 A container holds one backup's objects; an object is an immutable blob of bytes. Every
 method is async: implementations do their I/O in worker threads or over the network.
-Failures raise ObjectStoreError (ObjectNotFoundError when something is missing), with a
-message fit for a backup's ``fail_reason``.
+Failures raise the ObjectStoreError family — TransientObjectStoreError (still failing after
+the store's own retries), PermanentObjectStoreError, ObjectStoreFullError,
+ObjectNotFoundError — with a message fit for a backup's ``fail_reason``. Stores are picked
+by URL (``backup/_stores.py``); each is used between ``open()`` and ``aclose()``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ class ObjectStore(Protocol):
 
     @property
     def name(self) -> str:
-        """Short store kind, e.g. ``posix``."""
+        """Short store kind, e.g. ``posix``; the driver's ``service`` is ``backup.drivers.<name>``."""
+        ...
+
+    @property
+    def default_uploads(self) -> int:
+        """Chunk uploads in flight when the configuration does not say (``uploads``)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect (and check or create what must exist); called once before any other call."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store is not used afterwards."""
         ...
 
     @property

@@ -1,7 +1,7 @@
 """``posix`` object store: a directory tree (one directory per container), like Cinder's
 posix backup driver. Objects are written to a temporary file and renamed into place, so
 a crash never leaves a half-written object under its real name. All disk I/O runs in
-worker threads.
+worker threads. URL: a plain directory path, or ``file:///DIR[?fsync=false]``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
-from ._errors import ObjectNotFoundError, ObjectStoreError
+from ._errors import (
+    BackupConfigError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+    ObjectStoreFullError,
+    PermanentObjectStoreError,
+)
 from ._objectstore import validate_name
+from ._stores import StoreSettings
 
-__all__ = ["PosixBackupDriver", "PosixObjectStore"]
+__all__ = ["PosixObjectStore"]
 
 _TMP_PREFIX = ".tmp-"
 
@@ -26,10 +32,23 @@ class PosixObjectStore:
     """Objects as files under ``root/<container>/``; ``fsync`` makes each put durable."""
 
     name = "posix"
+    # Objects written at once: enough to overlap one fsync with the next write.
+    default_uploads = 2
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> PosixObjectStore:
+        """A plain path, or ``file:///DIR`` (``file://localhost/DIR``) with ``?fsync=false``."""
+        if settings.host not in (None, "", "localhost"):
+            raise BackupConfigError(f"file store URLs name a local directory (file:///DIR), not host {settings.host!r}")
+        fsync = settings.take_bool("fsync", True)
+        settings.finish()
+        if not settings.path:
+            raise BackupConfigError("file store: the URL names no directory (file:///DIR)")
+        return cls(os.path.expanduser(settings.path), fsync=fsync)
 
     def __repr__(self) -> str:
         return f"PosixObjectStore({str(self.root)!r})"
@@ -38,6 +57,12 @@ class PosixObjectStore:
     def location(self) -> str:
         """The absolute directory (symlinks resolved), so two spellings of one are one store."""
         return os.path.realpath(self.root)
+
+    async def open(self) -> None:
+        """Nothing to connect; the root is created with the first container."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
     def _container(self, container: str) -> Path:
         return self.root / validate_name("container", container)
@@ -51,7 +76,11 @@ class PosixObjectStore:
             reason = "no space left on device (object store full)"
         elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             reason = f"{reason} (object store read-only?)"
-        cls = ObjectNotFoundError if isinstance(exc, FileNotFoundError) else ObjectStoreError
+        cls: type[ObjectStoreError] = PermanentObjectStoreError
+        if isinstance(exc, FileNotFoundError):
+            cls = ObjectNotFoundError
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            cls = ObjectStoreFullError
         return cls(f"posix object store {str(self.root)!r}: cannot {action} {what}: {reason}")
 
     # -- blocking helpers (run in threads) -----------------------------------------
@@ -144,11 +173,3 @@ class PosixObjectStore:
     async def sync_container(self, container: str) -> None:
         await anyio.to_thread.run_sync(self._sync_container, container)
 
-
-class PosixBackupDriver(ChunkedBackupDriver):
-    """Cinder's posix backup driver: chunked backups in a directory tree."""
-
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 compression: str = "zstd", compression_level: int | None = None, workers: int | None = None) -> None:
-        super().__init__(PosixObjectStore(root, fsync=fsync), chunk_size=chunk_size, compression=compression,
-                         compression_level=compression_level, workers=workers)

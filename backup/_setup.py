@@ -2,49 +2,53 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from notifykit import Clock, SupportsNotify
 
 from ._catalog import SQLiteCatalog
-from ._chunked import DEFAULT_UPLOADS, ChunkedBackupDriver
+from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._config import BackupConfig
 from ._objectstore import ObjectStore
-from ._posix import PosixObjectStore
 from ._service import BackupService
-from ._swift import SwiftObjectStore
+from ._stores import store_from_url
 
-__all__ = ["SWIFT_DEFAULT_UPLOADS", "build_driver", "build_store", "open_backup_service"]
-
-# Chunk uploads in flight to Swift by default: each is a network round-trip, so more overlap pays.
-SWIFT_DEFAULT_UPLOADS = 4
+__all__ = ["PosixBackupDriver", "build_driver", "build_store", "open_backup_service"]
 
 
 def build_store(config: BackupConfig) -> ObjectStore:
-    """The object store ``config.object_store`` names (a SwiftObjectStore must be ``aclose``d)."""
-    if config.object_store == "swift":
-        uploads = config.uploads or SWIFT_DEFAULT_UPLOADS
-        return SwiftObjectStore(config.swift_options(), max_connections=max(uploads, config.workers or 2) + 4)
-    return PosixObjectStore(config.store_path, fsync=config.fsync)
+    """The object store ``config.store`` names, not opened yet (``open_backup_service`` opens
+    and closes it)."""
+    return store_from_url(config.store, config.store_options)
 
 
 def build_driver(config: BackupConfig, store: ObjectStore | None = None) -> ChunkedBackupDriver:
     store = store or build_store(config)
-    default_uploads = SWIFT_DEFAULT_UPLOADS if isinstance(store, SwiftObjectStore) else DEFAULT_UPLOADS
     return ChunkedBackupDriver(store, chunk_size=config.chunk_size, compression=config.compression,
                                compression_level=config.compression_level, workers=config.workers,
-                               uploads=config.uploads or default_uploads)
+                               uploads=config.uploads or store.default_uploads)
+
+
+class PosixBackupDriver(ChunkedBackupDriver):
+    """Cinder's posix backup driver: chunked backups in a directory tree."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 compression: str = "zstd", compression_level: int | None = None, workers: int | None = None) -> None:
+        store = store_from_url(os.fspath(root), {"fsync": "true" if fsync else "false"})
+        super().__init__(store, chunk_size=chunk_size, compression=compression, compression_level=compression_level,
+                         workers=workers, uploads=store.default_uploads)
 
 
 @asynccontextmanager
 async def open_backup_service(config: BackupConfig, notifier: SupportsNotify,
                               clock: Clock | None = None) -> AsyncIterator[BackupService]:
-    """The service with its catalog (and store connections) open for the ``async with``."""
+    """The service with its catalog and object store open for the ``async with``."""
     async with AsyncExitStack() as stack:
         store = build_store(config)
-        if isinstance(store, SwiftObjectStore):
-            stack.push_async_callback(store.aclose)
+        await store.open()
+        stack.push_async_callback(store.aclose)
         driver = build_driver(config, store)
         catalog = await stack.enter_async_context(SQLiteCatalog(config.catalog_path))
         yield BackupService(catalog, driver, notifier, host=config.host,

@@ -10,7 +10,7 @@ Every PUT carries the object's MD5 as ``ETag`` (Swift refuses a body that does n
 and its answer is checked too) and the sha256 of the stored bytes as
 ``X-Object-Meta-Sha256``; every GET is checked against both. Hashing runs in worker
 threads. 5xx answers, timeouts and connection failures are retried by a small
-``SwiftRetryPolicy`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
+``RetryPolicy`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
 permanent errors with a message fit for ``fail_reason``. Credentials never appear in
 reprs, logs or error messages.
 """
@@ -19,54 +19,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 import httpx
 
-from notifykit import redact_url
-
-from ._errors import BackupConfigError, CorruptBackupError, ObjectNotFoundError, ObjectStoreError
+from ._errors import (
+    BackupConfigError,
+    CorruptBackupError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+    ObjectStoreFullError,
+    PermanentObjectStoreError,
+    TransientObjectStoreError,
+)
 from ._objectstore import validate_name
+from ._retry import RetryPolicy
+from ._stores import StoreSettings
 
-__all__ = ["SwiftObjectStore", "SwiftOptions", "SwiftRetryPolicy", "is_swift_url"]
+__all__ = ["SwiftObjectStore", "SwiftOptions"]
 
 log = logging.getLogger("backup.swift")
 _T = TypeVar("_T")
 
 SCHEMES = {"swift": "http", "swift+http": "http", "swift+https": "https"}
 _AUTH_VERSIONS = ("1", "3")
-# URL query keys (the config keys without their ``swift_`` prefix).
-_QUERY_KEYS = ("container", "auth_version", "project", "project_domain", "user_domain", "region", "interface",
-               "retry_attempts", "retry_backoff", "timeout")
-
-
-def is_swift_url(value: object) -> bool:
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
-
-
-@dataclass(frozen=True, slots=True)
-class SwiftRetryPolicy:
-    """Bounded retries with exponential backoff and full jitter, for 5xx, timeouts and
-    connection failures: ``attempts`` tries in all, waits of up to ``backoff * 2**n`` s."""
-
-    attempts: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise BackupConfigError(f"swift_retry_attempts must be >= 1, got {self.attempts}")
-        if self.backoff < 0:
-            raise BackupConfigError(f"swift_retry_backoff must be >= 0 seconds, got {self.backoff}")
-
-    def delay(self, failed_attempts: int) -> float:
-        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (failed_attempts - 1)))
+# Swift's own retry defaults: a proxy restart takes a few seconds.
+DEFAULT_RETRY = RetryPolicy(attempts=3, backoff=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,63 +66,63 @@ class SwiftOptions:
     user_domain: str = "Default"
     region: str | None = None
     interface: str = "public"
-    retry: SwiftRetryPolicy = field(default_factory=SwiftRetryPolicy)
+    retry: RetryPolicy = DEFAULT_RETRY
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.auth_version not in _AUTH_VERSIONS:
-            raise BackupConfigError(f"swift_auth_version must be 1 (TempAuth) or 3 (Keystone), got {self.auth_version!r}")
+            raise BackupConfigError(f"swift store: auth_version must be 1 (TempAuth) or 3 (Keystone), got {self.auth_version!r}")
         if not self.user or not self.key:
-            raise BackupConfigError("swift needs a user and a key (swift_user/swift_key, or user:key@ in swift_url)")
+            raise BackupConfigError("swift store needs a user and a key (USER:KEY@ in the URL, or user/key in"
+                                    " store_options)")
         if self.auth_version == "3" and not self.project:
-            raise BackupConfigError("swift_auth_version 3 (Keystone) needs swift_project")
+            raise BackupConfigError("swift store: auth_version 3 (Keystone) needs the project option")
         if self.container is not None:
             try:
                 validate_name("container", self.container)
             except ObjectStoreError as exc:
-                raise BackupConfigError(f"swift_container: {exc}") from None
+                raise BackupConfigError(f"swift store: container option: {exc}") from None
         if not self.timeout > 0:
-            raise BackupConfigError(f"swift_timeout must be > 0 seconds, got {self.timeout}")
+            raise BackupConfigError(f"swift store: timeout must be > 0 seconds, got {self.timeout}")
 
     @classmethod
-    def from_url(cls, url: str, overrides: Mapping[str, Any] | None = None) -> SwiftOptions:
+    def from_settings(cls, settings: StoreSettings) -> SwiftOptions:
         """``swift[+https]://[USER[:KEY]@]HOST[:PORT][/AUTH_PATH][?container=…&auth_version=3&…]``.
 
-        USER may hold ``%3A`` for TempAuth's ``account:user``. ``overrides`` (the
-        ``swift_*`` config keys without the prefix, None = unset) win over the URL.
+        USER may hold ``%3A`` for TempAuth's ``account:user``; the ``user`` and ``key``
+        options (from the TOML ``store_options`` table) win over the URL's.
         """
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            raise BackupConfigError(f"swift_url is not a valid URL ({redact_url(url)})") from None
-        scheme = SCHEMES.get(parts.scheme.lower())
-        if scheme is None or not parts.hostname:
-            raise BackupConfigError(f"swift_url must look like swift://USER:KEY@HOST:PORT/auth/v1.0, got {redact_url(url)}")
-        values: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in _QUERY_KEYS:
-                raise BackupConfigError(f"swift_url: unknown option {key!r} (known: {', '.join(_QUERY_KEYS)})")
-            values[key] = value
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        path = parts.path.rstrip("/")
-        version = str(values.pop("auth_version", "3" if path.endswith("/v3") else "1"))
+        scheme = SCHEMES.get(settings.scheme)
+        if scheme is None or not settings.host:
+            raise BackupConfigError(f"swift store URL must look like swift://USER:KEY@HOST:PORT/auth/v1.0,"
+                                    f" got {settings.location}")
+        path = settings.path.rstrip("/")
+        version = settings.take_str("auth_version", "3" if path.endswith("/v3") else "1") or "1"
         if not path:
             path = "/v3" if version == "3" else "/auth/v1.0"
-        auth_url = f"{scheme}://{host}{f':{port}' if port else ''}{path}"
-        user = values.pop("user", None) or unquote(parts.username or "")
-        key = values.pop("key", None) or unquote(parts.password or "")
-        try:
-            retry = SwiftRetryPolicy(int(values.pop("retry_attempts", 3)), float(values.pop("retry_backoff", 0.5)))
-            timeout = float(values.pop("timeout", 30.0))
-        except (TypeError, ValueError) as exc:
-            raise BackupConfigError(f"swift_url: bad number in retry_attempts/retry_backoff/timeout ({exc})") from None
-        unknown = set(values) - set(_QUERY_KEYS)
-        if unknown:
-            raise BackupConfigError(f"unknown swift option(s): {', '.join(sorted(unknown))}")
-        return cls(auth_url=auth_url, user=user, key=key, auth_version=version, retry=retry, timeout=timeout,
-                   **{k: str(v) for k, v in values.items()})
+        retry = RetryPolicy(settings.take_int("retry_attempts", DEFAULT_RETRY.attempts),
+                            settings.take_float("retry_backoff", DEFAULT_RETRY.backoff))
+        options = cls(
+            auth_url=f"{scheme}://{settings.netloc}{path}",
+            user=settings.take_str("user", settings.username) or "",
+            key=settings.take_str("key", settings.password) or "",
+            auth_version=version,
+            container=settings.take_str("container"),
+            project=settings.take_str("project"),
+            project_domain=settings.take_str("project_domain", "Default") or "Default",
+            user_domain=settings.take_str("user_domain", "Default") or "Default",
+            region=settings.take_str("region"),
+            interface=settings.take_str("interface", "public") or "public",
+            retry=retry,
+            timeout=settings.take_float("timeout", 30.0),
+        )
+        settings.finish()
+        return options
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> SwiftOptions:
+        """The options a ``swift://`` URL names, ``options`` over its query."""
+        return cls.from_settings(StoreSettings.parse(url, options))
 
 
 class _Retryable(Exception):
@@ -160,6 +143,15 @@ class SwiftObjectStore:
     """The ObjectStore protocol on Swift. Call ``aclose()`` when done (closes connections)."""
 
     name = "swift"
+    # Each chunk upload is a network round trip, so more overlap pays.
+    default_uploads = 4
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> SwiftObjectStore:
+        return cls(SwiftOptions.from_settings(settings))
+
+    async def open(self) -> None:
+        """Nothing yet: the token is fetched with the first request (and again on 401)."""
 
     def __init__(self, options: SwiftOptions, *, max_connections: int = 16,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -232,7 +224,7 @@ class SwiftObjectStore:
             self._check_auth(resp)
             url, token = resp.headers.get("X-Storage-Url"), resp.headers.get("X-Auth-Token")
             if not url or not token:
-                raise ObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
+                raise PermanentObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
         else:
             body = {"auth": {
                 "identity": {"methods": ["password"], "password": {"user": {
@@ -244,17 +236,17 @@ class SwiftObjectStore:
             token = resp.headers.get("X-Subject-Token")
             url = self._catalog_endpoint(resp)
             if not token:
-                raise ObjectStoreError(f"keystone at {opts.auth_url} answered without X-Subject-Token")
+                raise PermanentObjectStoreError(f"keystone at {opts.auth_url} answered without X-Subject-Token")
         return _Session(url, token)
 
     def _check_auth(self, resp: httpx.Response) -> None:
         if resp.status_code >= 500:
             raise _Retryable(f"{resp.status_code} {resp.reason_phrase}")
         if resp.status_code in (401, 403):
-            raise ObjectStoreError(f"swift authentication at {self.options.auth_url} failed for user "
+            raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed for user "
                                    f"{self.options.user!r}: {resp.status_code} {resp.reason_phrase} (check the key)")
         if resp.status_code >= 300:
-            raise ObjectStoreError(f"swift authentication at {self.options.auth_url} failed:"
+            raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed:"
                                    f" {resp.status_code} {resp.reason_phrase}")
 
     def _catalog_endpoint(self, resp: httpx.Response) -> str:
@@ -270,9 +262,9 @@ class SwiftObjectStore:
                     if endpoint.get("interface") == opts.interface and region_ok:
                         return str(endpoint["url"])
         except (ValueError, KeyError, TypeError):
-            raise ObjectStoreError(f"keystone at {opts.auth_url} answered with an unreadable token body") from None
+            raise PermanentObjectStoreError(f"keystone at {opts.auth_url} answered with an unreadable token body") from None
         region = f" in region {opts.region!r}" if opts.region else ""
-        raise ObjectStoreError(f"keystone at {opts.auth_url}: no {opts.interface} object-store endpoint{region}")
+        raise PermanentObjectStoreError(f"keystone at {opts.auth_url}: no {opts.interface} object-store endpoint{region}")
 
     async def _with_retries(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``attempt()`` under the retry policy; the last failure becomes an ObjectStoreError."""
@@ -281,14 +273,14 @@ class SwiftObjectStore:
             try:
                 return await attempt()
             except httpx.InvalidURL as exc:
-                raise ObjectStoreError(f"swift: cannot {action} {what}: invalid URL ({exc})") from None
+                raise PermanentObjectStoreError(f"swift: cannot {action} {what}: invalid URL ({exc})") from None
             except (_Retryable, httpx.HTTPError) as exc:
                 reason = _describe(exc)
                 if isinstance(exc, httpx.HTTPError) and not isinstance(exc, httpx.TransportError):
                     # a body that cannot be decoded, a redirect: trying again will not help
-                    raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}") from None
+                    raise PermanentObjectStoreError(f"swift: cannot {action} {what}: {reason}") from None
                 if n == policy.attempts:
-                    raise ObjectStoreError(f"swift: cannot {action} {what}: {reason}"
+                    raise TransientObjectStoreError(f"swift: cannot {action} {what}: {reason}"
                                            f" (gave up after {policy.attempts} attempt(s))") from None
                 delay = policy.delay(n)
                 log.warning("swift: %s %s failed (%s); attempt %d of %d in %.2fs", action, what, reason, n + 1,
@@ -324,17 +316,17 @@ class SwiftObjectStore:
             if status in ok or status == 404:
                 return resp
             if status == 401:
-                raise ObjectStoreError(f"swift refused the token for {method} {what} (401) right after authenticating")
+                raise PermanentObjectStoreError(f"swift refused the token for {method} {what} (401) right after authenticating")
             if status == 507:
-                raise ObjectStoreError(f"swift object store full: 507 Insufficient Storage on {method} {what}")
+                raise ObjectStoreFullError(f"swift object store full: 507 Insufficient Storage on {method} {what}")
             if status == 413:
-                raise ObjectStoreError(f"swift refused {method} {what}: 413 Request Entity Too Large (the object"
+                raise ObjectStoreFullError(f"swift refused {method} {what}: 413 Request Entity Too Large (the object"
                                        f" exceeds the cluster's max_file_size or a quota is exhausted): {_body(resp)}")
             if status == 422:
                 raise _Retryable("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
             if status >= 500:
                 raise _Retryable(f"{status} {resp.reason_phrase}")
-            raise ObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
+            raise PermanentObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
 
         return await self._with_retries(action, what, once)
 
@@ -352,7 +344,7 @@ class SwiftObjectStore:
             if left is None:
                 raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
             if left:
-                raise ObjectStoreError(f"swift: cannot delete {swift_container}/{container}/: {len(left)} object(s) left")
+                raise PermanentObjectStoreError(f"swift: cannot delete {swift_container}/{container}/: {len(left)} object(s) left")
             return
         resp = await self._request("DELETE", "delete container", swift_container, ok=(204,))
         if resp.status_code == 404:
@@ -368,7 +360,7 @@ class SwiftObjectStore:
             raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist (writing {name})")
         etag = resp.headers.get("ETag", "").strip('"')
         if etag != md5:
-            raise ObjectStoreError(f"swift stored {swift_container}/{obj} with ETag {etag!r}, expected {md5!r}")
+            raise PermanentObjectStoreError(f"swift stored {swift_container}/{obj} with ETag {etag!r}, expected {md5!r}")
 
     async def get_object(self, container: str, name: str) -> bytes:
         swift_container, obj = self._path(container, name)
@@ -414,7 +406,7 @@ class SwiftObjectStore:
             try:
                 page = [str(item["name"]) for item in resp.json()]
             except (ValueError, KeyError, TypeError):
-                raise ObjectStoreError(f"swift answered an unreadable listing for {swift_container!r}") from None
+                raise PermanentObjectStoreError(f"swift answered an unreadable listing for {swift_container!r}") from None
             if not page:
                 return names
             names.extend(page)

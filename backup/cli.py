@@ -216,8 +216,9 @@ def _dir_bytes(path: Path) -> int:
 async def run_demo(config: BackupConfig, size: int, out: TextIO, err: TextIO, *, keep: bool = False) -> int:
     """Sample volume → backup → restore → compare → delete, then print what was emitted."""
     workdir = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="notifykit-backup-demo-")))
-    config = dataclasses.replace(config, catalog_path=workdir / "catalog.sqlite3", store_path=workdir / "objects",
-                                 object_store="posix",  # the demo measures what it leaves on disk
+    objects = workdir / "objects"
+    config = dataclasses.replace(config, catalog_path=workdir / "catalog.sqlite3",
+                                 store=str(objects), store_options={},  # the demo measures what it leaves on disk
                                  dead_letter_path=config.dead_letter_path or workdir / "deadletters.jsonl")
     volume, restored = workdir / "volume.img", workdir / "restored.img"
     try:
@@ -231,7 +232,7 @@ async def run_demo(config: BackupConfig, size: int, out: TextIO, err: TextIO, *,
             record = await service.create_backup(volume, name="demo", on_progress=display)
             display.finish()
             backup_seconds = time.perf_counter() - started
-            stored = await anyio.to_thread.run_sync(_dir_bytes, config.store_path)
+            stored = await anyio.to_thread.run_sync(_dir_bytes, objects)
             started = time.perf_counter()
             display = ProgressDisplay("restore", err)
             await service.restore_backup(record.id, restored, on_progress=display)
@@ -239,7 +240,7 @@ async def run_demo(config: BackupConfig, size: int, out: TextIO, err: TextIO, *,
             restore_seconds = time.perf_counter() - started
             identical = await anyio.to_thread.run_sync(_same_bytes, volume, restored)
             deleted = await service.delete_backup(record.id)
-            left = await anyio.to_thread.run_sync(lambda: list(config.store_path.iterdir()))
+            left = await anyio.to_thread.run_sync(lambda: list(objects.iterdir()))
         stats = notifier.stats()
         _print_demo_report(out, recorder.emitted, record, deleted, size, stored, backup_seconds, restore_seconds,
                            identical, not left, stats)
@@ -288,8 +289,9 @@ def _parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("settings (also NOTIFYKIT_BACKUP_* variables and a TOML file)")
     g.add_argument("--config", help="TOML file with a [backup] table (env NOTIFYKIT_BACKUP_CONFIG)")
     g.add_argument("--catalog", dest="catalog_path", help="SQLite catalog file")
-    g.add_argument("--store", dest="store_path",
-                   help="posix object store directory, or swift://USER:KEY@HOST:PORT/auth/v1.0[?container=…] for Swift")
+    g.add_argument("--store", dest="store",
+                   help="object store: a directory, file:///DIR, swift://USER:KEY@HOST:PORT/auth/v1.0 or"
+                        " s3://HOST/BUCKET (s3+http:// on loopback); see docs/backup.md")
     g.add_argument("--chunk-size", dest="chunk_size", help="chunk size, e.g. 4MiB (default 4MiB)")
     g.add_argument("--compression", choices=COMPRESSIONS, help="chunk compression (default zstd)")
     g.add_argument("--notifier", dest="notifier_url", help="notifier URL (default log://stderr)")
@@ -327,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = BackupConfig.load(
-            args.config, catalog_path=args.catalog_path, store_path=args.store_path, chunk_size=args.chunk_size,
+            args.config, catalog_path=args.catalog_path, store=args.store, chunk_size=args.chunk_size,
             compression=args.compression, notifier_url=args.notifier_url, notifier_config=args.notifier_config,
             host=args.host)
         return anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)

@@ -50,14 +50,13 @@ from backup import (
     SwiftObjectStore,
     SwiftOptions,
 )
-from backup._setup import SWIFT_DEFAULT_UPLOADS
 from notifykit import ContextLike, Notification, Priority
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 CHUNK = 4 * MIB
-UPLOADS = SWIFT_DEFAULT_UPLOADS
+UPLOADS = SwiftObjectStore.default_uploads
 SWIFT_AIO = Path(__file__).resolve().parents[1] / "scripts" / "swift-aio"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 #: What the profile says the remaining time goes to (shown on the page when a goal is missed).

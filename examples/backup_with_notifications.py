@@ -20,7 +20,7 @@ from notifykit import Notifier
 
 
 async def main(volume: Path, workdir: Path, url: str) -> None:
-    config = BackupConfig(catalog_path=workdir / "catalog.sqlite3", store_path=workdir / "objects",
+    config = BackupConfig(catalog_path=workdir / "catalog.sqlite3", store=str(workdir / "objects"),
                           chunk_size=1024 * 1024, host="example-host",
                           backup_object_number_per_notification=2)
     # The service picks its transport by URL only; publisher_id follows Cinder: backup.<host>.

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Self
 import pytest
 
 from backup._config import BackupConfig
-from backup._swift import _QUERY_KEYS as SWIFT_QUERY_KEYS
+from backup._stores import NAMESPACE as STORES
+from backup._stores import StoreSettings, load_store_class
 from notifykit import (
     Notification,
     Transport,
@@ -192,13 +193,45 @@ def test_per_transport_toml_and_url_keys_are_documented() -> None:
 
 def test_backup_settings_are_documented() -> None:
     documented: set[str] = set()
-    for row in table_rows(BACKUP.split("## Configuration", 1)[1]):
+    for row in table_rows(_section(BACKUP, "## Configuration")):
         documented |= names_in(row[0])
     fields = {f.name for f in dataclasses.fields(BackupConfig)}
     assert fields - documented == set(), "BackupConfig settings missing from docs/backup.md"
     assert {name for name in documented if "*" not in name} - fields == set(), \
         "docs/backup.md documents settings BackupConfig does not have"
-    assert {f"swift_{key}" for key in SWIFT_QUERY_KEYS} <= documented, "swift_url query keys not documented"
+
+
+# A minimal valid URL per object store scheme this project registers.
+MINIMAL_STORE_URLS = {
+    "file": "/tmp/notifykit-docs-test-objects",
+    "swift": "swift://u:k@127.0.0.1:8080/auth/v1.0",
+    "swift+http": "swift+http://u:k@127.0.0.1:8080/auth/v1.0",
+    "swift+https": "swift+https://u:k@127.0.0.1:8080/auth/v1.0",
+}
+
+
+def store_sections(markdown: str) -> dict[str, str]:
+    """``### `scheme://` …`` sections of "## Object stores": scheme -> section text."""
+    part = markdown.split("## Object stores", 1)[1].split("\n## ", 1)[0]
+    sections: dict[str, str] = {}
+    for chunk in part.split("\n### ")[1:]:
+        heading, _, body = chunk.partition("\n")
+        for scheme in re.findall(r"`([a-z][a-z0-9+]*)://`", heading):
+            sections[scheme] = body.split("\n### ", 1)[0]
+    return sections
+
+
+def test_every_registered_store_has_a_documented_section_with_its_options() -> None:
+    schemes = {ep.name for ep in entry_points(group=STORES) if ep.value.startswith("backup.")}
+    assert schemes == set(MINIMAL_STORE_URLS)
+    sections = store_sections(BACKUP)
+    for scheme, url in MINIMAL_STORE_URLS.items():
+        assert scheme in sections, f"no '### `{scheme}://`' section under '## Object stores' in docs/backup.md"
+        settings = StoreSettings.parse(url, env={})
+        load_store_class(scheme).from_settings(settings)
+        documented = documented_options(sections[scheme])
+        assert settings.taken - documented == set(), f"{scheme}: options the store takes but docs/backup.md lacks"
+        assert documented - settings.taken == set(), f"{scheme}: documented options the store does not take"
 
 
 @pytest.mark.parametrize("scheme", sorted(MINIMAL_URLS))

@@ -24,7 +24,7 @@ MIB = 1024 * 1024
 def _cli(tmp_path: Path, *args: str | bytes) -> subprocess.CompletedProcess[bytes]:
     """The CLI in a subprocess whose stdout is strict UTF-8, as on a UTF-8 terminal."""
     env = {**os.environ, "NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db"),
-           "NOTIFYKIT_BACKUP_STORE_PATH": str(tmp_path / "objects"), "NOTIFYKIT_BACKUP_FSYNC": "false",
+           "NOTIFYKIT_BACKUP_STORE": f"file://{tmp_path / 'objects'}?fsync=false",
            "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl"), "PYTHONIOENCODING": "utf-8",
            "NOTIFYKIT_BACKUP_NOTIFIER_URL": f"log://{tmp_path / 'n.jsonl'}", "LC_ALL": "C.UTF-8"}
     env.pop("NOTIFYKIT_BACKUP_CONFIG", None)

@@ -21,12 +21,11 @@ from .helpers import write_volume
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point every CLI path into tmp_path through the environment."""
-    for key in ("CONFIG", "CATALOG_PATH", "STORE_PATH", "NOTIFIER_URL"):
+    for key in ("CONFIG", "CATALOG_PATH", "STORE", "NOTIFIER_URL"):
         monkeypatch.delenv(f"NOTIFYKIT_BACKUP_{key}", raising=False)
     monkeypatch.setenv("NOTIFYKIT_BACKUP_CATALOG_PATH", str(tmp_path / "catalog.sqlite3"))
-    monkeypatch.setenv("NOTIFYKIT_BACKUP_STORE_PATH", str(tmp_path / "objects"))
+    monkeypatch.setenv("NOTIFYKIT_BACKUP_STORE", f"file://{tmp_path / 'objects'}?fsync=false")
     monkeypatch.setenv("NOTIFYKIT_BACKUP_DEAD_LETTER_PATH", str(tmp_path / "dl.jsonl"))
-    monkeypatch.setenv("NOTIFYKIT_BACKUP_FSYNC", "false")
     return tmp_path
 
 
@@ -105,7 +104,8 @@ def test_settings_precedence_defaults_toml_env_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"NOTIFYKIT_BACKUP_FSYNC": "maybe"}, "fsync must be true or false"),
+    ({"NOTIFYKIT_BACKUP_STORE": "file:///tmp/x?fsync=maybe"}, "file store: fsync must be true or false"),
+    ({"NOTIFYKIT_BACKUP_STORE": "file:///tmp/x?fsinc=no"}, r"file store: unknown option\(s\) 'fsinc' \(allowed: fsync\)"),
     ({"NOTIFYKIT_BACKUP_COMPRESSION": "lzma"}, "compression must be one of none, zlib, zstd"),
     ({"NOTIFYKIT_BACKUP_CHUNK_SIZE": "12"}, "chunk_size must be 4096 bytes"),
     ({"NOTIFYKIT_BACKUP_BACKUP_TIMER_INTERVAL": "-1"}, "backup_timer_interval must be > 0"),
@@ -155,7 +155,7 @@ def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code
         fh.truncate(4 * 1024**3)  # sparse: many 64 KiB chunks, so the backup is still running at the signal
     log = tmp_path / "n.jsonl"
     env = {**os.environ, "NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db"),
-           "NOTIFYKIT_BACKUP_STORE_PATH": str(tmp_path / "objects"), "NOTIFYKIT_BACKUP_FSYNC": "false",
+           "NOTIFYKIT_BACKUP_STORE": f"file://{tmp_path / 'objects'}?fsync=false",
            "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl")}
     env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "backup.cli", "create", str(volume), "--chunk-size", "64KiB",

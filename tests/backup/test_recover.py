@@ -20,7 +20,7 @@ from .test_cli import lines
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db"),
-           "NOTIFYKIT_BACKUP_STORE_PATH": str(tmp_path / "objects"), "NOTIFYKIT_BACKUP_FSYNC": "false",
+           "NOTIFYKIT_BACKUP_STORE": f"file://{tmp_path / 'objects'}?fsync=false",
            "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl")}
     env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
     return env

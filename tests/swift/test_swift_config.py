@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from backup import BackupConfig, BackupConfigError, ChunkedBackupDriver, PosixObjectStore, SwiftObjectStore, build_driver
+from backup import (
+    BackupConfig,
+    BackupConfigError,
+    ChunkedBackupDriver,
+    PosixObjectStore,
+    SwiftObjectStore,
+    SwiftOptions,
+    build_driver,
+)
 from backup.cli import main
 
 from ..backup.helpers import write_volume
@@ -26,52 +34,59 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_store_url_selects_swift_and_keeps_the_key_out_of_reprs() -> None:
-    config = BackupConfig.load(store_path=URL + "?container=backups&retry_attempts=5")
-    options = config.swift_options()
-    assert config.object_store == "swift"
+    config = BackupConfig.load(store=URL + "?container=backups&retry_attempts=5")
+    driver = build_driver(config)
+    assert isinstance(driver, ChunkedBackupDriver) and isinstance(driver.store, SwiftObjectStore)
+    options = driver.store.options
     assert (options.auth_url, options.user, options.key) == ("http://127.0.0.1:8080/auth/v1.0", "test:tester",
                                                               "s3cret-key")
     assert options.container == "backups" and options.retry.attempts == 5 and options.auth_version == "1"
-    driver = build_driver(config)
-    assert isinstance(driver, ChunkedBackupDriver) and isinstance(driver.store, SwiftObjectStore)
     assert driver.service == "backup.drivers.swift" and driver.uploads == 4
-    for text in (repr(config), repr(options), repr(driver), repr(driver.store)):
+    assert driver.store.location == "http://127.0.0.1:8080/auth/v1.0?user=test%3Atester&container=backups"
+    for text in (repr(config), repr(options), repr(driver), repr(driver.store), config.store_location):
         assert "s3cret-key" not in text
 
 
-def test_toml_and_environment_select_swift(tmp_path: Path) -> None:
+def test_toml_store_options_and_environment_select_swift(tmp_path: Path) -> None:
     toml = tmp_path / "backup.toml"
-    toml.write_text('[backup]\nobject_store = "swift"\nswift_url = "swift+https://proxy.example:8080/auth/v1.0"\n'
-                    'swift_user = "acct:backup"\nswift_container = "cinder-backups"\nuploads = 8\n')
-    config = BackupConfig.load(toml, env={"NOTIFYKIT_BACKUP_SWIFT_KEY": "from-env"})
-    options = config.swift_options()
+    toml.write_text('[backup]\nstore = "swift+https://proxy.example:8080/auth/v1.0"\nuploads = 8\n'
+                    '[backup.store_options]\nuser = "acct:backup"\nkey = "from-toml"\ncontainer = "cinder-backups"\n'
+                    'retry_attempts = 4\n')
+    config = BackupConfig.load(toml, env={})
+    driver = build_driver(config)
+    assert isinstance(driver.store, SwiftObjectStore)
+    options = driver.store.options
     assert (options.auth_url, options.user, options.key) == ("https://proxy.example:8080/auth/v1.0", "acct:backup",
-                                                              "from-env")
-    assert build_driver(config).uploads == 8
-    # an explicit directory on the command line goes back to posix
-    posix = BackupConfig.load(toml, env={"NOTIFYKIT_BACKUP_SWIFT_KEY": "k"}, store_path=str(tmp_path / "objects"))
-    assert posix.object_store == "posix" and isinstance(build_driver(posix).store, PosixObjectStore)
+                                                              "from-toml")
+    assert options.container == "cinder-backups" and options.retry.attempts == 4
+    assert driver.uploads == 8
+    assert "from-toml" not in repr(config)
+    # the environment, then an explicit directory on the command line, go back to posix
+    with pytest.raises(BackupConfigError, match=r"file store: unknown option\(s\) 'container', 'key'") as raised:
+        # the TOML's swift options do not fit the file store: said, not ignored
+        BackupConfig.load(toml, env={"NOTIFYKIT_BACKUP_STORE": str(tmp_path / "env-objects")})
+    assert "from-toml" not in str(raised.value)
+    posix = BackupConfig.load(env={}, store=str(tmp_path / "objects"))
+    assert isinstance(build_driver(posix).store, PosixObjectStore)
 
 
 def test_keystone_v3_options() -> None:
-    config = BackupConfig.load(object_store="swift", swift_url="swift+https://alice:pw@keystone.example:5000/v3",
-                               swift_project="backups", swift_region="RegionTwo")
-    options = config.swift_options()
+    options = SwiftOptions.from_url("swift+https://alice:pw@keystone.example:5000/v3",
+                                    {"project": "backups", "region": "RegionTwo"})
     assert options.auth_version == "3" and options.auth_url == "https://keystone.example:5000/v3"
     assert (options.project, options.project_domain, options.user_domain, options.region) == (
         "backups", "Default", "Default", "RegionTwo")
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"object_store": "swift"}, "needs swift_url"),
-    ({"object_store": "s3"}, "object_store must be one of posix, swift"),
-    ({"store_path": "swift://127.0.0.1:8080/auth/v1.0"}, "needs a user and a key"),
-    ({"store_path": URL + "?colour=blue"}, "unknown option 'colour'"),
-    ({"store_path": URL + "?auth_version=2"}, "swift_auth_version must be 1"),
-    ({"store_path": "swift://u:k@keystone:5000/v3"}, "needs swift_project"),
-    ({"store_path": URL, "swift_container": "no/slash"}, "invalid container name"),
-    ({"store_path": URL, "swift_retry_attempts": "0"}, "swift_retry_attempts must be >= 1"),
-    ({"store_path": URL, "uploads": "0"}, "uploads must be 1 to 64"),
+    ({"store": "swift://127.0.0.1:8080/auth/v1.0"}, "needs a user and a key"),
+    ({"store": URL + "?colour=blue"}, r"swift store: unknown option\(s\) 'colour' \(allowed: auth_version, container,"),
+    ({"store": URL + "?auth_version=2"}, "auth_version must be 1"),
+    ({"store": "swift://u:k@keystone:5000/v3"}, "needs the project option"),
+    ({"store": URL, "store_options": {"container": "no/slash"}}, "invalid container name"),
+    ({"store": URL, "store_options": {"retry_attempts": "0"}}, "retry_attempts must be >= 1"),
+    ({"store": URL, "store_options": {"timeout": "soon"}}, "timeout must be a number"),
+    ({"store": URL, "uploads": "0"}, "uploads must be 1 to 64"),
 ])
 def test_bad_swift_settings_are_one_clear_error_without_the_key(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(BackupConfigError, match=message) as raised:
