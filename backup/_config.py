@@ -147,6 +147,9 @@ class BackupConfig:
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise BackupConfigError(f"backup config file {str(path)!r} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise BackupConfigError(f"backup config file {str(path)!r} is not UTF-8 text"
+                                    f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise BackupConfigError(f"backup config file {str(path)!r} is not valid TOML: {exc}") from None
         table = data.get("backup", data)

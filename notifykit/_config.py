@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._formats import WireFormat
 from ._message import Priority
+from ._numbers import check_number
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._settings import FALSE_WORDS, TRUE_WORDS
 from ._url import parse_url, redact_url
@@ -49,14 +51,12 @@ class TransportConfig:
     spool_max_messages: int = DEFAULT_SPOOL_MAX_MESSAGES
 
     def __post_init__(self) -> None:
-        if self.spool_max_messages < 1:
-            raise ConfigError(f"spool_max_messages must be >= 1, got {self.spool_max_messages}")
-        if self.queue_size < 1:
-            raise ConfigError(f"queue_size must be >= 1, got {self.queue_size}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.block_timeout is not None and self.block_timeout < 0:
-            raise ConfigError(f"block_timeout must be >= 0, got {self.block_timeout}")
+        check_number("spool_max_messages", self.spool_max_messages, kind=int, minimum=1)
+        check_number("queue_size", self.queue_size, kind=int, minimum=1)
+        if self.batch_size is not None:
+            check_number("batch_size", self.batch_size, kind=int, minimum=1)
+        if self.block_timeout is not None:  # 0: refuse at once when the queue is full
+            check_number("block_timeout", self.block_timeout, minimum=0)
         if not self.topics:
             raise ConfigError("topics must name at least one topic")
 
@@ -113,16 +113,18 @@ _NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "clos
 
 
 def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
-    if value is None or (none_ok and isinstance(value, str) and value.lower() in {"none", "never", ""}):
-        if none_ok:
-            return None
-        raise ConfigError(f"{where}: {key} must be a number")
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+    """Coerce a TOML or URL value to ``kind``. A value that is not one is passed through
+    unchanged: the config object's check then names the option and its allowed range."""
+    if none_ok and (value is None or (isinstance(value, str) and value.strip().lower() in {"none", "never", ""})):
+        return None
+    if isinstance(value, bool) or value is None:
+        return value
+    if kind is int and isinstance(value, float):
+        return int(value) if value.is_integer() else value
     try:
         return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        return value
 
 
 def _str_list(value: Any, key: str, where: str) -> tuple[str, ...]:
@@ -183,10 +185,11 @@ def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_string
         raise ConfigError(f"{where}: 'url' is required and must be a string")
     parse_url(url)  # malformed URLs fail here, at configuration time
 
-    retry = RetryPolicy(**_policy_fields(nested_retry, RetryPolicy(), "retry", where,
-                                         {"max_attempts": int}, nullable={"max_elapsed", "max_attempts"}))
-    circuit = CircuitPolicy(**_policy_fields(nested_circuit, CircuitPolicy(), "circuit", where,
-                                             {"failure_threshold": int}))
+    with _located(where):
+        retry = RetryPolicy(**_policy_fields(nested_retry, RetryPolicy(), "retry", where,
+                                             {"max_attempts": int}, nullable={"max_elapsed", "max_attempts"}))
+        circuit = CircuitPolicy(**_policy_fields(nested_circuit, CircuitPolicy(), "circuit", where,
+                                                 {"failure_threshold": int}))
     min_priority = nested_filter.get("min_priority")
     flt = Filter(
         event_types=_str_list(nested_filter["event_types"], "event_types", where) if "event_types" in nested_filter else ("*",),
@@ -199,7 +202,7 @@ def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_string
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{where}: name must be a string")
     fmt = flat.get("format")
-    return TransportConfig(
+    fields: dict[str, Any] = dict(
         url=url,
         name=name,
         format=None if fmt is None else WireFormat.parse(fmt),
@@ -216,6 +219,17 @@ def _transport_from_table(table: Mapping[str, Any], *, where: str, coerce_string
         spool_max_messages=_number(flat.get("spool_max_messages", DEFAULT_SPOOL_MAX_MESSAGES), "spool_max_messages",
                                    where, int),
     )
+    with _located(where):
+        return TransportConfig(**fields)
+
+
+@contextmanager
+def _located(where: str) -> Iterator[None]:
+    """Prefix a range error raised by a config object with the file or URL it came from."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _boolean(value: Any, key: str, where: str) -> bool:
@@ -271,8 +285,9 @@ class NotifierConfig:
     def __post_init__(self) -> None:
         if not self.transports:
             raise ConfigError("a Notifier needs at least one transport")
-        if self.max_payload_bytes < 1:
-            raise ConfigError("max_payload_bytes must be >= 1")
+        check_number("max_payload_bytes", self.max_payload_bytes, kind=int, minimum=1)
+        check_number("close_timeout", self.close_timeout, minimum=0)  # 0: no drain, leftovers kept/dead-lettered
+        check_number("status_interval", self.status_interval, minimum=0, above=True)
         if not self.publisher_id:
             raise ConfigError("publisher_id must not be empty")
 
@@ -295,7 +310,7 @@ class NotifierConfig:
         publisher_id = data.get("publisher_id", "notifykit")
         if not isinstance(publisher_id, str):
             raise ConfigError(f"{where}: publisher_id must be a string")
-        return cls(
+        fields: dict[str, Any] = dict(
             transports=tuple(transports),
             publisher_id=publisher_id,
             max_payload_bytes=_number(data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES), "max_payload_bytes", where, int),
@@ -306,6 +321,8 @@ class NotifierConfig:
             status_path=None if data.get("status_path") is None else Path(str(data["status_path"])),
             status_interval=_number(data.get("status_interval", 5.0), "status_interval", where, float),
         )
+        with _located(where):
+            return cls(**fields)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> NotifierConfig:
@@ -315,6 +332,9 @@ class NotifierConfig:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"configuration file {str(path)!r} is not UTF-8 text"
+                              f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

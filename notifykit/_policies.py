@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from ._choices import parse_choice
-from ._errors import ConfigError
 from ._message import Priority
+from ._numbers import check_number
 
 __all__ = ["CircuitPolicy", "Filter", "OverflowPolicy", "RetryPolicy"]
 
@@ -51,14 +51,13 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
-        if self.initial_delay < 0 or self.max_delay < 0:
-            raise ConfigError("retry delays must be >= 0")
-        if self.multiplier < 1:
-            raise ConfigError("retry multiplier must be >= 1")
-        if self.max_elapsed is not None and self.max_elapsed < 0:
-            raise ConfigError("retry max_elapsed must be >= 0")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ConfigError("retry max_attempts must be >= 1")
+        check_number("retry.initial_delay", self.initial_delay, minimum=0)
+        check_number("retry.max_delay", self.max_delay, minimum=0)
+        check_number("retry.multiplier", self.multiplier, minimum=1)
+        if self.max_elapsed is not None:  # 0: give up after the first failure
+            check_number("retry.max_elapsed", self.max_elapsed, minimum=0)
+        if self.max_attempts is not None:
+            check_number("retry.max_attempts", self.max_attempts, kind=int, minimum=1)
 
     def ceiling(self, attempt: int) -> float:
         """Upper bound of the delay before retry number ``attempt`` (0-based)."""
@@ -85,10 +84,8 @@ class CircuitPolicy:
     reset_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.failure_threshold < 1:
-            raise ConfigError("circuit failure_threshold must be >= 1")
-        if self.reset_timeout < 0:
-            raise ConfigError("circuit reset_timeout must be >= 0")
+        check_number("circuit.failure_threshold", self.failure_threshold, kind=int, minimum=1)
+        check_number("circuit.reset_timeout", self.reset_timeout, minimum=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,10 @@ def redact_url(url: str) -> str:
             shown = _REDACTED if _SECRET_QUERY_KEYS.search(key) and value else value
             pairs.append(f"{quote(key, safe='_-.')}={quote(shown, safe='*/_-.,:')}")
         query = "&".join(pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    if not netloc and url.startswith(f"{parts.scheme}://") and not redacted.startswith(f"{parts.scheme}://"):
+        redacted = f"{parts.scheme}://{redacted[len(parts.scheme) + 1:]}"  # urlunsplit drops an empty "//"
+    return redacted
 
 
 def redact_text(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,8 @@ class TransportSettings:
             value = float(text)
         except ValueError:
             raise ConfigError(f"{self._where(key)} must be a number, got {text!r}") from None
+        if not math.isfinite(value):  # float() accepts "nan", "inf" and "1e999"
+            raise ConfigError(f"{self._where(key)} must be a finite number, got {text!r}")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{self._where(key)} must be >= {minimum}, got {value}")
         return value

@@ -153,7 +153,7 @@ def test_missing_toml_file(tmp_path: Path) -> None:
         ({"transports": {"a": {}}}, "'url' is required"),
         ({"transports": {"a": {"url": "memory://", "colour": 1}}}, r"unknown key\(s\) colour"),
         ({"transports": {"a": {"url": "memory://", "retry": {"forever": True}}}}, r"\[retry\]: unknown key"),
-        ({"transports": {"a": {"url": "memory://", "queue_size": 0}}}, "queue_size must be >= 1"),
+        ({"transports": {"a": {"url": "memory://", "queue_size": 0}}}, "queue_size must be an integer >= 1"),
         ({"transports": {"a": {"url": "memory://"}}, "publisher": "x"}, r"unknown key\(s\) publisher"),
         ({"transports": {"a": {"url": "memory://", "filter": {"min_priority": "loud"}}}}, "min_priority"),
     ],
