@@ -22,6 +22,7 @@ from ._errors import (
     NotifierClosedError,
     NotifyKitError,
     PermanentError,
+    QueueFullError,
     SignatureError,
     TransientError,
     TransportError,
@@ -36,6 +37,7 @@ from ._redact import Redactor, redact_text
 from ._settings import TransportSettings
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats, render_prometheus
+from ._supervisor import TaskHealth, TaskState
 from ._transport import Transport
 from ._url import ParsedURL, parse_url, redact_url
 
@@ -66,12 +68,15 @@ __all__ = [
     "PermanentError",
     "PreparedNotifier",
     "Priority",
+    "QueueFullError",
     "Redactor",
     "RequestContext",
     "RetryPolicy",
     "SignatureError",
     "Spool",
     "SupportsNotify",
+    "TaskHealth",
+    "TaskState",
     "TransientError",
     "Transport",
     "TransportConfig",

@@ -8,6 +8,7 @@ other's trouble.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from ._message import Notification
 from ._policies import OverflowPolicy
 from ._spool import Spool, SpooledRow
 from ._stats import TransportState, TransportStats
+from ._supervisor import Supervisor, describe
 from ._transport import Transport
 
 __all__ = ["Dispatcher"]
@@ -86,6 +88,13 @@ class Dispatcher:
         self._send: MemoryObjectSendStream[Notification] = send
         self._receive: MemoryObjectReceiveStream[Notification] = receive
         self._in_flight: list[Notification] = []
+        self._in_flight_spooled = 0  # rows of the batch in flight that are still counted in _spooled
+        # Callers waiting under ``block``, in arrival order; the worker admits them into the
+        # queue as it makes room (setting each one's event), the close takes over the rest.
+        self._blocked: dict[anyio.Event, Notification] = {}
+        self._refusals = 0
+        self._closed = False  # leftovers taken: the worker is gone
+        self._started = False  # the spool was counted (once, not at every restart)
         self._opened = False
         self.finished = anyio.Event()
         self._scope: anyio.CancelScope | None = None
@@ -112,10 +121,13 @@ class Dispatcher:
     # -- caller side -------------------------------------------------------------------
 
     def offer(self, notification: Notification) -> bool:
-        """Enqueue without waiting. False means: call (and await) :meth:`put`."""
+        """Enqueue without waiting. False means: call (and await) :meth:`put`, or
+        :meth:`release` if the caller gives up before it could (cancelled)."""
         if self._spool is not None and (self.durable or self._spilling):
             self._reserved += 1  # until put() has committed it, the worker must not stop spilling
             return False
+        if self._blocked or self._closed:
+            return False  # earlier callers wait first (block keeps arrival order); closed: put() handles it
         try:
             self._send.send_nowait(notification)
         except anyio.WouldBlock:
@@ -131,35 +143,88 @@ class Dispatcher:
                 except anyio.WouldBlock:  # pragma: no cover - a full queue always has one
                     pass
                 self._send.send_nowait(notification)
-                self.stats.enqueued += 1
+            self.stats.enqueued += 1  # taken on, then dropped: counted in both
             self._count_drop()
             return True
         self.stats.enqueued += 1
         self._wakeup.set()
         return True
 
-    async def put(self, notification: Notification) -> None:
-        """Commit to the spool (durable, spill), or wait for room (``block``; past
-        ``block_timeout`` the notification is dead-lettered instead)."""
-        if self._spool is not None and (self.durable or self._spilling):
+    @property
+    def waits(self) -> bool:
+        """Whether :meth:`put` may wait for room (rather than commit to the spool)."""
+        return not (self._spool is not None and (self.durable or self._spilling))
+
+    def release(self) -> None:
+        """The caller of a refused :meth:`offer` gives up before :meth:`put` (cancelled)."""
+        if not self.waits:
+            self._reserved -= 1
+
+    async def put(self, notification: Notification, started: float | None = None) -> bool:
+        """After a refused :meth:`offer`: commit to the spool (durable, spill), or wait for
+        room (``block``). False: no room within ``block_timeout`` counted from ``started``
+        (counted as ``refused``; the caller raises QueueFullError)."""
+        if self._closed:  # this notify() was waiting on another transport while the Notifier closed
+            if not self.waits:
+                self._reserved -= 1
+            self.stats.enqueued += 1
+            await self._dead_letter([notification], "arrived after the Notifier closed")
+            return True
+        if not self.waits:
+            assert self._spool is not None
             try:
                 await self._spool_put(self._spool, notification)
             finally:
                 self._reserved -= 1
-            return
+            return True
+        if not self._blocked and self._try_enqueue(notification):
+            return True
         timeout = self.config.block_timeout
-        with anyio.move_on_after(timeout) as scope:
-            await self._send.send(notification)
-            self.stats.enqueued += 1
-            self._wakeup.set()
-        if scope.cancelled_caught:
-            await self._dead_letter(
-                [notification], f"queue full: no room within block_timeout={timeout}s"
-            )
+        admitted = anyio.Event()
+        self._blocked[admitted] = notification
+        try:
+            deadline = math.inf if timeout is None else (started or anyio.current_time()) + timeout
+            with anyio.move_on_at(deadline):
+                self._admit_blocked()
+                await admitted.wait()
+        finally:
+            waiting = self._blocked.pop(admitted, None) is not None
+        if not waiting:
+            return True  # admitted into the queue, or taken over by the close: counted there
+        self._count_refusal(timeout)
+        return False
 
-    async def _spool_put(self, spool: Spool, notification: Notification) -> None:
-        """Store before returning; past the spool cap, dead-letter (counted as spool_full)."""
+    def _try_enqueue(self, notification: Notification) -> bool:
+        try:
+            self._send.send_nowait(notification)
+        except anyio.WouldBlock:
+            return False
+        self.stats.enqueued += 1
+        self._wakeup.set()
+        return True
+
+    def _admit_blocked(self) -> None:
+        """Move waiting callers' notifications into the queue while it has room, oldest first."""
+        while self._blocked:
+            admitted, notification = next(iter(self._blocked.items()))
+            if not self._try_enqueue(notification):
+                return
+            del self._blocked[admitted]
+            admitted.set()
+
+    def _count_refusal(self, timeout: float | None) -> None:
+        self.stats.refused += 1
+        self._refusals += 1
+        if self._refusals == 1 or self._refusals % 1000 == 0:
+            log.warning("notifykit transport %r queue full (%d): block_timeout=%ss passed, %d notification(s)"
+                        " refused so far (QueueFullError)", self.name, self.config.queue_size, timeout,
+                        self.stats.refused)
+
+    async def _spool_put(self, spool: Spool, notification: Notification, *, new: bool = True) -> None:
+        """Store before returning; past the spool cap, dead-letter (counted as spool_full).
+        ``new=False``: already counted as enqueued (a leftover of the memory queue)."""
         await self._spool_counted.wait()
+        self.stats.enqueued += new  # taken on: spooled below, or dead-lettered
         cap = self.config.spool_max_messages
         if self._spooled >= cap:
             self.stats.spool_full += 1
@@ -173,7 +238,6 @@ class Dispatcher:
             log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
             await self._dead_letter([notification], f"spool write failed: {exc}")
             return
-        self.stats.enqueued += 1
         del row_id
 
     def _on_committed(self, row_id: int, notification: Notification) -> None:
@@ -196,7 +260,6 @@ class Dispatcher:
     def close_input(self) -> None:
         """No more notifications: the worker drains what is queued, then stops."""
         self._input_closed = True
-        self._send.close()
         self._wakeup.set()
 
     @property
@@ -205,19 +268,38 @@ class Dispatcher:
 
     def snapshot(self) -> TransportStats:
         return replace(self.stats, queue_depth=self.queue_depth, in_flight=len(self._in_flight),
-                       spooled=self._spooled)
+                       spooled=self._spooled - self._in_flight_spooled)
 
     # -- worker side -------------------------------------------------------------------
 
-    async def run_shielded(self) -> None:
-        """run() shielded from the caller's cancellation: a caller cancelled inside
-        ``async with notifier`` still gets its queue drained by aclose() (within
+    @property
+    def task_name(self) -> str:
+        """The worker's name in ``Notifier.background_tasks()``."""
+        return f"worker:{self.name}"
+
+    async def run_shielded(self, supervisor: Supervisor) -> None:
+        """run(), supervised (a crash is recorded and the worker restarted, never raised into
+        the task group) and shielded from the caller's cancellation: a caller cancelled
+        inside ``async with notifier`` still gets its queue drained by aclose() (within
         close_timeout), which alone stops the worker, through :meth:`stop`."""
-        with anyio.CancelScope(shield=True) as scope:
-            self._scope = scope
-            if self._stopped:  # stopped before this task even started
-                scope.cancel()
-            await self.run()
+        try:
+            with anyio.CancelScope(shield=True) as scope:
+                self._scope = scope
+                if self._stopped:  # stopped before this task even started
+                    scope.cancel()
+                await supervisor.run(self.task_name, self.run, on_failure=self._crashed)
+        finally:
+            self._spool_counted.set()
+            self.finished.set()
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The worker raised (a bug, a broken spool): show it; the supervisor restarts run()."""
+        self.stats.last_error = describe(exc)
+        self._set_state(TransportState.FAILED)
+        if self._in_flight_spooled:  # those rows are still in the spool: read them again
+            self._in_flight, self._in_flight_spooled = [], 0
+            self._cache.clear()
+            self._cache_complete = False
 
     def stop(self) -> None:
         """Cancel the worker (the close deadline passed)."""
@@ -226,45 +308,48 @@ class Dispatcher:
             self._scope.cancel()
 
     async def run(self) -> None:
-        """Worker: deliver batches from the memory queue, then from the spool, until closed."""
-        try:
+        """Worker: deliver batches from the memory queue, then from the spool, until closed.
+        Run again by the supervisor after a crash: a memory batch that was in flight goes first."""
+        if not self._started:
             if self._spool is not None:
                 self._spooled = await self._spool.count(self.name)
                 self.stats.replayed = self._spooled
+                self.stats.enqueued += self._spooled  # taken on by this process
                 if self._spooled:
                     self._spilling = True
                     self._cache_complete = False
                     log.info("notifykit transport %r: replaying %d notification(s) left in %r",
                              self.name, self._spooled, self._spool)
-            self._spool_counted.set()
-            while True:
-                self._wakeup = anyio.Event()  # fresh before looking, so no wake-up is lost
-                batch = self._take_queued()
-                if batch:
-                    self._in_flight = batch
-                    await self._deliver(batch)
-                    self._in_flight = []
+            self._started = True
+        self._spool_counted.set()
+        if self._in_flight:
+            await self._deliver(self._in_flight)
+            self._in_flight = []
+        while True:
+            self._wakeup = anyio.Event()  # fresh before looking, so no wake-up is lost
+            batch = self._take_queued()
+            if batch:
+                self._in_flight = batch
+                await self._deliver(batch)
+                self._in_flight = []
+                continue
+            if self._spool is not None and (self.durable or self._spilling):
+                rows = await self._next_spooled(self._spool)
+                if rows:
+                    await self._deliver_spooled(self._spool, rows)
                     continue
-                if self._spool is not None and (self.durable or self._spilling):
-                    rows = await self._next_spooled(self._spool)
-                    if rows:
-                        await self._deliver_spooled(self._spool, rows)
-                        continue
-                    if self._committed_max > self._after:
-                        continue  # committed while we were reading
-                    if self._to_delete:
-                        await self._flush_deletes(self._spool)  # idle: a good time; then look again
-                        continue
-                    self._cache_complete = True  # everything committed is delivered
-                    if self._spilling and self._spooled <= 0 and self._reserved == 0:
-                        self._spilling = False
-                        continue
-                if self._input_closed and not self._spilling:
-                    return
-                await self._wakeup.wait()
-        finally:
-            self._spool_counted.set()
-            self.finished.set()
+                if self._committed_max > self._after:
+                    continue  # committed while we were reading
+                if self._to_delete:
+                    await self._flush_deletes(self._spool)  # idle: a good time; then look again
+                    continue
+                self._cache_complete = True  # everything committed is delivered
+                if self._spilling and self._spooled <= 0 and self._reserved == 0:
+                    self._spilling = False
+                    continue
+            if self._input_closed and not self._spilling and not self._blocked:
+                return
+            await self._wakeup.wait()
 
     def _take_queued(self) -> list[Notification]:
         batch: list[Notification] = []
@@ -273,6 +358,8 @@ class Dispatcher:
                 batch.append(self._receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
+        if batch and self._blocked:
+            self._admit_blocked()
         return batch
 
     async def _next_spooled(self, spool: Spool) -> list[SpooledRow]:
@@ -289,12 +376,12 @@ class Dispatcher:
         """Deliver spooled rows; they are deleted only once sent or dead-lettered (in
         batches of DELETE_BATCH: a crash re-sends at most that many, at-least-once)."""
         batch = [row.notification for row in rows]
-        self._in_flight = batch
+        self._in_flight, self._in_flight_spooled = batch, len(rows)
         await self._deliver(batch)
-        self._in_flight = []
         self._to_delete.extend(row.row_id for row in rows)
         self._after = rows[-1].row_id
         self._spooled -= len(rows)
+        self._in_flight, self._in_flight_spooled = [], 0
         if len(self._to_delete) >= DELETE_BATCH:
             await self._flush_deletes(spool)
 
@@ -317,6 +404,7 @@ class Dispatcher:
                 await self.transport.send(pending)
             except BatchError as exc:
                 pending, error, progressed = await self._split(pending, exc)
+                self._in_flight = list(pending)  # the rest is counted sent or dead-lettered
                 if not pending:
                     self._succeeded()
                     return
@@ -389,33 +477,44 @@ class Dispatcher:
     async def _dead_letter(self, notifications: list[Notification], reason: str) -> None:
         if not notifications:
             return
-        self.stats.dead_lettered += len(notifications)
         when = now_utc()
         letters = [DeadLetter(self.name, reason, n, when) for n in notifications]
         try:
             await self._sink.write(letters)
         except Exception:
+            self.stats.dead_letter_failed += len(notifications)  # not on disk: not dead_lettered
             ids = ", ".join(n.message_id for n in notifications[:20])
             log.critical("notifykit could not write %d dead letter(s) for %r (%s): %s",
                          len(notifications), self.name, ids, reason, exc_info=True)
+        else:
+            self.stats.dead_lettered += len(notifications)
 
     async def dead_letter_leftovers(self, reason: str) -> tuple[int, int]:
         """After the worker stopped: what is still queued goes to the spool when there is
         one (replayed by the next Notifier), else to dead letters. Returns (dead-lettered,
         left in spool)."""
-        leftovers = [] if self._spool is not None and (self.durable or self._spilling) else list(self._in_flight)
-        self._in_flight = []
+        self._closed = True
+        leftovers = [] if self._in_flight_spooled else list(self._in_flight)
+        self._in_flight, self._in_flight_spooled = [], 0
         while True:
             try:
                 leftovers.append(self._receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
+        # Callers still waiting under ``block``: their notify() returns normally, their
+        # notification is taken on here (counted enqueued) and kept or dead-lettered below.
+        for admitted, notification in self._blocked.items():
+            self.stats.enqueued += 1
+            leftovers.append(notification)
+            admitted.set()
+        self._blocked.clear()
+        self._send.close()
         self._receive.close()
         if self._spool is not None:
             await self._flush_deletes(self._spool)
             self._spool_counted.set()
             for notification in leftovers:
-                await self._spool_put(self._spool, notification)
+                await self._spool_put(self._spool, notification, new=False)
             return 0, self._spooled
         await self._dead_letter(leftovers, reason)
         return len(leftovers), 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._message import Notification
 
 __all__ = [
     "BatchError",
@@ -12,6 +16,7 @@ __all__ = [
     "NotifierClosedError",
     "NotifyKitError",
     "PermanentError",
+    "QueueFullError",
     "SignatureError",
     "TransientError",
     "TransportError",
@@ -47,6 +52,21 @@ class InvalidNotificationError(NotifyKitError, ValueError):
 
 class NotifierClosedError(NotifyKitError, RuntimeError):
     """notify() was called on a Notifier that is not open."""
+
+
+class QueueFullError(NotifyKitError):
+    """``overflow = block``: a transport's queue had no room within its ``block_timeout``.
+
+    The transports named in ``transports`` did not take the notification (each counts it
+    as ``refused``); every other transport did. The caller still holds it: re-sending it
+    with ``notifier.emit(exc.notification)`` keeps its message_id.
+    """
+
+    def __init__(self, notification: Notification, transports: Sequence[str]) -> None:
+        self.notification = notification
+        self.transports = tuple(transports)
+        super().__init__(f"queue full: transport(s) {', '.join(map(repr, self.transports))} had no room within"
+                         f" block_timeout for {notification.event_type!r} ({notification.message_id})")
 
 
 class TransportError(NotifyKitError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -19,13 +19,15 @@ from ._clock import Clock, EventLoopClock
 from ._config import NotifierConfig, TransportConfig
 from ._deadletter import DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path
 from ._dispatcher import Dispatcher
-from ._errors import ConfigError, NotifierClosedError
+from ._errors import ConfigError, NotifierClosedError, QueueFullError
 from ._loading import resolve_transport
 from ._message import ContextLike, Notification, Priority
+from ._numbers import check_number
 from ._policies import OverflowPolicy
 from ._spool import Spool, default_spool_path
 from ._stats import TransportState, TransportStats
-from ._status import report_status_periodically, status_document, write_status_file
+from ._status import STATUS_TASK, report_status_periodically, status_document, write_status
+from ._supervisor import Supervisor, TaskHealth
 from ._transport import Transport
 from ._url import parse_url
 
@@ -110,6 +112,7 @@ class Notifier(_PriorityMethods):
         max_payload_bytes: int | None = None,
         spool: str | os.PathLike[str] | None = None,
         status_path: str | os.PathLike[str] | None = None,
+        status_interval: float | None = None,
     ) -> None:
         if isinstance(config, TransportConfig):
             config = NotifierConfig(transports=(config,))
@@ -125,10 +128,13 @@ class Notifier(_PriorityMethods):
             config = replace(config, spool_path=Path(spool))
         if status_path is not None:
             config = replace(config, status_path=Path(status_path))
+        if status_interval is not None:
+            config = replace(config, status_interval=status_interval)
         self.config = config
         self.publisher_id = config.publisher_id
         self._sink = self._make_sink(dead_letters, config.dead_letter_path)
         clock = clock or EventLoopClock()
+        self._supervisor = Supervisor(clock)
         needs_spool = any(t.durable or t.overflow is OverflowPolicy.SPILL for t in config.transports)
         self.spool = Spool(config.spool_path or default_spool_path(), synchronous=config.spool_synchronous) \
             if needs_spool else None
@@ -165,26 +171,30 @@ class Notifier(_PriorityMethods):
     def from_url(cls, url: str, *, publisher_id: str, dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, close_timeout: float | None = None,
                  max_payload_bytes: int | None = None, spool: str | os.PathLike[str] | None = None,
-                 status_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Notifier:
+                 status_path: str | os.PathLike[str] | None = None, status_interval: float | None = None,
+                 **overrides: Any) -> Notifier:
         """One transport; its options and policies are URL query parameters
         (``overrides`` replace TransportConfig fields)."""
         return cls(TransportConfig.from_url(url, **overrides), publisher_id=publisher_id,
                    dead_letters=dead_letters, clock=clock, close_timeout=close_timeout,
-                   max_payload_bytes=max_payload_bytes, spool=spool, status_path=status_path)
+                   max_payload_bytes=max_payload_bytes, spool=spool, status_path=status_path,
+                   status_interval=status_interval)
 
     @classmethod
     def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any], *, publisher_id: str | None = None,
                     dead_letters: DeadLetterSink | str | os.PathLike[str] | None = None,
                     clock: Clock | None = None, close_timeout: float | None = None,
                     spool: str | os.PathLike[str] | None = None,
-                    status_path: str | os.PathLike[str] | None = None) -> Notifier:
+                    status_path: str | os.PathLike[str] | None = None,
+                    status_interval: float | None = None) -> Notifier:
         """Several transports from a TOML file path or an already-parsed mapping."""
         if isinstance(source, Mapping):
             config = NotifierConfig.from_mapping(source)
         else:
             config = NotifierConfig.from_toml(source)
         return cls(config, publisher_id=publisher_id, dead_letters=dead_letters, clock=clock,
-                   close_timeout=close_timeout, spool=spool, status_path=status_path)
+                   close_timeout=close_timeout, spool=spool, status_path=status_path,
+                   status_interval=status_interval)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -198,27 +208,38 @@ class Notifier(_PriorityMethods):
         await self.aclose()
 
     async def start(self) -> None:
-        """Start one worker per transport. Prefer ``async with``; call aclose() from the same task."""
+        """Start one worker per transport. Prefer ``async with``; call aclose() from the same task.
+
+        Every background task runs supervised in the Notifier's task group (see
+        :meth:`background_tasks`): none can fail into the caller's code."""
         if self._state is not _State.NEW:
             raise NotifierClosedError("a Notifier can be started only once")
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for dispatcher in self._dispatchers:
-            self._task_group.start_soon(dispatcher.run_shielded, name=f"notifykit:{dispatcher.name}")
+            self._supervisor.register(dispatcher.task_name)
+            self._task_group.start_soon(dispatcher.run_shielded, self._supervisor, name=f"notifykit:{dispatcher.name}")
         if self.config.status_path is not None:
-            self._task_group.start_soon(report_status_periodically, self.config.status_path,
-                                        self.config.status_interval, self._status_document,
-                                        name="notifykit:status")
+            status_path, interval = self.config.status_path, self.config.status_interval
+            self.spawn(STATUS_TASK, lambda: report_status_periodically(status_path, interval, self._status_document,
+                                                                       self._supervisor))
         self._state = _State.OPEN
+
+    def spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` as a supervised background task of this Notifier (restarted after a
+        backoff if it raises; cancelled at close)."""
+        assert self._task_group is not None, "spawn() needs a started Notifier"
+        self._supervisor.register(name)
+        self._task_group.start_soon(self._supervisor.run, name, work, name=f"notifykit:{name}")
 
     async def aclose(self, timeout: float | None = None) -> dict[str, TransportStats]:  # noqa: ASYNC109
         """Drain every queue within ``timeout`` (default ``close_timeout``), then dead-letter
         what is left, close the transports and log the counters. Returns the final counters."""
+        deadline = self.config.close_timeout if timeout is None else check_number("aclose timeout", timeout)
         if self._state is not _State.OPEN:
             self._state = _State.CLOSED
             return self.stats()
         self._state = _State.CLOSED
-        deadline = self.config.close_timeout if timeout is None else timeout
         assert self._task_group is not None
         with anyio.CancelScope(shield=True):
             for dispatcher in self._dispatchers:
@@ -237,15 +258,21 @@ class Notifier(_PriorityMethods):
         final = self.stats()
         for name, stats in final.items():
             log.info("notifykit transport %r closed: enqueued=%d sent=%d retried=%d dropped=%d"
-                     " dead_lettered=%d filtered=%d", name, stats.enqueued, stats.sent, stats.retried,
-                     stats.dropped, stats.dead_lettered, stats.filtered)
+                     " dead_lettered=%d filtered=%d refused=%d dead_letter_failed=%d", name, stats.enqueued,
+                     stats.sent, stats.retried, stats.dropped, stats.dead_lettered, stats.filtered, stats.refused,
+                     stats.dead_letter_failed)
         return final
 
     async def _finish_dispatchers(self, deadline: float) -> None:
-        """Dead-letter what the deadline left behind, then close every transport."""
+        """Dead-letter what the deadline left behind, then close every transport. Nothing
+        here raises into the caller: a failure is logged and shown as the task's last error."""
         for dispatcher in self._dispatchers:
-            left, spooled = await dispatcher.dead_letter_leftovers(
-                f"not delivered before the close deadline ({deadline}s)")
+            try:
+                left, spooled = await dispatcher.dead_letter_leftovers(
+                    f"not delivered before the close deadline ({deadline}s)")
+            except Exception as exc:
+                self._supervisor.failed(dispatcher.task_name, exc, "could not put its leftovers away at close")
+                left = spooled = 0
             if left:
                 log.warning("notifykit transport %r: %d notification(s) undelivered at close were"
                             " dead-lettered to %r", dispatcher.name, left, self._sink)
@@ -259,10 +286,12 @@ class Notifier(_PriorityMethods):
                     log.exception("notifykit transport %r failed to close", dispatcher.name)
             dispatcher.stats.state = TransportState.CLOSED
         if self.spool is not None:
-            await self.spool.aclose()
+            try:
+                await self.spool.aclose()
+            except Exception as exc:
+                self._supervisor.failed("spool", exc, f"could not close {self.spool!r}")
         if self.config.status_path is not None:
-            document = status_document(self.publisher_id, self.stats(), closed=True)
-            await anyio.to_thread.run_sync(write_status_file, self.config.status_path, document)
+            await write_status(self.config.status_path, lambda: self._status_document(closed=True), self._supervisor)
 
     # -- emitting ----------------------------------------------------------------------
 
@@ -298,15 +327,34 @@ class Notifier(_PriorityMethods):
         """Enqueue an already-built notification, keeping its message_id (re-drive, replay)."""
         if self._state is not _State.OPEN:
             raise NotifierClosedError("Notifier is not open")
-        blocked: list[Dispatcher] | None = None
+        waiting: list[Dispatcher] | None = None
         for dispatcher in self._dispatchers:
             if not dispatcher.filter.accepts(notification.event_type, notification.priority):
                 dispatcher.stats.filtered += 1
             elif not dispatcher.offer(notification):
-                blocked = [dispatcher] if blocked is None else [*blocked, dispatcher]
-        if blocked:
-            for dispatcher in blocked:
-                await dispatcher.put(notification)
+                waiting = [dispatcher] if waiting is None else [*waiting, dispatcher]
+        if waiting:
+            await self._put_waiting(notification, waiting)
+
+    @staticmethod
+    async def _put_waiting(notification: Notification, waiting: list[Dispatcher]) -> None:
+        """The slow path: spool commits first (they never wait for room), then the ``block``
+        waits, all against one start time. Raises QueueFullError naming the transports
+        that had no room within their block_timeout."""
+        waiting.sort(key=lambda d: d.waits)
+        started = anyio.current_time()
+        refused: list[str] = []
+        done = 0
+        try:
+            for dispatcher in waiting:
+                if not await dispatcher.put(notification, started):
+                    refused.append(dispatcher.name)
+                done += 1
+        finally:
+            for dispatcher in waiting[done + 1:]:  # put() cleans up after itself, not the later ones
+                dispatcher.release()
+        if refused:
+            raise QueueFullError(notification, refused)
 
     def prepare(self, *, publisher_id: str) -> PreparedNotifier:
         """A view that emits with another publisher_id through the same transports."""
@@ -319,8 +367,13 @@ class Notifier(_PriorityMethods):
         """The transport instances by name (``memory`` transports keep what they got)."""
         return {d.name: d.transport for d in self._dispatchers}
 
-    def _status_document(self) -> dict[str, Any]:
-        return status_document(self.publisher_id, self.stats())
+    def _status_document(self, closed: bool = False) -> dict[str, Any]:
+        return status_document(self.publisher_id, self.stats(), closed=closed, tasks=self.background_tasks())
+
+    def background_tasks(self) -> dict[str, TaskHealth]:
+        """A snapshot of every supervised background task (``worker:NAME`` per transport,
+        ``status``, …): state, failures, last error."""
+        return {name: replace(health) for name, health in self._supervisor.health.items()}
 
     def stats(self) -> dict[str, TransportStats]:
         """A snapshot of every transport's counters and state."""

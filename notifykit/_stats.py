@@ -15,15 +15,26 @@ class TransportState(enum.StrEnum):
     CONNECTED = "connected"
     RETRYING = "retrying"
     CIRCUIT_OPEN = "circuit_open"
+    FAILED = "failed"  # the worker crashed on an internal error; the supervisor restarts it
     CLOSED = "closed"
 
 
 @dataclass(slots=True)
 class TransportStats:
-    """Counters of one transport. Every notification offered ends in exactly one of
-    sent, dropped or dead_lettered, or is still queued, in flight or in the spool.
-    ``replayed`` counts spool rows a previous process left; ``spool_full`` counts
-    notifications dead-lettered because the spool cap was reached."""
+    """Counters of one transport.
+
+    The accounting invariant, true at every await point::
+
+        enqueued == sent + dropped + dead_lettered + dead_letter_failed
+                    + queue_depth + in_flight + spooled
+
+    (see :meth:`unaccounted`). ``enqueued`` counts every notification this transport took
+    on: accepted from ``notify()`` (including ones a ``drop_*`` policy then dropped) or
+    ``replayed`` from a previous process's spool. ``refused`` counts notifications it did
+    not take: ``notify()`` raised QueueFullError (``block`` past ``block_timeout``), so
+    they are outside the invariant, like ``filtered``. ``spool_full`` counts the
+    dead-lettered ones the spool cap turned away; ``dead_letter_failed`` the ones whose
+    dead letter could not be written (logged)."""
 
     name: str
     enqueued: int = 0
@@ -32,6 +43,8 @@ class TransportStats:
     dropped: int = 0
     dead_lettered: int = 0
     filtered: int = 0
+    refused: int = 0
+    dead_letter_failed: int = 0
     spool_full: int = 0
     replayed: int = 0
     queue_depth: int = 0
@@ -45,8 +58,15 @@ class TransportStats:
         data["state"] = self.state.value
         return data
 
+    def unaccounted(self) -> int:
+        """``enqueued`` minus everything it must equal: 0 unless a notification vanished
+        (positive) or was counted twice (negative)."""
+        return self.enqueued - (self.sent + self.dropped + self.dead_lettered + self.dead_letter_failed
+                                + self.queue_depth + self.in_flight + self.spooled)
 
-_COUNTERS = ("enqueued", "sent", "retried", "dropped", "dead_lettered", "filtered", "spool_full", "replayed")
+
+_COUNTERS = ("enqueued", "sent", "retried", "dropped", "dead_lettered", "filtered", "refused", "dead_letter_failed",
+             "spool_full", "replayed")
 _GAUGES = ("queue_depth", "in_flight", "spooled")
 
 

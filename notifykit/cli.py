@@ -180,6 +180,10 @@ def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, 
                           f" retried={row['retried']} dropped={row['dropped']} dead_lettered={row['dead_lettered']}"
                           f" queue={row['queue_depth']} spooled={row['spooled']}"
                           + (f" last_error={row['last_error']!r}" if row.get("last_error") else "") + "\n")
+            for name, task in document.get("tasks", {}).items():  # background tasks that failed
+                if task.get("failures"):
+                    out.write(f"  task {name}: {task.get('state')} failures={task.get('failures')}"
+                              f" last_error={task.get('last_error')!r}\n")
     if spool_file is not None:
         if not spool_file.exists():
             raise ConfigError(f"no spool at {str(spool_file)!r}")

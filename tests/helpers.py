@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: broker gating, a controllable clock, a crashing publisher."""
+"""Helpers shared by the tests: broker gating, a controllable clock, a crashing publisher,
+the accounting invariant."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 from anyio.streams.text import TextReceiveStream
+
+from notifykit import Notifier, read_dead_letters
+from transports.memory import MemoryTransport
 
 REQUIRE_BROKERS = os.environ.get("NOTIFYKIT_REQUIRE_BROKERS") == "1"
 
@@ -80,3 +86,29 @@ async def run_publisher_then_sigkill(url: str, spool: Path, dead_letters: Path, 
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
     return text.split("\n")[:-1]
+
+
+#: Where every notification a transport took on (``enqueued``) must be, at every await point.
+HELD = ("sent", "dropped", "dead_lettered", "dead_letter_failed", "queue_depth", "in_flight", "spooled")
+
+
+def assert_accounted(notifier: Notifier, dead_letters: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The accounting invariant, computed here from the counters (not with the code under
+    test): per transport ``enqueued == sent + dropped + dead_lettered + dead_letter_failed
+    + queue_depth + in_flight + spooled``. Where the truth is observable it is checked
+    too: a memory transport's deliveries equal ``sent``; the dead-letter file holds
+    ``dead_lettered`` letters of that transport. Returns the counters by transport."""
+    rows = {name: stats.as_dict() for name, stats in notifier.stats().items()}
+    on_disk: Counter[str] = Counter()
+    if dead_letters is not None and dead_letters.exists():
+        on_disk.update(str(record["transport"]) for record in read_dead_letters(dead_letters))
+    for name, row in rows.items():
+        held = {key: row.get(key, 0) for key in HELD}
+        assert row["enqueued"] == sum(held.values()), f"{name}: enqueued={row['enqueued']} but {held}"
+        transport = notifier.transports[name]
+        if isinstance(transport, MemoryTransport):
+            assert transport.delivered == row["sent"], f"{name}: delivered {transport.delivered}, sent={row['sent']}"
+        if dead_letters is not None:
+            assert on_disk[name] == row["dead_lettered"], \
+                f"{name}: {on_disk[name]} dead letter(s) on disk, dead_lettered={row['dead_lettered']}"
+    return rows

@@ -18,6 +18,7 @@ from notifykit import (
     Notifier,
     NotifierClosedError,
     Priority,
+    QueueFullError,
     RetryPolicy,
     TransportConfig,
     TransportState,
@@ -114,18 +115,19 @@ async def test_block_policy_waits_for_room(dead_letter_path: Path) -> None:
     assert [m.payload["i"] for m in transport.messages] == [0, 1, 2, 3]
 
 
-async def test_block_timeout_dead_letters_instead_of_losing(dead_letter_path: Path) -> None:
+async def test_block_timeout_raises_queue_full_and_counts_it_refused(dead_letter_path: Path) -> None:
     async with notifier_for("memory://?queue_size=1&batch_size=1&block_timeout=0.05", dead_letter_path,
                             close_timeout=0) as n:
         memory(n).stall()
         await n.info({}, "e.v", {"i": 0})
         await wait_all_tasks_blocked()
         await n.info({}, "e.v", {"i": 1})
-        await n.info({}, "e.v", {"i": 2})  # no room within 50 ms
-        assert n.stats()["memory"].dead_lettered == 1
-    records = list(read_dead_letters(dead_letter_path))
-    assert records[0]["message"]["payload"] == {"i": 2}
-    assert "queue full" in records[0]["reason"]
+        with pytest.raises(QueueFullError, match=r"transport\(s\) 'memory' had no room within block_timeout") as caught:
+            await n.info({}, "e.v", {"i": 2})  # no room within 50 ms: the caller's own policy
+        assert caught.value.notification.payload == {"i": 2} and caught.value.transports == ("memory",)
+        stats = n.stats()["memory"]
+        assert (stats.enqueued, stats.refused, stats.dead_lettered) == (2, 1, 0)
+    assert [r["message"]["payload"] for r in read_dead_letters(dead_letter_path)] == [{"i": 0}, {"i": 1}]
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("drop_newest", [0, 1, 2]), ("drop_oldest", [0, 4, 5])])

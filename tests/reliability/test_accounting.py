@@ -1,14 +1,25 @@
-"""Under overload and bad payloads, every notification is accounted for by a counter."""
+"""Under overload, faults and bad payloads, every notification is accounted for by a counter.
+
+``assert_accounted`` (tests/helpers.py) checks the invariant ``enqueued == sent + dropped +
+dead_lettered + dead_letter_failed + queue_depth + in_flight + spooled`` and the counters
+against what the memory transport received and what the dead-letter file holds. Each
+fault scenario below ends with it, and the ones that can be observed mid-flight check it
+there too.
+"""
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
-from notifykit import Notifier, read_dead_letters
+from notifykit import DeadLetter, Notifier, NotifyKitError, read_dead_letters
 
+from ..helpers import FakeClock, assert_accounted
 from ..test_notifier import memory, until
 
 pytestmark = pytest.mark.asyncio
@@ -19,26 +30,52 @@ async def test_queue_full_policy_is_counted(tmp_path: Path, policy: str) -> None
     dead = tmp_path / "dead.jsonl"
     url = f"memory://?queue_size=50&batch_size=10&overflow={policy}&block_timeout=0.001"
     n = Notifier.from_url(url, publisher_id="t", dead_letters=dead, spool=tmp_path / "s.sqlite")
+    refused = 0
     async with n:
         transport = memory(n)
         transport.stall()
         with anyio.fail_after(30):  # callers are never blocked beyond the policy's bound
             for i in range(500):
-                await n.info({}, "e.v", {"i": i})
+                try:
+                    await n.info({}, "e.v", {"i": i})
+                except NotifyKitError as exc:  # block: the caller's own policy, told to the caller
+                    assert type(exc).__name__ == "QueueFullError"
+                    refused += 1
+        assert_accounted(n, dead)  # mid-flight: one batch in flight, the rest queued or spooled
         transport.resume()
     stats = n.stats()["memory"]
     delivered = len(transport.messages)
-    dead_letters = len(list(read_dead_letters(dead))) if dead.exists() else 0
-    assert stats.sent == delivered
-    assert stats.dead_lettered == dead_letters
-    assert delivered + stats.dropped + dead_letters == 500, "a notification vanished without a counter"
+    assert stats.refused == refused
+    assert delivered + stats.dropped + stats.dead_lettered + refused == 500, "a notification vanished"
     assert len({m.message_id for m in transport.messages}) == delivered
+    assert_accounted(n, dead)
     if policy == "spill":
-        assert (delivered, stats.dropped, dead_letters) == (500, 0, 0)
+        assert (delivered, stats.dropped, stats.dead_lettered, refused) == (500, 0, 0, 0)
     if policy.startswith("drop"):
-        assert stats.dropped > 0 and dead_letters == 0
+        assert stats.dropped > 0 and stats.dead_lettered == 0 and refused == 0
+        assert stats.enqueued == 500  # taken on, then dropped: counted in both
     if policy == "block":
-        assert stats.dropped == 0 and dead_letters > 0
+        assert stats.dropped == 0 and refused > 0 and stats.enqueued == 500 - refused
+
+
+async def test_block_timeout_refusals_keep_the_invariant(dead_letter_path: Path) -> None:
+    """Reproduction 11: refused after block_timeout used to count dead_lettered without enqueued."""
+    n = Notifier.from_url("memory://?queue_size=1&batch_size=1&block_timeout=0", publisher_id="t",
+                          dead_letters=dead_letter_path, close_timeout=0)
+    raised: list[BaseException] = []
+    async with n:
+        memory(n).stall()
+        await n.info({}, "e.v", {"i": 0})
+        await wait_all_tasks_blocked()
+        for i in range(1, 6):
+            try:
+                await n.info({}, "e.v", {"i": i})
+            except NotifyKitError as exc:
+                raised.append(exc)
+        assert_accounted(n, dead_letter_path)
+    rows = assert_accounted(n, dead_letter_path)
+    assert [type(e).__name__ for e in raised] == ["QueueFullError"] * 4
+    assert (rows["memory"]["enqueued"], rows["memory"]["refused"], rows["memory"]["dead_lettered"]) == (2, 4, 2)
 
 
 async def test_spool_full_is_counted(tmp_path: Path) -> None:
@@ -49,9 +86,11 @@ async def test_spool_full_is_counted(tmp_path: Path) -> None:
         memory(n).stall()
         for i in range(150):
             await n.info({}, "e.v", {"i": i})
+        assert_accounted(n, dead)
     stats = n.stats()["memory"]
-    assert (stats.spool_full, stats.spooled, stats.dead_lettered) == (50, 100, 50)
+    assert (stats.spool_full, stats.spooled, stats.dead_lettered, stats.enqueued) == (50, 100, 50, 150)
     assert [r["message"]["payload"]["i"] for r in read_dead_letters(dead)] == list(range(100, 150))
+    assert_accounted(n, dead)
 
 
 async def test_rejected_payload_is_dead_lettered_and_the_rest_flow(tmp_path: Path) -> None:
@@ -67,3 +106,157 @@ async def test_rejected_payload_is_dead_lettered_and_the_rest_flow(tmp_path: Pat
     assert [r["message"]["payload"]["i"] for r in read_dead_letters(dead)] == poisoned
     assert [m.payload["i"] for m in memory(n, "picky").messages] == [i for i in range(300) if i % 7] + ["after"]
     assert len(memory(n, "easy").messages) == 301
+    assert_accounted(n, dead)
+
+
+# -- the invariant after every fault scenario -------------------------------------------------
+
+Scenario = Callable[[Path, FakeClock], Awaitable[Notifier]]
+
+
+async def retries_exhausted(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?fail=1000&retry_max_attempts=3&batch_size=4", publisher_id="t",
+                          dead_letters=tmp / "dead.jsonl", clock=clock)
+    async with n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+        await until(lambda: n.stats()["memory"].dead_lettered == 10)
+    return n
+
+
+async def transient_then_recovered(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?fail=5", publisher_id="t", dead_letters=tmp / "dead.jsonl", clock=clock)
+    async with n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+    return n
+
+
+async def permanent_failure(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?fail=1&failure=permanent", publisher_id="t", dead_letters=tmp / "dead.jsonl",
+                          clock=clock)
+    async with n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+    return n
+
+
+async def close_deadline(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?queue_size=5", publisher_id="t", dead_letters=tmp / "dead.jsonl",
+                          close_timeout=0)
+    async with n:
+        memory(n).stall()
+        for i in range(5):
+            await n.info({}, "e.v", {"i": i})
+        await wait_all_tasks_blocked()
+    return n
+
+
+async def durable_close_deadline_then_replay(tmp: Path, clock: FakeClock) -> Notifier:
+    url = "memory://?durable=true"
+    first = Notifier.from_url(url, publisher_id="t", dead_letters=tmp / "dead.jsonl", spool=tmp / "s.sqlite",
+                              close_timeout=0)
+    async with first:
+        memory(first).stall()
+        for i in range(20):
+            await first.info({}, "e.v", {"i": i})
+        await wait_all_tasks_blocked()
+    assert_accounted(first, tmp / "dead.jsonl")
+    assert first.stats()["memory"].spooled == 20
+    second = Notifier.from_url(url, publisher_id="t", dead_letters=tmp / "dead.jsonl", spool=tmp / "s.sqlite")
+    async with second:
+        await second.info({}, "e.v", {"i": 20})
+        await until(lambda: second.stats()["memory"].sent == 21)
+    assert (second.stats()["memory"].replayed, second.stats()["memory"].enqueued) == (20, 21)
+    return second
+
+
+async def spill_overflow_at_close(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?queue_size=3&overflow=spill", publisher_id="t", dead_letters=tmp / "dead.jsonl",
+                          spool=tmp / "s.sqlite", close_timeout=0)
+    async with n:
+        memory(n).stall()
+        for i in range(12):  # one in flight, three queued, the rest spilled
+            await n.info({}, "e.v", {"i": i})
+        await wait_all_tasks_blocked()
+        assert_accounted(n, tmp / "dead.jsonl")
+    assert n.stats()["memory"].spooled == 12  # the memory queue and the batch in flight too: kept, not lost
+    return n
+
+
+async def worker_crash(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://", publisher_id="t", dead_letters=tmp / "dead.jsonl", clock=clock)
+    dispatcher = n._dispatchers[0]
+    real = dispatcher._take_queued
+    crashes = iter(range(2))
+
+    def take() -> list[object]:
+        if next(crashes, None) is not None:
+            raise RuntimeError("bug")
+        return real()  # type: ignore[return-value]
+
+    dispatcher._take_queued = take  # type: ignore[method-assign]
+    async with n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+    return n
+
+
+async def status_file_unwritable(tmp: Path, clock: FakeClock) -> Notifier:
+    (tmp / "file").write_text("x")
+    n = Notifier.from_config({"status_path": str(tmp / "file" / "status.json"), "status_interval": 0.001,
+                              "transports": {"memory": {"url": "memory://"}}},
+                             publisher_id="t", dead_letters=tmp / "dead.jsonl")
+    async with n:
+        for i in range(10):
+            await n.info({}, "e.v", {"i": i})
+        await until(lambda: n.background_tasks()["status"].failures >= 2)
+    return n
+
+
+async def filtered_and_fanned_out(tmp: Path, clock: FakeClock) -> Notifier:
+    config = {"transports": {"all": {"url": "memory://all"},
+                             "ends": {"url": "memory://ends", "filter": {"event_types": ["*.end"]}},
+                             "drops": {"url": "memory://drops", "queue_size": 1, "overflow": "drop_newest"}}}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=tmp / "dead.jsonl", clock=clock)
+    async with n:
+        memory(n, "drops").stall()
+        for i in range(20):
+            await n.info({}, "backup.end" if i % 2 else "backup.start", {"i": i})
+        memory(n, "drops").resume()
+    assert n.stats()["ends"].filtered == 10 and n.stats()["drops"].dropped > 0
+    return n
+
+
+class FullDiskSink:
+    """A dead-letter sink on a full disk."""
+
+    async def write(self, letters: Sequence[DeadLetter]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def dead_letter_write_fails(tmp: Path, clock: FakeClock) -> Notifier:
+    n = Notifier.from_url("memory://?fail=1&failure=permanent&batch_size=5", publisher_id="t",
+                          dead_letters=FullDiskSink(), clock=clock)
+    async with n:
+        memory(n).stall()
+        for i in range(5):
+            await n.info({}, "e.v", {"i": i})
+        memory(n).resume()
+    stats = n.stats()["memory"]
+    assert (stats.dead_lettered, stats.dead_letter_failed) == (0, 5)  # never counted as on disk
+    return n
+
+
+SCENARIOS = [dead_letter_write_fails, retries_exhausted, transient_then_recovered, permanent_failure, close_deadline,
+             durable_close_deadline_then_replay, spill_overflow_at_close, worker_crash, status_file_unwritable,
+             filtered_and_fanned_out]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+async def test_invariant_holds_after_fault(tmp_path: Path, fake_clock: FakeClock, scenario: Scenario) -> None:
+    with anyio.fail_after(60):
+        n = await scenario(tmp_path, fake_clock)
+    rows = assert_accounted(n, tmp_path / "dead.jsonl")
+    assert all(row["state"] == "closed" for row in rows.values())
+    assert sum(row["enqueued"] for row in rows.values()) > 0
