@@ -93,6 +93,29 @@ async def rabbitmq_sigkill(kills: int = 3, per_run: int = 2000) -> dict[str, Any
         await delete_all(names)
 
 
+async def status_unwritable(n: int = 5000) -> dict[str, Any]:
+    """The status file cannot be written (a file where its directory should be) while a
+    backup emits to RabbitMQ: the status writer fails every 10 ms; the caller goes on."""
+    names = Names.fresh()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "run").write_text("not a directory")
+            config = {"status_path": str(Path(tmp) / "run" / "status.json"), "status_interval": 0.01,
+                      "transports": {"amqp": {"url": f"{BROKER_URL}?exchange={names.exchange}", "topics": [names.topic]}}}
+            async with Notifier.from_config(config, publisher_id="report", dead_letters=Path(tmp) / "dl") as notifier:
+                emitted = set()
+                for i in range(n):
+                    emitted.add((await notifier.info({}, "backup.createprogress", {"i": i})).message_id)
+                    if i % 100 == 0:
+                        await anyio.sleep(0.001)  # let the status writer fail along the way
+        failures = notifier.background_tasks()["status"].failures
+        queued = await queue_length(f"{names.topic}.info")
+        received = [m.message_id or "" for m in await consume(f"{names.topic}.info", queued, timeout=60)]
+        return row("status file unwritable", failures, emitted, received, notifier.stats()["amqp"])
+    finally:
+        await delete_all(names)
+
+
 async def kafka_restart(during: int = 500) -> dict[str, Any] | None:
     """The Kafka broker stopped mid-stream and a new one started on the same port."""
     from tests.kafka.records import NO_IDEMPOTENCE, create_topic
@@ -168,7 +191,8 @@ async def webhook_flapping(per_phase: int = 100) -> dict[str, Any]:
 
 
 async def all_faults() -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping()]
+    rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping(),
+                                  await status_unwritable()]
     kafka = await kafka_restart()
     if kafka is not None:
         rows.append(kafka)

@@ -6,7 +6,8 @@ Prints JSON. Sections:
 * ``durable_cost`` — msgs/s with the SQLite spool off vs on, one caller and 16 concurrent
   callers (group commit), same run, same transport; ratio = durable / in-memory.
 * ``faults`` — faults injected into real brokers and processes (RabbitMQ connection cuts,
-  a SIGKILLed durable publisher, a flapping webhook receiver, a Kafka restart), with
+  a SIGKILLed durable publisher, a flapping webhook receiver, a status file that cannot be
+  written (faults = failed status writes), a Kafka restart), with
   notifications emitted, sent, received by an independent consumer, duplicated, lost
   (must be 0) and dead-lettered; the same faults the tests/reliability suite asserts on.
 
