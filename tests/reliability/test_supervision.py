@@ -7,8 +7,11 @@ supervisor recorded and that every notification is accounted for.
 
 from __future__ import annotations
 
+import errno
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -72,6 +75,33 @@ async def test_unwritable_status_path_never_cancels_the_caller(
         assert notifykit_main(["status", "--file", str(status)]) == 0
     else:  # still unwritable at close: aclose() did not raise either
         assert n.background_tasks()["status"].failures >= 4
+
+
+async def test_status_writes_on_a_full_disk_are_retried_quietly(
+    tmp_path: Path, dead_letter_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notifykit._status
+
+    real = notifykit._status.write_status_file
+    disk_full = True
+
+    def write(path: Path, document: Mapping[str, Any]) -> None:
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, document)
+
+    monkeypatch.setattr(notifykit._status, "write_status_file", write)
+    caplog.set_level(logging.DEBUG, logger="notifykit")
+    status = tmp_path / "status.json"
+    async with Notifier.from_config(status_config(status), publisher_id="t", dead_letters=dead_letter_path) as n:
+        await n.info({}, "e.v", {})
+        await until(lambda: n.background_tasks()["status"].failures >= 5)
+        assert n.background_tasks()["status"].last_error == "OSError: [Errno 28] No space left on device"
+        assert len(status_errors(caplog)) == 1
+        disk_full = False  # space freed: the next write succeeds and ends the burst
+        await until(lambda: status.exists())
+    assert '"closed": true' in status.read_text()
+    assert_accounted(n, dead_letter_path)
 
 
 async def test_status_file_shows_failing_tasks(tmp_path: Path, dead_letter_path: Path,
