@@ -89,6 +89,9 @@ class Dispatcher:
         self._receive: MemoryObjectReceiveStream[Notification] = receive
         self._in_flight: list[Notification] = []
         self._in_flight_spooled = 0  # rows of the batch in flight that are still counted in _spooled
+        # Counted as in flight too, so the accounting invariant holds at every await point:
+        self._dead_lettering = 0  # being written to the dead-letter sink
+        self._putting_away = 0  # taken out of the queue at close, not yet spooled
         # Callers waiting under ``block``, in arrival order; the worker admits them into the
         # queue as it makes room (setting each one's event), the close takes over the rest.
         self._blocked: dict[anyio.Event, Notification] = {}
@@ -223,7 +226,8 @@ class Dispatcher:
     async def _spool_put(self, spool: Spool, notification: Notification, *, new: bool = True) -> None:
         """Store before returning; past the spool cap, dead-letter (counted as spool_full).
         ``new=False``: already counted as enqueued (a leftover of the memory queue)."""
-        await self._spool_counted.wait()
+        if not self._spool_counted.is_set():  # (wait() would checkpoint even when set)
+            await self._spool_counted.wait()
         self.stats.enqueued += new  # taken on: spooled below, or dead-lettered
         cap = self.config.spool_max_messages
         if self._spooled >= cap:
@@ -267,7 +271,8 @@ class Dispatcher:
         return self._send.statistics().current_buffer_used
 
     def snapshot(self) -> TransportStats:
-        return replace(self.stats, queue_depth=self.queue_depth, in_flight=len(self._in_flight),
+        in_flight = len(self._in_flight) + self._dead_lettering + self._putting_away
+        return replace(self.stats, queue_depth=self.queue_depth, in_flight=in_flight,
                        spooled=self._spooled - self._in_flight_spooled)
 
     # -- worker side -------------------------------------------------------------------
@@ -413,6 +418,7 @@ class Dispatcher:
             except PermanentError as exc:
                 self._circuit.record_success()  # the peer answered: it is alive
                 self.stats.last_error = str(exc)  # e.g. a refused login: the operator sees why
+                self._in_flight = []  # counted as being dead-lettered instead
                 await self._dead_letter(list(pending), f"permanent error: {exc}")
                 self._set_state(TransportState.CONNECTED)
                 return
@@ -431,6 +437,7 @@ class Dispatcher:
             self.stats.last_error = str(error)
             self._circuit.record_failure(now)
             if retry.gives_up(attempts, now - first_failure):
+                self._in_flight = []  # counted as being dead-lettered instead
                 await self._dead_letter(
                     list(pending),
                     f"gave up after {attempts} attempt(s) over {now - first_failure:.1f}s: {error}",
@@ -454,11 +461,15 @@ class Dispatcher:
     ) -> tuple[list[Notification], TransientError, bool]:
         """Count the sent part of a batch, dead-letter its permanent failures, keep the rest."""
         failed = {i for i in exc.failures if 0 <= i < len(pending)}
-        self.stats.sent += len(pending) - len(failed)
         permanent = [(pending[i], e) for i, e in exc.failures.items() if i in failed and isinstance(e, PermanentError)]
-        for notification, err in permanent:
-            await self._dead_letter([notification], f"permanent error: {err}")
         transient = [(pending[i], e) for i, e in sorted(exc.failures.items()) if i in failed and isinstance(e, TransientError)]
+        # In flight from here: the transient ones, and the permanent ones until each is being
+        # dead-lettered (a worker stopped in between leaves the rest to the close).
+        self._in_flight = [n for n, _ in transient] + [n for n, _ in permanent]
+        self.stats.sent += len(pending) - len(failed)
+        for notification, err in permanent:
+            self._in_flight.pop(len(transient))
+            await self._dead_letter([notification], f"permanent error: {err}")
         first = transient[0][1] if transient else TransientError("batch failed")
         return [n for n, _ in transient], first, len(failed) < len(pending)
 
@@ -475,12 +486,17 @@ class Dispatcher:
             self.stats.state = state
 
     async def _dead_letter(self, notifications: list[Notification], reason: str) -> None:
+        """Write dead letters; counted in flight while written (the caller no longer holds
+        them), then dead_lettered, or dead_letter_failed if the write failed. Shielded: a
+        worker stopped at the close deadline finishes the write it started."""
         if not notifications:
             return
+        self._dead_lettering += len(notifications)
         when = now_utc()
         letters = [DeadLetter(self.name, reason, n, when) for n in notifications]
         try:
-            await self._sink.write(letters)
+            with anyio.CancelScope(shield=True):
+                await self._sink.write(letters)
         except Exception:
             self.stats.dead_letter_failed += len(notifications)  # not on disk: not dead_lettered
             ids = ", ".join(n.message_id for n in notifications[:20])
@@ -488,12 +504,17 @@ class Dispatcher:
                          len(notifications), self.name, ids, reason, exc_info=True)
         else:
             self.stats.dead_lettered += len(notifications)
+        finally:
+            self._dead_lettering -= len(notifications)
 
     async def dead_letter_leftovers(self, reason: str) -> tuple[int, int]:
         """After the worker stopped: what is still queued goes to the spool when there is
         one (replayed by the next Notifier), else to dead letters. Returns (dead-lettered,
         left in spool)."""
         self._closed = True
+        if self._spool is not None:
+            await self._flush_deletes(self._spool)  # before anything leaves the counters
+            self._spool_counted.set()
         leftovers = [] if self._in_flight_spooled else list(self._in_flight)
         self._in_flight, self._in_flight_spooled = [], 0
         while True:
@@ -511,9 +532,9 @@ class Dispatcher:
         self._send.close()
         self._receive.close()
         if self._spool is not None:
-            await self._flush_deletes(self._spool)
-            self._spool_counted.set()
+            self._putting_away = len(leftovers)
             for notification in leftovers:
+                self._putting_away -= 1  # _spool_put counts it before its first await
                 await self._spool_put(self._spool, notification, new=False)
             return 0, self._spooled
         await self._dead_letter(leftovers, reason)

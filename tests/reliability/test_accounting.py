@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 
 from notifykit import DeadLetter, Notifier, NotifyKitError, read_dead_letters
 
-from ..helpers import FakeClock, assert_accounted
+from ..helpers import HELD, FakeClock, assert_accounted
 from ..test_notifier import memory, until
 
 pytestmark = pytest.mark.asyncio
@@ -260,3 +261,55 @@ async def test_invariant_holds_after_fault(tmp_path: Path, fake_clock: FakeClock
     rows = assert_accounted(n, tmp_path / "dead.jsonl")
     assert all(row["state"] == "closed" for row in rows.values())
     assert sum(row["enqueued"] for row in rows.values()) > 0
+
+
+async def test_invariant_holds_at_every_await_point(tmp_path: Path, fake_clock: FakeClock) -> None:
+    """An auditor task checks the invariant each time it is scheduled, i.e. while every
+    other task is suspended at an await, through poison batches, retries, drops, spills,
+    blocked callers, refusals, durable writes and a close deadline that leaves work behind."""
+    dead = tmp_path / "dead.jsonl"
+    config = {"close_timeout": 0, "transports": {
+        "picky": {"url": "memory://picky?reject=poison.*", "batch_size": 7},
+        "flaky": {"url": "memory://flaky?fail=3"},
+        "doomed": {"url": "memory://doomed?fail=1000&failure=permanent", "batch_size": 5},
+        "dropper": {"url": "memory://dropper?delay=0.005", "queue_size": 5, "overflow": "drop_oldest"},
+        "spiller": {"url": "memory://spiller?delay=0.005", "queue_size": 5, "overflow": "spill"},
+        "blocker": {"url": "memory://blocker?delay=0.0005", "queue_size": 5, "block_timeout": "none"},
+        "refuser": {"url": "memory://refuser?delay=0.005", "queue_size": 5, "block_timeout": 0},
+        "durable": {"url": "memory://durable", "durable": True},
+    }}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=dead, clock=fake_clock,
+                             spool=tmp_path / "s.sqlite")
+    violations: list[tuple[str, dict[str, int]]] = []
+    checks = 0
+    closed = anyio.Event()
+
+    async def auditor() -> None:
+        nonlocal checks
+        while not closed.is_set():
+            for name, stats in n.stats().items():
+                row = stats.as_dict()
+                if row["enqueued"] != sum(row[key] for key in HELD):
+                    violations.append((name, {k: row[k] for k in ("enqueued", *HELD)}))
+            checks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async def caller(k: int) -> None:
+        for i in range(60):
+            try:
+                await n.info({}, "poison.x" if i % 5 == 0 else "backup.ok", {"caller": k, "i": i})
+            except NotifyKitError as exc:
+                assert type(exc).__name__ == "QueueFullError"
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as audit:
+            audit.start_soon(auditor)
+            async with n:
+                async with anyio.create_task_group() as callers:
+                    for k in range(4):
+                        callers.start_soon(caller, k)
+            closed.set()
+    assert violations[:3] == [] and checks > 100
+    rows = assert_accounted(n, dead)
+    assert rows["picky"]["dead_lettered"] > 0 and rows["doomed"]["dead_lettered"] > 0
+    assert rows["refuser"]["refused"] > 0 and rows["dropper"]["dropped"] > 0
