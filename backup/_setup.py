@@ -6,7 +6,8 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from notifykit import Clock, SupportsNotify
+from notifykit import SupportsNotify
+from notifykit.testing import Clock
 
 from ._catalog import SQLiteCatalog
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver

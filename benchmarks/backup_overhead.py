@@ -46,7 +46,7 @@ from backup import (
     SQLiteCatalog,
 )
 from notifykit import ContextLike, Notification, Notifier, Priority
-from transports.memory import MemoryTransport
+from notifykit.testing import MemoryTransport
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 512

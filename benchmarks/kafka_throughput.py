@@ -46,7 +46,8 @@ from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _goals import goal, median, rotated
 
-from notifykit import Notification, Notifier, TransportSettings, WireFormat, parse_url
+from notifykit import Notification, Notifier, WireFormat
+from notifykit.transport import TransportSettings, parse_url
 from tests.kafka.tansu import Tansu, find_tansu
 from transports.kafka import KafkaTransport
 

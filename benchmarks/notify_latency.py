@@ -31,7 +31,7 @@ import anyio.lowlevel
 from _goals import goal
 
 from notifykit import Notification, Notifier
-from transports.memory import MemoryTransport
+from notifykit.testing import MemoryTransport
 
 N_LONG = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000

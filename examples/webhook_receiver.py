@@ -18,8 +18,8 @@ from typing import Any
 
 import uvicorn
 
-from notifykit import SignatureError, decode_message
-from notifykit.webhook import verify
+from notifykit.signing import SignatureError, verify
+from notifykit.transport import decode_message
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
-__all__ = ["Clock", "EventLoopClock"]
+__all__ = ["Clock", "EventLoopClock", "ManualClock"]
 
 
 class Clock(Protocol):
@@ -23,3 +24,19 @@ class EventLoopClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+
+class ManualClock:
+    """Virtual time for tests: ``sleep()`` advances it at once and records how long was asked."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await anyio.lowlevel.checkpoint()

@@ -16,8 +16,9 @@ import anyio.lowlevel
 import pytest
 from anyio.streams.text import TextReceiveStream
 
-from notifykit import Notifier, read_dead_letters
-from transports.memory import MemoryTransport
+from notifykit import Notifier
+from notifykit.deadletters import read_dead_letters
+from notifykit.testing import ManualClock, MemoryTransport
 
 REQUIRE_BROKERS = os.environ.get("NOTIFYKIT_REQUIRE_BROKERS") == "1"
 
@@ -34,20 +35,8 @@ def require_tcp(host: str, port: int, what: str) -> None:
     pytest.skip(reason)
 
 
-class FakeClock:
-    """Virtual time: sleep() advances it at once, so retry and circuit tests need no sleeping."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        await anyio.lowlevel.checkpoint()
+#: Virtual time (sleep() advances it at once): the public test clock under the tests' old name.
+FakeClock = ManualClock
 
 
 #: A durable publisher for crash tests: emits forever and prints each message_id once

@@ -8,9 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from notifykit import Notifier, NotifierConfig, TransportConfig, read_dead_letters
+from notifykit import Notifier, NotifierConfig, TransportConfig
 from notifykit.cli import _one_line, main
-from transports.memory import MemoryTransport
+from notifykit.deadletters import read_dead_letters
+from notifykit.testing import MemoryTransport
 
 
 def test_tail_of_untailable_transport_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,18 +20,11 @@ import pytest
 from backup._config import BackupConfig
 from backup._stores import NAMESPACE as STORES
 from backup._stores import StoreSettings, load_store_class
-from notifykit import (
-    Notification,
-    Transport,
-    TransportConfig,
-    TransportSettings,
-    TransportStats,
-    WireFormat,
-    render_prometheus,
-)
+from notifykit import Notification, TransportConfig, TransportStats, WireFormat, render_prometheus
 from notifykit._config import _CIRCUIT_KEYS, _FILTER_KEYS, _NOTIFIER_KEYS, _RETRY_KEYS, _TABLE_KEYS, _URL_KEYS
 from notifykit._loading import load_transport_class
 from notifykit._url import parse_url
+from notifykit.transport import Transport, TransportSettings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CONFIGURATION = (DOCS / "configuration.md").read_text(encoding="utf-8")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import ConfigError, Notification, WireFormat, decode_message
+from notifykit import ConfigError, Notification, WireFormat
+from notifykit.transport import decode_message
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import Notifier, UnknownTransportError, installed_schemes, load_transport_class
+from notifykit import Notifier, UnknownTransportError
+from notifykit.transport import installed_schemes, load_transport_class
 
 
 def test_unknown_scheme_lists_installed() -> None:
@@ -44,7 +45,7 @@ def run_python(code: str, path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_third_party_transport_is_picked_up(tmp_path: Path) -> None:
     write_plugin(tmp_path, "pigeon_transport", "pigeon", "pigeon_transport", """
-        from notifykit import Transport
+        from notifykit.transport import Transport
 
         DELIVERED = []
 
@@ -54,8 +55,8 @@ def test_third_party_transport_is_picked_up(tmp_path: Path) -> None:
     """)
     result = run_python(f"""
         import anyio, sys
-        import notifykit
-        assert "pigeon" in notifykit.installed_schemes()
+        import notifykit, notifykit.transport
+        assert "pigeon" in notifykit.transport.installed_schemes()
 
         async def main():
             async with notifykit.Notifier.from_url("pigeon://coop", publisher_id="x",

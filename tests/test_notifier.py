@@ -22,9 +22,9 @@ from notifykit import (
     RetryPolicy,
     TransportConfig,
     TransportState,
-    read_dead_letters,
 )
-from transports.memory import MemoryTransport
+from notifykit.deadletters import read_dead_letters
+from notifykit.testing import MemoryTransport
 
 from .helpers import FakeClock
 

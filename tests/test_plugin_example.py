@@ -25,7 +25,8 @@ def test_pip_installed_plugin_delivers_over_udp(tmp_path: Path) -> None:
         port = receiver.getsockname()[1]
         code = textwrap.dedent(f"""
             import anyio
-            from notifykit import Notifier, installed_schemes
+            from notifykit import Notifier
+            from notifykit.transport import installed_schemes
             assert "syslog" in installed_schemes()
 
             async def main():
@@ -51,7 +52,8 @@ def test_plugin_rejects_unknown_option(tmp_path: Path) -> None:
     try:
         from notifykit_syslog import SyslogTransport
 
-        from notifykit import ConfigError, TransportSettings, WireFormat, parse_url
+        from notifykit import ConfigError, WireFormat
+        from notifykit.transport import TransportSettings, parse_url
 
         settings = TransportSettings.build("s", parse_url("syslog://h:1?colour=red"), WireFormat.JSON,
                                            ("notifications",), {"colour": "red"})

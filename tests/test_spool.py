@@ -10,8 +10,10 @@ import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from notifykit import Notifier, Spool, read_dead_letters
-from transports.memory import MemoryTransport
+from notifykit import Notifier
+from notifykit._spool import Spool
+from notifykit.deadletters import read_dead_letters
+from notifykit.testing import MemoryTransport
 
 from .helpers import run_publisher_then_sigkill
 from .test_notifier import memory, until

@@ -14,9 +14,8 @@ from notifykit import (
     Priority,
     TransportConfig,
     WireFormat,
-    parse_url,
-    redact_url,
 )
+from notifykit.transport import parse_url, redact_url
 
 
 def test_parse_multi_host_url() -> None:

@@ -1,4 +1,4 @@
-"""notifykit.webhook: the signature scheme receivers verify (pure functions, no server)."""
+"""notifykit.signing: the signature scheme receivers verify (pure functions, no server)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hmac
 
 import pytest
 
-from notifykit import ConfigError, NotifyKitError, SignatureError
-from notifykit.webhook import SIGNATURE_HEADER, sign, verify
+from notifykit import ConfigError, NotifyKitError
+from notifykit.signing import SIGNATURE_HEADER, SignatureError, sign, verify
 
 BODY = b'{"specversion":"1.0","id":"m-1","data":{"size":1}}'
 T = 1_700_000_000

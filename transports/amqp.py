@@ -38,7 +38,7 @@ import pamqp.header
 from pamqp.common import FieldTable
 from yarl import URL
 
-from notifykit import (
+from notifykit.transport import (
     BatchError,
     ConfigError,
     Notification,

@@ -18,7 +18,15 @@ from typing import ClassVar, Self
 
 import anyio.to_thread
 
-from notifykit import ConfigError, Notification, Priority, TransientError, Transport, TransportSettings, WireFormat
+from notifykit.transport import (
+    ConfigError,
+    Notification,
+    Priority,
+    TransientError,
+    Transport,
+    TransportSettings,
+    WireFormat,
+)
 
 __all__ = ["LogTransport"]
 

@@ -2,7 +2,7 @@
 
 CloudEvents 1.0 over HTTP by default (structured mode; ``mode=binary`` puts the
 attributes in ``ce-*`` headers), or ``oslo`` / ``json`` bodies. With ``secret=…`` every
-request is signed (``notifykit.webhook``), so receivers can check origin and refuse
+request is signed (``notifykit.signing``), so receivers can check origin and refuse
 replays. One pooled ``httpx.AsyncClient`` per transport, at most ``max_concurrency``
 requests in flight. The transport only classifies outcomes — 2xx sent, 408/425/429/5xx
 and network errors transient (with ``Retry-After``), other statuses permanent — and
@@ -33,7 +33,9 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from notifykit import (
+from notifykit import __version__
+from notifykit.signing import SIGNATURE_HEADER, sign
+from notifykit.transport import (
     BatchError,
     ConfigError,
     MissingDependencyError,
@@ -44,11 +46,9 @@ from notifykit import (
     Transport,
     TransportSettings,
     WireFormat,
-    __version__,
     cloudevent_attributes,
     redact_url,
 )
-from notifykit.webhook import SIGNATURE_HEADER, sign
 
 __all__ = ["WebhookTransport", "parse_retry_after"]
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import ConfigError, PermanentError, TransientError, TransportSettings, WireFormat, load_transport_class, parse_url
+from notifykit import ConfigError, WireFormat
+from notifykit.transport import (
+    PermanentError,
+    TransientError,
+    TransportSettings,
+    load_transport_class,
+    parse_url,
+)
 from transports.amqp import AmqpTransport
 
 from .support import free_port

@@ -9,7 +9,9 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from notifykit import Notifier, decode_message, read_dead_letters
+from notifykit import Notifier
+from notifykit.deadletters import read_dead_letters
+from notifykit.transport import decode_message
 
 from ..helpers import FakeClock
 from .support import Names, amqp_connection, consume, queue_length

@@ -14,15 +14,9 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from notifykit import (
-    Notifier,
-    PermanentError,
-    TransientError,
-    TransportSettings,
-    WireFormat,
-    parse_url,
-    read_dead_letters,
-)
+from notifykit import Notifier, WireFormat
+from notifykit.deadletters import read_dead_letters
+from notifykit.transport import PermanentError, TransientError, TransportSettings, parse_url
 from transports.amqp import AmqpTransport
 
 from ..helpers import FakeClock

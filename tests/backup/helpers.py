@@ -16,7 +16,7 @@ import anyio
 
 from backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy, SQLiteCatalog
 from notifykit import Notification, Notifier
-from transports.memory import MemoryTransport
+from notifykit.testing import MemoryTransport
 
 CHUNK = 4096
 PUBLISHER = "backup.testhost"

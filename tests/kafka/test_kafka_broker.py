@@ -10,7 +10,9 @@ import anyio
 import pytest
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
-from notifykit import Notifier, TransientError, TransportSettings, TransportState, WireFormat, parse_url, read_dead_letters
+from notifykit import Notifier, TransportState, WireFormat
+from notifykit.deadletters import read_dead_letters
+from notifykit.transport import TransientError, TransportSettings, parse_url
 from transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, consume, create_topic, unique_topic

@@ -8,8 +8,9 @@ import certifi
 import pytest
 from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 
-from notifykit import ConfigError, Notification, PermanentError, Priority, TransientError, WireFormat, load_transport_class, parse_url
+from notifykit import ConfigError, Notification, Priority, WireFormat
 from notifykit._settings import TransportSettings
+from notifykit.transport import PermanentError, TransientError, load_transport_class, parse_url
 from transports.kafka import KafkaTransport, message_headers, message_key
 from transports.kafka.errors import classify
 from transports.kafka.options import DEFAULT_KEY_FIELDS, parse_options

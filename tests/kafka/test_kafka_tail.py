@@ -9,8 +9,9 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
-from notifykit import Notifier, TransportSettings, decode_message, parse_url
+from notifykit import Notifier
 from notifykit.cli import main
+from notifykit.transport import TransportSettings, decode_message, parse_url
 from transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, unique_topic

@@ -18,7 +18,8 @@ import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from notifykit import DeadLetter, Notifier, NotifyKitError, read_dead_letters
+from notifykit import Notifier, NotifyKitError
+from notifykit.deadletters import DeadLetter, read_dead_letters
 
 from ..helpers import HELD, FakeClock, assert_accounted
 from ..test_notifier import memory, until

@@ -17,8 +17,9 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from notifykit import Notifier, read_dead_letters
+from notifykit import Notifier
 from notifykit.cli import main as notifykit_main
+from notifykit.deadletters import read_dead_letters
 
 from ..helpers import FakeClock, assert_accounted
 from ..test_notifier import memory, until

@@ -10,8 +10,9 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from notifykit import Notifier, read_dead_letters
+from notifykit import Notifier
 from notifykit.cli import main as cli_main
+from notifykit.deadletters import read_dead_letters
 
 from ..webhook.receiver import Received, Receiver, Reply
 

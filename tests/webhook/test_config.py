@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from notifykit import ConfigError, Notifier, PermanentError, TransportConfig, WireFormat
+from notifykit import ConfigError, Notifier, TransportConfig, WireFormat
+from notifykit.transport import PermanentError
 from transports.webhook import WebhookTransport, parse_retry_after
 
 SECRET = "Bearer sk-live-0123456789"

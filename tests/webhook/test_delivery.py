@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_binary_event, from_http_event, from_structured_event
 
-from notifykit import Notification, Notifier, SignatureError, WireFormat, decode_message
-from notifykit.webhook import SIGNATURE_HEADER, verify
+from notifykit import Notification, Notifier, WireFormat
+from notifykit.signing import SIGNATURE_HEADER, SignatureError, verify
+from notifykit.transport import decode_message
 
 from ..helpers import FakeClock
 from .receiver import Receiver

@@ -12,7 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from notifykit import BatchError, Notification, Notifier, PermanentError, TransientError, read_dead_letters
+from notifykit import Notification, Notifier
+from notifykit.deadletters import read_dead_letters
+from notifykit.transport import BatchError, PermanentError, TransientError
 from transports.webhook import WebhookTransport
 
 from ..helpers import FakeClock

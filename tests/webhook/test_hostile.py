@@ -11,7 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from notifykit import ConfigError, Notifier, read_dead_letters
+from notifykit import ConfigError, Notifier
+from notifykit.deadletters import read_dead_letters
 
 from ..helpers import FakeClock
 from .hostile import Behaviour, HostilePeer, huge_body, trickle_body, trickle_headers

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from notifykit import Notification, Notifier, TransientError
-from notifykit.webhook import verify
+from notifykit import Notification, Notifier
+from notifykit.signing import verify
+from notifykit.transport import TransientError
 from transports.webhook import WebhookTransport
 
 from .h2_receiver import H2Receiver

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 
-from notifykit import PermanentError, TransientError
+from notifykit.transport import PermanentError, TransientError
 
 __all__ = ["classify"]
 

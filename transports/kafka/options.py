@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from notifykit import ConfigError, Priority, TransportSettings
+from notifykit.transport import ConfigError, Priority, TransportSettings
 
 __all__ = ["DEFAULT_KEY_FIELDS", "KafkaOptions", "parse_options"]
 

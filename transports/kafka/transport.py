@@ -19,7 +19,7 @@ import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError  # type: ignore[import-untyped]
 
-from notifykit import (
+from notifykit.transport import (
     BatchError,
     Notification,
     PermanentError,

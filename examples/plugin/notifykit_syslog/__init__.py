@@ -13,7 +13,7 @@ from typing import ClassVar, Self
 
 import anyio
 
-from notifykit import (
+from notifykit.transport import (
     ConfigError,
     Notification,
     Priority,

@@ -1,0 +1,39 @@
+"""What a transport author imports: the protocol, its settings, outcomes, wire formats and redaction.
+
+A transport is one module that subclasses :class:`Transport` and one entry point in the
+``notifykit.transports`` group (see docs/plugins.md); it needs nothing else from the core.
+"""
+
+from ._errors import BatchError, ConfigError, MissingDependencyError, PermanentError, TransientError, TransportError
+from ._formats import WireFormat, cloudevent_attributes, decode_message
+from ._loading import NAMESPACE, installed_schemes, load_transport_class
+from ._message import Notification, Priority
+from ._redact import REDACTED, Redactor, redact_text, redact_url
+from ._settings import TransportSettings
+from ._transport import Transport
+from ._url import ParsedURL, parse_url
+
+__all__ = [
+    "NAMESPACE",
+    "REDACTED",
+    "BatchError",
+    "ConfigError",
+    "MissingDependencyError",
+    "Notification",
+    "ParsedURL",
+    "PermanentError",
+    "Priority",
+    "Redactor",
+    "TransientError",
+    "Transport",
+    "TransportError",
+    "TransportSettings",
+    "WireFormat",
+    "cloudevent_attributes",
+    "decode_message",
+    "installed_schemes",
+    "load_transport_class",
+    "parse_url",
+    "redact_text",
+    "redact_url",
+]
