@@ -34,6 +34,7 @@ from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, usage_from_backup
 from ._posix import PosixObjectStore
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
 from ._retry import RetryPolicy
+from ._s3 import S3ObjectStore, S3Options
 from ._service import BackupService, ProgressObserver
 from ._setup import PosixBackupDriver, build_driver, build_store, open_backup_service
 from ._stores import StoreFactory, StoreSettings, installed_stores, store_from_url
@@ -77,6 +78,8 @@ __all__ = [
     "RestoreTargetError",
     "SQLiteCatalog",
     "RetryPolicy",
+    "S3ObjectStore",
+    "S3Options",
     "StoreFactory",
     "StoreSettings",
     "SwiftObjectStore",

@@ -200,6 +200,9 @@ MINIMAL_STORE_URLS = {
     "swift": "swift://u:k@127.0.0.1:8080/auth/v1.0",
     "swift+http": "swift+http://u:k@127.0.0.1:8080/auth/v1.0",
     "swift+https": "swift+https://u:k@127.0.0.1:8080/auth/v1.0",
+    "s3": "s3://a:s@127.0.0.1:9000/bucket",
+    "s3+http": "s3+http://a:s@127.0.0.1:9000/bucket",
+    "s3+https": "s3+https://a:s@127.0.0.1:9000/bucket",
 }
 
 
