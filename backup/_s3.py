@@ -8,9 +8,11 @@ botocore in a worker thread.
 
 Layout: ``s3://HOST[:PORT]/BUCKET[/PREFIX]`` — each backup's objects sit under
 ``PREFIX/backup_<id>/`` in one bucket. Every PUT is a single request whose ETag (the MD5
-RGW and S3 compute of what they received) must equal the MD5 of what was sent, and carries
-the sha256 of the bytes as ``x-amz-meta-sha256``; every GET is checked against both.
-Hashing runs in worker threads. 5xx, throttling (SlowDown, 503, 429), timeouts and lost
+RGW and S3 compute of what they received) must equal the MD5 of what was sent; every GET
+is checked against its ETag too, and the chunked driver checks each chunk's sha256 from the
+metadata object on restore. The payload is sent unsigned (``UNSIGNED-PAYLOAD``: the ETag
+check covers the body, so the client does not hash every chunk once more to sign it).
+MD5 runs in worker threads. 5xx, throttling (SlowDown, 503, 429), timeouts and lost
 connections are retried by the store's ``RetryPolicy``; 403, NoSuchBucket and other 4xx fail
 at once. Credentials (URL, ``store_options`` or the AWS environment variables) never appear
 in reprs, logs or errors.
@@ -145,8 +147,8 @@ def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
     return None, None, f"connection failed ({detail[:200]})"
 
 
-def _digests(data: bytes) -> tuple[str, str]:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest(), hashlib.sha256(data).hexdigest()
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class S3ObjectStore:
@@ -181,7 +183,9 @@ class S3ObjectStore:
         opts = self.options
         config: dict[str, Any] = {"endpoint": opts.endpoint, "access_key_id": opts.access_key,
                                   "secret_access_key": opts.secret_key, "region": opts.region,
-                                  "virtual_hosted_style_request": opts.virtual_hosted}
+                                  "virtual_hosted_style_request": opts.virtual_hosted,
+                                  # the ETag (MD5) check covers the body: no sha256 pass to sign it
+                                  "unsigned_payload": True}
         if opts.session_token:
             config["session_token"] = opts.session_token
         client = {"allow_http": opts.endpoint.startswith("http://"), "timeout": timedelta(seconds=opts.timeout),
@@ -297,11 +301,11 @@ class S3ObjectStore:
 
     async def put_object(self, container: str, name: str, data: bytes) -> None:
         key = self._key(container, name)
-        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
-        attributes = {"Content-Type": "application/octet-stream", "sha256": sha256}
+        md5 = await anyio.to_thread.run_sync(_md5, data)
 
         async def once() -> None:
-            result = await obstore.put_async(self._s3(), key, data, attributes=attributes, use_multipart=False)
+            result = await obstore.put_async(self._s3(), key, data, attributes={"Content-Type": "application/octet-stream"},
+                                             use_multipart=False)
             etag = (result.get("e_tag") or "").strip('"')
             if etag != md5:  # what arrived is not what we sent: send it again
                 raise _Retryable(f"ETag {etag!r} of the stored object is not the MD5 {md5!r} of the body sent")
@@ -311,17 +315,14 @@ class S3ObjectStore:
     async def get_object(self, container: str, name: str) -> bytes:
         key = self._key(container, name)
 
-        async def once() -> tuple[bytes, str, str | None]:
+        async def once() -> tuple[bytes, str]:
             result = await obstore.get_async(self._s3(), key)
             data = bytes(await result.bytes_async())
-            sha = result.attributes.get("sha256")
-            return data, str(result.meta.get("e_tag") or "").strip('"'), str(sha) if sha else None
+            return data, str(result.meta.get("e_tag") or "").strip('"')
 
-        data, etag, stored_sha = await self._call("read object", f"{self.options.bucket}/{key}", once)
-        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
-        if ("-" not in etag and etag and etag != md5) or (stored_sha and stored_sha != sha256):
-            raise CorruptBackupError(f"object {self.options.bucket}/{key} read from s3 does not match its"
-                                     " ETag/x-amz-meta-sha256")
+        data, etag = await self._call("read object", f"{self.options.bucket}/{key}", once)
+        if etag and "-" not in etag and etag != await anyio.to_thread.run_sync(_md5, data):
+            raise CorruptBackupError(f"object {self.options.bucket}/{key} read from s3 does not match its ETag (MD5)")
         return data
 
     async def delete_object(self, container: str, name: str) -> None:

@@ -89,6 +89,9 @@ NOTES = """\
   which the hand-written loops leave out, on the same core the producer's event loop needs.
 - **swift_backup**: client, proxy and object server share the two cores; `cpu_s_median`
   says how many CPU seconds each of them used per contender.
+- **s3_backup**: the S3 store (obstore) against a boto3 thread-pool upload of the same chunks
+  to the same single-node Ceph RGW; `ratio_obstore_vs_aiobotocore` is why the store uses
+  obstore (aiobotocore signs the payload and writes through aiohttp on the event loop).
 - **durable_cost**: in durable mode `notify()` returns only after the notification is committed
   to SQLite (WAL) in a worker thread; concurrent callers share commits, one sequential caller
   pays one commit per notification.
@@ -109,6 +112,7 @@ INFORMATION: dict[str, list[str]] = {
     "reliability_report": ["durable_cost.callers_1.ratio_durable_vs_in_memory",
                            "durable_cost.callers_16.ratio_durable_vs_in_memory"],
     "swift_backup": ["ratio_swift_vs_posix_fsync"],
+    "s3_backup": ["ratio_backup_zstd_vs_boto3", "ratio_obstore_vs_aiobotocore"],
 }
 
 

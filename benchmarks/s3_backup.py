@@ -1,0 +1,228 @@
+"""Backing a file up to Ceph through S3: notifykit's backup vs a boto3 upload loop, same RGW.
+
+One single-node Ceph on loopback (scripts/ceph-aio: mon + memstore OSD + RGW) and one file
+of SIZE_MIB (half random, half compressible), in a temporary directory. Each round, in an
+order that rotates, runs:
+
+* ``boto3_put_loop`` — the anchor: boto3 ``put_object`` of every 4 MiB chunk of the file
+  from a thread pool with as many threads as the backup has uploads in flight (what a
+  hand-written bulk upload with the usual client does);
+* ``notifykit_backup_none`` — ``BackupService.create_backup`` with the chunked driver on the
+  S3 store, no compression: the same bytes as the anchor, plus sha256 + MD5 per chunk and
+  the metadata object;
+* ``notifykit_backup_zstd`` — the same with zstd, the default compression;
+* ``aiobotocore_put_loop`` and ``obstore_put_loop`` — the two async clients considered for
+  the store, uploading the same chunks with the same concurrency (why obstore was chosen).
+
+Each figure is the median of ROUNDS rounds in MiB/s of the file's size (deleting what was
+uploaded is outside the timing). Usage: ``python benchmarks/s3_backup.py [SIZE_MIB [ROUNDS]]``
+(defaults 256 and 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from _goals import goal, median, rotated
+
+from backup import BackupService, ChunkedBackupDriver, S3ObjectStore, SQLiteCatalog, store_from_url
+from notifykit import ContextLike, Notification, Priority
+
+MIB = 1024 * 1024
+SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+CHUNK = 4 * MIB
+CEPH_AIO = Path(__file__).resolve().parents[1] / "scripts" / "ceph-aio"
+BUCKET = "bench"
+CAUSE = ("client and RGW share the same two cores; the backup also hashes (sha256 + MD5) every chunk and writes a"
+         " metadata object, which a bare upload loop does not")
+
+
+class NoopNotifier:
+    """Notifications off: this benchmark measures the store path."""
+
+    def __init__(self) -> None:
+        self._prebuilt = Notification.create("noop", {}, publisher_id="bench")
+
+    async def notify(self, ctx: ContextLike, event_type: str, payload: Any, *,
+                     priority: Priority | str = Priority.INFO) -> Notification:
+        return self._prebuilt
+
+
+def write_volume(path: Path, size: int) -> None:
+    block = (b"compressible text block for the backup benchmark. " * 21_000)[:MIB]
+    with open(path, "wb") as fh:
+        for i in range(size // MIB):
+            fh.write(os.urandom(MIB) if i % 2 else block)
+
+
+def chunks(volume: Path) -> list[bytes]:
+    data = volume.read_bytes()
+    return [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+
+def botocore_config(uploads: int) -> Any:
+    from botocore.config import Config
+
+    return Config(max_pool_connections=uploads + 2, s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                  request_checksum_calculation="when_required", response_checksum_validation="when_required")
+
+
+def boto3_client(info: dict[str, Any], uploads: int) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=info["endpoint"], aws_access_key_id=info["access_key"],
+                        aws_secret_access_key=info["secret_key"], region_name="us-east-1",
+                        config=botocore_config(uploads))
+
+
+def boto3_put_loop(info: dict[str, Any], parts: list[bytes], uploads: int) -> float:
+    client = boto3_client(info, uploads)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(uploads) as pool:
+        list(pool.map(lambda i: client.put_object(Bucket=BUCKET, Key=f"boto3/{i:05d}", Body=parts[i]),
+                      range(len(parts))))
+    elapsed = time.perf_counter() - start
+    for i in range(len(parts)):
+        client.delete_object(Bucket=BUCKET, Key=f"boto3/{i:05d}")
+    return elapsed
+
+
+async def limited(uploads: int, jobs: list[Callable[[], Awaitable[Any]]]) -> None:
+    gate = asyncio.Semaphore(uploads)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> None:
+        async with gate:
+            await job()
+
+    await asyncio.gather(*(one(job) for job in jobs))
+
+
+async def aiobotocore_put_loop(info: dict[str, Any], parts: list[bytes], uploads: int) -> float:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+            "s3", endpoint_url=info["endpoint"], aws_access_key_id=info["access_key"],
+            aws_secret_access_key=info["secret_key"], region_name="us-east-1", config=botocore_config(uploads)) as c:
+        start = time.perf_counter()
+        await limited(uploads, [lambda i=i: c.put_object(Bucket=BUCKET, Key=f"aiobotocore/{i:05d}", Body=parts[i])
+                                for i in range(len(parts))])
+        elapsed = time.perf_counter() - start
+        for i in range(len(parts)):
+            await c.delete_object(Bucket=BUCKET, Key=f"aiobotocore/{i:05d}")
+    return elapsed
+
+
+async def obstore_put_loop(info: dict[str, Any], parts: list[bytes], uploads: int) -> float:
+    import obstore
+    from obstore.store import S3Store
+
+    s3 = S3Store(BUCKET, endpoint=info["endpoint"], access_key_id=info["access_key"],
+                 secret_access_key=info["secret_key"], region="us-east-1", client_options={"allow_http": True})
+    start = time.perf_counter()
+    await limited(uploads, [lambda i=i: obstore.put_async(s3, f"obstore/{i:05d}", parts[i], use_multipart=False)
+                            for i in range(len(parts))])
+    elapsed = time.perf_counter() - start
+    await obstore.delete_async(s3, [f"obstore/{i:05d}" for i in range(len(parts))])
+    return elapsed
+
+
+async def backup_once(root: Path, volume: Path, store: S3ObjectStore, compression: str) -> float:
+    """Seconds of ``create_backup`` alone (the catalog is opened and the backup deleted untimed)."""
+    driver = ChunkedBackupDriver(store, chunk_size=CHUNK, compression=compression, uploads=store.default_uploads)
+    async with SQLiteCatalog(root / "catalog.sqlite3") as catalog:
+        service = BackupService(catalog, driver, NoopNotifier(), host="bench")
+        start = time.perf_counter()
+        record = await service.create_backup(volume)
+        elapsed = time.perf_counter() - start
+        assert record.status == "available", record
+        await service.delete_backup(record.id)
+    return elapsed
+
+
+def load_ceph_aio() -> Any:
+    loader = importlib.machinery.SourceFileLoader("ceph_aio", str(CEPH_AIO))
+    spec = importlib.util.spec_from_loader("ceph_aio", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+async def main() -> dict[str, Any]:
+    module = load_ceph_aio()
+    missing = module.missing_binaries()
+    if missing:
+        return {"benchmark": "s3_backup", "skipped": f"Ceph not installed (missing {', '.join(missing)})"}
+    with tempfile.TemporaryDirectory(prefix="notifykit-bench-s3-") as tmp:
+        root = Path(tmp)
+        aio = module.CephAIO(root / "ceph-aio")
+        await anyio.to_thread.run_sync(aio.start)
+        info = aio.info()
+        volume = root / "volume.img"
+        await anyio.to_thread.run_sync(write_volume, volume, SIZE_MIB * MIB)
+        parts = await anyio.to_thread.run_sync(chunks, volume)
+        store = store_from_url(f"{info['s3_url']}/{BUCKET}?create_bucket=true")
+        assert isinstance(store, S3ObjectStore)
+        uploads = store.default_uploads
+        contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+            ("boto3_put_loop", lambda: anyio.to_thread.run_sync(boto3_put_loop, info, parts, uploads)),
+            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none")),
+            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd")),
+            ("aiobotocore_put_loop", lambda: aiobotocore_put_loop(info, parts, uploads)),
+            ("obstore_put_loop", lambda: obstore_put_loop(info, parts, uploads)),
+        ]
+        rounds: dict[str, list[float]] = {}
+        try:
+            await store.open()
+            await store.create_container("warm-up")  # the bucket: RGW creates its pools (1-3 s)
+            await contenders[1][1]()  # warm-up: page cache, connections, imports
+            await contenders[0][1]()
+            for number in range(ROUNDS):
+                for name, run in rotated(contenders, number):
+                    elapsed = await run()
+                    rounds.setdefault(name, []).append(SIZE_MIB / elapsed)
+                    print(f"# {name}: {SIZE_MIB / elapsed:.0f} MiB/s", file=sys.stderr, flush=True)
+        finally:
+            await store.aclose()
+            await anyio.to_thread.run_sync(aio.stop)
+    rates = {k: median(v) for k, v in rounds.items()}
+    anchor = rates["boto3_put_loop"]
+    return {
+        "benchmark": "s3_backup",
+        "file_mib": SIZE_MIB,
+        "chunk_mib": CHUNK // MIB,
+        "uploads_in_flight": uploads,
+        "rounds": ROUNDS,
+        "ceph_started_in_s": round(info["started_in_s"], 1),
+        "statistic": "median of interleaved rounds",
+        "mib_s": {k: round(v, 1) for k, v in rates.items()},
+        "rounds_mib_s": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
+        "ratio_backup_none_vs_boto3": round(rates["notifykit_backup_none"] / anchor, 3),
+        "ratio_backup_zstd_vs_boto3": round(rates["notifykit_backup_zstd"] / anchor, 3),
+        "ratio_obstore_vs_aiobotocore": round(rates["obstore_put_loop"] / rates["aiobotocore_put_loop"], 3),
+        "goals": [
+            goal("S3-on-Ceph backup MiB/s (no compression: the same bytes) vs boto3 put_object loop",
+                 rates["notifykit_backup_none"] / anchor, ">=", 1.0, anchor="boto3_put_loop", cause=CAUSE),
+        ],
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(anyio.run(main), indent=2))
