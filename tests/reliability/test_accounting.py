@@ -306,9 +306,16 @@ async def test_invariant_holds_at_every_await_point(tmp_path: Path, fake_clock: 
         async with anyio.create_task_group() as audit:
             audit.start_soon(auditor)
             async with n:
+                # Stuck until the callers are done, so their queues fill whatever the machine's
+                # load: drops and refusals happen for certain, not by timing.
+                stuck = [memory(n, name) for name in ("dropper", "refuser")]
+                for transport in stuck:
+                    transport.stall()
                 async with anyio.create_task_group() as callers:
                     for k in range(4):
                         callers.start_soon(caller, k)
+                for transport in stuck:
+                    transport.resume()
             closed.set()
     assert violations[:3] == [] and checks > 100
     rows = assert_accounted(n, dead)
