@@ -134,7 +134,7 @@ async def via_transport(bootstrap: str, n: int) -> tuple[float, str]:
             await transport.send(batch[first:first + BATCH])
         elapsed = time.perf_counter() - start
     finally:
-        await transport.close()
+        await transport.aclose()
     return elapsed, f"{topic}.info"
 
 

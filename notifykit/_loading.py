@@ -6,6 +6,7 @@ in this group is all it takes to add one.
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -18,26 +19,49 @@ from ._settings import TransportSettings
 from ._transport import Transport
 from ._url import parse_url
 
-__all__ = ["NAMESPACE", "installed_schemes", "load_transport_class", "resolve_transport"]
+__all__ = ["NAMESPACE", "install_hint", "installed_schemes", "load_transport_class", "resolve_transport"]
 
 NAMESPACE = "notifykit.transports"
-
-#: The extra that brings a built-in transport's dependencies, for the error message.
-_EXTRAS = {"amqp": "amqp", "amqps": "amqp", "kafka": "kafka", "kafka+ssl": "kafka", "http": "webhook", "https": "webhook"}
-
 
 def installed_schemes() -> list[str]:
     """Names of every registered transport, whether or not its dependencies import."""
     return sorted({ep.name for ep in entry_points(group=NAMESPACE)})
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def install_hint(ep: EntryPoint, missing: str) -> str:
+    """How to install what an entry point's module could not import, read from its distribution's metadata.
+
+    The requirement naming the missing module (``aio_pika`` → ``aio-pika``, ``nats`` →
+    ``nats-py``) says whether an extra brings it (``pip install 'notifykit[amqp]'``);
+    so a new transport needs no edit here, only its own requirements.
+    """
+    dist = ep.dist
+    if dist is None:  # stevedore's cached entry points carry no distribution: find it in the metadata
+        dist = next((found.dist for found in entry_points(group=ep.group or NAMESPACE, name=ep.name)
+                     if found.value == ep.value and found.dist is not None), None)
+    if dist is None:
+        return ""
+    module = _normal(missing.split(".", 1)[0])
+    for requirement in dist.requires or []:
+        name = re.split(r"[\s\[<>=!~;(]", requirement, maxsplit=1)[0]
+        if not name or not (_normal(name) == module or _normal(name).startswith(module + "_")):
+            continue
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+        if extra:
+            return f"; install it with: pip install '{dist.name}[{extra.group(1)}]'"
+        return f"; install it with: pip install '{requirement.split(';', 1)[0].strip()}'"
+    return f"; reinstall {dist.name} with its dependencies: pip install '{dist.name}'"
+
+
 def _on_load_failure(_manager: ExtensionManager[Any], ep: EntryPoint, err: BaseException) -> None:
     if isinstance(err, ImportError):
-        extra = _EXTRAS.get(ep.name)
-        hint = f"; install it with: pip install 'notifykit[{extra}]'" if extra else ""
         missing = getattr(err, "name", None) or str(err)
         raise MissingDependencyError(
-            f"transport {ep.name!r} is installed but cannot import {missing!r}{hint}"
+            f"transport {ep.name!r} is installed but cannot import {missing!r}{install_hint(ep, missing)}"
         ) from err
     raise ConfigError(f"transport {ep.name!r} failed to load: {type(err).__name__}: {err}") from err
 

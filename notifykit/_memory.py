@@ -14,6 +14,7 @@ entry point still finds it through ``transports.memory``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Self
 
@@ -28,13 +29,39 @@ from ._transport import Transport
 __all__ = ["MemoryTransport"]
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    """``fail``, ``failure``, ``delay``, ``max_batch``, ``reject`` and ``keep`` from the URL."""
+
+    fail: int = 0
+    permanent: bool = False
+    delay: float = 0.0
+    max_batch: int = 100
+    reject: tuple[str, ...] = ()
+    keep: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        return cls(
+            fail=settings.take_int("fail", 0, minimum=0) or 0,
+            permanent=settings.take_choice("failure", ("transient", "permanent"), "transient") == "permanent",
+            delay=settings.take_float("delay", 0.0, minimum=0.0) or 0.0,
+            max_batch=settings.take_int("max_batch", 100, minimum=1) or 100,
+            reject=tuple(settings.take_list("reject")),
+            keep=settings.take_bool("keep", True),
+        )
+
+
 class MemoryTransport(Transport):
     """In-process transport recording every delivered notification in order."""
 
     default_format: ClassVar[WireFormat] = WireFormat.JSON
+    Options = MemoryOptions
+    options: MemoryOptions
 
-    def __init__(self, settings: TransportSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: TransportSettings, options: MemoryOptions | None = None) -> None:
+        options = options or MemoryOptions()
+        super().__init__(settings, options)
         self.messages: list[Notification] = []
         self.batch_sizes: list[int] = []
         self.attempts = 0
@@ -42,26 +69,15 @@ class MemoryTransport(Transport):
         self.clock: Callable[[], float] = anyio.current_time
         self.opened = False
         self.closed = False
-        self._fail_remaining = 0
-        self._permanent = False
+        self._fail_remaining = options.fail
+        self._permanent = options.permanent
         self._retry_after: float | None = None
-        self._reject: list[str] = []
+        self._reject = list(options.reject)
         self._stalled: anyio.Event | None = None
-        self.delay = 0.0
-        self.keep = True
+        self.delay = options.delay
+        self.keep = options.keep
+        self.max_batch_size = options.max_batch
         self.delivered = 0
-
-    @classmethod
-    def from_settings(cls, settings: TransportSettings) -> Self:
-        transport = cls(settings)
-        transport._fail_remaining = settings.take_int("fail", 0, minimum=0) or 0
-        transport._permanent = settings.take_choice("failure", ("transient", "permanent"), "transient") == "permanent"
-        transport.delay = settings.take_float("delay", 0.0, minimum=0.0) or 0.0
-        transport.max_batch_size = settings.take_int("max_batch", 100, minimum=1) or 100
-        transport._reject = settings.take_list("reject")
-        transport.keep = settings.take_bool("keep", True)
-        settings.finish()
-        return transport
 
     # -- steering from tests -----------------------------------------------------------
 
@@ -133,5 +149,5 @@ class MemoryTransport(Transport):
             self.messages.extend(delivered)
             self.batch_sizes.append(len(delivered))
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         self.closed = True

@@ -281,7 +281,7 @@ class Notifier(_PriorityMethods):
                             " the next Notifier on this spool replays them", dispatcher.name, spooled, self.spool)
             with anyio.move_on_after(max(deadline, 1.0)):
                 try:
-                    await dispatcher.transport.close()
+                    await dispatcher.transport.aclose()
                 except Exception:
                     log.exception("notifykit transport %r failed to close", dispatcher.name)
             dispatcher.stats.state = TransportState.CLOSED

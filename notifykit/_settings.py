@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ._errors import ConfigError
 from ._formats import WireFormat
+from ._tls import TlsOptions
 from ._url import ParsedURL
 
 __all__ = ["TransportSettings"]
@@ -100,6 +101,11 @@ class TransportSettings:
         if text not in choices:
             raise ConfigError(f"{self._where(key)} must be one of {', '.join(choices)}, got {text!r}")
         return text
+
+    def take_tls(self, *, enabled: bool) -> TlsOptions:
+        """The shared TLS options (``ca_file``, ``cert_file``, ``key_file``, ``key_password``, ``verify``);
+        ``enabled`` says whether the URL's scheme is a TLS one."""
+        return TlsOptions.from_settings(self, enabled=enabled)
 
     def finish(self) -> None:
         """Reject options nobody took, so a typo is an error and not a silent default."""

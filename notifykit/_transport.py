@@ -1,17 +1,46 @@
-"""The transport protocol: the only thing a backend has to implement."""
+"""The transport protocol: the only thing a backend has to implement, in one shape for all of them.
+
+A transport module holds three things: a frozen options dataclass whose
+``from_settings(settings)`` takes every option the transport knows, a
+:class:`Transport` subclass naming it as ``Options``, and that class's
+``classify(exc)`` mapping its library's errors onto TransientError / PermanentError.
+The core builds it — options first, then ``settings.finish()`` refuses any option
+left over, the same way for every transport — and drives it with ``open()``,
+``send()`` and ``aclose()``. Reading a URL back (``notifykit tail``) is a separate,
+optional capability: :class:`Tailable`.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self, final, runtime_checkable
 
-from ._errors import ConfigError
+from ._errors import PermanentError, TransientError
 from ._formats import WireFormat
 from ._message import Notification
 from ._settings import TransportSettings
 
-__all__ = ["Transport"]
+__all__ = ["NoOptions", "Tailable", "Transport", "TransportOptions"]
+
+
+class TransportOptions(Protocol):
+    """A transport's options: a frozen dataclass built once, when the Notifier is built."""
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        """Take every option this transport knows with ``settings.take_*``; raise ConfigError on bad values."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoOptions:
+    """The options of a transport that takes none: any option given is refused by ``finish()``."""
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        return cls()
 
 
 class Transport(abc.ABC):
@@ -19,7 +48,7 @@ class Transport(abc.ABC):
 
     The core's dispatcher calls ``open()`` once (retrying on ``TransientError``),
     then ``send()`` with batches of at most ``max_batch_size`` notifications, one
-    batch at a time, and finally ``close()``. ``send()`` returns only when every
+    batch at a time, and finally ``aclose()``. ``send()`` returns only when every
     message of the batch is delivered (confirmed, acknowledged, 2xx, …) and raises
     ``TransientError`` (retry later), ``PermanentError`` (dead-letter) or
     ``BatchError`` (per-message outcome) otherwise. Backpressure, retry and
@@ -30,16 +59,20 @@ class Transport(abc.ABC):
     default_format: ClassVar[WireFormat] = WireFormat.JSON
     #: Largest batch the dispatcher hands to ``send()``.
     max_batch_size: int = 100
+    #: The frozen options dataclass; ``from_settings`` builds it from the URL and options table.
+    Options: ClassVar[type[TransportOptions]] = NoOptions
 
-    def __init__(self, settings: TransportSettings) -> None:
+    def __init__(self, settings: TransportSettings, options: Any) -> None:
         self.settings = settings
+        self.options = options
 
+    @final
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
-        """Build from settings; take every option you know and call ``settings.finish()``."""
-        transport = cls(settings)
+        """Build from settings, as the core does: ``Options.from_settings``, then ``settings.finish()``."""
+        options = cls.Options.from_settings(settings)
         settings.finish()
-        return transport
+        return cls(settings, options)
 
     @property
     def name(self) -> str:
@@ -49,6 +82,15 @@ class Transport(abc.ABC):
     def format(self) -> WireFormat:
         return self.settings.format
 
+    def classify(self, exc: BaseException) -> TransientError | PermanentError:
+        """The notifykit error for one of this transport's library errors, with the peer's own reason.
+
+        Override it to mark what retrying cannot fix (a refused login, a message too
+        large) as PermanentError; anything else is transient, so the core's retry budget
+        (``retry_max_elapsed``) still decides in the end and nothing is lost.
+        """
+        return TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect; raise ``TransientError`` while the peer is unreachable."""
 
@@ -56,17 +98,19 @@ class Transport(abc.ABC):
     async def send(self, batch: Sequence[Notification]) -> None:
         """Deliver every notification of the batch, or raise a TransportError."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once, after the last send()."""
-
-    @classmethod
-    def tail(cls, settings: TransportSettings) -> AsyncIterator[bytes]:
-        """Consume what this transport's URL receives, yielding raw message bodies (for ``notifykit tail``).
-
-        Optional: a transport that can be read back (a broker) overrides it; the
-        subscription must not disturb other consumers (e.g. a temporary queue).
-        """
-        raise ConfigError(f"transport {settings.url.scheme!r} cannot be tailed")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings.name!r} {self.settings.url.redacted}>"
+
+
+@runtime_checkable
+class Tailable(Protocol):
+    """A transport class that can read back what its URL receives (``notifykit tail``).
+
+    Implemented as a classmethod ``tail(settings)`` yielding raw message bodies; the
+    subscription must not disturb other consumers (a temporary queue, its own group).
+    """
+
+    def tail(self, settings: TransportSettings) -> AsyncIterator[bytes]: ...

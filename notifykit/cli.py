@@ -34,6 +34,7 @@ from ._redact import redact_text
 from ._spool import Spool, default_spool_path
 from ._stats import render_prometheus
 from ._status import read_status_file
+from ._transport import Tailable
 
 __all__ = ["main"]
 
@@ -49,6 +50,8 @@ def _one_line(message: dict[str, Any]) -> str:
 async def tail(url: str, event_glob: str, as_json: bool, out: TextIO, limit: int | None = None) -> int:
     """Print each decoded notification matching ``event_glob``; returns how many were printed."""
     cls, settings = resolve_transport("tail", TransportConfig.from_url(url))
+    if not isinstance(cls, Tailable):
+        raise ConfigError(f"transport {settings.url.scheme!r} cannot be tailed")
     printed = 0
     bodies = cls.tail(settings)
     try:

@@ -10,23 +10,29 @@ from ._loading import NAMESPACE, installed_schemes, load_transport_class
 from ._message import Notification, Priority
 from ._redact import REDACTED, Redactor, redact_text, redact_url
 from ._settings import TransportSettings
-from ._transport import Transport
+from ._tls import TLS_OPTIONS, TlsOptions
+from ._transport import NoOptions, Tailable, Transport, TransportOptions
 from ._url import ParsedURL, parse_url
 
 __all__ = [
     "NAMESPACE",
     "REDACTED",
+    "TLS_OPTIONS",
     "BatchError",
     "ConfigError",
     "MissingDependencyError",
+    "NoOptions",
     "Notification",
     "ParsedURL",
     "PermanentError",
     "Priority",
     "Redactor",
+    "Tailable",
+    "TlsOptions",
     "TransientError",
     "Transport",
     "TransportError",
+    "TransportOptions",
     "TransportSettings",
     "WireFormat",
     "cloudevent_attributes",

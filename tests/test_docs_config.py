@@ -131,17 +131,18 @@ def test_transport_options_match_their_documented_table(scheme: str) -> None:
 def test_the_checker_sees_an_undocumented_option() -> None:
     """A transport that takes an option nobody documented is caught by the same recording."""
 
-    class Knobbly(Transport):
-        default_format: ClassVar[WireFormat] = WireFormat.JSON
-        knob = ""
+    @dataclasses.dataclass(frozen=True)
+    class KnobblyOptions:
+        knob: str
 
         @classmethod
         def from_settings(cls, settings: TransportSettings) -> Self:
-            transport = cls(settings)
-            transport.knob = settings.take_str("undocumented_knob", "x") or ""
             settings.options.pop("raw_popped_knob", None)
-            settings.finish()
-            return transport
+            return cls(settings.take_str("undocumented_knob", "x") or "")
+
+    class Knobbly(Transport):
+        default_format: ClassVar[WireFormat] = WireFormat.JSON
+        Options = KnobblyOptions
 
         async def send(self, batch: Sequence[Notification]) -> None:
             raise NotImplementedError

@@ -27,12 +27,13 @@ def test_builtin_schemes_registered() -> None:
     assert load_transport_class("memory").__name__ == "MemoryTransport"
 
 
-def write_plugin(root: Path, dist: str, scheme: str, module: str, source: str) -> None:
+def write_plugin(root: Path, dist: str, scheme: str, module: str, source: str, requires: tuple[str, ...] = ()) -> None:
     """A distribution 'installed' the way pip lays one out: a module plus its dist-info."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    requirements = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n{requirements}")
     (info / "entry_points.txt").write_text(f"[notifykit.transports]\n{scheme} = {module}:Transport_\n")
 
 
@@ -82,3 +83,30 @@ def test_plugin_with_missing_dependency_is_a_clear_error(tmp_path: Path) -> None
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "transport 'broken' is installed but cannot import 'a_module_that_is_not_installed_xyz'" in result.stdout
+
+
+def test_a_new_transports_missing_dependency_hint_comes_from_its_own_metadata(tmp_path: Path) -> None:
+    """Adding a transport (here a NATS one) needs no edit in the core, not even for the install hint."""
+    write_plugin(tmp_path, "notifykit_nats", "nats", "notifykit_nats", "import nats_xyz_client\n",
+                 requires=("notifykit", "nats-xyz-client>=2.6", 'nats-xyz-client[nkeys]>=2.6; extra == "nkeys"'))
+    result = run_python("""
+        import notifykit
+        try:
+            notifykit.Notifier.from_url("nats://127.0.0.1:4222/", publisher_id="x")
+        except notifykit.MissingDependencyError as exc:
+            print(exc)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("transport 'nats' is installed but cannot import 'nats_xyz_client'; "
+                                     "install it with: pip install 'nats-xyz-client>=2.6'")
+
+
+def test_a_builtin_transports_hint_names_its_extra() -> None:
+    from importlib.metadata import entry_points
+
+    from notifykit._loading import install_hint
+
+    [amqp] = [ep for ep in entry_points(group="notifykit.transports") if ep.name == "amqp"]
+    assert install_hint(amqp, "aio_pika") == "; install it with: pip install 'notifykit[amqp]'"
+    [kafka] = [ep for ep in entry_points(group="notifykit.transports") if ep.name == "kafka"]
+    assert install_hint(kafka, "aiokafka.producer") == "; install it with: pip install 'notifykit[kafka]'"

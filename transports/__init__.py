@@ -1,4 +1,5 @@
 """Backends for notifykit, each registered in the ``notifykit.transports`` entry-point group.
 
-Transports depend only on notifykit's public protocol; the core never imports them.
+Each is one module of the same shape (an options dataclass, classify, open/send/aclose) that
+imports only ``notifykit.transport``; the core never imports them.
 """

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.exceptions
+import anyio.to_thread
 import pamqp.commands
 import pamqp.exceptions
 import pamqp.frame
@@ -45,6 +45,7 @@ from notifykit.transport import (
     PermanentError,
     Priority,
     Redactor,
+    TlsOptions,
     TransientError,
     Transport,
     TransportSettings,
@@ -78,10 +79,10 @@ class AmqpOptions:
     connect_timeout: float
     heartbeat: int
     connection_name: str
-    ssl_context: ssl.SSLContext | None
+    tls: TlsOptions
 
     @classmethod
-    def take(cls, settings: TransportSettings) -> AmqpOptions:
+    def from_settings(cls, settings: TransportSettings) -> Self:
         url = settings.url
         if url.scheme not in _DEFAULT_PORTS:
             raise ConfigError(f"AMQP URL {url.redacted!r}: scheme must be amqp or amqps")
@@ -110,7 +111,7 @@ class AmqpOptions:
             connect_timeout=settings.take_float("connect_timeout", 10.0, minimum=0.001) or 10.0,
             heartbeat=settings.take_int("heartbeat", 60, minimum=0) or 0,
             connection_name=settings.take_str("connection_name", f"notifykit {settings.name}") or settings.name,
-            ssl_context=_take_tls(settings),
+            tls=settings.take_tls(enabled=url.scheme == "amqps"),
         )
         for topic in settings.topics:
             if not topic or any(c in topic for c in "#*"):
@@ -134,44 +135,17 @@ class AmqpOptions:
                          path="/" + self.vhost, query=query)
 
 
-def _take_tls(settings: TransportSettings) -> ssl.SSLContext | None:
-    """The TLS context for ``amqps://``, built here so a bad file is a ConfigError up front."""
-    where = f"transport {settings.name!r} ({settings.url.redacted})"
-    ca_file = settings.take_str("ca_file") or settings.take_str("cafile")
-    certfile = settings.take_str("certfile")
-    keyfile = settings.take_str("keyfile")
-    verify = settings.take_bool("verify", True)
-    if settings.url.scheme != "amqps":
-        given = [k for k, v in (("ca_file", ca_file), ("certfile", certfile), ("keyfile", keyfile)) if v]
-        if given:
-            raise ConfigError(f"option(s) {', '.join(given)} of {where} need an amqps:// URL")
-        return None
-    for key, path in (("ca_file", ca_file), ("certfile", certfile), ("keyfile", keyfile)):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"option {key!r} of {where}: no such file {path!r}")
-    if keyfile and not certfile:
-        raise ConfigError(f"option 'keyfile' of {where} needs 'certfile' too")
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-        if certfile:
-            context.load_cert_chain(certfile, keyfile)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(f"TLS files of {where} cannot be loaded: {exc}") from None
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class AmqpTransport(Transport):
     """Publishes to a RabbitMQ topic exchange with pipelined publisher confirms."""
 
     default_format: ClassVar[WireFormat] = WireFormat.OSLO
     max_batch_size = 2500
+    Options = AmqpOptions
+    options: AmqpOptions
 
     def __init__(self, settings: TransportSettings, options: AmqpOptions) -> None:
-        super().__init__(settings)
-        self.options = options
+        super().__init__(settings, options)
+        self._ssl_context: ssl.SSLContext | None = None
         self._connection: aio_pika.abc.AbstractConnection | None = None
         # One channel per topic: aiormq matches returned messages by message_id per channel.
         self._channels: list[tuple[str, aiormq.Channel]] = []
@@ -182,12 +156,6 @@ class AmqpTransport(Transport):
         self._redactor.add_basic(options.username, options.password)
         #: Entities found declared otherwise than we would have: logged once per transport, not per reconnect.
         self._reported: set[str] = set()
-
-    @classmethod
-    def from_settings(cls, settings: TransportSettings) -> Self:
-        options = AmqpOptions.take(settings)
-        settings.finish()
-        return cls(settings, options)
 
     # -- connection --------------------------------------------------------------------
 
@@ -203,13 +171,26 @@ class AmqpTransport(Transport):
         return (not self._broken and self._connection is not None and not self._connection.is_closed
                 and bool(self._channels) and not any(channel.is_closed for _, channel in self._channels))
 
+    async def _tls_context(self) -> ssl.SSLContext | None:
+        """The amqps:// context, loaded once in a worker thread (it reads the CA and key files)."""
+        if not self.options.tls.enabled:
+            return None
+        if self._ssl_context is None:
+            try:
+                self._ssl_context = await anyio.to_thread.run_sync(self.options.tls.load_context)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise PermanentError(f"TLS files of transport {self.name!r} ({self.settings.url.redacted}) "
+                                     f"cannot be loaded: {exc}") from None
+        return self._ssl_context
+
     async def _connect(self) -> aio_pika.abc.AbstractConnection:
         """Try each host in turn; PermanentError when every broker refused us, TransientError otherwise."""
+        ssl_context = await self._tls_context()
         errors: list[str] = []
         refused = 0
         for host, port in self.options.hosts:
             url = self.options.connection_url(host, port, self.settings.url.scheme)
-            connection = aio_pika.Connection(url, ssl_context=self.options.ssl_context)
+            connection = aio_pika.Connection(url, ssl_context=ssl_context)
             try:
                 await connection.connect(timeout=self.options.connect_timeout)
                 return connection
@@ -261,7 +242,7 @@ class AmqpTransport(Transport):
         """
         if isinstance(exc, aiormq.exceptions.InvalidFrameError):
             try:
-                reason = await asyncio.wait_for(_handshake_refusal(host, port, self.options, self.settings.url.scheme),
+                reason = await asyncio.wait_for(_handshake_refusal(host, port, self.options, self._ssl_context),
                                                 timeout=self.options.connect_timeout)
             except (OSError, TimeoutError, ssl.SSLError, pamqp.exceptions.PAMQPException, EOFError) as error:
                 reason = f"the broker closed the connection during the handshake ({type(error).__name__})"
@@ -468,7 +449,7 @@ class AmqpTransport(Transport):
         if broken:
             self._broken = True  # the next send() closes this connection and opens a new one
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self._reset()
 
     # -- tail --------------------------------------------------------------------------
@@ -525,10 +506,9 @@ async def _close_channel(channel: aiormq.Channel) -> None:
         await channel.close()
 
 
-async def _handshake_refusal(host: str, port: int, options: AmqpOptions, scheme: str) -> str | None:
+async def _handshake_refusal(host: str, port: int, options: AmqpOptions, context: ssl.SSLContext | None) -> str | None:
     """Replay the AMQP handshake (PLAIN login, then Connection.Open of the vhost) and return the
     broker's Connection.Close reason, e.g. ``NOT_ALLOWED - vhost nope not found`` (None if it opens)."""
-    context = options.ssl_context if scheme == "amqps" else None
     reader, writer = await asyncio.open_connection(host, port, ssl=context)
     buffer = b""
 

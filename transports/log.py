@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import anyio.to_thread
@@ -21,6 +22,7 @@ import anyio.to_thread
 from notifykit.transport import (
     ConfigError,
     Notification,
+    PermanentError,
     Priority,
     TransientError,
     Transport,
@@ -41,40 +43,53 @@ _LEVELS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """Where lines go: a logger (``log://``), a stream (``log://stderr``) or a file (``log:///path``)."""
+
+    logger: str | None = "notifykit.notifications"
+    stream: str | None = None
+    path: str | None = None
+    fsync: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        url = settings.url
+        host = url.host or ""
+        logger = settings.take_str("logger", "notifykit.notifications")
+        fsync = settings.take_bool("fsync", False)
+        if host in ("stderr", "stdout"):
+            if url.path not in ("", "/"):
+                raise ConfigError(f"log URL {url.redacted!r}: a stream URL takes no path")
+            return cls(logger=None, stream=host, fsync=fsync)
+        if host:
+            raise ConfigError(
+                f"log URL {url.redacted!r}: expected log://, log://stderr, log://stdout or log:///path/file.jsonl"
+            )
+        if url.path not in ("", "/"):
+            return cls(logger=None, path=url.path, fsync=fsync)
+        return cls(logger=logger, fsync=fsync)
+
+
 class LogTransport(Transport):
     """Writes notifications as JSON lines; delivery is done when the write returns."""
 
     default_format: ClassVar[WireFormat] = WireFormat.JSON
     max_batch_size = 500
+    Options = LogOptions
+    options: LogOptions
 
-    def __init__(self, settings: TransportSettings) -> None:
-        super().__init__(settings)
-        self.logger: logging.Logger | None = None
-        self.stream_name: str | None = None
-        self.path: str | None = None
-        self.fsync = False
+    def __init__(self, settings: TransportSettings, options: LogOptions) -> None:
+        super().__init__(settings, options)
+        self.logger = logging.getLogger(options.logger) if options.logger is not None else None
+        self.stream_name = options.stream
+        self.path = options.path
+        self.fsync = options.fsync
 
-    @classmethod
-    def from_settings(cls, settings: TransportSettings) -> Self:
-        transport = cls(settings)
-        url = settings.url
-        host = url.host or ""
-        logger_name = settings.take_str("logger", "notifykit.notifications")
-        transport.fsync = settings.take_bool("fsync", False)
-        if host in ("stderr", "stdout"):
-            if url.path not in ("", "/"):
-                raise ConfigError(f"log URL {url.redacted!r}: a stream URL takes no path")
-            transport.stream_name = host
-        elif host:
-            raise ConfigError(
-                f"log URL {url.redacted!r}: expected log://, log://stderr, log://stdout or log:///path/file.jsonl"
-            )
-        elif url.path not in ("", "/"):
-            transport.path = url.path
-        else:
-            transport.logger = logging.getLogger(logger_name)
-        settings.finish()
-        return transport
+    def classify(self, exc: BaseException) -> TransientError | PermanentError:
+        """A failed write (disk full, closed pipe) may succeed later: transient, with the OS's reason."""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        return TransientError(f"cannot write notifications to {self.path or self.stream_name}: {reason}")
 
     def _write_lines(self, text: str) -> None:
         if self.path is not None:
@@ -102,5 +117,4 @@ class LogTransport(Transport):
         try:
             await anyio.to_thread.run_sync(self._write_lines, text)
         except OSError as exc:
-            where = self.path or self.stream_name
-            raise TransientError(f"cannot write notifications to {where}: {exc.strerror}") from None
+            raise self.classify(exc) from None

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import email.utils
 import importlib.util
-import os
 import re
 import ssl
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import ClassVar, Self
 from urllib.parse import quote, urljoin, urlsplit
@@ -42,6 +42,7 @@ from notifykit.transport import (
     Notification,
     PermanentError,
     Redactor,
+    TlsOptions,
     TransientError,
     Transport,
     TransportSettings,
@@ -102,132 +103,129 @@ def _take_raw(settings: TransportSettings, key: str) -> list[str]:
     return list(settings.options.pop(key, []))
 
 
+def _where(settings: TransportSettings, key: str) -> str:
+    return f"option {key!r} of transport {settings.name!r} ({settings.url.redacted})"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOptions:
+    """The endpoint and every option, validated when the Notifier is built."""
+
+    target: str
+    binary: bool = False
+    batch: bool = False
+    max_batch: int = PER_EVENT_BATCH
+    timeout: float = 10.0
+    max_concurrency: int = 10
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    http2: bool = False
+    follow_redirects: bool = False
+    redirect_origins: frozenset[str] = frozenset()
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: TransportSettings) -> Self:
+        target = _target(settings)
+        fmt = settings.format
+        binary = settings.take_choice("mode", ("structured", "binary"), "structured") == "binary"
+        batch = settings.take_bool("batch", False)
+        # Per-event mode: a large batch keeps max_concurrency requests in flight longer
+        # (the dispatcher hands over one batch at a time, so each batch ends with a tail).
+        default_batch = BATCH_BODY_EVENTS if batch else PER_EVENT_BATCH
+        max_batch = settings.take_int("max_batch", default_batch, minimum=1) or default_batch
+        timeout = settings.take_float("timeout", 10.0, minimum=0.001) or 10.0
+        max_concurrency = settings.take_int("max_concurrency", 10, minimum=1) or 10
+        tls = settings.take_tls(enabled=settings.url.scheme == "https")
+        http2 = settings.take_bool("http2", False)
+        follow_redirects = settings.take_bool("follow_redirects", False)
+        origins = frozenset(_parse_origin(settings, item) for item in settings.take_list("redirect_origin"))
+        headers = _parse_headers(settings, _take_raw(settings, "header"))
+        secrets = tuple(_take_raw(settings, "secret"))
+        if any(not s for s in secrets):
+            raise ConfigError(f"{_where(settings, 'secret')} must not be empty")
+        if origins and not follow_redirects:
+            raise ConfigError(f"{_where(settings, 'redirect_origin')} needs follow_redirects=true")
+        if binary and fmt is not WireFormat.CLOUDEVENTS:
+            raise ConfigError(f"{_where(settings, 'mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
+        if binary and batch:
+            raise ConfigError(f"{_where(settings, 'batch')}: CloudEvents binary mode carries one event per request; "
+                              "use mode=structured")
+        if settings.url.username is not None and any(name.lower() == "authorization" for name in headers):
+            raise ConfigError(f"{_where(settings, 'header')}: Authorization is set both by the URL's user:password "
+                              "and by a header")
+        if http2 and importlib.util.find_spec("h2") is None:
+            raise MissingDependencyError(f"{_where(settings, 'http2')}: HTTP/2 needs the 'h2' package; install it "
+                                         "with: pip install 'notifykit[webhook]'")
+        return cls(target, binary, batch, max_batch, timeout, max_concurrency, tls, http2, follow_redirects, origins,
+                   headers, secrets, settings.url.username, settings.url.password)
+
+
+def _target(settings: TransportSettings) -> str:
+    """The request URL: no userinfo, no query (the query holds options), so nothing secret."""
+    url = settings.url
+    if url.scheme not in ("http", "https"):
+        raise ConfigError(f"webhook URL {url.redacted!r}: scheme must be http or https")
+    if len(url.hosts) != 1 or not url.host:
+        raise ConfigError(f"webhook URL {url.redacted!r}: expected exactly one host, e.g. https://hooks.example/notify")
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = f":{url.port}" if url.port else ""
+    path = quote(url.path or "/", safe="/:@!$&'()*+,;=-._~")
+    return f"{url.scheme}://{host}{port}{path}"
+
+
+def _parse_origin(settings: TransportSettings, text: str) -> str:
+    """``scheme://host[:port]`` of a ``redirect_origin`` value, normalised as :func:`_origin` makes it."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.username is not None:
+        raise ConfigError(f"{_where(settings, 'redirect_origin')} must be an origin like https://host:8443, got "
+                          f"{redact_url(text)!r}")
+    return _origin(text.strip())
+
+
+def _parse_headers(settings: TransportSettings, values: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    where = _where(settings, "header")
+    for item in values:
+        name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.match(name):
+            raise ConfigError(f"{where} must be Name:Value with a valid header name")
+        lowered = name.lower()
+        if lowered in _RESERVED_HEADERS or lowered.startswith("ce-"):
+            raise ConfigError(f"{where}: header {name!r} is set by the transport")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"{where}: the value of header {name!r} contains a line break")
+        headers[name] = value
+    return headers
+
+
 class WebhookTransport(Transport):
     """POSTs notifications to one HTTP(S) endpoint; a 2xx answer means delivered."""
 
     default_format: ClassVar[WireFormat] = WireFormat.CLOUDEVENTS
     max_batch_size = PER_EVENT_BATCH
+    Options = WebhookOptions
+    options: WebhookOptions
 
-    def __init__(self, settings: TransportSettings) -> None:
-        super().__init__(settings)
-        self.target = ""
-        self.display = ""
-        self.binary = False
-        self.batch = False
-        self.timeout = 10.0
-        self.max_concurrency = 10
-        self.verify = True
-        self.ca_file: str | None = None
-        self.cert_file: str | None = None
-        self.key_file: str | None = None
-        self.http2 = False
-        self.follow_redirects = False
-        self.redirect_origins: frozenset[str] = frozenset()
-        self.headers: dict[str, str] = {}
-        self._secrets: list[str] = []
-        self._redactor = Redactor()
+    def __init__(self, settings: TransportSettings, options: WebhookOptions) -> None:
+        super().__init__(settings, options)
+        self.target = self.display = options.target  # no userinfo, no query: nothing secret
+        self.max_batch_size = options.max_batch
+        self.timeout = options.timeout
+        self.headers = options.headers
+        self._secrets = list(options.secrets)
+        self._redactor = Redactor([*options.secrets, options.password])
+        for value in options.headers.values():
+            self._redactor.add_header(value)
         self._auth: httpx.BasicAuth | None = None
+        if options.username is not None:
+            self._auth = httpx.BasicAuth(options.username, options.password or "")
+            self._redactor.add_basic(options.username, options.password)
         self._client: httpx.AsyncClient | None = None
-
-    # -- configuration -----------------------------------------------------------------
-
-    @classmethod
-    def from_settings(cls, settings: TransportSettings) -> Self:
-        t = cls(settings)
-        t._configure_target()
-        fmt = settings.format
-        t.binary = settings.take_choice("mode", ("structured", "binary"), "structured") == "binary"
-        t.batch = settings.take_bool("batch", False)
-        # Per-event mode: a large batch keeps max_concurrency requests in flight longer
-        # (the dispatcher hands over one batch at a time, so each batch ends with a tail).
-        default_batch = BATCH_BODY_EVENTS if t.batch else PER_EVENT_BATCH
-        t.max_batch_size = settings.take_int("max_batch", default_batch, minimum=1) or default_batch
-        t.timeout = settings.take_float("timeout", 10.0, minimum=0.001) or 10.0
-        t.max_concurrency = settings.take_int("max_concurrency", 10, minimum=1) or 10
-        t.verify = settings.take_bool("verify", True)
-        t.ca_file = t._take_file("ca_file")
-        t.cert_file = t._take_file("cert")
-        t.key_file = t._take_file("key")
-        t.http2 = settings.take_bool("http2", False)
-        t.follow_redirects = settings.take_bool("follow_redirects", False)
-        t.redirect_origins = frozenset(t._parse_origin(item) for item in settings.take_list("redirect_origin"))
-        t.headers = t._parse_headers(_take_raw(settings, "header"))
-        secrets = _take_raw(settings, "secret")
-        if any(not s for s in secrets):
-            raise ConfigError(f"{t._where('secret')} must not be empty")
-        t._secrets = secrets
-        for secret in secrets:
-            t._redactor.add(secret)
-        for value in t.headers.values():
-            t._redactor.add_header(value)
-        settings.finish()
-        if t.redirect_origins and not t.follow_redirects:
-            raise ConfigError(f"{t._where('redirect_origin')} needs follow_redirects=true")
-        if t.binary and fmt is not WireFormat.CLOUDEVENTS:
-            raise ConfigError(f"{t._where('mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
-        if t.binary and t.batch:
-            raise ConfigError(f"{t._where('batch')}: CloudEvents binary mode carries one event per request; use mode=structured")
-        if t._auth is not None and any(name.lower() == "authorization" for name in t.headers):
-            raise ConfigError(f"{t._where('header')}: Authorization is set both by the URL's user:password and by a header")
-        if t.key_file and not t.cert_file:
-            raise ConfigError(f"{t._where('key')}: a client key needs its certificate (cert=…)")
-        tls_options = [name for name, value in (("ca_file", t.ca_file), ("cert", t.cert_file)) if value]
-        if tls_options and settings.url.scheme != "https":
-            raise ConfigError(f"{t._where(tls_options[0])}: TLS options need an https:// URL")
-        if t.http2 and importlib.util.find_spec("h2") is None:
-            raise MissingDependencyError(
-                f"{t._where('http2')}: HTTP/2 needs the 'h2' package; install it with: pip install 'notifykit[webhook]'"
-            )
-        return t
-
-    def _where(self, key: str) -> str:
-        return f"option {key!r} of transport {self.settings.name!r} ({self.settings.url.redacted})"
-
-    def _configure_target(self) -> None:
-        url = self.settings.url
-        if url.scheme not in ("http", "https"):
-            raise ConfigError(f"webhook URL {url.redacted!r}: scheme must be http or https")
-        if len(url.hosts) != 1 or not url.host:
-            raise ConfigError(f"webhook URL {url.redacted!r}: expected exactly one host, e.g. https://hooks.example/notify")
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        port = f":{url.port}" if url.port else ""
-        path = quote(url.path or "/", safe="/:@!$&'()*+,;=-._~")
-        self.target = f"{url.scheme}://{host}{port}{path}"
-        self.display = self.target  # no userinfo, no query: nothing secret
-        if url.username is not None:
-            self._auth = httpx.BasicAuth(url.username, url.password or "")
-            self._redactor.add_basic(url.username, url.password)
-        self._redactor.add(url.password)
-
-    def _parse_origin(self, text: str) -> str:
-        """``scheme://host[:port]`` of a ``redirect_origin`` value, normalised as :func:`_origin` makes it."""
-        parts = urlsplit(text.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
-                or parts.query or parts.username is not None:
-            raise ConfigError(f"{self._where('redirect_origin')} must be an origin like https://host:8443, got "
-                              f"{redact_url(text)!r}")
-        return _origin(text.strip())
-
-    def _take_file(self, key: str) -> str | None:
-        path = self.settings.take_str(key)
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"{self._where(key)}: no such file {path!r}")
-        return path
-
-    def _parse_headers(self, values: Sequence[str]) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        for item in values:
-            name, sep, value = item.partition(":")
-            name, value = name.strip(), value.strip()
-            if not sep or not _HEADER_NAME.match(name):
-                raise ConfigError(f"{self._where('header')} must be Name:Value with a valid header name")
-            lowered = name.lower()
-            if lowered in _RESERVED_HEADERS or lowered.startswith("ce-"):
-                raise ConfigError(f"{self._where('header')}: header {name!r} is set by the transport")
-            if any(c in value for c in "\r\n\0"):
-                raise ConfigError(f"{self._where('header')}: the value of header {name!r} contains a line break")
-            headers[name] = value
-        return headers
 
     # -- connection --------------------------------------------------------------------
 
@@ -235,25 +233,19 @@ class WebhookTransport(Transport):
         """Built in a worker thread: loading CA bundles and key files reads the disk."""
         import certifi
 
-        context = ssl.create_default_context(cafile=self.ca_file or certifi.where())
-        if not self.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        if self.http2:
-            context.set_alpn_protocols(["h2", "http/1.1"])
-        return context
+        alpn = ("h2", "http/1.1") if self.options.http2 else ()
+        return self.options.tls.load_context(default_ca_file=certifi.where(), alpn=alpn)
 
     def _make_client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.options.max_concurrency,
+                              max_keepalive_connections=self.options.max_concurrency)
         return httpx.AsyncClient(
             headers={"User-Agent": f"notifykit/{__version__}", **self.headers},
             auth=self._auth,
             timeout=httpx.Timeout(self.timeout),
             limits=limits,
             verify=self._ssl_context(),
-            http2=self.http2,
+            http2=self.options.http2,
             follow_redirects=False,  # followed by _exchange(), which refuses what would leak or lose a POST
             trust_env=False,
         )
@@ -264,10 +256,19 @@ class WebhookTransport(Transport):
         try:
             self._client = await anyio.to_thread.run_sync(self._make_client)
         except (OSError, ssl.SSLError) as exc:
-            # A CA file or client certificate that will not load will not load on retry either.
-            raise PermanentError(f"cannot set up TLS for {self.display}: {type(exc).__name__}: {exc.strerror or exc}") from None
+            raise self.classify(exc) from None
 
-    async def close(self) -> None:
+    def classify(self, exc: BaseException) -> TransientError | PermanentError:
+        """httpx and TLS errors: a CA file or client certificate that will not load is permanent (it
+        will not load on retry either); timeouts and network errors are transient, named as httpx names them."""
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):  # TimeoutError is an OSError: first
+            return TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s")
+        if isinstance(exc, OSError | ssl.SSLError) and not isinstance(exc, httpx.HTTPError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return PermanentError(f"cannot set up TLS for {self.display}: {type(exc).__name__}: {reason}")
+        return TransientError(f"POST {self.display}: {type(exc).__name__}: {self._scrub(str(exc))}")
+
+    async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -277,7 +278,7 @@ class WebhookTransport(Transport):
     async def send(self, batch: Sequence[Notification]) -> None:
         if self._client is None:
             await self.open()
-        if self.batch:
+        if self.options.batch:
             await self._post(*self._batch_request(batch))
             return
         if len(batch) == 1:
@@ -319,12 +320,12 @@ class WebhookTransport(Transport):
                     failures[index] = exc
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.max_concurrency, len(batch))):
+            for _ in range(min(self.options.max_concurrency, len(batch))):
                 tg.start_soon(worker)
         return failures
 
     def _request(self, n: Notification) -> tuple[bytes, dict[str, str]]:
-        if self.binary:
+        if self.options.binary:
             headers: dict[str, str] = {}
             for key, value in cloudevent_attributes(n).items():
                 if key == "datacontenttype":
@@ -350,12 +351,8 @@ class WebhookTransport(Transport):
             # One deadline for the whole exchange: a peer trickling headers or body cannot hold it.
             with anyio.fail_after(self.timeout):
                 status, text, retry_after, url = await self._exchange(body, headers)
-        except TimeoutError:
-            raise TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s") from None
-        except httpx.TimeoutException:  # a single read, connect or pool wait that ran out first
-            raise TransientError(f"POST {self.display}: no response within timeout={self.timeout:g}s") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"POST {self.display}: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+        except (TimeoutError, httpx.HTTPError) as exc:  # our deadline, or one read/connect/pool wait of httpx
+            raise self.classify(exc) from None
         where = self.display if url == self.target else f"{self.display} (redirected to {self._shown(url)})"
         if 200 <= status < 300:
             return
@@ -394,7 +391,7 @@ class WebhookTransport(Transport):
             raise PermanentError(f"POST {self.display}: HTTP {status} redirect without a Location")
         target = urljoin(url, location.strip())
         shown = self._shown(target)
-        if not self.follow_redirects:
+        if not self.options.follow_redirects:
             raise PermanentError(
                 f"POST {self.display}: HTTP {status} redirect not followed (follow_redirects=false), Location: {shown}")
         if status in _REDIRECTS_TO_GET:
@@ -404,7 +401,7 @@ class WebhookTransport(Transport):
             raise PermanentError(f"POST {self.display}: HTTP {status} (not a redirect that keeps the POST), "
                                  f"Location: {shown}")
         origin = _origin(target)
-        if origin != _origin(self.target) and origin not in self.redirect_origins:
+        if origin != _origin(self.target) and origin not in self.options.redirect_origins:
             raise PermanentError(
                 f"POST {self.display}: HTTP {status} redirect to another origin {origin} not followed: "
                 "the signed body and credentials stay with their origin unless redirect_origin lists it")

@@ -221,4 +221,4 @@ async def test_idempotent_producer_refused_by_the_broker_fails_open_transiently_
     transport = KafkaTransport.from_settings(settings)
     with pytest.raises(TransientError, match="set enable_idempotence=false"):
         await transport.open()
-    await transport.close()
+    await transport.aclose()

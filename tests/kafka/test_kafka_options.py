@@ -11,9 +11,7 @@ from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 from notifykit import ConfigError, Notification, Priority, WireFormat
 from notifykit._settings import TransportSettings
 from notifykit.transport import PermanentError, TransientError, load_transport_class, parse_url
-from transports.kafka import KafkaTransport, message_headers, message_key
-from transports.kafka.errors import classify
-from transports.kafka.options import DEFAULT_KEY_FIELDS, parse_options
+from transports.kafka import DEFAULT_KEY_FIELDS, KafkaOptions, KafkaTransport, message_headers, message_key
 
 from .tansu import free_port
 
@@ -24,6 +22,11 @@ def settings(url: str, topics: tuple[str, ...] = ("notifications",)) -> Transpor
     for key, value in parsed.query:
         options.setdefault(key, []).append(value)
     return TransportSettings.build("kafka", parsed, WireFormat.JSON, topics, options)
+
+
+def parse_options(s: TransportSettings) -> KafkaOptions:
+    """The options as the core builds them (``from_settings`` then ``settings.finish()``)."""
+    return KafkaTransport.from_settings(s).options
 
 
 def test_both_schemes_are_registered_entry_points() -> None:
@@ -73,8 +76,8 @@ def test_topics_per_priority_or_single() -> None:
         ("kafka://k/?compression_type=brotli", ("n",), "option 'compression_type'"),
         ("kafka://k/?topic_mode=many", ("n",), "option 'topic_mode'"),
         ("kafka://k/?lingerms=5", ("n",), "unknown option(s) lingerms"),
-        ("kafka://k/?ssl_cafile=/etc/hosts", ("n",), "ssl_* options need a kafka+ssl:// URL"),
-        ("kafka+ssl://k/?ssl_cafile=/nonexistent/ca.pem", ("n",), "ssl_cafile '/nonexistent/ca.pem' is not a readable file"),
+        ("kafka://k/?ca_file=/etc/hosts", ("n",), "need a TLS URL (https://, amqps://, kafka+ssl://, …)"),
+        ("kafka+ssl://k/?ca_file=/nonexistent/ca.pem", ("n",), "no such file '/nonexistent/ca.pem'"),
         ("kafka://k/?sasl_mechanism=GSSAPI&sasl_plain_username=u&sasl_plain_password=p", ("n",), "sasl_mechanism must be one of"),
         ("kafka://k/?sasl_mechanism=PLAIN", ("n",), "needs a user name and password"),
         ("kafka://", ("n",), "name at least one broker"),
@@ -104,12 +107,12 @@ def test_sasl_from_url_credentials_and_secrets_stay_out_of_errors() -> None:
 
 
 def test_tls_context_verifies_against_the_given_ca() -> None:
-    options = parse_options(settings(f"kafka+ssl://k/?ssl_cafile={certifi.where()}&ssl_check_hostname=false"))
+    options = parse_options(settings(f"kafka+ssl://k/?ca_file={certifi.where()}&verify=false"))
     assert options.connection["security_protocol"] == "SSL"
-    context = options.ssl_context()
-    assert context is not None and context.check_hostname is False
+    context = options.tls.load_context()
+    assert context.check_hostname is False
     assert context.cert_store_stats()["x509_ca"] > 0
-    assert parse_options(settings("kafka://k/")).ssl_context() is None
+    assert not parse_options(settings("kafka://k/")).tls.enabled
 
 
 def test_key_is_the_first_resource_id_of_the_payload() -> None:
@@ -147,7 +150,7 @@ def test_headers_name_the_event_without_parsing_the_body() -> None:
     ],
 )
 def test_failures_are_classified_for_the_core(error: Exception, kind: type[Exception]) -> None:
-    classified = classify(error, "kafka://k/")
+    classified = KafkaTransport.from_settings(settings("kafka://k/")).classify(error)
     assert type(classified) is kind
     assert type(error).__name__ in str(classified)
 
@@ -156,7 +159,7 @@ def test_failures_are_classified_for_the_core(error: Exception, kind: type[Excep
 async def test_tls_files_that_are_not_certificates_fail_open_permanently(tmp_path: Path) -> None:
     bogus = tmp_path / "ca.pem"
     bogus.write_text("not a certificate\n")
-    transport = KafkaTransport.from_settings(settings(f"kafka+ssl://svc:s3cret@127.0.0.1:1/?ssl_cafile={bogus}"))
+    transport = KafkaTransport.from_settings(settings(f"kafka+ssl://svc:s3cret@127.0.0.1:1/?ca_file={bogus}"))
     with pytest.raises(PermanentError, match="cannot load TLS files") as info:
         await transport.open()
     assert "s3cret" not in str(info.value)
@@ -171,4 +174,4 @@ async def test_open_with_no_broker_listening_is_transient() -> None:
     assert f"127.0.0.1:{port}" in str(info.value) and "s3cret" not in str(info.value)
     with pytest.raises(TransientError, match="not open"):
         await transport.send([Notification.create("a.b", {}, publisher_id="p")])
-    await transport.close()
+    await transport.aclose()

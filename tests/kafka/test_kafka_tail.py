@@ -36,7 +36,7 @@ def test_cli_tail_prints_every_priority_topic_from_the_beginning(
             await super().stop()
             stopped.append(True)
 
-    monkeypatch.setattr("transports.kafka.transport.AIOKafkaConsumer", RecordingConsumer)
+    monkeypatch.setattr("transports.kafka.AIOKafkaConsumer", RecordingConsumer)
     topic = unique_topic()
     url = f"kafka://{kafka_broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&format=oslo"
     anyio.run(emit, url, dead_letter_path,

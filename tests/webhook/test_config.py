@@ -26,14 +26,17 @@ def test_defaults(tmp_path: Path) -> None:
     t = build("https://hooks.example:8443/notify", tmp_path)
     assert t.target == "https://hooks.example:8443/notify"
     assert t.format is WireFormat.CLOUDEVENTS
-    assert (t.binary, t.batch, t.timeout, t.max_concurrency, t.max_batch_size) == (False, False, 10.0, 10, 1000)
-    assert (t.verify, t.http2, t.follow_redirects) == (True, False, False)
+    o = t.options
+    assert (o.binary, o.batch, t.timeout, o.max_concurrency, t.max_batch_size) == (False, False, 10.0, 10, 1000)
+    assert (o.tls.enabled, o.tls.verify, o.http2, o.follow_redirects) == (True, True, False, False)
 
 
 def test_options_are_taken_out_of_the_target_url(tmp_path: Path) -> None:
-    t = build("http://127.0.0.1:9/a/b?timeout=2.5&max_concurrency=4&max_batch=7&batch=true&http2=true&verify=false", tmp_path)
-    assert t.target == "http://127.0.0.1:9/a/b"
-    assert (t.timeout, t.max_concurrency, t.max_batch_size, t.batch, t.http2, t.verify) == (2.5, 4, 7, True, True, False)
+    t = build("https://127.0.0.1:9/a/b?timeout=2.5&max_concurrency=4&max_batch=7&batch=true&http2=true&verify=false",
+              tmp_path)
+    assert t.target == "https://127.0.0.1:9/a/b"
+    o = t.options
+    assert (t.timeout, o.max_concurrency, t.max_batch_size, o.batch, o.http2, o.tls.verify) == (2.5, 4, 7, True, True, False)
     assert build("http://[::1]:8080", tmp_path).target == "http://[::1]:8080/"
     assert build("http://127.0.0.1:9/?batch=true", tmp_path).max_batch_size == 100
 
@@ -52,8 +55,8 @@ def test_options_are_taken_out_of_the_target_url(tmp_path: Path) -> None:
         ("header=ce-id:1", "header 'ce-id' is set by the transport"),
         ("header=Notifykit-Signature:x", "is set by the transport"),
         ("secret=", "'secret' .* must not be empty"),
-        ("key=/etc/hostname", "a client key needs its certificate"),
-        ("ca_file=/nonexistent/ca.pem", "no such file '/nonexistent/ca.pem'"),
+        ("key_file=/etc/hostname", "need a TLS URL"),
+        ("verify=false", "option.s. verify of transport 'http' .* need a TLS URL"),
         ("colour=blue", "unknown option.*colour"),
     ],
 )
@@ -67,8 +70,12 @@ def test_bad_urls(tmp_path: Path) -> None:
         build("http://a:1,b:2/hook", tmp_path)
     with pytest.raises(ConfigError, match="expected exactly one host"):
         build("http:///hook", tmp_path)
-    with pytest.raises(ConfigError, match="TLS options need an https:// URL"):
+    with pytest.raises(ConfigError, match=r"option\(s\) ca_file of transport 'http' .* need a TLS URL"):
         build(f"http://127.0.0.1:9/hook?ca_file={__file__}", tmp_path)
+    with pytest.raises(ConfigError, match=r"no such file '/nonexistent/ca.pem'"):
+        build("https://127.0.0.1:9/hook?ca_file=/nonexistent/ca.pem", tmp_path)
+    with pytest.raises(ConfigError, match=r"'key_file' of transport 'https' .* needs 'cert_file'"):
+        build(f"https://127.0.0.1:9/hook?key_file={__file__}", tmp_path)
 
 
 def test_url_credentials_and_authorization_header_conflict(tmp_path: Path) -> None:
@@ -106,7 +113,7 @@ def test_http2_is_opt_in_and_needs_h2(tmp_path: Path, monkeypatch: pytest.Monkey
 async def test_unloadable_client_certificate_is_permanent(tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_text("not a certificate")
-    t = build(f"https://hooks.example/?cert={cert}", tmp_path)
+    t = build(f"https://hooks.example/?cert_file={cert}", tmp_path)
     with pytest.raises(PermanentError) as info:  # a retry would not make the file load
         await t.open()
     assert "cannot set up TLS for https://hooks.example/" in str(info.value)

@@ -160,7 +160,7 @@ async def send_held(transport: WebhookTransport, batch: list[Notification], rece
             gate.set()
     finally:
         gate.set()
-        await transport.close()
+        await transport.aclose()
     return outcome[0] if outcome else None
 
 
@@ -204,7 +204,7 @@ async def test_first_transient_failure_stops_the_rest_of_the_batch(receiver: Rec
         assert info.value.retry_after == 4.0
         await transport.send(batch)  # the core's retry: the peer is back
     finally:
-        await transport.close()
+        await transport.aclose()
     assert len(receiver.requests) == 6
 
 
@@ -295,7 +295,7 @@ async def test_concurrency_is_bounded(receiver: Receiver, dead_letter_path: Path
             gate.set()
     finally:
         gate.set()
-        await transport.close()
+        await transport.aclose()
     assert len(receiver.requests) == 10
 
 

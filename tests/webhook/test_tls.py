@@ -65,7 +65,7 @@ async def send_one(url: str, tmp_path: Path) -> Notification:
     try:
         await transport.send([n])
     finally:
-        await transport.close()
+        await transport.aclose()
     return n
 
 
@@ -109,5 +109,5 @@ async def test_mutual_tls_client_certificate(mtls_receiver: Receiver, pki: dict[
     with pytest.raises(TransientError):
         await send_one(f"{mtls_receiver.url}?ca_file={pki['ca']}", tmp_path)  # no client certificate
     assert not mtls_receiver.requests
-    await send_one(f"{mtls_receiver.url}?ca_file={pki['ca']}&cert={pki['client']}", tmp_path)
+    await send_one(f"{mtls_receiver.url}?ca_file={pki['ca']}&cert_file={pki['client']}", tmp_path)
     assert len(mtls_receiver.requests) == 1

@@ -1,0 +1,62 @@
+"""Every transport has the one shape: options dataclass, classify, open/send/aclose, shared TLS options."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import entry_points
+
+import pytest
+
+from notifykit import ConfigError, Notifier
+from notifykit.transport import Tailable, Transport, load_transport_class
+
+SCHEMES = sorted({ep.name for ep in entry_points(group="notifykit.transports") if ep.value.startswith("transports.")})
+TLS_SCHEMES = {"amqps": "amqps://127.0.0.1:5671/", "https": "https://127.0.0.1:9/hook",
+               "kafka+ssl": "kafka+ssl://127.0.0.1:9093/"}
+PLAIN_SCHEMES = {"amqp": "amqp://127.0.0.1:5672/", "http": "http://127.0.0.1:9/hook",
+                 "kafka": "kafka://127.0.0.1:9092/"}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_transport_has_the_one_shape(scheme: str) -> None:
+    cls = load_transport_class(scheme)
+    assert issubclass(cls, Transport)
+    options = cls.Options
+    assert dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen, f"{scheme}: Options not frozen"  # type: ignore[attr-defined]
+    assert "from_settings" not in vars(cls), f"{scheme}: builds itself; the core must call settings.finish()"
+    assert "close" not in vars(cls), f"{scheme}: close() instead of aclose()"
+    for method in ("send", "open", "aclose", "classify"):
+        assert callable(getattr(cls, method))
+    assert cls.__module__.count(".") == 1, f"{scheme}: {cls.__module__} is not one module under transports/"
+
+
+def test_tail_is_its_own_capability() -> None:
+    tailable = {scheme for scheme in SCHEMES if isinstance(load_transport_class(scheme), Tailable)}
+    assert tailable == {"amqp", "amqps", "kafka", "kafka+ssl"}
+    assert not hasattr(Transport, "tail")
+
+
+@pytest.mark.parametrize("scheme", sorted(TLS_SCHEMES))
+def test_tls_options_have_one_name_and_one_error_everywhere(scheme: str) -> None:
+    url = TLS_SCHEMES[scheme]
+    with pytest.raises(ConfigError, match=r"option 'ca_file' of transport '[\w+]+' \(.*\): no such file '/nonexistent.pem'"):
+        Notifier.from_url(f"{url}?ca_file=/nonexistent.pem", publisher_id="p")
+    with pytest.raises(ConfigError, match=r"option 'key_file' of transport .* needs 'cert_file'"):
+        Notifier.from_url(f"{url}?key_file={__file__}", publisher_id="p")
+    transport = next(iter(Notifier.from_url(f"{url}?ca_file={__file__}&verify=false",
+                                            publisher_id="p").transports.values()))
+    tls = transport.options.tls
+    assert (tls.enabled, tls.ca_file, tls.verify) == (True, __file__, False)
+
+
+@pytest.mark.parametrize("scheme", sorted(PLAIN_SCHEMES))
+def test_tls_options_on_a_plain_url_are_refused_the_same_way(scheme: str) -> None:
+    with pytest.raises(ConfigError, match=r"option\(s\) cert_file of transport .* need a TLS URL"):
+        Notifier.from_url(f"{PLAIN_SCHEMES[scheme]}?cert_file={__file__}", publisher_id="p")
+
+
+@pytest.mark.parametrize("old", ["cafile", "certfile", "keyfile", "cert", "key", "ssl_cafile", "ssl_check_hostname"])
+def test_the_old_per_transport_tls_names_are_unknown_options(old: str) -> None:
+    for url in TLS_SCHEMES.values():
+        with pytest.raises(ConfigError, match=f"unknown option.*{old}"):
+            Notifier.from_url(f"{url}?{old}=x", publisher_id="p")
