@@ -306,7 +306,8 @@ class Notifier(_PriorityMethods):
     ) -> Notification:
         """Validate (raising InvalidNotificationError here, at the call site) and enqueue
         on every transport whose filter accepts it. Waits only under a ``block`` policy
-        with a full queue."""
+        with a full queue, and raises QueueFullError if no room came within
+        ``block_timeout``; background failures never reach here."""
         if self._state is not _State.OPEN:
             raise NotifierClosedError(
                 "Notifier is not open: use 'async with notifier:' (or await start()) before notify()"

@@ -18,8 +18,9 @@ __all__ = ["CircuitPolicy", "Filter", "OverflowPolicy", "RetryPolicy"]
 class OverflowPolicy(enum.StrEnum):
     """What ``notify()`` does when a transport's queue is full.
 
-    ``block`` waits for room (up to ``block_timeout``, after which the notification is
-    dead-lettered, never lost); ``drop_newest`` drops the new notification;
+    ``block`` waits for room, in arrival order, up to ``block_timeout``, after which
+    ``notify()`` raises QueueFullError (the caller keeps the notification; counted
+    ``refused``); ``drop_newest`` drops the new notification;
     ``drop_oldest`` drops the oldest queued one; ``spill`` commits it to the durable
     spool (SQLite) and keeps spooling until the backlog is drained. Drops are counted
     and logged.

@@ -30,6 +30,9 @@ RESTART_MAX = 30.0
 
 
 class TaskState(enum.StrEnum):
+    """``running``; ``retrying``: it failed and runs (or tries) again after a backoff;
+    ``stopped``: finished, or cancelled at close."""
+
     RUNNING = "running"
     RETRYING = "retrying"  # it failed; it runs (or tries) again after a backoff
     STOPPED = "stopped"
