@@ -429,6 +429,7 @@ class Dispatcher:
                 error = TransientError(f"unexpected {type(exc).__name__}: {exc}")
             else:
                 self.stats.sent += len(pending)
+                self._in_flight = []  # counted sent: a crash from here on must not send it again
                 self._succeeded()
                 return
             now = self._clock.now()

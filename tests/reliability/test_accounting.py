@@ -273,10 +273,10 @@ async def test_invariant_holds_at_every_await_point(tmp_path: Path, fake_clock: 
         "picky": {"url": "memory://picky?reject=poison.*", "batch_size": 7},
         "flaky": {"url": "memory://flaky?fail=3"},
         "doomed": {"url": "memory://doomed?fail=1000&failure=permanent", "batch_size": 5},
-        "dropper": {"url": "memory://dropper?delay=0.005", "queue_size": 5, "overflow": "drop_oldest"},
-        "spiller": {"url": "memory://spiller?delay=0.005", "queue_size": 5, "overflow": "spill"},
+        "dropper": {"url": "memory://dropper", "queue_size": 5, "overflow": "drop_oldest"},  # stalled below
+        "spiller": {"url": "memory://spiller", "queue_size": 5, "overflow": "spill"},  # stalled below
         "blocker": {"url": "memory://blocker?delay=0.0005", "queue_size": 5, "block_timeout": "none"},
-        "refuser": {"url": "memory://refuser?delay=0.005", "queue_size": 5, "block_timeout": 0},
+        "refuser": {"url": "memory://refuser", "queue_size": 5, "block_timeout": 0},  # stalled below
         "durable": {"url": "memory://durable", "durable": True},
     }}
     n = Notifier.from_config(config, publisher_id="t", dead_letters=dead, clock=fake_clock,
@@ -307,14 +307,14 @@ async def test_invariant_holds_at_every_await_point(tmp_path: Path, fake_clock: 
             audit.start_soon(auditor)
             async with n:
                 # Stuck until the callers are done, so their queues fill whatever the machine's
-                # load: drops and refusals happen for certain, not by timing.
-                stuck = [memory(n, name) for name in ("dropper", "refuser")]
-                for transport in stuck:
+                # load: drops, spills and refusals happen for certain, not by timing.
+                stalled = [memory(n, name) for name in ("dropper", "spiller", "refuser")]
+                for transport in stalled:
                     transport.stall()
                 async with anyio.create_task_group() as callers:
                     for k in range(4):
                         callers.start_soon(caller, k)
-                for transport in stuck:
+                for transport in stalled:
                     transport.resume()
             closed.set()
     assert violations[:3] == [] and checks > 100

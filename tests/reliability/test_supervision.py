@@ -181,6 +181,30 @@ async def test_a_crash_shows_as_failed_until_the_worker_delivers_again(dead_lett
     assert_accounted(n, dead_letter_path)
 
 
+async def test_a_crash_after_a_confirmed_send_does_not_send_it_again(dead_letter_path: Path,
+                                                                   fake_clock: FakeClock) -> None:
+    n = Notifier.from_url("memory://", publisher_id="t", dead_letters=dead_letter_path, clock=fake_clock)
+    dispatcher = n._dispatchers[0]
+    real = dispatcher._succeeded
+    crashed = False
+
+    def succeeded() -> None:  # a bug right after the transport confirmed the batch
+        nonlocal crashed
+        if not crashed:
+            crashed = True
+            raise RuntimeError("bug after send")
+        real()
+
+    dispatcher._succeeded = succeeded  # type: ignore[method-assign]
+    async with n:
+        for i in range(3):
+            await n.info({}, "e.v", {"i": i})
+        await until(lambda: n.background_tasks()["worker:memory"].failures == 1)
+        await n.info({}, "e.v", {"i": 3})
+    assert [m.payload["i"] for m in memory(n).messages] == [0, 1, 2, 3]
+    assert_accounted(n, dead_letter_path)
+
+
 # -- reproduction 4: a cancelled notify() and another transport's spill reservation -------
 
 
