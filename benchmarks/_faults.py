@@ -190,10 +190,59 @@ async def webhook_flapping(per_phase: int = 100) -> dict[str, Any]:
         await anyio.to_thread.run_sync(receiver.stop)
 
 
+async def rabbitmq_cluster(runs: int = 3, n: int = 20_000) -> list[dict[str, Any]]:
+    """A 3-node cluster (scripts/rabbitmq-cluster) with quorum queues: the connected node
+    stopped, the connected node killed, the queue leader's node killed (``runs`` times each,
+    mid-stream of ``n``), and the whole cluster down then back in durable mode. Rows carry
+    the failover time of each run (fault → first confirm after it)."""
+    from tests.amqp.support import Names as ClusterNames
+    from tests.cluster.support import delete_entities, load_cluster_module, node_fault_mid_stream, whole_cluster_outage
+
+    module = load_cluster_module()
+    if module.missing_binaries():
+        return []
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = module.RabbitCluster(Path(tmp) / "cluster")
+        await anyio.to_thread.run_sync(cluster.start)
+        try:
+            for fault in ("stop", "kill", "kill-leader"):
+                outcomes = []
+                for run in range(runs):
+                    await anyio.to_thread.run_sync(cluster.heal)
+                    names = ClusterNames.fresh()
+                    try:
+                        outcomes.append(await node_fault_mid_stream(cluster, names, Path(tmp) / f"dl-{fault}-{run}", fault, n))
+                    finally:
+                        await anyio.to_thread.run_sync(cluster.heal)
+                        await delete_entities(cluster.nodes[0].url, names)
+                first = outcomes[0].row()
+                rows.append({
+                    **first,
+                    "faults_injected": runs,
+                    **{k: sum(o.row()[k] for o in outcomes)
+                       for k in ("emitted", "sent", "received", "duplicated", "lost", "dead_lettered")},
+                    "failover_s": [o.row()["failover_s"] for o in outcomes],
+                    "duplicated_per_run": [o.duplicated for o in outcomes],
+                    "nodes": [o.row()["nodes"] for o in outcomes],
+                    "connects": [o.connects for o in outcomes],
+                    "channel_replacements": [o.channel_replacements for o in outcomes],
+                })
+            names = ClusterNames.fresh()
+            try:
+                rows.append((await whole_cluster_outage(cluster, names, Path(tmp))).row())
+            finally:
+                await delete_entities(cluster.nodes[0].url, names)
+        finally:
+            await anyio.to_thread.run_sync(cluster.stop)
+    return rows
+
+
 async def all_faults() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping(),
                                   await status_unwritable()]
     kafka = await kafka_restart()
     if kafka is not None:
         rows.append(kafka)
+    rows += await rabbitmq_cluster()
     return rows

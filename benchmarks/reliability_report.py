@@ -7,7 +7,9 @@ Prints JSON. Sections:
   callers (group commit), same run, same transport; ratio = durable / in-memory.
 * ``faults`` — faults injected into real brokers and processes (RabbitMQ connection cuts,
   a SIGKILLed durable publisher, a flapping webhook receiver, a status file that cannot be
-  written (faults = failed status writes), a Kafka restart), with
+  written (faults = failed status writes), a Kafka restart, and on a 3-node RabbitMQ cluster
+  with quorum queues: a node stopped, a node killed, the queue leader's node killed, the whole
+  cluster down then back; with failover times), with
   notifications emitted, sent, received by an independent consumer, duplicated, lost
   (must be 0) and dead-lettered; the same faults the tests/reliability suite asserts on.
 

@@ -14,6 +14,12 @@ one that does not is declared with oslo's defaults (non-durable, or quorum queue
 ``quorum_queues=true`` like oslo's ``rabbit_quorum_queue``). A broker that refuses the
 connection (wrong user, password or vhost) is a configuration error: a PermanentError
 carrying the broker's own reason, not a retry until ``retry_max_elapsed``.
+
+Against a cluster (several ``host:port`` in the URL) a lost connection is re-opened on the
+next node first. A channel whose publishes the broker nacks is replaced before the retry
+(a quorum queue whose leader died nacks on the channel that still names the old leader,
+while a fresh channel is confirmed at once); if the fresh channel nacks too, the connection
+is replaced, so both happen long before the core's retry budget or circuit breaker give up.
 """
 
 from __future__ import annotations
@@ -151,7 +157,11 @@ class AmqpTransport(Transport):
         self._channels: list[tuple[str, aiormq.Channel]] = []
         self._declared: set[str] = set()
         self._broken = False
+        self._stale_channels = False  # the broker nacked on them: open fresh ones before the next publish
+        self._nacked_sends = 0  # consecutive send() calls with a nack: odd → new channels, even → new connection
+        self._host_index = -1  # the host of the current (or last) connection, in options.hosts
         self.connects = 0
+        self.channel_replacements = 0
         self._redactor = Redactor([options.password])
         self._redactor.add_basic(options.username, options.password)
         #: Entities found declared otherwise than we would have: logged once per transport, not per reconnect.
@@ -183,16 +193,29 @@ class AmqpTransport(Transport):
                                      f"cannot be loaded: {exc}") from None
         return self._ssl_context
 
+    @property
+    def peer(self) -> str | None:
+        """``host:port`` of the node the transport is connected to (None when it is not)."""
+        if self._connection is None or self._connection.is_closed or self._host_index < 0:
+            return None
+        host, port = self.options.hosts[self._host_index]
+        return f"{host}:{port}"
+
     async def _connect(self) -> aio_pika.abc.AbstractConnection:
-        """Try each host in turn; PermanentError when every broker refused us, TransientError otherwise."""
+        """Try each host in turn, starting after the one of the last connection (a node that just
+        failed is tried last); PermanentError when every broker refused us, TransientError otherwise."""
         ssl_context = await self._tls_context()
         errors: list[str] = []
         refused = 0
-        for host, port in self.options.hosts:
+        hosts = self.options.hosts
+        start = (self._host_index + 1) % len(hosts)
+        for index in [*range(start, len(hosts)), *range(start)]:
+            host, port = hosts[index]
             url = self.options.connection_url(host, port, self.settings.url.scheme)
             connection = aio_pika.Connection(url, ssl_context=ssl_context)
             try:
                 await connection.connect(timeout=self.options.connect_timeout)
+                self._host_index = index
                 return connection
             except BaseException as exc:
                 # Marks the object closed, so its __del__ never creates a close() coroutine
@@ -251,6 +274,8 @@ class AmqpTransport(Transport):
 
     async def _ensure_ready(self) -> None:
         if self.connected:
+            if self._stale_channels:
+                await self._replace_channels()
             return
         await self._reset()
         connection = await self._connect()
@@ -265,8 +290,26 @@ class AmqpTransport(Transport):
         self._connection, self._channels = connection, channels
         self._declared = set()
         self._broken = False
+        self._stale_channels = False
         self.connects += 1
-        log.info("notifykit amqp %r connected to %s (connection %d)", self.name, self.settings.url.redacted, self.connects)
+        log.info("notifykit amqp %r connected to %s (node %s, connection %d)", self.name, self.settings.url.redacted,
+                 self.peer, self.connects)
+
+    async def _replace_channels(self) -> None:
+        """Fresh publishing channels on the same connection; the old ones are closed quietly."""
+        assert self._connection is not None
+        old, self._channels = self._channels, []
+        for _, channel in old:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_close_channel(channel), timeout=5)
+        try:
+            for topic, _ in old:
+                self._channels.append((topic, await _open_channel(self._connection, confirms=True)))
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            self._broken = True
+            raise TransientError(f"cannot open a channel on node {self.peer}: {self._describe(exc)}") from None
+        self._stale_channels = False
+        self.channel_replacements += 1
 
     async def _declare(self, connection: aio_pika.abc.AbstractConnection, queues: list[str]) -> None:
         """Make sure the exchange (no queues) or the ``<topic>.<priority>`` queues bound to it exist, as oslo does.
@@ -424,8 +467,10 @@ class AmqpTransport(Transport):
 
     def _outcomes(self, tasks: list[tuple[int, asyncio.Task[Any]]], timed_out: set[asyncio.Task[Any]],
                   failures: dict[int, TransientError | PermanentError]) -> None:
-        """Record per-index failures (a permanent one wins); drop the connection if it lost messages."""
+        """Record per-index failures (a permanent one wins); drop the connection if it lost messages,
+        replace the channels if the broker nacked (and the connection if it nacks again)."""
         broken = False
+        nacked = 0
         for index, task in tasks:
             if task in timed_out:
                 error: TransientError | PermanentError = TransientError(
@@ -441,11 +486,22 @@ class AmqpTransport(Transport):
                                        f"for routing key {_routing_key(exc)!r} (mandatory)")
             elif isinstance(exc, aiormq.exceptions.DeliveryError):
                 error = TransientError("nacked by the broker")
+                nacked += 1
             else:
                 error = TransientError(f"connection lost before confirm: {self._describe(exc)}")
                 broken = True
             if index not in failures or isinstance(error, PermanentError):
                 failures[index] = error
+        if nacked:
+            self._nacked_sends += 1
+            if self._nacked_sends % 2 == 0:
+                broken = True
+            else:
+                self._stale_channels = True
+            log.warning("notifykit amqp %r: node %s nacked %d message(s); replacing the %s before the retry",
+                        self.name, self.peer, nacked, "connection" if broken else "channel")
+        else:
+            self._nacked_sends = 0
         if broken:
             self._broken = True  # the next send() closes this connection and opens a new one
 

@@ -12,6 +12,7 @@ import pytest
 from notifykit import Notifier
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import decode_message
+from transports.amqp import AmqpTransport
 
 from ..helpers import FakeClock
 from .support import Names, amqp_connection, consume, queue_length
@@ -138,3 +139,26 @@ async def test_entities_declared_durable_elsewhere_are_used_as_they_are(
     assert f"queue '{names.topic}.info' exists with other settings than ours (durable=False)" in warnings[1]
     assert all("inequivalent arg 'durable'" in w for w in warnings)
     assert "guest:guest" not in caplog.text
+
+
+async def test_a_nacking_channel_is_replaced_then_the_connection(broker: str, names: Names, dead_letter_path: Path,
+                                                                fake_clock: FakeClock) -> None:
+    """A nack replaces the publishing channel before the retry; a second nack in a row the connection."""
+    queue = f"{names.topic}.info"
+    async with amqp_connection() as connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        declared = await channel.declare_queue(queue, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        await declared.bind(exchange, queue)
+    url = (f"{broker}?exchange={names.exchange}&topic={names.topic}&declare_queues=false"
+           "&retry_max_attempts=4&batch_size=10")
+    async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path, clock=fake_clock) as notifier:
+        transport = notifier.transports["amqp"]
+        assert isinstance(transport, AmqpTransport)
+        await notifier.info(CTX, "e.t", {"fills": "the queue"})
+        await notifier.info(CTX, "e.t", {"nacked": True})
+    stats = notifier.stats()["amqp"]
+    assert (stats.sent, stats.dead_lettered, stats.retried) == (1, 1, 3)
+    # nack 1 → new channel, nack 2 → new connection, nack 3 → new channel, nack 4 → gave up
+    assert (transport.channel_replacements, transport.connects) == (2, 2)
+

@@ -160,3 +160,28 @@ async def test_broker_closing_our_connection_mid_stream_loses_nothing(broker: st
     queued = await queue_length(f"{names.topic}.info")
     got = await consume(f"{names.topic}.info", queued, timeout=20)
     assert {m.message_id for m in got} == set(ids)
+
+
+async def test_a_lost_connection_is_reopened_on_the_next_host_first(broker: str, names: Names,
+                                                                    dead_letter_path: Path) -> None:
+    """Against a cluster, the node whose connection just broke is tried last, not first."""
+    async with CuttableProxy() as first, CuttableProxy() as second:
+        url = (f"amqp://guest:guest@127.0.0.1:{first.port},127.0.0.1:{second.port}/?exchange={names.exchange}"
+               f"&topic={names.topic}&retry_initial_delay=0.01")
+        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+            transport = notifier.transports["amqp"]
+            assert isinstance(transport, AmqpTransport)
+            ids = [(await notifier.info({}, "e.t", {"i": 0})).message_id]
+            with anyio.fail_after(10):
+                while notifier.stats()["amqp"].sent < 1:
+                    await anyio.sleep(0.01)
+            assert transport.peer == f"127.0.0.1:{first.port}"
+            assert first.cut() >= 2
+            ids += [(await notifier.info({}, "e.t", {"i": i})).message_id for i in range(1, 50)]
+            with anyio.fail_after(10):
+                while notifier.stats()["amqp"].sent < 50:
+                    await anyio.sleep(0.01)
+            assert transport.peer == f"127.0.0.1:{second.port}"
+        assert (first.accepted, second.accepted, transport.connects) == (1, 1, 2)
+    got = await consume(f"{names.topic}.info", 50, timeout=10)
+    assert {m.message_id for m in got} == set(ids)

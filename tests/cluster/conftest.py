@@ -1,0 +1,52 @@
+"""A 3-node RabbitMQ cluster (scripts/rabbitmq-cluster) for the whole session, on loopback.
+
+Started once (15-40 s), stopped by PID at the end. Each test gets it with every node up
+(nodes a previous test stopped or killed are started again first). Skips with one line
+when RabbitMQ is not installed; fails instead under NOTIFYKIT_REQUIRE_BROKERS=1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import pytest_asyncio
+
+from ..amqp.support import Names
+from ..helpers import REQUIRE_BROKERS
+from .support import delete_entities, load_cluster_module
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    module = load_cluster_module()
+    missing = module.missing_binaries()
+    if missing:
+        reason = f"RabbitMQ not installed (missing {', '.join(missing)}; apt-get install rabbitmq-server)"
+        if REQUIRE_BROKERS:
+            pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
+        pytest.skip(reason)
+    cluster = module.RabbitCluster(tmp_path_factory.mktemp("rabbitmq-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(rabbit_cluster: Any) -> Any:
+    """The session's cluster with every node running."""
+    rabbit_cluster.heal()
+    return rabbit_cluster
+
+
+@pytest_asyncio.fixture
+async def cluster_names(cluster: Any) -> AsyncIterator[Names]:
+    """A unique exchange and topics; their queues and exchange are deleted afterwards."""
+    names = Names.fresh()
+    yield names
+    await anyio.to_thread.run_sync(cluster.heal)
+    await delete_entities(cluster.nodes[0].url, names)
