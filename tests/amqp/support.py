@@ -93,8 +93,13 @@ class CuttableProxy:
     any other client of the shared broker.
     """
 
-    def __init__(self, server_ssl: ssl.SSLContext | None = None) -> None:
+    def __init__(self, server_ssl: ssl.SSLContext | None = None, *, nack_first_confirm_channel: bool = False) -> None:
         self._server_ssl = server_ssl
+        # Turn every publisher confirm (basic.ack) on the first confirm-mode channel of the first
+        # connection into a basic.nack, as a broker whose quorum queue names a dead leader does.
+        self._poison = nack_first_confirm_channel
+        self.poisoned_channel: int | None = None
+        self.nacks_forged = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,8 +130,10 @@ class CuttableProxy:
             client_w.close()
             return
         self._writers.update((client_w, broker_w))
+        rewrite = self._poison and self.accepted == 1
         for reader, writer, held in ((client_r, broker_w, False), (broker_r, client_w, True)):
-            task = asyncio.get_running_loop().create_task(self._pipe(reader, writer, held))
+            pipe = self._rewriting_pipe(reader, writer) if held and rewrite else self._pipe(reader, writer, held)
+            task = asyncio.get_running_loop().create_task(pipe)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -138,6 +145,30 @@ class CuttableProxy:
                 writer.write(data)
                 await writer.drain()
         except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _rewriting_pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Broker → client, frame by frame (type, channel, size, payload, 0xCE): after the first
+        confirm.select-ok (class 85, method 11), that channel's basic.ack (60, 80) frames become
+        basic.nack (60, 120) with the same delivery tag and ``multiple`` bit (same size)."""
+        try:
+            while True:
+                header = await reader.readexactly(7)
+                channel, size = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:7], "big")
+                payload = bytearray(await reader.readexactly(size + 1))
+                if header[0] == 1 and size >= 4:
+                    method = (int.from_bytes(payload[0:2], "big"), int.from_bytes(payload[2:4], "big"))
+                    if method == (85, 11) and self.poisoned_channel is None:
+                        self.poisoned_channel = channel
+                    elif method == (60, 80) and channel == self.poisoned_channel:
+                        payload[2:4] = (120).to_bytes(2, "big")
+                        self.nacks_forged += 1
+                writer.write(header + payload)
+                await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
             self._writers.discard(writer)

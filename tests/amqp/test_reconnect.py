@@ -185,3 +185,23 @@ async def test_a_lost_connection_is_reopened_on_the_next_host_first(broker: str,
         assert (first.accepted, second.accepted, transport.connects) == (1, 1, 2)
     got = await consume(f"{names.topic}.info", 50, timeout=10)
     assert {m.message_id for m in got} == set(ids)
+
+
+async def test_a_channel_the_broker_keeps_nacking_is_replaced_before_the_retry_budget_ends(
+        broker: str, names: Names, dead_letter_path: Path) -> None:
+    """Reproduction (issue 17, seen on a 3-node cluster after kill -9 of the connected node):
+    the broker nacks every publish on the first channel while a fresh channel is confirmed.
+    Retried on the same channel, every attempt was nacked until the retry budget dead-lettered
+    them; replacing the channel delivers everything."""
+    async with CuttableProxy(nack_first_confirm_channel=True) as proxy:
+        url = (f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange={names.exchange}&topic={names.topic}"
+               "&retry_initial_delay=0.01&retry_max_delay=0.05&retry_max_attempts=4&batch_size=100")
+        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+            ids = [(await notifier.info({}, "e.t", {"i": i})).message_id for i in range(500)]
+        stats = notifier.stats()["amqp"]
+    assert proxy.poisoned_channel is not None and proxy.nacks_forged > 0  # the broker did nack
+    assert (stats.sent, stats.dead_lettered) == (500, 0), stats.last_error
+    assert not dead_letter_path.exists()
+    queued = await queue_length(f"{names.topic}.info")  # the forged nacks' messages arrived too: duplicates
+    got = await consume(f"{names.topic}.info", queued, timeout=10)
+    assert len(got) == queued >= 500 and {m.message_id for m in got} == set(ids)
