@@ -32,11 +32,12 @@ from ._errors import (
 from ._objectstore import ObjectStore
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, usage_from_backup
 from ._posix import PosixObjectStore
+from ._postgres import PostgresCatalog
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
 from ._retry import RetryPolicy
 from ._s3 import S3ObjectStore, S3Options
 from ._service import BackupService, ProgressObserver
-from ._setup import PosixBackupDriver, build_driver, build_store, open_backup_service
+from ._setup import PosixBackupDriver, build_catalog, build_driver, build_store, open_backup_service
 from ._stores import StoreFactory, StoreSettings, installed_stores, store_from_url
 from ._swift import SwiftObjectStore, SwiftOptions
 
@@ -71,6 +72,7 @@ __all__ = [
     "PermanentObjectStoreError",
     "PosixBackupDriver",
     "PosixObjectStore",
+    "PostgresCatalog",
     "ProgressObserver",
     "ProgressPolicy",
     "ProgressTracker",
@@ -88,6 +90,7 @@ __all__ = [
     "UnknownStoreError",
     "VolumeError",
     "WrongStoreError",
+    "build_catalog",
     "build_driver",
     "build_store",
     "get_compressor",

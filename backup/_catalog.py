@@ -1,9 +1,12 @@
 """The backup catalog: one record per backup, with validated status transitions.
 
 ``BackupCatalog`` is the interface the service uses; ``SQLiteCatalog`` is its SQLite
-backend. Rules that must hold across processes (legal status transitions, a parent's
+backend (one host), ``PostgresCatalog`` (backup/_postgres.py) the one several hosts share.
+Rules that must hold across processes and hosts (legal status transitions, a parent's
 ``num_dependent_backups``, refusing to delete a backup others depend on, ``deleted_at``)
-are applied by the backend atomically, inside one transaction per call.
+are applied by the backend atomically, inside one transaction per call, and every state
+change is a conditional update (compare-and-set on the status it was checked against), so
+of two processes racing for the same backup exactly one wins.
 
 SQLite runs in WAL mode so readers (``list``, ``show``) never wait for a writer, and every
 call goes through a worker thread so the event loop never blocks on the database. The
@@ -36,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRANSITIONS",
     "UPDATABLE_FIELDS",
+    "WORKER_FIELDS",
     "BackupCatalog",
     "BackupRecord",
     "BackupStatus",
@@ -122,6 +126,8 @@ class BackupRecord:
     worker_token: str | None = None
     # A restore's target, so recover can remove what a killed restore left next to it.
     restore_target: str | None = None
+    # The host running the current operation (any host may restore or delete any backup).
+    worker_host: str | None = None
 
     @property
     def size(self) -> int:
@@ -150,7 +156,9 @@ class BackupRecord:
 # Fields ``update``/``transition`` may change; the rest are fixed at ``add`` or kept by the
 # backend itself (status, num_dependent_backups, deleted_at, updated_at).
 UPDATABLE_FIELDS = frozenset({"size_bytes", "object_count", "service_metadata", "container", "fail_reason",
-                              "volume_id", "worker_pid", "worker_token", "restore_target"})
+                              "volume_id", "worker_pid", "worker_token", "restore_target", "worker_host"})
+# The fields that name the process running a backup's current operation.
+WORKER_FIELDS = ("worker_host", "worker_pid", "worker_token")
 
 
 def new_backup_id() -> str:
@@ -200,9 +208,15 @@ class BackupCatalog(ABC):
         ``backup_get_all_active_by_window``)."""
 
     @abstractmethod
-    async def transition(self, backup_id: str, to: BackupStatus, **changes: Any) -> BackupRecord:
+    async def transition(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord | None = None,
+                         **changes: Any) -> BackupRecord:
         """Move to status ``to`` if TRANSITIONS allows it from the current status (atomically),
         applying ``changes``; else InvalidStatusTransitionError naming both statuses.
+
+        The write is conditional on the status it was checked against, so a concurrent change
+        (another process, another host) makes this call fail the same way. With ``expect``,
+        it is also conditional on the record still having ``expect``'s status and worker
+        (``recover`` fails an operation only if nobody took the backup over meanwhile).
 
         Moving to ``deleting`` is refused with DependentBackupsError while other backups
         depend on this one; reaching ``deleted`` sets ``deleted_at`` and takes one off the
@@ -217,6 +231,17 @@ class BackupCatalog(ABC):
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
             raise BackupError(f"catalog fields {sorted(unknown)} cannot be updated")
+
+
+def refuse_lost_race(current: BackupRecord, expect: BackupRecord, to: BackupStatus | None) -> None:
+    """InvalidStatusTransitionError if ``current`` is no longer in ``expect``'s status, run by
+    ``expect``'s worker: another operation changed the backup since it was read."""
+    if current.status is expect.status and all(getattr(current, f) == getattr(expect, f) for f in WORKER_FIELDS):
+        return
+    by = f" (now run by host {current.worker_host!r})" if current.worker_host else ""
+    goal = f"cannot become {to.value}" if to is not None else "not updated"
+    raise InvalidStatusTransitionError(
+        f"backup {current.id!r} is {current.status.value}{by}: {goal}; another operation changed it since it was read")
 
 
 def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callable[[], Sequence[str]]) -> None:
@@ -240,7 +265,7 @@ def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callab
 
 _COLUMNS = [f.name for f in fields(BackupRecord)]
 _DATETIMES = frozenset({"created_at", "updated_at", "deleted_at"})
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each step takes the schema from the version before it to its own; a fresh catalog runs
 # them all. Version 1 is the schema before versioning (user_version 0, same table).
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -280,6 +305,11 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
         "UPDATE backups SET deleted_at = updated_at WHERE status = 'deleted'",
         "CREATE INDEX IF NOT EXISTS backups_parent ON backups (parent_id)",
         "CREATE INDEX IF NOT EXISTS backups_volume ON backups (volume_id, created_at)",
+    ]),
+    (3, [
+        "ALTER TABLE backups ADD COLUMN worker_host TEXT",
+        # Before worker_host, only the creating host ran (and recovered) a backup's operations.
+        "UPDATE backups SET worker_host = host WHERE worker_pid IS NOT NULL",
     ]),
 ]
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
@@ -448,10 +478,13 @@ class SQLiteCatalog(BackupCatalog):
                 and (r.deleted_at is None or r.deleted_at > start)]
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, record: BackupRecord) -> None:
+    def _write(conn: sqlite3.Connection, record: BackupRecord, guard: str = "", guard_args: Sequence[Any] = ()) -> int:
+        """UPDATE the whole row, only where ``guard`` (SQL after ``AND``) holds; rows changed."""
         sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
         row = _to_row(record)
-        conn.execute(f"UPDATE backups SET {sets} WHERE id = ?", (*row[1:], row[0]))
+        cursor = conn.execute(f"UPDATE backups SET {sets} WHERE id = ?{guard}",
+                              (*row[1:], row[0], *[_param(a) for a in guard_args]))
+        return cursor.rowcount
 
     @classmethod
     def _insert(cls, conn: sqlite3.Connection, record: BackupRecord) -> None:
@@ -459,11 +492,11 @@ class SQLiteCatalog(BackupCatalog):
         try:
             if record.parent_id is not None:
                 parent = cls._select(conn, record.parent_id)
-                if parent.status not in PARENT_STATUSES:
+                if parent.status not in PARENT_STATUSES or not cls._write(
+                        conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1, updated_at=_now()),
+                        " AND status = ? AND num_dependent_backups = ?", [parent.status, parent.num_dependent_backups]):
                     raise InvalidStatusTransitionError(
                         f"backup {parent.id!r} is {parent.status.value}: an incremental backup needs an available parent")
-                cls._write(conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1,
-                                         updated_at=_now()))
             marks = ", ".join("?" for _ in _COLUMNS)
             conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
             conn.execute("COMMIT")
@@ -473,10 +506,14 @@ class SQLiteCatalog(BackupCatalog):
 
     @classmethod
     def _update(cls, conn: sqlite3.Connection, backup_id: str, to: BackupStatus | None,
-                changes: dict[str, Any]) -> BackupRecord:
+                changes: dict[str, Any], expect: BackupRecord | None = None) -> BackupRecord:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            found = conn.execute("SELECT status FROM backups WHERE id = ?", [backup_id]).fetchone()
             current = cls._select(conn, backup_id)
+            stored = found[0] if found else None
+            if expect is not None:
+                refuse_lost_race(current, expect, to)
             now = _now()
             if to is not None:
                 check_transition(current, to, lambda: [r.id for r in cls._dependents(conn, backup_id)])
@@ -492,7 +529,17 @@ class SQLiteCatalog(BackupCatalog):
                             cls._write(conn, replace(parent, updated_at=now,
                                                      num_dependent_backups=max(0, parent.num_dependent_backups - 1)))
             updated = replace(current, updated_at=now, **changes)
-            cls._write(conn, updated)
+            # compare-and-set on what was checked (BEGIN IMMEDIATE already serializes writers
+            # of one file; the guard states the rule the PostgreSQL backend needs as well)
+            guard, args = " AND status = ?", [stored]  # as stored (a damaged status loads as error)
+            if to is BackupStatus.DELETING:
+                guard += " AND num_dependent_backups = 0"
+            if expect is not None:
+                guard += "".join(f" AND {name} IS ?" for name in WORKER_FIELDS)
+                args += [getattr(expect, name) for name in WORKER_FIELDS]
+            if cls._write(conn, updated, guard, args) != 1:
+                refuse_lost_race(cls._select(conn, backup_id), expect or current, to)
+                raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being updated")
             conn.execute("COMMIT")
             return updated
         except BaseException:
@@ -518,9 +565,10 @@ class SQLiteCatalog(BackupCatalog):
     async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
         return await self._run(self._existed_between, start, end)
 
-    async def transition(self, backup_id: str, to: BackupStatus, **changes: Any) -> BackupRecord:
+    async def transition(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord | None = None,
+                         **changes: Any) -> BackupRecord:
         self.check_fields(changes)
-        return await self._run(self._update, backup_id, to, changes)
+        return await self._run(self._update, backup_id, to, changes, expect)
 
     async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
         self.check_fields(changes)

@@ -53,6 +53,21 @@ def _state_dir() -> Path:
     return Path(base) / "notifykit" / "backup"
 
 
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+CATALOG_SCHEMES = ("postgresql", "postgres")
+
+
+def check_catalog_url(url: str) -> str:
+    """``url`` if it names a catalog backend this code has; else one clear error (a path is SQLite)."""
+    match = _URL_SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in CATALOG_SCHEMES:
+        shown = f"{scheme}://…" if scheme else "(no scheme)"
+        raise BackupConfigError(
+            f"catalog {shown}: unsupported kind of catalog; give a file path (SQLite) or a postgresql:// URL")
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class BackupConfig:
     """Settings with their defaults; see docs/backup.md for each one."""
@@ -62,6 +77,8 @@ class BackupConfig:
     store: str = field(default_factory=lambda: str(_state_dir() / "objects"))
     # Options for the store over the URL's query (the TOML [backup.store_options] table).
     store_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # A postgresql:// URL (catalog_path = "postgresql://…" sets it): the catalog several hosts share.
+    catalog_url: str | None = field(default=None, repr=False)
     uploads: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compression: str = "zstd"
@@ -100,6 +117,8 @@ class BackupConfig:
             if not value or not value.isprintable() or value != value.strip():
                 raise BackupConfigError(f"{key} must be a non-empty printable name without surrounding spaces,"
                                         f" got {value!r}")
+        if self.catalog_url is not None:
+            check_catalog_url(self.catalog_url)
         if not isinstance(self.store, str):  # a Path from library callers
             object.__setattr__(self, "store", os.fspath(self.store))
         store_from_url(self.store, self.store_options)  # validates the store URL and its options
@@ -138,6 +157,11 @@ class BackupConfig:
         if unknown:
             raise BackupConfigError(f"unknown backup setting(s): {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("catalog_path") is not None:  # an explicit --catalog decides the kind of catalog
+            values.pop("catalog_url", None)
+        catalog = values.get("catalog_path")
+        if isinstance(catalog, str) and _URL_SCHEME.match(catalog):  # catalog_path = "postgresql://…"
+            values["catalog_url"] = check_catalog_url(values.pop("catalog_path"))
         return cls(**{k: cls._coerce(k, v) for k, v in values.items()})
 
     @classmethod

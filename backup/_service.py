@@ -46,7 +46,7 @@ DEFAULT_NOTIFY_TIMEOUT = 10.0
 _SHIELDED_REPORT_TIMEOUT = 15.0
 
 # Clears the running-operation fields when an operation ends, however it ends.
-_NO_WORKER: dict[str, Any] = {"worker_pid": None, "worker_token": None, "restore_target": None}
+_NO_WORKER: dict[str, Any] = {"worker_host": None, "worker_pid": None, "worker_token": None, "restore_target": None}
 
 _OPS = {
     "create": (BackupStatus.AVAILABLE, BackupStatus.ERROR),
@@ -129,18 +129,27 @@ class BackupService:
             await self._emit(ctx, f"backup.{op}progress", progress_payload(
                 record, bytes_done=update.bytes_done, objects_done=update.objects_done, percentage=update.percentage))
 
-    async def _fail(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException) -> None:
-        """Record the error status with a fail_reason, then emit ``backup.<op>.error``."""
+    async def _fail(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException,
+                    *, expect: BackupRecord | None = None) -> bool:
+        """Record the error status with a fail_reason, then emit ``backup.<op>.error``.
+
+        With ``expect`` (recover), only if the record is still as read; False (and nothing
+        emitted) when another operation changed it meanwhile."""
         reason = describe_failure(exc)
         error_status = _OPS[op][1]
         try:
-            record = await self.catalog.transition(record.id, error_status, fail_reason=reason, **_NO_WORKER)
+            record = await self.catalog.transition(record.id, error_status, expect=expect, fail_reason=reason,
+                                                   **_NO_WORKER)
         except Exception as catalog_exc:
+            if expect is not None and isinstance(catalog_exc, InvalidStatusTransitionError):
+                log.info("backup %s: not recovered: %s", record.id, catalog_exc)  # taken over meanwhile
+                return False
             log.error("backup %s: could not record status %s (%s); reporting anyway", record.id,
                       error_status.value, catalog_exc)
             record = _replace_status(record, error_status, reason)
         log.error("backup %s: %s failed: %s", record.id, op, reason)
         await self._emit(ctx, f"backup.{op}.error", usage_from_backup(record), Priority.ERROR)
+        return True
 
     async def _reject(self, ctx: RequestContext, op: str, backup_id: str, exc: BackupError,
                       record: BackupRecord | None) -> None:
@@ -206,6 +215,7 @@ class BackupService:
             size_bytes=size,
             store_kind=store_kind,
             store_location=store_location,
+            worker_host=self.host,
             worker_pid=pid,
             worker_token=token,
         ))
@@ -267,16 +277,16 @@ class BackupService:
         recovered: builtins.list[BackupRecord] = []
         for record in await self.catalog.list():
             op = working.get(record.status)
-            if op is None or record.host != self.host:
-                continue
+            if op is None or (record.worker_host or record.host) != self.host:
+                continue  # not working, or another host's operation: only that host can tell if it runs
             if await anyio.to_thread.run_sync(process_alive, record.worker_pid, record.worker_token):
                 log.info("backup %s: %s still running in process %s; left alone", record.id, op, record.worker_pid)
                 continue
             if op == "restore" and record.restore_target is not None:
                 await anyio.to_thread.run_sync(_remove_partial, record.restore_target)
-            await self._fail(context, op, record, BackupError(
-                f"interrupted: the process running this {op} stopped before it finished"))
-            recovered.append(await self.catalog.get(record.id))
+            if await self._fail(context, op, record, BackupError(
+                    f"interrupted: the process running this {op} stopped before it finished"), expect=record):
+                recovered.append(await self.catalog.get(record.id))
         return recovered
 
     async def list(self, *, project_id: str | None = None, include_deleted: bool = False) -> builtins.list[BackupRecord]:
@@ -309,8 +319,8 @@ class BackupService:
         try:
             record = await self.catalog.get(backup_id)
             self.check_store(record)
-            record = await self.catalog.transition(backup_id, status, fail_reason=None, worker_pid=pid,
-                                                   worker_token=token, **changes)
+            record = await self.catalog.transition(backup_id, status, fail_reason=None, worker_host=self.host,
+                                                   worker_pid=pid, worker_token=token, **changes)
         except (BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError) as exc:
             log.error("backup %s: %s refused: %s", backup_id, op, exc)
             await self._reject(context, op, backup_id, exc, record)

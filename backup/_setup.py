@@ -9,14 +9,22 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from notifykit import SupportsNotify
 from notifykit.testing import Clock
 
-from ._catalog import SQLiteCatalog
+from ._catalog import BackupCatalog, SQLiteCatalog
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._config import BackupConfig
 from ._objectstore import ObjectStore
+from ._postgres import PostgresCatalog
 from ._service import BackupService
 from ._stores import store_from_url
 
-__all__ = ["PosixBackupDriver", "build_driver", "build_store", "open_backup_service"]
+__all__ = ["PosixBackupDriver", "build_catalog", "build_driver", "build_store", "open_backup_service"]
+
+
+def build_catalog(config: BackupConfig) -> BackupCatalog:
+    """The catalog ``config`` names: PostgreSQL for a ``postgresql://`` URL, else the SQLite file."""
+    if config.catalog_url is not None:
+        return PostgresCatalog(config.catalog_url)
+    return SQLiteCatalog(config.catalog_path)
 
 
 def build_store(config: BackupConfig) -> ObjectStore:
@@ -51,7 +59,7 @@ async def open_backup_service(config: BackupConfig, notifier: SupportsNotify,
         await store.open()
         stack.push_async_callback(store.aclose)
         driver = build_driver(config, store)
-        catalog = await stack.enter_async_context(SQLiteCatalog(config.catalog_path))
+        catalog = await stack.enter_async_context(build_catalog(config))
         yield BackupService(catalog, driver, notifier, host=config.host,
                             availability_zone=config.availability_zone, project_id=config.project_id,
                             user_id=config.user_id, progress=config.progress_policy(), clock=clock)

@@ -106,10 +106,12 @@ def _print_record(record: BackupRecord, out: TextIO, as_json: bool) -> None:
 
 
 def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
-    out.write(f"{'id':36}  {'status':15}  {'size_bytes':>12}  {'objects':>7}  {'created_at':25}  name\n")
+    out.write(f"{'id':36}  {'status':15}  {'size_bytes':>12}  {'objects':>7}  {'created_at':25}  {'host':16}  name\n")
     for r in records:
+        host = r.worker_host or r.host
         out.write(f"{r.id:36}  {r.status.value:15}  {r.size_bytes:12d}  {r.object_count:7d}  "
-                  f"{r.created_at.isoformat(timespec='seconds'):25}  {display_text(r.display_name or '')}\n")
+                  f"{r.created_at.isoformat(timespec='seconds'):25}  {display_text(host):16}  "
+                  f"{display_text(r.display_name or '')}\n")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -288,7 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("settings (also NOTIFYKIT_BACKUP_* variables and a TOML file)")
     g.add_argument("--config", help="TOML file with a [backup] table (env NOTIFYKIT_BACKUP_CONFIG)")
-    g.add_argument("--catalog", dest="catalog_path", help="SQLite catalog file")
+    g.add_argument("--catalog", dest="catalog_path",
+                   help="SQLite catalog file, or postgresql://USER:PASSWORD@HOST:PORT/DB shared by several hosts")
     g.add_argument("--store", dest="store",
                    help="object store: a directory, file:///DIR, swift://USER:KEY@HOST:PORT/auth/v1.0 or"
                         " s3://HOST/BUCKET (s3+http:// on loopback); see docs/backup.md")

@@ -1,4 +1,5 @@
-"""The SQLite catalog: persistence, WAL, listing, and validated status transitions."""
+"""The catalog on both backends (SQLite, PostgreSQL): persistence, listing, validated status
+transitions, migrations, and compare-and-set between processes and hosts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
 
 from backup import (
@@ -15,13 +17,21 @@ from backup import (
     SCHEMA_VERSION,
     TRANSITIONS,
     BackupCatalog,
+    BackupConfig,
+    BackupConfigError,
+    BackupError,
     BackupNotFoundError,
     BackupRecord,
     BackupStatus,
     InvalidStatusTransitionError,
+    PostgresCatalog,
     SQLiteCatalog,
+    build_catalog,
     size_in_gib,
 )
+from backup._postgres import PG_SCHEMA_VERSION
+
+from .catalogs import CatalogBackend
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,22 +42,27 @@ def record(backup_id: str, project: str = "p1") -> BackupRecord:
                         service="backup.drivers.posix")
 
 
-async def test_records_persist_across_reopen_in_wal_mode(tmp_path: Path) -> None:
+async def test_records_persist_across_reopen(backend: CatalogBackend) -> None:
+    async with backend.open() as catalog:
+        added = await catalog.add(record("a"))
+        await catalog.transition("a", BackupStatus.AVAILABLE, size_bytes=5, object_count=1, container="c")
+    async with backend.open() as catalog:
+        again = await catalog.get("a")
+    assert again.status is BackupStatus.AVAILABLE and again.size_bytes == 5 and again.container == "c"
+    assert again.display_name == "name-a" and again.created_at == added.created_at
+    assert again.created_at.tzinfo is not None and again.updated_at >= again.created_at
+
+
+async def test_sqlite_runs_in_wal_mode_in_a_directory_it_makes(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "catalog.sqlite3"
     async with SQLiteCatalog(path) as catalog:
         await catalog.add(record("a"))
-        await catalog.transition("a", BackupStatus.AVAILABLE, size_bytes=5, object_count=1, container="c")
-    async with SQLiteCatalog(path) as catalog:
-        again = await catalog.get("a")
-    assert again.status is BackupStatus.AVAILABLE and again.size_bytes == 5 and again.container == "c"
-    assert again.display_name == "name-a" and again.created_at.tzinfo is not None
-    assert again.updated_at >= again.created_at
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_list_filters_project_and_deleted(tmp_path: Path) -> None:
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+async def test_list_filters_project_and_deleted(backend: CatalogBackend) -> None:
+    async with backend.open() as catalog:
         for backup_id, project in [("a", "p1"), ("b", "p2"), ("c", "p1")]:
             await catalog.add(record(backup_id, project))
         for status in (BackupStatus.AVAILABLE, BackupStatus.DELETING, BackupStatus.DELETED):
@@ -59,8 +74,8 @@ async def test_list_filters_project_and_deleted(tmp_path: Path) -> None:
             await catalog.get("zzz")
 
 
-async def test_every_illegal_transition_is_refused_and_every_legal_one_allowed(tmp_path: Path) -> None:
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+async def test_every_illegal_transition_is_refused_and_every_legal_one_allowed(backend: CatalogBackend) -> None:
+    async with backend.open() as catalog:
         n = 0
         for start in BackupStatus:
             for to in BackupStatus:
@@ -92,10 +107,8 @@ async def _force(catalog: BackupCatalog, backup_id: str, status: BackupStatus) -
         await catalog.transition(backup_id, step)
 
 
-async def test_unknown_fields_and_closed_catalog_are_clear_errors(tmp_path: Path) -> None:
-    catalog = SQLiteCatalog(tmp_path / "c.db")
-    from backup import BackupError
-
+async def test_unknown_fields_and_closed_catalog_are_clear_errors(backend: CatalogBackend) -> None:
+    catalog = backend.open()
     with pytest.raises(BackupError, match="is not open"):
         await catalog.get("a")
     async with catalog:
@@ -158,49 +171,64 @@ async def test_an_old_catalog_is_migrated_in_place(tmp_path: Path) -> None:
     assert (again.store_kind, again.store_location, again.worker_pid) == ("posix", "/srv/objects", 7)
 
 
-async def test_a_newer_catalog_is_refused_not_damaged(tmp_path: Path) -> None:
-    from backup import BackupError
-
-    path = tmp_path / "future.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(BackupError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade notifykit"):
-        async with SQLiteCatalog(path):
+async def test_a_newer_catalog_is_refused_not_damaged(backend: CatalogBackend) -> None:
+    if backend.kind == "postgresql":
+        backend.execute("CREATE TABLE notifykit_schema (version INTEGER NOT NULL)")
+        backend.execute("INSERT INTO notifykit_schema VALUES (?)", [PG_SCHEMA_VERSION + 1])
+        future = PG_SCHEMA_VERSION + 1
+    else:
+        backend.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        future = SCHEMA_VERSION + 1
+    with pytest.raises(BackupError, match=f"schema version {future}.*upgrade notifykit"):
+        async with backend.open():
             pass
+    if backend.kind == "postgresql":  # nothing was created next to the newer schema
+        assert backend.execute("SELECT to_regclass('backups')") == [(None,)]
 
 
-async def test_a_record_with_an_invalid_status_does_not_break_listing(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    async with SQLiteCatalog(path) as catalog:
+async def test_migrations_run_once_and_are_recorded(backend: CatalogBackend) -> None:
+    for _ in range(2):  # a second open (another host starting) finds the schema current
+        async with backend.open() as catalog:
+            await catalog.add(record(f"r{_}"))
+    if backend.kind == "postgresql":
+        assert backend.execute("SELECT version FROM notifykit_schema ORDER BY version") == [(PG_SCHEMA_VERSION,)]
+    else:
+        assert backend.execute("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_a_record_with_an_invalid_status_does_not_break_listing(backend: CatalogBackend) -> None:
+    async with backend.open() as catalog:
         await catalog.add(record("good"))
         await catalog.add(record("bad"))
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE backups SET status = 'exploded', created_at = 'yesterday' WHERE id = 'bad'")
-    async with SQLiteCatalog(path) as catalog:
+    if backend.kind == "postgresql":  # a TIMESTAMPTZ column holds no 'yesterday': only the status is damaged
+        backend.execute("UPDATE backups SET status = 'exploded' WHERE id = 'bad'")
+    else:
+        backend.execute("UPDATE backups SET status = 'exploded', created_at = 'yesterday' WHERE id = 'bad'")
+    async with backend.open() as catalog:
         listed = {r.id: r for r in await catalog.list()}
         assert listed["good"].status is BackupStatus.CREATING
         bad = listed["bad"]
         assert bad.status is BackupStatus.ERROR
         assert bad.fail_reason is not None and "invalid status 'exploded'" in bad.fail_reason
-        assert "invalid created_at 'yesterday'" in bad.fail_reason
+        assert backend.kind == "postgresql" or "invalid created_at 'yesterday'" in bad.fail_reason
         # It can be cleaned up like any failed backup.
         await catalog.transition("bad", BackupStatus.DELETING)
         assert (await catalog.transition("bad", BackupStatus.DELETED)).deleted_at is not None
 
 
-async def test_text_that_is_not_utf8_is_kept_byte_for_byte(tmp_path: Path) -> None:
+async def test_text_that_is_not_utf8_is_kept_byte_for_byte(backend: CatalogBackend) -> None:
     name = os.fsdecode(b"vol\xff\xfe")
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+    async with backend.open() as catalog:
         await catalog.add(replace(record("a"), display_name=name, volume_path="/srv/" + name))
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+    async with backend.open() as catalog:
         again = await catalog.get("a")
     assert os.fsencode(again.volume_path) == b"/srv/vol\xff\xfe" and again.display_name == name
 
 
-async def test_dependents_counted_and_delete_refused_until_they_are_gone(tmp_path: Path) -> None:
+async def test_dependents_counted_and_delete_refused_until_they_are_gone(backend: CatalogBackend) -> None:
     from backup import DependentBackupsError
 
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+    async with backend.open() as catalog:
         await catalog.add(record("full"))
         with pytest.raises(InvalidStatusTransitionError, match="needs an available parent"):
             await catalog.add(replace(record("early"), parent_id="full"))
@@ -220,9 +248,9 @@ async def test_dependents_counted_and_delete_refused_until_they_are_gone(tmp_pat
         await catalog.transition("full", BackupStatus.DELETING)
 
 
-async def test_existed_between_is_the_audit_window(tmp_path: Path) -> None:
+async def test_existed_between_is_the_audit_window(backend: CatalogBackend) -> None:
     t = [datetime(2026, 11, 1, h, tzinfo=UTC) for h in range(6)]
-    async with SQLiteCatalog(tmp_path / "c.db") as catalog:
+    async with backend.open() as catalog:
         # (id, created_at, deleted_at)
         for backup_id, created, deleted in [("before-gone", t[0], t[1]), ("gone-during", t[1], t[3]),
                                             ("alive", t[1], None), ("made-during", t[2], None),
@@ -232,11 +260,83 @@ async def test_existed_between_is_the_audit_window(tmp_path: Path) -> None:
                 await catalog.transition(backup_id, BackupStatus.ERROR)
                 await catalog.transition(backup_id, BackupStatus.DELETING)
                 await catalog.transition(backup_id, BackupStatus.DELETED)
-                await _set_deleted_at(tmp_path / "c.db", backup_id, deleted)
+                backend.execute("UPDATE backups SET deleted_at = ? WHERE id = ?", [deleted, backup_id])
         found = [r.id for r in await catalog.existed_between(t[2], t[4])]
     assert sorted(found) == ["alive", "gone-during", "made-during"]
 
 
-async def _set_deleted_at(path: Path, backup_id: str, when: datetime) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE backups SET deleted_at = ? WHERE id = ?", (when.isoformat(), backup_id))
+
+async def test_two_hosts_racing_for_one_backup_exactly_one_wins(backend: CatalogBackend) -> None:
+    """Compare-and-set: of two catalogs (two hosts) moving the same backup at once, one wins;
+    the other gets the refusal a local race gets."""
+    async with backend.open() as host_a, backend.open() as host_b:
+        for i in range(15):
+            await host_a.add(record(f"r{i}"))
+            await host_a.transition(f"r{i}", BackupStatus.AVAILABLE)
+        for i in range(15):
+            goal = BackupStatus.DELETING if i % 2 else BackupStatus.RESTORING
+            results: list[BaseException | BackupRecord] = []
+
+            async def move(catalog: BackupCatalog, backup_id: str, to: BackupStatus, host: str,
+                           results: list[BaseException | BackupRecord]) -> None:
+                try:
+                    results.append(await catalog.transition(backup_id, to, worker_host=host, worker_pid=1))
+                except InvalidStatusTransitionError as exc:
+                    results.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(move, host_a, f"r{i}", goal, "a", results)
+                tg.start_soon(move, host_b, f"r{i}", goal, "b", results)
+            won = [r for r in results if isinstance(r, BackupRecord)]
+            lost = [r for r in results if isinstance(r, InvalidStatusTransitionError)]
+            assert len(won) == 1 and len(lost) == 1, results
+            assert f"is {goal.value}" in str(lost[0]) and f"cannot become {goal.value}" in str(lost[0])
+            stored = await host_b.get(f"r{i}")
+            assert (stored.status, stored.worker_host) == (goal, won[0].worker_host)
+
+
+async def test_a_stale_expectation_is_refused(backend: CatalogBackend) -> None:
+    """recover's write is conditional on the worker it saw: if another host took the backup
+    over meanwhile (same status, other worker), the write is refused and nothing changes."""
+    async with backend.open() as host_a, backend.open() as host_b:
+        await host_a.add(record("r"))
+        await host_a.transition("r", BackupStatus.AVAILABLE)
+        seen = await host_a.transition("r", BackupStatus.RESTORING, worker_host="a", worker_pid=11, worker_token="t")
+        await host_b.transition("r", BackupStatus.AVAILABLE, worker_host=None, worker_pid=None, worker_token=None)
+        await host_b.transition("r", BackupStatus.RESTORING, worker_host="b", worker_pid=22, worker_token="u")
+        with pytest.raises(InvalidStatusTransitionError, match=r"now run by host 'b'.*another operation changed it"):
+            await host_a.transition("r", BackupStatus.ERROR_RESTORING, expect=seen, fail_reason="interrupted")
+        now = await host_a.get("r")
+        assert (now.status, now.worker_host, now.worker_pid, now.fail_reason) == (BackupStatus.RESTORING, "b", 22, None)
+        current = await host_a.transition("r", BackupStatus.ERROR_RESTORING, expect=now)  # as read: allowed
+        assert current.status is BackupStatus.ERROR_RESTORING
+
+
+async def test_unreachable_postgresql_is_one_clear_error_without_the_password() -> None:
+    from ..amqp.support import free_port
+
+    catalog = PostgresCatalog(f"postgresql://backup:s3cr3t-pw@127.0.0.1:{free_port()}/backups")
+    with pytest.raises(BackupError) as info:
+        await catalog.open()
+    message = str(info.value)
+    assert message.startswith("cannot open backup catalog postgresql://backup:***@127.0.0.1:")
+    assert "s3cr3t-pw" not in message and "s3cr3t-pw" not in repr(catalog) and "\n" not in message
+
+
+async def test_catalog_setting_is_a_path_or_a_postgresql_url(tmp_path: Path) -> None:
+    url = "postgresql://backup:pw@db.example:5432/backups"
+    config = BackupConfig.load(env={}, catalog_path=url)
+    assert config.catalog_url == url and "pw" not in repr(config)
+    assert isinstance(build_catalog(config), PostgresCatalog)
+    toml = tmp_path / "b.toml"
+    toml.write_text(f'[backup]\ncatalog_path = "{url}"\n')
+    assert BackupConfig.load(toml, env={}).catalog_url == url
+    assert BackupConfig.load(toml, env={}, catalog_path=str(tmp_path / "c.db")).catalog_url is None  # --catalog wins
+    config = BackupConfig.load(env={"NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db")})
+    assert isinstance(build_catalog(config), SQLiteCatalog) and config.catalog_url is None
+    for other in ("mysql://u:pw@h/db", "sqlite:///tmp/x.db", "file:///tmp/x"):
+        with pytest.raises(BackupConfigError, match=r"catalog \w+://…: unsupported kind of catalog; give a file path"
+                                                    r" \(SQLite\) or a postgresql:// URL") as info:
+            BackupConfig.load(env={}, catalog_path=other)
+        assert "pw" not in str(info.value)
+    assert not any(tmp_path.glob("*:*"))
