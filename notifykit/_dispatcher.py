@@ -88,6 +88,9 @@ class Dispatcher:
         self._send: MemoryObjectSendStream[Notification] = send
         self._receive: MemoryObjectReceiveStream[Notification] = receive
         self._in_flight: list[Notification] = []
+        #: Notifications enqueued since the worker last took a batch or the caller last
+        #: gave it a turn (the Notifier yields once this passes batch_size).
+        self.unturned = 0
         self._in_flight_spooled = 0  # rows of the batch in flight that are still counted in _spooled
         # Counted as in flight too, so the accounting invariant holds at every await point:
         self._dead_lettering = 0  # being written to the dead-letter sink
@@ -150,6 +153,7 @@ class Dispatcher:
             self._count_drop()
             return True
         self.stats.enqueued += 1
+        self.unturned += 1
         self._wakeup.set()
         return True
 
@@ -357,6 +361,7 @@ class Dispatcher:
             await self._wakeup.wait()
 
     def _take_queued(self) -> list[Notification]:
+        self.unturned = 0
         batch: list[Notification] = []
         while len(batch) < self.batch_size:
             try:

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +76,9 @@ class RequestContext:
     project_id: str | None = None
     traceparent: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Each wire format's encoding of this context; a validated context is shared by many
+    #: notifications (see _validated_context), so it is encoded once, not once per message.
+    _wire: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def coerce(cls, ctx: ContextLike) -> RequestContext:
@@ -115,6 +118,13 @@ class RequestContext:
         out.update(self.extra)
         return out
 
+    def encoded(self, kind: str, encode: Callable[[RequestContext], str]) -> str:
+        """``encode(self)``, computed once per ``kind`` (the wire formats call this)."""
+        text = self._wire.get(kind)
+        if text is None:
+            text = self._wire[kind] = encode(self)
+        return text
+
     def validate(self) -> None:
         """Reject a malformed traceparent or unserialisable extra keys at the call site."""
         if self.traceparent is not None and not _TRACEPARENT.match(self.traceparent):
@@ -134,9 +144,16 @@ _EMPTY_CONTEXT = RequestContext()
 # keep the validated RequestContext of recent plain-string dicts instead of rebuilding it.
 _CONTEXT_CACHE: dict[tuple[tuple[str, Any], ...], RequestContext] = {}
 _CONTEXT_CACHE_SIZE = 256
+# The last of them, for the commonest case (one caller, one context): a dict comparison,
+# no key to build.
+_LAST_CONTEXT: tuple[dict[str, str] | None, RequestContext] = (None, _EMPTY_CONTEXT)
 
 
 def _validated_context(ctx: ContextLike) -> RequestContext:
+    global _LAST_CONTEXT
+    last, last_context = _LAST_CONTEXT
+    if type(ctx) is dict and ctx == last:
+        return last_context
     if type(ctx) is dict and ctx and all(type(v) is str for v in ctx.values()):
         key = tuple(ctx.items())
         cached = _CONTEXT_CACHE.get(key)
@@ -146,6 +163,7 @@ def _validated_context(ctx: ContextLike) -> RequestContext:
             if len(_CONTEXT_CACHE) >= _CONTEXT_CACHE_SIZE:
                 _CONTEXT_CACHE.pop(next(iter(_CONTEXT_CACHE)))  # the oldest entry
             _CONTEXT_CACHE[key] = cached
+        _LAST_CONTEXT = (dict(ctx), cached)
         return cached
     result = RequestContext.coerce(ctx)
     result.validate()
@@ -200,26 +218,29 @@ _EVENT_TYPES_SEEN: set[str] = set()
 
 
 def new_message_id() -> str:
-    """A random (version 4) UUID string, cut from a pool of random bytes: uuid.uuid4()
-    makes a system call per id, which dominated notify()'s cost."""
+    """A random (version 4) UUID string, cut from a pool of random hex digits: uuid.uuid4()
+    makes a system call per id, which dominated notify()'s cost. The version nibble is
+    written as ``4`` and the variant nibble mapped onto ``8``-``b`` (RFC 4122)."""
     global _RANDOM, _RANDOM_POS
-    if _RANDOM_POS >= len(_RANDOM):
-        _RANDOM, _RANDOM_POS = os.urandom(16 * 256), 0
-    raw = bytearray(_RANDOM[_RANDOM_POS:_RANDOM_POS + 16])
-    _RANDOM_POS += 16
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    pos = _RANDOM_POS
+    if pos >= len(_RANDOM):
+        _RANDOM, pos = os.urandom(16 * 256).hex(), 0
+    h = _RANDOM[pos:pos + 32]
+    _RANDOM_POS = pos + 32
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: A random hex digit's two low bits, with the RFC 4122 variant bits (10xx) set.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _reset_random_pool() -> None:
     """A forked child must not reuse its parent's remaining random bytes (duplicate ids)."""
     global _RANDOM, _RANDOM_POS
-    _RANDOM, _RANDOM_POS = b"", 0
+    _RANDOM, _RANDOM_POS = "", 0
 
 
-_RANDOM, _RANDOM_POS = b"", 0
+_RANDOM, _RANDOM_POS = "", 0
 os.register_at_fork(after_in_child=_reset_random_pool)
 
 
@@ -320,9 +341,8 @@ class Notification:
         """The notification in a wire format, computed once per format."""
         cached = self._encoded.get(wire_format)  # WireFormat is a StrEnum: "json" and JSON share a key
         if cached is None:
-            fmt = WireFormat.parse(wire_format)
-            cached = fmt.serialise(self)
-            self._encoded[fmt.value] = cached
+            fmt = wire_format if type(wire_format) is WireFormat else WireFormat.parse(wire_format)
+            cached = self._encoded[fmt] = fmt.serialise(self)
         return cached
 
     def __repr__(self) -> str:

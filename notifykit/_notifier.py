@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
@@ -307,7 +308,9 @@ class Notifier(_PriorityMethods):
         """Validate (raising InvalidNotificationError here, at the call site) and enqueue
         on every transport whose filter accepts it. Waits only under a ``block`` policy
         with a full queue, and raises QueueFullError if no room came within
-        ``block_timeout``; background failures never reach here."""
+        ``block_timeout``; background failures never reach here. While more than a batch
+        is queued it also gives the event loop one turn per batch (so that delivery
+        overlaps a caller that never yields)."""
         if self._state is not _State.OPEN:
             raise NotifierClosedError(
                 "Notifier is not open: use 'async with notifier:' (or await start()) before notify()"
@@ -321,21 +324,44 @@ class Notifier(_PriorityMethods):
             context=ctx,
             max_payload_bytes=self.config.max_payload_bytes,
         )
-        await self.emit(notification)
+        waiting = self._offer(notification)
+        if waiting is not None:  # no coroutine of its own in the common case: nothing to wait for
+            await self._wait_for(notification, waiting)
         return notification
 
     async def emit(self, notification: Notification) -> None:
         """Enqueue an already-built notification, keeping its message_id (re-drive, replay)."""
         if self._state is not _State.OPEN:
             raise NotifierClosedError("Notifier is not open")
+        waiting = self._offer(notification)
+        if waiting is not None:
+            await self._wait_for(notification, waiting)
+
+    def _offer(self, notification: Notification) -> list[Dispatcher] | None:
+        """Enqueue on every transport that accepts it, without waiting. Returns the
+        dispatchers that need an awaited put(), [] when one of them asks for a turn, or
+        None when there is nothing to wait for."""
         waiting: list[Dispatcher] | None = None
         for dispatcher in self._dispatchers:
             if not dispatcher.filter.accepts(notification.event_type, notification.priority):
                 dispatcher.stats.filtered += 1
             elif not dispatcher.offer(notification):
                 waiting = [dispatcher] if waiting is None else [*waiting, dispatcher]
+            elif dispatcher.unturned > dispatcher.batch_size and waiting is None:
+                waiting = []
+        return waiting
+
+    async def _wait_for(self, notification: Notification, waiting: list[Dispatcher]) -> None:
         if waiting:
             await self._put_waiting(notification, waiting)
+            return
+        # More than a batch is queued and the caller has not let go since: give the workers
+        # (and the transports' I/O) one turn, so delivery overlaps a caller that never
+        # yields instead of starting only when it does. Once per batch; not a cancellation
+        # point, since the notification is already enqueued.
+        for dispatcher in self._dispatchers:
+            dispatcher.unturned = 0
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     @staticmethod
     async def _put_waiting(notification: Notification, waiting: list[Dispatcher]) -> None:
