@@ -3,8 +3,9 @@
 Each notification goes to ``<topic>.<priority>`` (oslo.messaging's Kafka notifier
 layout) or, with ``topic_mode=single``, to ``<topic>`` with the priority in a header.
 The key is the resource id from the payload so one backup's events share a partition
-and stay in order. ``send()`` pipelines the whole batch into the producer, then waits
-for every delivery report: a notification counts as sent only once Kafka acked it.
+and stay in order. ``send()`` lays the whole batch into aiokafka record batches (one per
+partition), hands them to the producer, then waits for every delivery report: a
+notification counts as sent only once Kafka acked it.
 
 Producer settings keep aiokafka's own names (``acks``, ``linger_ms``, …) so that what an
 operator knows about Kafka clients applies as is; TLS takes the options every transport
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -26,6 +28,8 @@ import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError  # type: ignore[import-untyped]
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
+from aiokafka.record.default_records import DefaultRecordBatchBuilder  # type: ignore[import-untyped]
 
 from notifykit.transport import (
     BatchError,
@@ -221,13 +225,30 @@ def message_headers(n: Notification, fmt: WireFormat) -> list[tuple[str, bytes]]
     """Record headers that let consumers route and trace without parsing the body."""
     headers = [
         ("event_type", n.event_type.encode()),
-        ("priority", n.priority.value.encode()),
+        _PRIORITY_HEADERS[n.priority],
         ("message_id", n.message_id.encode()),
-        ("content-type", fmt.content_type.encode()),
+        _CONTENT_TYPE_HEADERS[fmt],
     ]
     if n.context.traceparent:
         headers.append(("traceparent", n.context.traceparent.encode()))
     return headers
+
+
+# Built once: Priority and WireFormat are StrEnums, whose ``.value`` is a Python-level property.
+_PRIORITY_HEADERS = {p: ("priority", p.encode()) for p in Priority}
+_CONTENT_TYPE_HEADERS = {f: ("content-type", f.content_type.encode()) for f in WireFormat}
+_KEY_HASHES: dict[bytes, int] = {}
+
+
+def _key_hash(key: bytes) -> int:
+    """murmur2 of the key, as Kafka's default partitioner takes it (pure Python in aiokafka,
+    so remembered: a program's keys are a working set of resource ids)."""
+    value = _KEY_HASHES.get(key)
+    if value is None:
+        if len(_KEY_HASHES) >= 4096:
+            _KEY_HASHES.clear()
+        value = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
+    return value
 
 
 def _worse(old: TransientError | PermanentError | None, new: TransientError | PermanentError) -> TransientError | PermanentError:
@@ -293,35 +314,45 @@ class KafkaTransport(Transport):
         self._producer = producer
 
     async def send(self, batch: Sequence[Notification]) -> None:
+        """Append the batch to one aiokafka record batch per partition (``create_batch``), hand
+        each over with ``send_batch``, then wait for every delivery report.
+
+        The batch API skips ``producer.send()``'s per-record coroutine chain and future;
+        the partition is the one aiokafka's default partitioner picks (murmur2 of the key,
+        as Java clients), so one key stays on one partition, in order.
+        """
         producer = self._producer
         if producer is None:
             raise TransientError(f"kafka {self._where}: producer is not open")
         failures: dict[int, TransientError | PermanentError] = {}
-        deliveries: list[tuple[int, str, asyncio.Future[Any]]] = []
+        try:
+            records = await self._records(producer, batch, failures)
+        except KafkaError as exc:  # metadata unavailable: nothing was handed over
+            raise self.classify(exc) from None
+        deliveries: list[tuple[list[int], str, asyncio.Future[Any]]] = []
         stalled: TransientError | None = None
-        for index, n in enumerate(batch):
-            if stalled is not None:  # the producer cannot take records: do not wait once per message
-                failures[index] = stalled
-                continue
-            body = n.encode(self.format)
-            key = message_key(n.payload, self.options.key_fields)
-            headers = message_headers(n, self.format)
-            for topic in self._topics[n.priority]:
-                try:
-                    future = await producer.send(topic, body, key=key, headers=headers)
-                except KafkaError as exc:
-                    error = self.classify(exc, topic)
-                    failures[index] = _worse(failures.get(index), error)
-                    if isinstance(error, TransientError):
-                        stalled = error
-                        break
+        for (topic, partition), builders in records.items():
+            for builder, indices in builders:
+                if stalled is None:
+                    try:
+                        builder.close()
+                        deliveries.append((indices, topic, await producer.send_batch(builder, topic, partition=partition)))
+                        continue
+                    except KafkaError as exc:
+                        error = self.classify(exc, topic)
+                        if isinstance(error, TransientError):
+                            stalled = error  # the producer cannot take records: do not wait once per batch
                 else:
-                    deliveries.append((index, topic, future))
-        for index, topic, future in deliveries:
+                    error = stalled
+                for index in indices:
+                    failures[index] = _worse(failures.get(index), error)
+        for indices, topic, future in deliveries:
             try:
                 await future
             except KafkaError as exc:
-                failures[index] = _worse(failures.get(index), self.classify(exc, topic))
+                error = self.classify(exc, topic)
+                for index in indices:
+                    failures[index] = _worse(failures.get(index), error)
         if not failures:
             return
         if len(failures) == len(batch) and all(isinstance(e, TransientError) for e in failures.values()):
@@ -329,6 +360,45 @@ class KafkaTransport(Transport):
             assert isinstance(first, TransientError)
             raise first
         raise BatchError(failures)
+
+    async def _records(self, producer: Any, batch: Sequence[Notification],
+                       failures: dict[int, TransientError | PermanentError]) -> dict[tuple[str, int], list[tuple[Any, list[int]]]]:
+        """The batch laid into record batches per (topic, partition), in order, each with the
+        indices of its notifications; a record over ``max_request_size`` is a failure of its own."""
+        fmt = self.format
+        key_fields = self.options.key_fields
+        max_size = self.options.producer["max_request_size"]
+        partitions: dict[str, list[int]] = {}
+        keyless: dict[str, int] = {}
+        records: dict[tuple[str, int], list[tuple[Any, list[int]]]] = {}
+        for index, n in enumerate(batch):
+            body = n.encode(fmt)
+            key = message_key(n.payload, key_fields)
+            headers = message_headers(n, fmt)
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, body, headers) > max_size:
+                failures[index] = PermanentError(
+                    f"kafka {self._where}: MessageSizeTooLargeError: the record is larger than max_request_size={max_size}")
+                continue
+            for topic in self._topics[n.priority]:
+                known = partitions.get(topic)
+                if known is None:
+                    known = partitions[topic] = sorted(await producer.partitions_for(topic))
+                if key is not None:
+                    partition = known[_key_hash(key) % len(known)]
+                else:  # no key: one partition for the whole call, so the records share a batch
+                    partition = keyless.get(topic, -1)
+                    if partition < 0:
+                        partition = keyless[topic] = random.choice(known)
+                slot = records.get((topic, partition))
+                if slot is None:
+                    slot = records[(topic, partition)] = [(producer.create_batch(), [])]
+                builder, indices = slot[-1]
+                if builder.append(key=key, value=body, timestamp=None, headers=headers) is None:  # full
+                    builder, indices = producer.create_batch(), []
+                    slot.append((builder, indices))
+                    builder.append(key=key, value=body, timestamp=None, headers=headers)
+                indices.append(index)
+        return records
 
     async def aclose(self) -> None:
         producer, self._producer = self._producer, None
