@@ -6,8 +6,9 @@ as the table of docs/performance.md. A missed goal keeps its ``cause`` (what the
 profile says the time goes to), so it stays visible with its explanation.
 
 The machine is shared and loaded: contenders run in interleaved rounds (each round runs
-every contender once, in an order that rotates) and each figure is the median of its
-rounds, so a noisy neighbour hurts every contender alike.
+every contender once, in an order that rotates); a rate is the median of its rounds, and
+a ratio is the median of the per-round ratios (notifykit and its anchor measured minutes
+apart at most, so slow drifts of the machine's load cancel out).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["OPS", "goal", "median", "rotated"]
+__all__ = ["OPS", "goal", "median", "paired_ratio", "rotated"]
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b,
@@ -25,6 +26,11 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def paired_ratio(ours: Sequence[float], anchor: Sequence[float]) -> float:
+    """Median of the per-round ratios ``ours[i] / anchor[i]`` (rates of the same rounds)."""
+    return median([a / b for a, b in zip(ours, anchor, strict=True)])
 
 
 def rotated(items: Sequence[Any], round_number: int) -> list[Any]:

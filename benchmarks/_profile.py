@@ -6,8 +6,9 @@ notification, start-up and imports cancelled out. Modes:
 
 * ``python benchmarks/_profile.py run N [URL]`` — N notifications through one Notifier
   (default ``memory://?keep=false``), nothing else: what the profilers watch;
-* ``python benchmarks/_profile.py callgrind [URL]`` — instructions per notification, and
-  the C functions with the largest self cost (callgrind_annotate);
+* ``python benchmarks/_profile.py callgrind [URL] [--save]`` — instructions per notification,
+  in all and by C function (callgrind_annotate's self cost); ``--save`` keeps the result in
+  ``benchmarks/results/_profile.json`` for docs/performance.md;
 * ``python benchmarks/_profile.py pyinstrument N [URL]`` — pyinstrument's call tree;
 * py-spy on any benchmark: ``py-spy record -r 500 -f raw -o out.txt -- python benchmarks/…``.
 
@@ -23,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,20 @@ async def run(n: int, url: str) -> None:
         assert stats.sent == n, stats
 
 
+def _self_costs(annotate: str) -> dict[str, int]:
+    """callgrind_annotate's self cost per C function, keyed by a short name."""
+    costs: dict[str, int] = {}
+    for line in annotate.splitlines():
+        match = re.match(r"^\s*([\d,]+) \([^)]*\)\s+(.*?)(?: \[.*\])?$", line)
+        if match and "PROGRAM TOTALS" not in line:
+            name = re.sub(r"^.*/Python-[\d.]+/", "", match.group(2))
+            costs[name] = costs.get(name, 0) + int(match.group(1).replace(",", ""))
+    return costs
+
+
 def callgrind(url: str, n1: int = 2_000, n2: int = 12_000) -> dict[str, Any]:
-    counts = {}
+    """Instructions per notification, in all and by C function (the difference of two runs)."""
+    counts, costs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (n1, n2):
             out = Path(tmp) / f"callgrind.{n}"
@@ -63,13 +77,14 @@ def callgrind(url: str, n1: int = 2_000, n2: int = 12_000) -> dict[str, Any]:
                             "run", str(n), url], check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
             text = out.read_text(errors="replace")
             counts[n] = int(re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
-        annotate = subprocess.run(["callgrind_annotate", str(Path(tmp) / f"callgrind.{n2}")],
-                                  check=True, capture_output=True, text=True).stdout
+            annotate = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)], check=True,
+                                      capture_output=True, text=True).stdout
+            costs[n] = _self_costs(annotate)
     per = (counts[n2] - counts[n1]) / (n2 - n1)
-    # Self cost by C function: the interpreter loop, the allocator, the JSON encoder, the GC, …
-    top = [re.sub(r"/tmp/python-build[^ ]*?/Python-[\d.]+/", "", line.strip())
-           for line in annotate.splitlines() if re.match(r"^\s*[\d,]+ \(", line)][:30]
-    return {"url": url, "instructions_per_notification": round(per), "runs": counts, "top_self": top}
+    by_function = {name: (costs[n2].get(name, 0) - costs[n1].get(name, 0)) / (n2 - n1) for name in costs[n2]}
+    top = sorted(by_function.items(), key=lambda item: -item[1])[:30]
+    return {"url": url, "instructions_per_notification": round(per), "runs": counts,
+            "per_notification_by_c_function": {name: round(v) for name, v in top}}
 
 
 def main(argv: list[str]) -> int:
@@ -77,7 +92,12 @@ def main(argv: list[str]) -> int:
     if mode == "run":
         anyio.run(run, int(argv[1]), argv[2] if len(argv) > 2 else DEFAULT_URL)
     elif mode == "callgrind":
-        print(json.dumps(callgrind(argv[1] if len(argv) > 1 else DEFAULT_URL), indent=2))
+        args = [a for a in argv[1:] if a != "--save"]
+        result = callgrind(args[0] if args else DEFAULT_URL)
+        result["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if "--save" in argv:  # run_all.py renders it on docs/performance.md
+            (ROOT / "benchmarks" / "results" / "_profile.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
     elif mode == "pyinstrument":
         from pyinstrument import Profiler
 

@@ -14,9 +14,10 @@ messages to a durable queue bound to a topic exchange, publisher confirms on:
   messagingv2), which does not wait for confirms.
 
 Each raw client serialises, per message, the same oslo envelope notifykit sends (same
-fields, same size), like a real oslo-compatible client. Several B are tried; the best
-median is the anchor. The pipelined clients and notifykit run ROUNDS interleaved rounds
-(the order rotates each round) and each figure is the median of its rounds. The slow
+fields, same size), like a real oslo-compatible client. Several B are tried; the one with
+the best median is the anchor. The pipelined clients and notifykit run ROUNDS interleaved
+rounds (the order rotates each round); a rate is the median of its rounds, a ratio the
+median of the per-round ratios. The slow
 one-message-at-a-time clients publish ``min(N, 5000)`` once (their rate does not depend on N).
 Usage: ``python benchmarks/amqp_throughput.py [N [ROUNDS]]`` (defaults 20000 and 5).
 """
@@ -37,7 +38,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from _goals import goal, median, rotated
+from _goals import goal, median, paired_ratio, rotated
 
 from notifykit import Notifier
 
@@ -118,9 +119,10 @@ async def teardown() -> None:
 
 
 async def bench_notifykit(dead_letters: Path) -> float:
-    url = f"{URL}?exchange={EXCHANGE}&topic={TOPIC}"
+    # block_timeout, close_timeout: on a loaded machine, waiting for room in the queue and draining the
+    # last of it may take longer than the defaults (the tight loop fills the queue and waits)
+    url = f"{URL}?exchange={EXCHANGE}&topic={TOPIC}&block_timeout=600"
     start = time.perf_counter()
-    # close_timeout: on a loaded machine, draining the last queue may take longer than the default 10 s
     async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters, close_timeout=600) as notifier:
         for i in range(N):
             await notifier.info(CTX, "backup.createprogress", {**PAYLOAD, "i": i})
@@ -236,6 +238,8 @@ def main() -> dict[str, Any]:
     best_aiormq = max((k for k in rates if k.startswith("raw_aiormq_pipelined")), key=rates.__getitem__)
     best_pika = max((k for k in rates if k.startswith("raw_aio_pika_pipelined")), key=rates.__getitem__)
     ours, oslo = rates["notifykit"], rates["oslo_messaging_notifier"]
+    vs_aiormq = paired_ratio(rounds["notifykit"], rounds[best_aiormq])
+    vs_pika = paired_ratio(rounds["notifykit"], rounds[best_pika])
     return {
         "benchmark": "amqp_throughput",
         "n": N,
@@ -247,13 +251,13 @@ def main() -> dict[str, Any]:
         "rounds_msgs_per_s": {k: [round(x) for x in v] for k, v in rounds.items()},
         "best_raw_aiormq": best_aiormq,
         "best_raw_aio_pika": best_pika,
-        "ratio_notifykit_vs_best_raw_aiormq": round(ours / rates[best_aiormq], 3),
-        "ratio_notifykit_vs_best_raw_aio_pika": round(ours / rates[best_pika], 3),
+        "ratio_notifykit_vs_best_raw_aiormq": round(vs_aiormq, 3),
+        "ratio_notifykit_vs_best_raw_aio_pika": round(vs_pika, 3),
         "ratio_notifykit_vs_oslo_messaging": round(ours / oslo, 3),
         "goals": [
-            goal("confirmed msgs/s vs the best pipelined raw aiormq loop", ours / rates[best_aiormq], ">=", 1.0,
+            goal("confirmed msgs/s vs the best pipelined raw aiormq loop", vs_aiormq, ">=", 1.0,
                  anchor=best_aiormq, cause=CAUSE_AIORMQ),
-            goal("confirmed msgs/s vs the best pipelined aio-pika loop", ours / rates[best_pika], ">=", 1.1,
+            goal("confirmed msgs/s vs the best pipelined aio-pika loop", vs_pika, ">=", 1.1,
                  anchor=best_pika, cause=CAUSE_AIO_PIKA),
             goal("msgs/s vs oslo.messaging's Notifier", ours / oslo, ">=", 2.0, anchor="oslo_messaging_notifier"),
         ],
