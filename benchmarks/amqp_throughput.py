@@ -19,7 +19,7 @@ the best median is the anchor. The pipelined clients and notifykit run ROUNDS in
 rounds (the order rotates each round); a rate is the median of its rounds, a ratio the
 median of the per-round ratios. The slow
 one-message-at-a-time clients publish ``min(N, 5000)`` once (their rate does not depend on N).
-Usage: ``python benchmarks/amqp_throughput.py [N [ROUNDS]]`` (defaults 20000 and 5).
+Usage: ``python benchmarks/amqp_throughput.py [N [ROUNDS]]`` (defaults 10000 and 5).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from _goals import goal, median, paired_ratio, rotated
 
 from notifykit import Notifier
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 N_SLOW = min(N, 5_000)
 BATCHES = (1000, 2500)

@@ -30,6 +30,17 @@ def test_message_ids_are_unique() -> None:
     assert len({make().message_id for _ in range(1000)}) == 1000
 
 
+def test_message_ids_are_rfc_4122_version_4_uuids() -> None:
+    import uuid
+
+    from notifykit._message import new_message_id
+
+    for _ in range(2000):  # several pools of random digits
+        text = new_message_id()
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
 @pytest.mark.parametrize("bad", ["", "backup..create", ".backup", "backup create", "backup.create.", 42, "a" * 256])
 def test_bad_event_type_is_one_clear_error(bad: object) -> None:
     with pytest.raises(InvalidNotificationError, match="event_type"):

@@ -397,3 +397,19 @@ async def test_close_right_after_start_with_a_stuck_transport_returns(dead_lette
         await n.info({}, "e.v", {})
         final = await n.aclose(timeout=0.05)  # the worker may not have started yet
     assert final["memory"].dead_lettered == 1
+
+
+async def test_delivery_overlaps_a_caller_that_never_yields(dead_letter_path: Path) -> None:
+    """With more than a batch queued, notify() gives the worker one turn per batch, so a
+    tight loop (room in the queue: notify() never waits) is delivered while it runs, not
+    only once it ends."""
+    async with Notifier.from_url("memory://?max_batch=10&queue_size=1000", publisher_id="p",
+                                 dead_letters=dead_letter_path) as n:
+        transport = memory(n)
+        delivered_while_looping = []
+        for i in range(100):
+            await n.info({}, "backup.createprogress", {"i": i})
+            delivered_while_looping.append(len(transport.messages))
+    assert delivered_while_looping[9] == 0  # up to a batch queued: no turn taken
+    assert delivered_while_looping[-1] >= 100 - 2 * 10
+    assert [m.payload["i"] for m in transport.messages] == list(range(100))

@@ -110,6 +110,20 @@ async def test_each_backup_keeps_its_order_on_one_partition(kafka_broker: Tansu,
     assert len({p for seen in by_backup.values() for p, _, _ in seen}) > 1  # the topic really was spread
 
 
+async def test_keyless_notifications_of_one_batch_share_a_partition(kafka_broker: Tansu, dead_letter_path: Path) -> None:
+    """No resource id to key on: the records of one send() go to one (random) partition,
+    so they travel as one record batch instead of one per partition."""
+    topic = unique_topic()
+    await create_topic(kafka_broker.bootstrap, f"{topic}.info", 4)
+    async with Notifier.from_url(url(kafka_broker, topic), publisher_id="p", dead_letters=dead_letter_path) as n:
+        for seq in range(20):  # one batch: the worker takes them together
+            await n.info({}, "service.heartbeat", {"seq": seq})
+    assert n.stats()["kafka"].sent == 20
+    records = await consume(kafka_broker.bootstrap, [f"{topic}.info"], 20)
+    assert len({r.partition for r in records}) == 1 and all(r.key is None for r in records)
+    assert [json.loads(r.value)["payload"]["seq"] for r in sorted(records, key=lambda r: r.offset)] == list(range(20))
+
+
 async def test_notifications_emitted_while_the_broker_is_down_arrive_after_restart(
     own_broker: Tansu, dead_letter_path: Path
 ) -> None:
