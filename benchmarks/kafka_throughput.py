@@ -205,10 +205,12 @@ async def via_aiokafka_batches(bootstrap: str, n: int) -> tuple[float, str]:
     return elapsed, topic
 
 
-#: What the profile says the remaining time goes to (shown on the page when the goal is missed).
-CAUSE = ("the transport alone is faster than the anchors (ratio_transport_alone); end to end, the caller's "
-         "notify() does the per-notification core work (Notification.create: validation, payload JSON, id, "
-         "timestamp; the queue hand-off) on the same core the producer's event loop needs")
+#: What the profile says the remaining time goes to (shown on the page when a goal is missed).
+CAUSE = ("the transport alone beats the anchors (ratio_transport_alone); end to end the caller's notify() "
+         "does the core's per-notification work (Notification.create: validation, payload JSON, id, "
+         "timestamp; the queue hand-off), which the anchors leave out, on the core the event loop needs")
+CAUSE_YIELDS = (CAUSE + "; a caller that yields every 100 wakes the worker with about 100 queued, so it "
+                "sends smaller record batches (more produce round trips per message) than the anchors' 500")
 
 
 async def main() -> None:
@@ -259,7 +261,7 @@ async def main() -> None:
             goal("acks=all msgs/s, tight caller loop, vs the best pipelined aiokafka loop", tight, ">=", 1.0,
                  anchor=best, cause=CAUSE),
             goal("acks=all msgs/s, caller yields every 100, vs the best pipelined aiokafka loop", yielding, ">=",
-                 1.0, anchor=best, cause=CAUSE),
+                 1.0, anchor=best, cause=CAUSE_YIELDS),
         ],
         "python": platform.python_version(),
     }, indent=2))
