@@ -8,7 +8,7 @@ Notifications go through any ``notifykit.SupportsNotify``.
 """
 
 from ._catalog import GIB, SCHEMA_VERSION, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, SQLiteCatalog, size_in_gib
-from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
+from ._chunked import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._compression import COMPRESSIONS, Compressor, get_compressor
 from ._config import BackupConfig
 from ._driver import BackupDriver, BackupResult, ObjectCallback
@@ -42,6 +42,7 @@ from ._stores import StoreFactory, StoreSettings, installed_stores, store_from_u
 from ._swift import SwiftObjectStore, SwiftOptions
 
 __all__ = [
+    "BLOCK_SIZE",
     "COMPRESSIONS",
     "DEFAULT_CHUNK_SIZE",
     "GIB",

@@ -2,13 +2,18 @@
 
 The shape of Cinder's ChunkedBackupDriver on an ObjectStore, as an asyncio pipeline:
 
-    reader ──(bounded stream)──► N compress+sha256 workers ──(bounded stream)──► M writers
+    reader ──(bounded stream)──► N pack workers ──(bounded stream)──► M writers
 
 Reads, hashing/compression and object writes all run in worker threads (zlib, zstd and
 hashlib release the GIL), so several cores work at once while the event loop only moves
 chunk references. The streams are bounded, so memory stays at a few chunks per worker.
-A metadata object, written last, lists every chunk with its sha256, sizes and compression;
-restore checks all of it.
+
+Every backup also stores, beside its metadata, the sha256 of each block of the volume
+(Cinder's ``_sha256file``, blocks of ``backup_sha_block_size_bytes`` = 32 KiB). An
+incremental backup compares each block with its parent's list and stores only the runs of
+changed blocks; restore walks the chain from the full backup, takes each block from the
+newest backup that holds it, and checks every block against the newest list. The
+metadata object, written last, lists every object with its place, sizes and compression.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -32,8 +38,8 @@ from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectN
 from ._objectstore import ObjectStore
 from ._volume import open_restore_target, open_volume, read_exactly, volume_size
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL", "METADATA_VERSION",
-           "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "check_pipeline"]
+__all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
+           "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for", "check_pipeline"]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 4096
@@ -44,25 +50,19 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MAX_PARALLEL = 64
 # Objects being written at once: enough to overlap one store round-trip with the next.
 DEFAULT_UPLOADS = 2
-METADATA_VERSION = 1
+# Cinder's backup_sha_block_size_bytes: the unit an incremental backup compares and stores.
+BLOCK_SIZE = 32 * 1024
+DIGEST_SIZE = 32
+# 1: one sha256 per chunk, no block list (read only). 2: the block list, increments.
+METADATA_VERSION = 2
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
+_ENTRY_KEYS = ("name", "offset", "length", "stored_length", "compression")
 
 
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    index: int
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Packed:
-    index: int
-    offset: int
-    length: int
-    sha256: str
-    compression: str
-    stored: bytes
+def block_size_for(chunk_size: int) -> int:
+    """32 KiB when chunks are a multiple of it, else one block per chunk: blocks never
+    straddle chunks, so each chunk is compared and stored on its own."""
+    return BLOCK_SIZE if chunk_size % BLOCK_SIZE == 0 else chunk_size
 
 
 def check_pipeline(chunk_size: int, workers: int | None, uploads: int | None) -> None:
@@ -73,6 +73,42 @@ def check_pipeline(chunk_size: int, workers: int | None, uploads: int | None) ->
     for key, value in (("workers", workers), ("uploads", uploads)):
         if value is not None and not 1 <= value <= MAX_PARALLEL:
             raise BackupConfigError(f"{key} must be 1 to {MAX_PARALLEL}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    index: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """One object to store: a whole chunk, or (in an increment) a run of changed blocks."""
+
+    name: str
+    offset: int
+    length: int
+    compression: str
+    stored: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    index: int
+    length: int
+    digests: bytes
+    pieces: tuple[_Piece, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """One backup of a chain, as restore reads it: its objects, block list and geometry."""
+
+    record: BackupRecord
+    meta: dict[str, Any]
+    objects: list[dict[str, Any]]
+    digests: bytes | None  # None: a version 1 backup (a sha256 per chunk instead)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -94,8 +130,15 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
+def block_digests(data: bytes, block_size: int) -> bytes:
+    """The sha256 of each ``block_size`` block of ``data``, concatenated (worker thread)."""
+    view = memoryview(data)
+    sha = hashlib.sha256
+    return b"".join([sha(view[i:i + block_size]).digest() for i in range(0, len(view), block_size)])
+
+
 class ChunkedBackupDriver(BackupDriver):
-    """Chunked, compressed, checksummed backups on any ObjectStore."""
+    """Chunked, compressed, checksummed, optionally incremental backups on any ObjectStore."""
 
     def __init__(self, store: ObjectStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compression: str = "zstd",
                  compression_level: int | None = None, workers: int | None = None,
@@ -138,8 +181,17 @@ class ChunkedBackupDriver(BackupDriver):
         return f"{prefix}-{index:05d}"
 
     @staticmethod
+    def piece_name(prefix: str, index: int, block: int) -> str:
+        """An increment's run of changed blocks: chunk ``index``, from its block ``block``."""
+        return f"{prefix}-{index:05d}-{block:04d}"
+
+    @staticmethod
     def metadata_name(prefix: str) -> str:
         return f"{prefix}_metadata"
+
+    @staticmethod
+    def sha256file_name(prefix: str) -> str:
+        return f"{prefix}_sha256file"
 
     def expected_objects(self, size_bytes: int) -> int:
         return math.ceil(size_bytes / self.chunk_size)
@@ -149,31 +201,73 @@ class ChunkedBackupDriver(BackupDriver):
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         return await anyio.to_thread.run_sync(volume_size, volume_path)
 
-    def _pack(self, raw: _Raw) -> _Packed:
-        """CPU work for one chunk (runs in a worker thread)."""
-        digest = hashlib.sha256(raw.data).hexdigest()
-        stored = self.compressor.compress(raw.data)
-        compression = self.compressor.name
-        if len(stored) >= len(raw.data):  # incompressible: keep it raw, restore gets cheaper
-            stored, compression = raw.data, "none"
-        return _Packed(raw.index, raw.offset, len(raw.data), digest, compression, stored)
+    def _stored(self, data: bytes | memoryview) -> tuple[str, bytes]:
+        stored = self.compressor.compress(data)
+        if len(stored) >= len(data):  # incompressible: keep it raw, restore gets cheaper
+            return "none", data if isinstance(data, bytes) else bytes(data)
+        return self.compressor.name, stored
 
-    async def backup(self, record: BackupRecord, on_object: ObjectCallback) -> BackupResult:
+    def _pack(self, raw: _Raw, prefix: str, block_size: int, parent: bytes | None) -> _Packed:
+        """CPU work for one chunk (worker thread): block digests, then the whole chunk (full
+        backup) or each run of blocks that differ from the parent's (increment), compressed."""
+        digests = block_digests(raw.data, block_size)
+        view = memoryview(raw.data)
+        if parent is None:
+            compression, stored = self._stored(raw.data)
+            return _Packed(raw.index, len(view), digests,
+                           (_Piece(self.object_name(prefix, raw.index), raw.offset, len(view), compression, stored),))
+        first = raw.offset // block_size
+        nblocks = len(digests) // DIGEST_SIZE
+        pieces: list[_Piece] = []
+        start: int | None = None
+        for i in range(nblocks + 1):
+            k = (first + i) * DIGEST_SIZE
+            changed = i < nblocks and parent[k:k + DIGEST_SIZE] != digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+            if changed and start is None:
+                start = i
+            elif not changed and start is not None:
+                data = view[start * block_size:i * block_size]
+                compression, stored = self._stored(data)
+                pieces.append(_Piece(self.piece_name(prefix, raw.index, start), raw.offset + start * block_size,
+                                     len(data), compression, stored))
+                start = None
+        return _Packed(raw.index, len(view), digests, tuple(pieces))
+
+    async def _parent_geometry(self, parent: BackupRecord) -> tuple[int, int, bytes]:
+        """(chunk_size, block_size, block digests) of the backup an increment is based on."""
+        layer = await self._layer(parent)
+        if layer.digests is None:
+            raise BackupError(f"backup {parent.id} was made before incremental backups existed (it has no block"
+                              " list): make a full backup first")
+        return int(layer.meta["chunk_size"]), int(layer.meta["block_size"]), layer.digests
+
+    async def backup(self, record: BackupRecord, on_object: ObjectCallback,
+                     parent: BackupRecord | None = None) -> BackupResult:
         container, prefix = self.container_for(record), self.prefix_for(record)
+        chunk_size, block_size, parent_digests = self.chunk_size, block_size_for(self.chunk_size), None
+        if parent is not None:  # an increment keeps its parent's geometry, so blocks line up
+            chunk_size, block_size, parent_digests = await self._parent_geometry(parent)
         fh, size = await anyio.to_thread.run_sync(open_volume, record.volume_path)
         try:
             await self.store.create_container(container)
-            entries = await self._run_backup_pipeline(fh, size, record.volume_path, container, prefix, on_object)
+            entries, digests = await self._run_backup_pipeline(
+                fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests)
         finally:
             await anyio.to_thread.run_sync(fh.close)
+        sha_name = self.sha256file_name(prefix)
+        await self.store.put_object(container, sha_name, digests)
         metadata = {
             "version": METADATA_VERSION,
             "backup_id": record.id,
             "volume_id": record.volume_id,
             "created_at": record.created_at.isoformat(),
-            "chunk_size": self.chunk_size,
+            "parent_id": parent.id if parent is not None else None,
+            "chunk_size": chunk_size,
+            "block_size": block_size,
             "compression": self.compressor.name,
             "volume_size": size,
+            "sha256file": {"name": sha_name, "blocks": len(digests) // DIGEST_SIZE,
+                           "sha256": await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest())},
             "objects": entries,
         }
         encoded = await anyio.to_thread.run_sync(lambda: json.dumps(metadata, indent=1).encode())
@@ -183,33 +277,33 @@ class ChunkedBackupDriver(BackupDriver):
                             object_count=len(entries), stored_bytes=sum(e["stored_length"] for e in entries))
 
     async def _run_backup_pipeline(self, fh: BinaryIO, size: int, where: str, container: str, prefix: str,
-                                   on_object: ObjectCallback) -> list[dict[str, Any]]:
-        entries: dict[int, dict[str, Any]] = {}
-        count = self.expected_objects(size)
+                                   on_object: ObjectCallback, chunk_size: int, block_size: int,
+                                   parent: bytes | None) -> tuple[list[dict[str, Any]], bytes]:
+        entries: list[dict[str, Any]] = []
+        digests: dict[int, bytes] = {}
+        count = math.ceil(size / chunk_size)
 
         async def read(out: MemoryObjectSendStream[_Raw]) -> None:
             async with out:
                 for index in range(count):
-                    offset = index * self.chunk_size
-                    length = min(self.chunk_size, size - offset)
+                    offset = index * chunk_size
+                    length = min(chunk_size, size - offset)
                     data = await anyio.to_thread.run_sync(read_exactly, fh, length, where, offset)
                     await out.send(_Raw(index, offset, data))
 
         async def pack(inp: MemoryObjectReceiveStream[_Raw], out: MemoryObjectSendStream[_Packed]) -> None:
             async with inp, out:
                 async for raw in inp:
-                    await out.send(await anyio.to_thread.run_sync(self._pack, raw))
+                    await out.send(await anyio.to_thread.run_sync(self._pack, raw, prefix, block_size, parent))
 
         async def write(inp: MemoryObjectReceiveStream[_Packed]) -> None:
             async with inp:
                 async for packed in inp:
-                    name = self.object_name(prefix, packed.index)
-                    await self.store.put_object(container, name, packed.stored)
-                    entries[packed.index] = {
-                        "name": name, "offset": packed.offset, "length": packed.length,
-                        "stored_length": len(packed.stored), "sha256": packed.sha256,
-                        "compression": packed.compression,
-                    }
+                    for piece in packed.pieces:
+                        await self.store.put_object(container, piece.name, piece.stored)
+                        entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
+                                        "stored_length": len(piece.stored), "compression": piece.compression})
+                    digests[packed.index] = packed.digests
                     await on_object(packed.length)
 
         raw_send, raw_recv = anyio.create_memory_object_stream[_Raw](self.workers)
@@ -226,44 +320,65 @@ class ChunkedBackupDriver(BackupDriver):
                 packed_recv.close()
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        return [entries[i] for i in range(count)]
+        entries.sort(key=lambda e: int(e["offset"]))
+        return entries, b"".join(digests[i] for i in range(count))
 
-    # -- restore -----------------------------------------------------------------------
+    # -- reading a backup's metadata ---------------------------------------------------
 
-    async def _metadata(self, record: BackupRecord) -> dict[str, Any]:
+    async def _get(self, record: BackupRecord, name: str, what: str) -> bytes:
+        assert record.container is not None
+        try:
+            return await self.store.get_object(record.container, name)
+        except ObjectNotFoundError:
+            raise CorruptBackupError(
+                f"{what} object {record.container}/{name} is missing: the backup is incomplete or damaged"
+            ) from None
+
+    async def _layer(self, record: BackupRecord) -> _Layer:
+        """A backup's metadata and block list, every field and size checked."""
         if not record.container or not record.service_metadata:
             raise CorruptBackupError(f"backup {record.id} has no objects recorded (it never completed)")
         name = self.metadata_name(record.service_metadata)
-        try:
-            raw = await self.store.get_object(record.container, name)
-        except ObjectNotFoundError:
-            raise CorruptBackupError(
-                f"metadata object {record.container}/{name} is missing: the backup is incomplete or damaged"
-            ) from None
+        where = f"metadata object {record.container}/{name}"
+        raw = await self._get(record, name, "metadata")
         try:
             meta = await anyio.to_thread.run_sync(json.loads, raw)
-            objects = meta["objects"]
+            version = int(meta.get("version", 1))
             size = int(meta["volume_size"])
-            checked = [(str(o["name"]), int(o["offset"]), int(o["length"]), int(o["stored_length"]),
-                        str(o["sha256"]), str(o["compression"])) for o in objects]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptBackupError(f"metadata object {record.container}/{name} is unreadable: {exc!r}") from None
-        expected = 0
-        for entry in checked:
-            if entry[1] != expected:
-                raise CorruptBackupError(f"metadata object {record.container}/{name}: chunk {entry[0]} is out of place")
-            expected += entry[2]
-        if expected != size or size != record.size_bytes:
-            raise CorruptBackupError(
-                f"metadata object {record.container}/{name}: chunks cover {expected} bytes, metadata says {size},"
-                f" catalog says {record.size_bytes}"
-            )
-        meta["objects"] = [dict(zip(("name", "offset", "length", "stored_length", "sha256", "compression"), e,
-                                    strict=True), index=i) for i, e in enumerate(checked)]
-        return dict(meta)
+            objects = [{key: (str if key in ("name", "compression") else int)(o[key]) for key in _ENTRY_KEYS}
+                       | ({"sha256": str(o["sha256"])} if version == 1 else {}) for o in meta["objects"]]
+            if version >= 2:
+                block_size = int(meta["block_size"])
+                sha_info = meta["sha256file"]
+                sha_name, blocks, sha_hex = str(sha_info["name"]), int(sha_info["blocks"]), str(sha_info["sha256"])
+                parent_id = meta.get("parent_id")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptBackupError(f"{where} is unreadable: {exc!r}") from None
+        if version not in (1, METADATA_VERSION):
+            raise CorruptBackupError(f"{where} has version {version}; this notifykit reads versions 1 and 2")
+        if size != record.size_bytes:
+            raise CorruptBackupError(f"{where}: metadata says {size} bytes, catalog says {record.size_bytes}")
+        for i, entry in enumerate(objects):
+            entry["index"] = i
+        digests: bytes | None = None
+        if version == 1:
+            _check_coverage(objects, size, where, contiguous=True, block_size=1)
+        else:
+            if parent_id != record.parent_id:
+                raise CorruptBackupError(f"{where}: parent {parent_id!r}, catalog says {record.parent_id!r}")
+            if block_size < 1 or blocks != math.ceil(size / block_size):
+                raise CorruptBackupError(f"{where}: {blocks} blocks of {block_size} bytes cannot hold {size} bytes")
+            _check_coverage(objects, size, where, contiguous=record.parent_id is None, block_size=block_size)
+            digests = await self._get(record, sha_name, "block list")
+            if len(digests) != blocks * DIGEST_SIZE or \
+                    await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest()) != sha_hex:
+                raise CorruptBackupError(f"block list {record.container}/{sha_name} does not match its metadata")
+        return _Layer(record, dict(meta), objects, digests)
+
+    # -- restore -----------------------------------------------------------------------
 
     def _unpack(self, container: str, entry: dict[str, Any], stored: bytes) -> bytes:
-        """Verify one object against its metadata and return its raw bytes (worker thread)."""
+        """One object's raw bytes, its sizes checked (worker thread)."""
         where = f"object {container}/{entry['name']}"
         if len(stored) != entry["stored_length"]:
             raise CorruptBackupError(f"{where} is {len(stored)} bytes, metadata says {entry['stored_length']}")
@@ -278,49 +393,131 @@ class ChunkedBackupDriver(BackupDriver):
                 raise CorruptBackupError(f"{where} is corrupt: {exc}") from None
         if len(data) != entry["length"]:
             raise CorruptBackupError(f"{where} holds {len(data)} bytes, metadata says {entry['length']}")
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CorruptBackupError(f"{where} is corrupt: sha256 does not match the metadata")
         return data
 
+    @staticmethod
+    def _verify_blocks(where: str, data: bytes, start: int, stop: int, offset: int, block_size: int,
+                       digests: bytes) -> None:
+        """Check bytes ``start:stop`` of an object at volume ``offset`` block by block
+        against the newest backup's block list (worker thread)."""
+        view = memoryview(data)
+        sha = hashlib.sha256
+        first = (offset + start) // block_size
+        for n, i in enumerate(range(start, stop, block_size)):
+            k = (first + n) * DIGEST_SIZE
+            if sha(view[i:min(i + block_size, stop)]).digest() != digests[k:k + DIGEST_SIZE]:
+                raise CorruptBackupError(f"{where} is corrupt: block {first + n} (volume offset"
+                                         f" {offset + i}) does not match the block list")
+
+    async def _chain(self, record: BackupRecord, parents: Sequence[BackupRecord]) -> list[_Layer]:
+        layers = [await self._layer(r) for r in (*parents, record)]
+        for child, parent in zip(layers[1:], layers, strict=False):
+            if child.record.parent_id != parent.record.id:
+                raise BackupError(f"backup {child.record.id}: its parent is {child.record.parent_id},"
+                                  f" not {parent.record.id}")
+            if child.digests is None or parent.digests is None or \
+                    (child.meta["chunk_size"], child.meta["block_size"]) != \
+                    (parent.meta["chunk_size"], parent.meta["block_size"]):
+                raise CorruptBackupError(f"backup {child.record.id} does not line up with its parent"
+                                         f" {parent.record.id} (chunk or block size differs)")
+        if layers[0].record.parent_id is not None:
+            raise BackupError(f"backup {layers[0].record.id} is incremental: restore needs its parent")
+        return layers
+
+    @staticmethod
+    def _plan(layers: list[_Layer]) -> list[tuple[_Layer, dict[str, Any], list[tuple[int, int]]]]:
+        """Which object gives each block: the newest backup holding it. Returns, per object
+        that gives any, the byte ranges (within the object) to write."""
+        newest = layers[-1]
+        size = int(newest.meta["volume_size"])
+        block_size = int(newest.meta.get("block_size", size or 1))
+        if len(layers) == 1:  # a full backup: every object, whole
+            return [(newest, entry, [(0, entry["length"])]) for entry in newest.objects]
+        nblocks = math.ceil(size / block_size)
+        owner = [-1] * nblocks
+        for n, layer in enumerate(layers):
+            for entry in layer.objects:
+                first = entry["offset"] // block_size
+                last = min(nblocks, math.ceil((entry["offset"] + entry["length"]) / block_size))
+                owner[first:last] = [n] * max(0, last - first)
+        if -1 in owner:
+            block = owner.index(-1)
+            raise CorruptBackupError(f"backup {newest.record.id}: no backup in its chain holds block {block}")
+        plan = []
+        for n, layer in enumerate(layers):
+            for entry in layer.objects:
+                first = entry["offset"] // block_size
+                ranges: list[tuple[int, int]] = []
+                for k in range(first, min(nblocks, math.ceil((entry["offset"] + entry["length"]) / block_size))):
+                    if owner[k] != n:
+                        continue
+                    start = k * block_size - entry["offset"]
+                    stop = min(start + block_size, size - entry["offset"], entry["length"])
+                    if ranges and ranges[-1][1] == start:
+                        ranges[-1] = (ranges[-1][0], stop)
+                    else:
+                        ranges.append((start, stop))
+                if ranges:
+                    plan.append((layer, entry, ranges))
+        return plan
+
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
-                      *, overwrite: bool = False) -> int:
-        meta = await self._metadata(record)
-        container = record.container
-        assert container is not None
+                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = ()) -> int:
+        layers = await self._chain(record, parents)
+        plan = self._plan(layers)
+        newest = layers[-1]
+        size = int(newest.meta["volume_size"])
+        block_size = int(newest.meta.get("block_size", 1))
         fh, path, in_place = await anyio.to_thread.run_sync(
             lambda: open_restore_target(target, overwrite=overwrite))
         written = 0
         try:
             fd = fh.fileno()
 
-            async def restore_one(entries: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+            def place(layer: _Layer, entry: dict[str, Any], ranges: list[tuple[int, int]], stored: bytes) -> int:
+                container = str(layer.record.container)
+                data = self._unpack(container, entry, stored)
+                done = 0
+                for start, stop in ranges:
+                    if newest.digests is not None:
+                        self._verify_blocks(f"object {container}/{entry['name']}", data, start, stop,
+                                            entry["offset"], block_size, newest.digests)
+                    _pwrite_all(fd, memoryview(data)[start:stop], entry["offset"] + start, path)
+                    done += stop - start
+                return done
+
+            async def restore_one(items: MemoryObjectReceiveStream[
+                    tuple[_Layer, dict[str, Any], list[tuple[int, int]]]]) -> None:
                 nonlocal written
-                async with entries:
-                    async for entry in entries:
+                async with items:
+                    async for layer, entry, ranges in items:
+                        container = str(layer.record.container)
                         try:
                             stored = await self.store.get_object(container, entry["name"])
                         except ObjectNotFoundError:
                             raise CorruptBackupError(
-                                f"object {container}/{entry['name']} (chunk {entry['index']}) is missing from the object store"
-                            ) from None
-                        data = await anyio.to_thread.run_sync(self._unpack, container, entry, stored)
-                        await anyio.to_thread.run_sync(_pwrite_all, fd, data, entry["offset"], path)
-                        written += len(data)
-                        await on_object(len(data))
+                                f"object {container}/{entry['name']} (object {entry['index']}) is missing from the"
+                                " object store") from None
+                        done = await anyio.to_thread.run_sync(place, layer, entry, ranges, stored)
+                        written += done
+                        await on_object(done)
 
-            send, receive = anyio.create_memory_object_stream[dict[str, Any]](self.workers)
+            send, receive = anyio.create_memory_object_stream[
+                tuple[_Layer, dict[str, Any], list[tuple[int, int]]]](self.workers)
             try:
                 async with anyio.create_task_group() as tg:
                     for _ in range(self.workers):
                         tg.start_soon(restore_one, receive.clone())
                     receive.close()
                     async with send:
-                        for entry in meta["objects"]:
-                            await send.send(entry)
+                        for item in plan:
+                            await send.send(item)
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
-            if written != meta["volume_size"]:
-                raise CorruptBackupError(f"restored {written} bytes, the backup holds {meta['volume_size']}")
+            if written != size:
+                raise CorruptBackupError(f"restored {written} bytes, the backup holds {size}")
             await anyio.to_thread.run_sync(_finish_target, fh, path, target, in_place, written)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -347,7 +544,21 @@ class ChunkedBackupDriver(BackupDriver):
             pass
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int, path: os.PathLike[str]) -> None:
+def _check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, contiguous: bool,
+                    block_size: int) -> None:
+    """Objects in offset order, not overlapping, inside the volume, on block boundaries; a
+    full backup's cover it exactly."""
+    expected = 0
+    for entry in objects:
+        offset, length = entry["offset"], entry["length"]
+        if length <= 0 or offset < expected or (contiguous and offset != expected) or offset % block_size:
+            raise CorruptBackupError(f"{where}: object {entry['name']} is out of place")
+        expected = offset + length
+    if expected > size or (contiguous and expected != size):
+        raise CorruptBackupError(f"{where}: objects cover {expected} bytes, the volume is {size}")
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: os.PathLike[str]) -> None:
     view = memoryview(data)
     try:
         while view:

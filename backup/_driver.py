@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ._catalog import BackupRecord
@@ -50,13 +50,16 @@ class BackupDriver(ABC):
         """The volume's size in bytes; VolumeError if it cannot be read."""
 
     @abstractmethod
-    async def backup(self, record: BackupRecord, on_object: ObjectCallback) -> BackupResult:
-        """Copy the volume at ``record.volume_path`` into the store."""
+    async def backup(self, record: BackupRecord, on_object: ObjectCallback,
+                     parent: BackupRecord | None = None) -> BackupResult:
+        """Copy the volume at ``record.volume_path`` into the store; with ``parent``, only
+        what changed since that backup (an incremental backup)."""
 
     @abstractmethod
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
-                      *, overwrite: bool = False) -> int:
-        """Write the backup to ``target``, verifying every object; returns the bytes written."""
+                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = ()) -> int:
+        """Write the backup to ``target``, verifying every block; returns the bytes written.
+        An incremental backup needs ``parents``: its chain, the full backup first."""
 
     @abstractmethod
     async def delete(self, record: BackupRecord) -> None:

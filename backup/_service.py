@@ -189,13 +189,18 @@ class BackupService:
         volume_id: str | None = None,
         ctx: ContextLike = None,
         on_progress: ProgressObserver | None = None,
+        incremental: bool = False,
     ) -> BackupRecord:
         """Back up a file or block device; returns the ``available`` record.
 
-        ``volume_id`` defaults to a stable id derived from the volume's real path.
+        ``volume_id`` defaults to a stable id derived from the volume's real path. With
+        ``incremental``, the latest available backup of the same volume in this store is the
+        parent and only the blocks changed since it are stored (BackupError if there is none).
         """
         path = await anyio.to_thread.run_sync(os.path.realpath, volume_path)
         context = self._context(ctx)
+        volume_id = volume_id or _volume_id_for(self.host, path)
+        parent = await self._latest_backup(volume_id) if incremental else None
         try:
             size = await self.driver.volume_size(path)
         except BackupError:
@@ -209,7 +214,7 @@ class BackupService:
             availability_zone=self.availability_zone,
             host=self.host,
             display_name=name,
-            volume_id=volume_id or _volume_id_for(self.host, path),
+            volume_id=volume_id,
             volume_path=path,
             service=self.driver.service,
             size_bytes=size,
@@ -218,12 +223,13 @@ class BackupService:
             worker_host=self.host,
             worker_pid=pid,
             worker_token=token,
+            parent_id=parent.id if parent is not None else None,
         ))
         await self._emit(context, "backup.create.start", usage_from_backup(record))
         try:
             record = await self._run_with_progress(
                 context, "create", record, size, on_progress,
-                lambda on_object: self.driver.backup(record, on_object))
+                lambda on_object: self.driver.backup(record, on_object, parent))
         except BaseException as exc:
             await self._guarded(context, "create", record, exc)
             raise
@@ -243,9 +249,11 @@ class BackupService:
         record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING,
                                    restore_target=os.fspath(target))
         try:
+            parents = await self._parents(record)
             record = await self._run_with_progress(
                 context, "restore", record, record.size_bytes, on_progress,
-                lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite))
+                lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite,
+                                                      parents=parents))
         except BaseException as exc:
             await self._guarded(context, "restore", record, exc)
             raise
@@ -298,6 +306,31 @@ class BackupService:
         return await self.catalog.get(backup_id)
 
     # -- helpers -----------------------------------------------------------------------
+
+    async def _latest_backup(self, volume_id: str) -> BackupRecord:
+        """The newest available backup of ``volume_id`` in this service's store: the parent
+        of an incremental backup, as Cinder picks it."""
+        identity = self.driver.store_identity
+        candidates = [r for r in await self.catalog.list(volume_id=volume_id)
+                      if r.status is BackupStatus.AVAILABLE and (r.store_kind, r.store_location) == identity]
+        if not candidates:
+            raise BackupError(f"no available backup of volume {volume_id} in the {identity[0]} store {identity[1]!r}"
+                              " to base an incremental backup on: make a full backup first")
+        return max(candidates, key=lambda r: (r.created_at, r.id))
+
+    async def _parents(self, record: BackupRecord) -> builtins.list[BackupRecord]:
+        """The chain an incremental backup restores from: its full backup first."""
+        chain: builtins.list[BackupRecord] = []
+        seen = {record.id}
+        current = record
+        while current.parent_id is not None:
+            if current.parent_id in seen:
+                raise BackupError(f"backup {record.id}: its chain of parents loops at {current.parent_id}")
+            current = await self.catalog.get(current.parent_id)
+            self.check_store(current)
+            seen.add(current.id)
+            chain.append(current)
+        return chain[::-1]
 
     def check_store(self, record: BackupRecord) -> None:
         """WrongStoreError unless this service's store is the one the backup was made in."""

@@ -158,7 +158,7 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
         if args.command == "create":
             display = ProgressDisplay("create", err)
             record = await service.create_backup(args.path, name=args.name, volume_id=args.volume_id,
-                                                 on_progress=display)
+                                                 on_progress=display, incremental=args.incremental)
             display.finish()
             if args.json:
                 _print_record(record, out, as_json=True)
@@ -308,6 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="display name")
     c.add_argument("--volume-id", help="volume id to record (default: derived from the path)")
     c.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    c.add_argument("--incremental", action="store_true",
+                   help="store only the blocks changed since the volume's latest available backup")
     r = sub.add_parser("restore", parents=[common], help="restore a backup to a new file (or --overwrite)")
     r.add_argument("id")
     r.add_argument("target")

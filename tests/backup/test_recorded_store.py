@@ -23,7 +23,7 @@ def test_delete_or_restore_with_another_store_is_refused(settings: Path,  # noqa
     assert main(["create", str(volume), "--store", str(store_a), *common]) == 0
     backup_id = capsys.readouterr().out.strip()
     objects = sorted(p.name for p in (store_a / f"backup_{backup_id}").iterdir())
-    assert len(objects) == 4  # three chunks and the metadata
+    assert len(objects) == 5  # three chunks, the block list and the metadata
 
     assert main(["delete", backup_id, "--store", str(store_b), *common]) == 1
     out, err = capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, si
         assert record.container is not None and record.service_metadata is not None
         container = tmp_path / "store" / record.container
         metadata = json.loads((container / f"{record.service_metadata}_metadata").read_bytes())
+        digests = (container / f"{record.service_metadata}_sha256file").read_bytes()
         restored = await env.service.restore_backup(record.id, tmp_path / "restored.img")
         same = (tmp_path / "restored.img").read_bytes() == volume.read_bytes()
         await env.service.delete_backup(record.id)
@@ -37,7 +39,10 @@ async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, si
     assert metadata["volume_size"] == size and metadata["compression"] == compression
     assert [o["length"] for o in metadata["objects"]] == [min(CHUNK, size - i * CHUNK)
                                                          for i in range(record.object_count)]
-    assert all(len(o["sha256"]) == 64 for o in metadata["objects"])
+    # Beside the metadata, the sha256 of every block of the volume (one block per 4 KiB chunk here).
+    data = volume.read_bytes()
+    assert metadata["block_size"] == CHUNK and metadata["sha256file"]["blocks"] == math.ceil(size / CHUNK)
+    assert digests == b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, size, CHUNK))
     assert gone
     progress = [n.payload["percentage"] for n in env.memory.messages if n.event_type == "backup.createprogress"]
     assert progress == sorted(progress) and progress[-1] == 100.0

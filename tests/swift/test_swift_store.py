@@ -40,7 +40,7 @@ async def test_create_restore_delete_round_trip(tmp_path: Path, swift_aio: Any, 
     assert record.status is BackupStatus.AVAILABLE and record.service == "backup.drivers.swift"
     assert record.container == f"backup_{record.id}" and record.object_count == 11
     assert names == sorted([f"{record.service_metadata}-{i:05d}" for i in range(11)]
-                           + [f"{record.service_metadata}_metadata"])
+                           + [f"{record.service_metadata}_metadata", f"{record.service_metadata}_sha256file"])
     # each chunk carries its MD5 as ETag and the sha256 of its stored bytes as metadata
     assert chunk.headers["ETag"].strip('"') == hashlib.md5(chunk.content).hexdigest()
     assert chunk.headers["X-Object-Meta-Sha256"] == hashlib.sha256(chunk.content).hexdigest()
@@ -60,10 +60,10 @@ async def test_shared_container_keeps_each_backup_under_its_prefix(tmp_path: Pat
         await env.service.restore_backup(first.id, tmp_path / "a.restored")
         await env.service.delete_backup(first.id)
         left = await api.listing("backups-shared")
-    assert both is not None and len(both) == (3 + 1) + (2 + 1)
+    assert both is not None and len(both) == (3 + 2) + (2 + 2)  # chunks, block list, metadata
     assert all(n.startswith((f"backup_{first.id}/", f"backup_{second.id}/")) for n in both)
     assert (tmp_path / "a.restored").read_bytes() == (tmp_path / "a.img").read_bytes()
-    assert left is not None and len(left) == 3 and all(n.startswith(f"backup_{second.id}/") for n in left)
+    assert left is not None and len(left) == 4 and all(n.startswith(f"backup_{second.id}/") for n in left)
 
 
 async def test_progress_is_throttled_by_object_count_exactly_as_on_posix(tmp_path: Path,
