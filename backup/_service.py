@@ -18,6 +18,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -28,7 +29,7 @@ from notifykit.testing import Clock, EventLoopClock
 
 from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
 from ._driver import BackupDriver, ObjectCallback
-from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError
+from ._errors import BackupConfigError, BackupError, BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError
 from ._liveness import current_process, process_alive
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup, utf8_payload
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
@@ -296,6 +297,23 @@ class BackupService:
                     f"interrupted: the process running this {op} stopped before it finished"), expect=record):
                 recovered.append(await self.catalog.get(record.id))
         return recovered
+
+    async def audit(self, start: datetime, end: datetime, *, ctx: ContextLike = None) -> builtins.list[BackupRecord]:
+        """Cinder's usage audit: one ``backup.exists`` (info) for each backup of the catalog
+        that existed at some time in [start, end) (created before ``end``, not deleted by
+        ``start``, so one deleted during the period is reported too), its payload the usual
+        one plus ``audit_period_beginning`` and ``audit_period_ending``. Returns them."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise BackupConfigError("the audit period needs timezone-aware datetimes")
+        if start >= end:
+            raise BackupConfigError(f"the audit period must start before it ends ({start.isoformat()} to"
+                                    f" {end.isoformat()})")
+        context = self._context(ctx)
+        period = {"audit_period_beginning": start.isoformat(), "audit_period_ending": end.isoformat()}
+        records = await self.catalog.existed_between(start, end)
+        for record in records:
+            await self._emit(context, "backup.exists", usage_from_backup(record, **period))
+        return records
 
     async def list(self, *, project_id: str | None = None, include_deleted: bool = False) -> builtins.list[BackupRecord]:
         """Backups, oldest first (deleted ones only with ``include_deleted``)."""

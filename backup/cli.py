@@ -1,4 +1,4 @@
-"""``notifykit-backup``: create, restore, delete, list and show backups, or run the demo.
+"""``notifykit-backup``: create, restore, delete, list and show backups, audit usage, or run the demo.
 
 Settings come from options, ``NOTIFYKIT_BACKUP_*`` environment variables and a TOML file
 (``--config`` or ``NOTIFYKIT_BACKUP_CONFIG``); notifications go to ``log://stderr`` unless
@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, redact_text
 
+from ._audit import audit_period
 from ._catalog import BackupRecord
 from ._compression import COMPRESSIONS
 from ._config import BackupConfig, parse_size
@@ -180,6 +181,12 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
                 _print_table(records, out)
         elif args.command == "show":
             _print_record(await service.show(args.id), out, args.json)
+        elif args.command == "audit":
+            start, end = audit_period(args.start, args.end)
+            records = await service.audit(start, end)
+            for record in records:
+                out.write(f"{record.id} {record.status.value} {record.size_bytes}\n")
+            err.write(f"audit {start.isoformat()} to {end.isoformat()}: {len(records)} backup.exists\n")
         elif args.command == "recover":
             for record in await service.recover_interrupted():
                 out.write(f"{record.id} {record.status.value}: {display_text(record.fail_reason or '')}\n")
@@ -324,6 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true")
     sub.add_parser("recover", parents=[common],
                    help="mark this host's backups left creating/restoring/deleting by a dead process as failed")
+    au = sub.add_parser("audit", parents=[common],
+                        help="emit backup.exists for every backup that existed during a period (default: the last hour)")
+    au.add_argument("--start", help="period start, ISO 8601 (UTC if no offset); default: the previous full hour")
+    au.add_argument("--end", help="period end, ISO 8601 (UTC if no offset); default: --start + 1 hour")
     dm = sub.add_parser("demo", parents=[common], help="back up, restore, verify and delete a sample volume")
     dm.add_argument("--size", default="256MiB", help="sample volume size (default 256MiB)")
     dm.add_argument("--keep", action="store_true", help="keep the demo's work directory")
