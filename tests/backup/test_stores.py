@@ -158,5 +158,5 @@ def test_third_party_store_installed_by_entry_point_takes_a_round_trip(tmp_path:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "error: dict store: unknown option(s) 'colour' (allowed: greeting)"
-    assert lines[1] == "DictStore hi backup.drivers.dict 5 3 {}"  # 4 chunks + metadata, then all deleted
+    assert lines[1] == "DictStore hi backup.drivers.dict 6 3 {}"  # 4 chunks + block list + metadata, then all deleted
     assert lines[2] == "['open', 'aclose'] True"
