@@ -83,6 +83,13 @@ NOTES = """\
   run-to-run spread of a 512 MiB backup is larger than the cost of its notifications: the
   on/off ratio swings both ways (a negative overhead is noise). `notify_call_share_median`, the
   share of the backup's wall time spent inside `notify()`, is the figure that measures the cost.
+- **backup_vs_tools**: the same file backed up, restored and backed up again incrementally by
+  `cp`+`sync`, notifykit, borg and restic in interleaved rounds; each goal is the median over
+  rounds of a ratio within one round. notifykit does sha256 over every 32 KiB block (the
+  block list increments and restores check), zstd-3 on chunks whose samples compress, and an
+  fsync per object; `cp` only copies pages, so on two shared cores the backup is CPU-bound
+  where `cp` is disk-bound. borg and restic start a process per command, notifykit is timed
+  around the library call.
 - **kafka_throughput**: `ratio_transport_alone` is the transport's own cost against the
   anchors; end to end, the caller's notify() does the core's per-notification work
   (validation, the payload's JSON, the message id, the queue hand-off: see notify_latency),

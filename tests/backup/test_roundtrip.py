@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,32 @@ def test_codecs_refuse_damaged_streams_with_a_clear_error(compression: str) -> N
         codec.decompress(packed, 5_000)  # expands beyond what the metadata allows
     with pytest.raises(CorruptBackupError):
         codec.decompress(b"\x00" * 32, 10_000)  # not a stream at all
+
+
+@pytest.mark.asyncio
+async def test_random_chunks_are_stored_raw_without_compressing_them_whole(tmp_path: Path) -> None:
+    """A chunk whose spread samples do not compress is stored raw; one that is half random,
+    half compressible is still compressed (the samples see both halves)."""
+    chunk = 256 * 1024
+    random_part = os.urandom(chunk)
+    text = (b"compressible text. " * 20_000)[:chunk]
+    mixed = random_part[: chunk // 2] + text[: chunk // 2]
+    calls: list[int] = []
+    async with backup_env(tmp_path, compression="zstd", chunk_size=chunk) as env:
+        codec = env.service.driver.compressor  # type: ignore[attr-defined]
+        compress = codec.compress
+
+        def counting(data: bytes | memoryview) -> bytes:
+            calls.append(len(data))
+            return compress(data)
+
+        codec.compress = counting
+        volume = tmp_path / "v.img"
+        volume.write_bytes(random_part + text + mixed)
+        record = await env.service.create_backup(volume)
+        await env.service.restore_backup(record.id, tmp_path / "out.img")
+        assert record.container is not None and record.service_metadata is not None
+        meta = json.loads((tmp_path / "store" / record.container / f"{record.service_metadata}_metadata").read_bytes())
+    assert [o["compression"] for o in meta["objects"]] == ["none", "zstd", "zstd"]
+    assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
+    assert calls.count(chunk) == 2  # the random chunk was never compressed whole
