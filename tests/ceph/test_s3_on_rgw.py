@@ -30,7 +30,7 @@ async def test_round_trip_with_progress_restore_and_delete(tmp_path: Path, ceph_
     bucket = bucket_name("rt")
     store = s3_store(ceph_aio, bucket, create_bucket="true", prefix="cinder")
     async with s3_env(tmp_path, store, compression="zstd", policy=EVERY_OBJECT) as env:
-        volume = env.volume(40 * CHUNK + 17)  # 41 chunks + metadata: more than one listing page (25)
+        volume = env.volume(40 * CHUNK + 17)  # 41 chunks, block list, metadata: more than one listing page (25)
         record = await env.service.create_backup(volume, name="nightly")
         assert record.container is not None and record.service_metadata is not None
         prefix = f"cinder/{record.container}/"
@@ -44,7 +44,7 @@ async def test_round_trip_with_progress_restore_and_delete(tmp_path: Path, ceph_
     assert record.status is BackupStatus.AVAILABLE and record.service == "backup.drivers.s3"
     assert record.object_count == 41
     assert stored == [f"{prefix}{record.service_metadata}-{i:05d}" for i in range(41)] + [
-        f"{prefix}{record.service_metadata}_metadata"]
+        f"{prefix}{record.service_metadata}_metadata", f"{prefix}{record.service_metadata}_sha256file"]
     # each chunk: its MD5 is the ETag RGW computed (and the store checked against what it sent)
     assert head["ETag"].strip('"') == hashlib.md5(body).hexdigest()
     progress = [n.payload for n in env.memory.messages if n.event_type == "backup.createprogress"]
@@ -73,7 +73,7 @@ def test_cli_create_restore_delete_with_an_s3_http_store_url(tmp_path: Path, cep
     assert main(["delete", backup_id, *common]) == 0
     out, err = capsys.readouterr()
     assert shown["status"] == "available" and shown["service"] == "backup.drivers.s3"
-    assert len(stored) == 6 and all(k.startswith(f"backup_{backup_id}/") for k in stored)
+    assert len(stored) == 7 and all(k.startswith(f"backup_{backup_id}/") for k in stored)
     assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
     assert keys(ceph_aio, bucket) == []
     secret = ceph_aio.info()["secret_key"]

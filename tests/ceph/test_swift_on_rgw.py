@@ -45,7 +45,7 @@ async def test_swift_store_round_trip_on_rgw(tmp_path: Path, ceph_aio: Any) -> N
         after = await api.listing(record.container)
     assert "/swift/v1" in api.storage_url and "AUTH_" not in api.storage_url
     assert record.status is BackupStatus.AVAILABLE and record.service == "backup.drivers.swift"
-    assert names is not None and len(names) == 32
+    assert names is not None and len(names) == 33  # 31 chunks, the block list and the metadata
     progress = [n.payload for n in env.memory.messages if n.event_type == "backup.createprogress"]
     assert len(progress) == 31 and progress[-1]["percentage"] == 100.0
     assert hashlib.sha256((tmp_path / "restored.img").read_bytes()).hexdigest() == \
