@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._clock import Clock
 from ._config import TransportConfig
 from ._deadletter import DeadLetter, DeadLetterSink, now_utc
-from ._errors import BatchError, PermanentError, TransientError
+from ._errors import BatchError, PermanentError, TransientError, TransportError
 from ._message import Notification
 from ._policies import OverflowPolicy
 from ._spool import Spool, SpooledRow
@@ -423,9 +423,8 @@ class Dispatcher:
             except PermanentError as exc:
                 self._circuit.record_success()  # the peer answered: it is alive
                 self.stats.last_error = str(exc)  # e.g. a refused login: the operator sees why
-                self._in_flight = []  # counted as being dead-lettered instead
-                await self._dead_letter(list(pending), f"permanent error: {exc}")
                 self._set_state(TransportState.CONNECTED)
+                await self._isolate(pending, f"permanent error: {exc}")
                 return
             except TransientError as exc:
                 error = exc
@@ -443,10 +442,8 @@ class Dispatcher:
             self.stats.last_error = str(error)
             self._circuit.record_failure(now)
             if retry.gives_up(attempts, now - first_failure):
-                self._in_flight = []  # counted as being dead-lettered instead
-                await self._dead_letter(
-                    list(pending),
-                    f"gave up after {attempts} attempt(s) over {now - first_failure:.1f}s: {error}",
+                await self._isolate(
+                    pending, f"gave up after {attempts} attempt(s) over {now - first_failure:.1f}s: {error}"
                 )
                 return
             delay = retry.delay(attempts - 1, self._rng)
@@ -478,6 +475,67 @@ class Dispatcher:
             await self._dead_letter([notification], f"permanent error: {err}")
         first = transient[0][1] if transient else TransientError("batch failed")
         return [n for n, _ in transient], first, len(failed) < len(pending)
+
+    async def _isolate(self, batch: Sequence[Notification], reason: str) -> None:
+        """The transport failed a whole batch for good (a permanent error, or its retry
+        budget spent): bisect it, one attempt per part, so that only the message(s) at
+        fault are dead-lettered and the rest is delivered. A transport that fails part
+        after part is down rather than picky: after more failures in a row than a
+        bisection needs to reach one message, the rest is dead-lettered with ``reason``.
+        ``_in_flight`` holds exactly what is unresolved at every await (accounting)."""
+        if len(batch) <= 1 or not self._opened:
+            self._in_flight = []  # counted as being dead-lettered instead
+            await self._dead_letter(list(batch), reason)
+            return
+        log.warning("notifykit transport %r failed a batch of %d (%s): isolating the message(s) at fault",
+                    self.name, len(batch), reason)
+        middle = len(batch) // 2
+        parts = [list(batch[middle:]), list(batch[:middle])]  # a stack: the first half is tried first
+        suspects: list[tuple[Notification, str]] = []  # failed alone; at fault once another part passes
+        strikes, limit, progressed = 0, len(batch).bit_length() + 2, False
+        while parts and strikes < limit:
+            part = parts.pop()
+            self._in_flight = [*(n for n, _ in suspects), *part, *(n for p in reversed(parts) for n in p)]
+            failed, error = await self._attempt(part)
+            if len(failed) < len(part):
+                strikes, progressed = 0, True
+            else:
+                strikes += 1
+            if len(failed) == 1:
+                suspects.append((failed[0], error))
+            elif failed:
+                middle = len(failed) // 2
+                parts += [failed[middle:], failed[:middle]]
+        rest = [n for p in reversed(parts) for n in p]
+        self._in_flight = []  # counted as being dead-lettered instead
+        if progressed:
+            letters = [([n], f"{e} (isolated from a batch of {len(batch)})") for n, e in suspects] + [(rest, reason)]
+        else:
+            letters = [([*(n for n, _ in suspects), *rest], reason)]
+        pending = [n for group, _ in letters for n in group]
+        for group, why in letters:
+            self._in_flight = pending = pending[len(group):]
+            await self._dead_letter(group, why)
+
+    async def _attempt(self, part: list[Notification]) -> tuple[list[Notification], str]:
+        """One send of ``part``, no retry: (the messages that failed, why). The sent ones
+        are counted; the caller updates ``_in_flight`` before its next await."""
+        try:
+            await self.transport.send(part)
+        except BatchError as exc:
+            failures = {i: e for i, e in exc.failures.items() if 0 <= i < len(part)}
+            self.stats.sent += len(part) - len(failures)
+            first = failures[min(failures)] if failures else exc
+            kind = "permanent" if isinstance(first, PermanentError) else "transient"
+            return [part[i] for i in sorted(failures)], f"{kind} error: {first}"
+        except PermanentError as exc:
+            return part, f"permanent error: {exc}"
+        except TransportError as exc:
+            return part, f"transient error: {exc}"
+        except Exception as exc:  # a transport's bug, as in _deliver
+            return part, f"unexpected {type(exc).__name__}: {exc}"
+        self.stats.sent += len(part)
+        return [], ""
 
     def _succeeded(self) -> None:
         self._circuit.record_success()
