@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, InvalidNotificationError
 from ._formats import WireFormat
-from ._message import Priority
+from ._message import Priority, validate_publisher_id
 from ._numbers import check_number
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._settings import FALSE_WORDS, TRUE_WORDS
@@ -288,8 +288,10 @@ class NotifierConfig:
         check_number("max_payload_bytes", self.max_payload_bytes, kind=int, minimum=1)
         check_number("close_timeout", self.close_timeout, minimum=0)  # 0: no drain, leftovers kept/dead-lettered
         check_number("status_interval", self.status_interval, minimum=0, above=True)
-        if not self.publisher_id:
-            raise ConfigError("publisher_id must not be empty")
+        try:
+            validate_publisher_id(self.publisher_id)
+        except InvalidNotificationError as exc:
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "configuration") -> NotifierConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -14,7 +13,7 @@ from typing import Any
 
 from ._errors import InvalidNotificationError
 from ._formats import WireFormat
-from ._json import dumps_compact
+from ._json import encode_checked
 
 __all__ = ["Notification", "Priority", "RequestContext", "ContextLike"]
 
@@ -61,7 +60,7 @@ class Priority(enum.StrEnum):
 
 
 _CONTEXT_FIELDS = ("request_id", "user_id", "project_id", "traceparent")
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,53 +124,70 @@ class RequestContext:
             text = self._wire[kind] = encode(self)
         return text
 
-    def validate(self) -> None:
-        """Reject a malformed traceparent or unserialisable extra keys at the call site."""
-        if self.traceparent is not None and not _TRACEPARENT.match(self.traceparent):
+    def validate(self) -> int:
+        """Check the context with the payload's rules (strings, no lone surrogate, JSON
+        that nests at most MAX_DEPTH deep, no cycle) and a W3C traceparent; return its
+        encoded size in bytes, which counts toward ``max_payload_bytes``."""
+        for name in _CONTEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidNotificationError(f"context field {name!r} must be a string, not {type(value).__name__}")
+        if self.traceparent is not None and not _TRACEPARENT.fullmatch(self.traceparent):
             raise InvalidNotificationError(
                 f"context traceparent {self.traceparent!r} is not a W3C traceparent"
             )
-        if self.extra:
-            try:
-                json.dumps(self.extra, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise InvalidNotificationError(f"context is not JSON-serialisable: {exc}") from None
+        if type(self.extra) is not dict and not isinstance(self.extra, Mapping):
+            raise InvalidNotificationError(f"context extra must be a mapping, not {type(self.extra).__name__}")
+        for key in self.extra:
+            if not isinstance(key, str):
+                raise InvalidNotificationError(f"context keys must be strings, got {key!r}")
+        try:
+            return encode_checked(self.as_dict(), "context")[1]
+        except ValueError as exc:
+            raise InvalidNotificationError(f"context is not JSON-serialisable: {exc}") from None
 
 
 _EMPTY_CONTEXT = RequestContext()
 
 # Callers pass the same small context for many notifications (a backup's progress events):
-# keep the validated RequestContext of recent plain-string dicts instead of rebuilding it.
-_CONTEXT_CACHE: dict[tuple[tuple[str, Any], ...], RequestContext] = {}
+# keep the validated RequestContext (and its encoded size) of recent small plain-string
+# dicts instead of rebuilding it.
+_CONTEXT_CACHE: dict[tuple[tuple[str, Any], ...], tuple[RequestContext, int]] = {}
 _CONTEXT_CACHE_SIZE = 256
+_CONTEXT_CACHE_MAX_BYTES = 4096
 # The last of them, for the commonest case (one caller, one context): a dict comparison,
 # no key to build.
-_LAST_CONTEXT: tuple[dict[str, str] | None, RequestContext] = (None, _EMPTY_CONTEXT)
+_LAST_CONTEXT: tuple[dict[str, str] | None, tuple[RequestContext, int]] = (None, (_EMPTY_CONTEXT, 0))
 
 
-def _validated_context(ctx: ContextLike) -> RequestContext:
+def _validated_context(ctx: ContextLike) -> tuple[RequestContext, int]:
+    """The context and its encoded size in bytes."""
     global _LAST_CONTEXT
-    last, last_context = _LAST_CONTEXT
-    if type(ctx) is dict and ctx == last:
-        return last_context
-    if type(ctx) is dict and ctx and all(type(v) is str for v in ctx.values()):
-        key = tuple(ctx.items())
-        cached = _CONTEXT_CACHE.get(key)
-        if cached is None:
-            cached = RequestContext.coerce(ctx)
-            cached.validate()
+    if type(ctx) is dict and ctx:
+        last, last_result = _LAST_CONTEXT
+        if ctx == last:
+            return last_result
+        try:
+            cached = _CONTEXT_CACHE.get(tuple(ctx.items()))  # only all-string contexts are stored
+        except TypeError:  # an unhashable value: not a cacheable context
+            cached = None
+        if cached is not None:
+            _LAST_CONTEXT = (dict(ctx), cached)
+            return cached
+        result = RequestContext.coerce(ctx)
+        size = result.validate()
+        if size <= _CONTEXT_CACHE_MAX_BYTES and all(type(v) is str for v in ctx.values()):
             if len(_CONTEXT_CACHE) >= _CONTEXT_CACHE_SIZE:
                 _CONTEXT_CACHE.pop(next(iter(_CONTEXT_CACHE)))  # the oldest entry
-            _CONTEXT_CACHE[key] = cached
-        _LAST_CONTEXT = (dict(ctx), cached)
-        return cached
+            _CONTEXT_CACHE[tuple(ctx.items())] = result, size
+            _LAST_CONTEXT = (dict(ctx), (result, size))
+        return result, size
     result = RequestContext.coerce(ctx)
-    result.validate()
-    return result
+    return result, (result.validate() if result is not _EMPTY_CONTEXT else 0)
 
 ContextLike = Mapping[str, Any] | RequestContext | None
 
-_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # fullmatch: "$" would take "a.b\n"
 MAX_EVENT_TYPE_LENGTH = 255
 
 
@@ -181,7 +197,7 @@ def validate_event_type(event_type: object) -> str:
         return event_type
     if not isinstance(event_type, str):
         raise InvalidNotificationError(f"event_type must be a string, not {type(event_type).__name__}")
-    if len(event_type) > MAX_EVENT_TYPE_LENGTH or not _EVENT_TYPE.match(event_type):
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH or not _EVENT_TYPE.fullmatch(event_type):
         raise InvalidNotificationError(
             f"invalid event_type {event_type!r}: expected dotted words of letters, digits, '_' or '-'"
             f" (e.g. 'backup.create.start'), at most {MAX_EVENT_TYPE_LENGTH} characters"
@@ -191,29 +207,34 @@ def validate_event_type(event_type: object) -> str:
     return event_type
 
 
-def _find_unserialisable(value: Any, path: str) -> str | None:
-    """Locate the first value json cannot encode, so the error can name it."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has a non-string key {key!r}"
-            found = _find_unserialisable(item, f"{path}.{key}")
-            if found:
-                return found
-        return None
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _find_unserialisable(item, f"{path}[{index}]")
-            if found:
-                return found
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{path} is {value!r}, which JSON cannot represent"
-    if value is None or isinstance(value, str | int | float | bool):
-        return None
-    return f"{path} is of type {type(value).__name__}"
+MAX_PUBLISHER_ID_LENGTH = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def validate_publisher_id(publisher_id: object) -> str:
+    """A non-empty string that every wire format (and a CloudEvents ``ce-source`` header)
+    can carry: no control character, no lone surrogate, at most 255 characters."""
+    if type(publisher_id) is str and publisher_id in _PUBLISHER_IDS_SEEN:
+        return publisher_id
+    if not isinstance(publisher_id, str):
+        raise InvalidNotificationError(f"publisher_id must be a string, not {type(publisher_id).__name__}")
+    if not publisher_id or len(publisher_id) > MAX_PUBLISHER_ID_LENGTH or _CONTROL.search(publisher_id):
+        raise InvalidNotificationError(
+            f"invalid publisher_id {publisher_id!r}: expected 1 to {MAX_PUBLISHER_ID_LENGTH} characters"
+            " without control characters (e.g. 'backup.host1')"
+        )
+    try:
+        publisher_id.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidNotificationError(
+            f"invalid publisher_id {publisher_id!r}: a lone surrogate at index {exc.start}, which UTF-8 cannot encode"
+        ) from None
+    if len(_PUBLISHER_IDS_SEEN) < 4096:  # a program uses a handful; bound it anyway
+        _PUBLISHER_IDS_SEEN.add(publisher_id)
+    return publisher_id
+
+
+_PUBLISHER_IDS_SEEN: set[str] = set()
 _EVENT_TYPES_SEEN: set[str] = set()
 
 
@@ -244,21 +265,26 @@ _RANDOM, _RANDOM_POS = "", 0
 os.register_at_fork(after_in_child=_reset_random_pool)
 
 
-def serialise_payload(payload: object, max_bytes: int) -> str:
-    """Encode the payload once, checking it is a JSON object within the size limit."""
-    if type(payload) is not dict and not isinstance(payload, Mapping):  # ABC isinstance is slow: dict first
-        raise InvalidNotificationError(f"payload must be a JSON object (a mapping), not {type(payload).__name__}")
+def serialise_payload(payload: object) -> tuple[str, int]:
+    """Encode the payload once, checking it is a JSON object JSON and UTF-8 can carry;
+    returns the text and its size in bytes."""
+    if type(payload) is not dict:  # ABC isinstance is slow: dict first
+        if not isinstance(payload, Mapping):
+            raise InvalidNotificationError(
+                f"payload must be a JSON object (a mapping), not {type(payload).__name__}"
+            )
+        payload = dict(payload)
     try:
-        text = dumps_compact(payload)
-    except (TypeError, ValueError, RecursionError):
-        where = _find_unserialisable(payload, "payload") or "payload"
-        raise InvalidNotificationError(f"payload is not JSON-serialisable: {where}") from None
-    size = len(text.encode()) if not text.isascii() else len(text)
-    if size > max_bytes:
-        raise InvalidNotificationError(
-            f"payload is {size} bytes encoded, over the limit of {max_bytes} bytes (max_payload_bytes)"
-        )
-    return text
+        return encode_checked(payload, "payload")
+    except ValueError as exc:
+        raise InvalidNotificationError(f"payload is not JSON-serialisable: {exc}") from None
+
+
+def _size_error(payload_bytes: int, context_bytes: int, max_bytes: int) -> InvalidNotificationError:
+    what = (f"payload is {payload_bytes} bytes encoded" if not context_bytes else
+            f"payload and context are {payload_bytes + context_bytes} bytes encoded"
+            f" ({payload_bytes} + {context_bytes})")
+    return InvalidNotificationError(f"{what}, over the limit of {max_bytes} bytes (max_payload_bytes)")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -294,8 +320,10 @@ class Notification:
         timestamp: datetime | None = None,
     ) -> Notification:
         """Validate everything the caller gave and raise one clear error if anything is wrong."""
-        ctx = _validated_context(context)
-        payload_json = serialise_payload(payload, max_payload_bytes)
+        ctx, context_bytes = _validated_context(context)
+        payload_json, payload_bytes = serialise_payload(payload)
+        if payload_bytes + context_bytes > max_payload_bytes:
+            raise _size_error(payload_bytes, context_bytes, max_payload_bytes)
         if timestamp is None:
             timestamp = datetime.now(UTC)
         elif timestamp.tzinfo is None:
@@ -306,7 +334,8 @@ class Notification:
             message_id=message_id or new_message_id(),
             event_type=validate_event_type(event_type),
             priority=Priority.parse(priority),
-            publisher_id=publisher_id,
+            publisher_id=(publisher_id if type(publisher_id) is str and publisher_id in _PUBLISHER_IDS_SEEN
+                          else validate_publisher_id(publisher_id)),
             timestamp=timestamp,
             payload=payload,
             context=ctx,

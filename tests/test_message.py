@@ -131,3 +131,114 @@ def test_message_ids_are_uuid4_and_differ_across_fork() -> None:
     os.waitpid(pid, 0)
     parent = {new_message_id() for _ in range(50)}
     assert len(child) == 50 and not child & parent
+
+
+# -- the same rules for payload, context and publisher_id (issue 13, reproductions 7 and 8) --
+
+def nested(depth: int) -> dict[str, object]:
+    root: dict[str, object] = {}
+    node = root
+    for _ in range(depth - 1):
+        child: dict[str, object] = {}
+        node["a"] = child
+        node = child
+    return root
+
+
+@pytest.mark.parametrize(("context", "message"), [
+    ({"request_id": "r-\ud800"}, r"context\.request_id contains a lone surrogate '\\ud800' at index 2"),
+    ({"note": "x\udfff"}, r"context\.note contains a lone surrogate"),
+    ({"k\ud800": "v"}, r"context has a key that contains a lone surrogate"),
+    ({"deep": nested(200)}, r"nested deeper than 100 levels"),
+    ({"user_id": 5}, r"context field 'user_id' must be a string"),
+    (RequestContext(request_id=5), r"context field 'request_id' must be a string, not int"),  # type: ignore[arg-type]
+    (RequestContext(extra={"when": datetime.now(UTC)}), r"context\.when is of type datetime"),
+])
+def test_context_follows_the_payload_rules(context: object, message: str) -> None:
+    with pytest.raises(InvalidNotificationError, match=message):
+        make(context=context)
+
+
+def test_circular_context_and_payload_are_named() -> None:
+    loop: dict[str, object] = {"x": 1}
+    loop["self"] = loop
+    with pytest.raises(InvalidNotificationError, match=r"payload\.self is a circular reference"):
+        make(payload=loop)
+    with pytest.raises(InvalidNotificationError, match=r"context\.loop\.self is a circular reference"):
+        make(context={"loop": loop})
+    items: list[object] = []
+    items.append(items)
+    with pytest.raises(InvalidNotificationError, match=r"payload\.items\[0\] is a circular reference"):
+        make(payload={"items": items})
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_deep_payload_is_a_clear_error_not_a_recursion_error(depth: int) -> None:
+    with pytest.raises(InvalidNotificationError, match=r"payload\.a\.a.*is nested deeper than 100 levels"):
+        make(payload=nested(depth))
+
+
+def test_deep_list_payload_is_a_clear_error() -> None:
+    deep: list[object] = []
+    node = deep
+    for _ in range(100_000):
+        child: list[object] = []
+        node.append(child)
+        node = child
+    with pytest.raises(InvalidNotificationError, match=r"payload\.l\[0\]\[0\].*nested deeper than 100 levels"):
+        make(payload={"l": deep})
+
+
+def test_nesting_up_to_the_limit_is_fine() -> None:
+    assert make(payload=nested(100)).payload_json.count("{") == 100
+    assert make(payload={"many": [{"i": i} for i in range(500)]})  # many brackets, shallow
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"name": "vol-\udc80"}, r"payload\.name contains a lone surrogate '\\udc80' at index 4"),
+    ({"tags": ["ok", "\ud83d"]}, r"payload\.tags\[1\] contains a lone surrogate"),
+    ({"k\udc80": 1}, r"payload has a key that contains a lone surrogate"),
+    ({"meta": {(1, 2): "tuple key"}}, r"payload\.meta has a key of type tuple"),
+])
+def test_payload_that_utf8_or_json_cannot_carry_is_named(payload: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidNotificationError, match=message):
+        make(payload=payload)
+
+
+def test_non_ascii_text_is_fine() -> None:
+    assert make(payload={"name": "Größe 😀"}, context={"note": "日本"}).payload_json == '{"name":"Größe 😀"}'
+
+
+@pytest.mark.parametrize("bad", ["a.b\n", "a.b\n\n", "\na.b"])
+def test_event_type_with_a_trailing_newline_is_refused(bad: str) -> None:
+    with pytest.raises(InvalidNotificationError, match="invalid event_type"):
+        make(event_type=bad)
+
+
+@pytest.mark.parametrize(("publisher_id", "message"), [
+    (123, "publisher_id must be a string, not int"),
+    (None, "publisher_id must be a string, not NoneType"),
+    ("", "invalid publisher_id ''"),
+    ("backup.\ud800", r"invalid publisher_id 'backup\.\\ud800': a lone surrogate at index 7"),
+    ("backup.h\n", "invalid publisher_id"),
+    ("x" * 256, "invalid publisher_id"),
+])
+def test_publisher_id_is_validated(publisher_id: object, message: str) -> None:
+    with pytest.raises(InvalidNotificationError, match=message):
+        make(publisher_id=publisher_id)
+
+
+def test_context_counts_toward_the_size_cap() -> None:
+    make(payload={"a": 1}, context={"request_id": "r" * 50}, max_payload_bytes=100)
+    with pytest.raises(InvalidNotificationError,
+                       match=r"payload and context are \d+ bytes encoded \(7 \+ \d+\), over the limit of 100 bytes"):
+        make(payload={"a": 1}, context={"request_id": "r" * 100}, max_payload_bytes=100)
+
+
+def test_a_20_mb_context_is_refused_by_the_default_cap() -> None:
+    with pytest.raises(InvalidNotificationError, match=r"over the limit of 1048576 bytes"):
+        make(context={"blob": "x" * 20_000_000})
+    with pytest.raises(InvalidNotificationError, match=r"over the limit of 1048576 bytes"):
+        make(context={"request_id": "x" * 20_000_000})  # twice: a refused context is not cached
+    with pytest.raises(InvalidNotificationError, match=r"over the limit of 1048576 bytes"):
+        make(context={"request_id": "x" * 20_000_000})
