@@ -238,7 +238,8 @@ class FullDiskSink:
 
 
 async def dead_letter_write_fails(tmp: Path, clock: FakeClock) -> Notifier:
-    n = Notifier.from_url("memory://?fail=1&failure=permanent&batch_size=5", publisher_id="t",
+    # fail=1000: a single permanent failure of the batch would be isolated (bisected) and delivered
+    n = Notifier.from_url("memory://?fail=1000&failure=permanent&batch_size=5", publisher_id="t",
                           dead_letters=FullDiskSink(), clock=clock)
     async with n:
         memory(n).stall()
