@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from notifykit import ConfigError, InvalidNotificationError, Notification, Notifier, PermanentError, read_dead_letters
-from transports.memory import MemoryTransport
+from notifykit import ConfigError, InvalidNotificationError, Notification, Notifier
+from notifykit.deadletters import read_dead_letters
+from notifykit.testing import MemoryTransport
+from notifykit.transport import PermanentError
 
 from .helpers import FakeClock
 from .test_notifier import memory
