@@ -16,6 +16,7 @@ from ._message import Priority, validate_publisher_id
 from ._numbers import check_number
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._settings import FALSE_WORDS, TRUE_WORDS
+from ._spool import DEFAULT_SPOOL_MAX_BYTES, SpoolSync
 from ._url import parse_url, redact_url
 
 __all__ = ["NotifierConfig", "TransportConfig"]
@@ -109,7 +110,7 @@ _RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_a
 _CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
 _FILTER_KEYS = {"event_types", "min_priority"}
 _NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports",
-                  "spool_path", "spool_synchronous", "status_path", "status_interval"}
+                  "spool_path", "spool_sync", "spool_max_bytes", "status_path", "status_interval"}
 
 
 def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
@@ -278,7 +279,8 @@ class NotifierConfig:
     dead_letter_path: Path | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     spool_path: Path | None = None
-    spool_synchronous: str = "normal"
+    spool_sync: str = "write"
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     status_path: Path | None = None
     status_interval: float = 5.0
 
@@ -292,6 +294,8 @@ class NotifierConfig:
             validate_publisher_id(self.publisher_id)
         except InvalidNotificationError as exc:
             raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "spool_sync", SpoolSync.parse(self.spool_sync).value)
+        check_number("spool_max_bytes", self.spool_max_bytes, kind=int, minimum=4096)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "configuration") -> NotifierConfig:
@@ -319,7 +323,8 @@ class NotifierConfig:
             dead_letter_path=None if dead is None else Path(str(dead)),
             close_timeout=_number(data.get("close_timeout", DEFAULT_CLOSE_TIMEOUT), "close_timeout", where, float),
             spool_path=None if spool is None else Path(str(spool)),
-            spool_synchronous=str(data.get("spool_synchronous", "normal")),
+            spool_sync=str(data.get("spool_sync", "write")),
+            spool_max_bytes=_number(data.get("spool_max_bytes", DEFAULT_SPOOL_MAX_BYTES), "spool_max_bytes", where, int),
             status_path=None if data.get("status_path") is None else Path(str(data["status_path"])),
             status_interval=_number(data.get("status_interval", 5.0), "status_interval", where, float),
         )

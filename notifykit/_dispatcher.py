@@ -23,7 +23,7 @@ from ._deadletter import DeadLetter, DeadLetterSink, now_utc
 from ._errors import BatchError, PermanentError, TransientError, TransportError
 from ._message import Notification
 from ._policies import OverflowPolicy
-from ._spool import Spool, SpooledRow
+from ._spool import Spool, SpooledRow, SpoolFullError, SpoolSync
 from ._stats import TransportState, TransportStats
 from ._supervisor import Supervisor, describe
 from ._transport import Transport
@@ -32,8 +32,15 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("notifykit")
 
-#: Delivered spool rows are deleted in groups of this many (or when the worker is idle).
-DELETE_BATCH = 256
+#: Confirmations are written to the spool (and confirmed segments deleted) every this many
+#: delivered records, or once the worker was idle for RELEASE_IDLE seconds: a crash re-sends
+#: at most that many (at-least-once).
+RELEASE_BATCH = 256
+RELEASE_IDLE = 0.05
+#: A durable caller finding the in-memory copy full waits this long for the worker before
+#: leaving the backlog to the log (read back later, which costs more than the copy).
+CACHE_WAIT = 0.05
+
 
 
 class _Circuit:
@@ -100,7 +107,6 @@ class Dispatcher:
         self._blocked: dict[anyio.Event, Notification] = {}
         self._refusals = 0
         self._closed = False  # leftovers taken: the worker is gone
-        self._started = False  # the spool was counted (once, not at every restart)
         self._opened = False
         self.finished = anyio.Event()
         self._scope: anyio.CancelScope | None = None
@@ -111,26 +117,49 @@ class Dispatcher:
         self.durable = config.durable
         self._spool = spool if (config.durable or config.overflow is OverflowPolicy.SPILL) else None
         self._spilling = False
-        self._after = 0  # highest spool row id taken by the worker
-        self._committed_max = 0  # highest spool row id committed by a caller
-        self._spooled = 0  # rows of this transport in the spool, not yet delivered
-        self._reserved = 0  # offered to the spool, commit not finished yet
-        self._spool_counted = anyio.Event()
-        # Rows this process committed, in order, so the worker need not read them back;
-        # complete=False means some spooled rows are only in SQLite (replay, overflow).
+        self._after = 0  # highest spool sequence number taken by the worker
+        self._committed_max = 0  # highest spool sequence number appended by a caller
+        self._spooled = 0  # records of this transport in the spool, not yet delivered
+        self._reserved = 0  # callers in put() on the spool path (keeps spilling on, keeps order)
+        # Records this process appended, in order, so the worker need not read them back;
+        # complete=False means some spooled records are only in the log (replay, overflow).
         self._cache: deque[SpooledRow] = deque()
         self._cache_complete = True
-        self._to_delete: list[int] = []  # delivered rows, deleted in batches
-        if self._spool is not None:
-            self._spool.subscribe(name, self._on_committed)
+        self._unreleased = 0  # delivered records whose confirmation is not yet written
+        self._room = anyio.Event()  # set when spooled records were delivered (a full spool has room)
+        self._cache_room = anyio.Event()  # set when the worker took from a full in-memory copy
+        self._cache_waiters = 0
 
     # -- caller side -------------------------------------------------------------------
+
+    @property
+    def spooling(self) -> bool:
+        """This transport uses the spool (durable, or overflow = spill)."""
+        return self._spool is not None
+
+    def recover_from_spool(self) -> None:
+        """After the spool was opened (once, at start): what a previous process left for this
+        transport is taken on (counted enqueued and replayed) and delivered first, in order,
+        read back from the log."""
+        if self._spool is None:
+            return
+        left = self._spool.pending_counts().get(self.name, 0)
+        self._spooled = self.stats.replayed = left
+        self.stats.enqueued += left  # taken on by this process
+        if left:
+            self._spilling = True
+            self._cache_complete = False
+            log.info("notifykit transport %r: replaying %d notification(s) left in %r",
+                     self.name, left, self._spool)
 
     def offer(self, notification: Notification) -> bool:
         """Enqueue without waiting. False means: call (and await) :meth:`put`, or
         :meth:`release` if the caller gives up before it could (cancelled)."""
-        if self._spool is not None and (self.durable or self._spilling):
-            self._reserved += 1  # until put() has committed it, the worker must not stop spilling
+        spool = self._spool
+        if spool is not None and (self.durable or self._spilling):
+            if not self._closed and self._append_now(spool, notification):
+                return True
+            self._reserved += 1  # until put() has stored it, the worker must not stop spilling
             return False
         if self._blocked or self._closed:
             return False  # earlier callers wait first (block keeps arrival order); closed: put() handles it
@@ -139,8 +168,11 @@ class Dispatcher:
         except anyio.WouldBlock:
             if self.overflow is OverflowPolicy.BLOCK:
                 return False
-            if self.overflow is OverflowPolicy.SPILL:
+            if self.overflow is OverflowPolicy.SPILL and spool is not None:
                 self._spilling = True
+                self._spill_queue(spool)
+                if self._append_now(spool, notification):
+                    return True
                 self._reserved += 1
                 return False
             if self.overflow is OverflowPolicy.DROP_OLDEST:
@@ -227,31 +259,110 @@ class Dispatcher:
                         " refused so far (QueueFullError)", self.name, self.config.queue_size, timeout,
                         self.stats.refused)
 
-    async def _spool_put(self, spool: Spool, notification: Notification, *, new: bool = True) -> None:
-        """Store before returning; past the spool cap, dead-letter (counted as spool_full).
-        ``new=False``: already counted as enqueued (a leftover of the memory queue)."""
-        if not self._spool_counted.is_set():  # (wait() would checkpoint even when set)
-            await self._spool_counted.wait()
-        self.stats.enqueued += new  # taken on: spooled below, or dead-lettered
-        cap = self.config.spool_max_messages
-        if self._spooled >= cap:
-            self.stats.spool_full += 1
-            await self._dead_letter([notification], f"spool full: {cap} notifications already waiting")
+    def _spill_queue(self, spool: Spool) -> None:
+        """Spilling starts: move what is queued in memory to the log first (one write), so the
+        log holds this transport's backlog in order and a close or crash keeps that order."""
+        queued = self._take_queued(limit=self.config.queue_size)
+        if not queued:
             return
-        self._spooled += 1
         try:
-            row_id = await spool.append(self.name, notification)
-        except Exception as exc:
-            self._spooled -= 1
-            log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
-            await self._dead_letter([notification], f"spool write failed: {exc}")
+            first = spool.append_many(self.name, queued)
+        except (SpoolFullError, OSError):
+            for notification in queued:  # they fit: they were there a moment ago
+                self._send.send_nowait(notification)
             return
-        del row_id
+        for seq, notification in enumerate(queued, first):
+            self._appended(seq, notification, new=False)
 
-    def _on_committed(self, row_id: int, notification: Notification) -> None:
-        self._committed_max = max(self._committed_max, row_id)
+    def _append_now(self, spool: Spool, notification: Notification) -> bool:
+        """The fast path: one os.write on the loop, nothing awaited. False when put() must
+        decide (spool full, a write error, fsync to wait for, earlier callers waiting)."""
+        if (spool.sync is not SpoolSync.WRITE or self._reserved or self._cache_full()
+                or self._spooled >= self.config.spool_max_messages):
+            return False
+        try:
+            seq = spool.append(self.name, notification)
+        except (SpoolFullError, OSError):
+            return False
+        self.stats.enqueued += 1
+        self._spooled += 1
+        self._committed_max = seq
+        if self._cache_complete:
+            self._cache.append(SpooledRow(seq, notification))
+        self._wakeup.set()
+        return True
+
+    def _appended(self, seq: int, notification: Notification, *, new: bool = True) -> None:
+        if new:
+            self.stats.enqueued += 1
+        self._spooled += 1
+        self._on_committed(seq, notification)
+
+    async def _spool_put(self, spool: Spool, notification: Notification, *, new: bool = True,
+                         closing: bool = False) -> None:
+        """Store before returning (and fsync under ``spool_sync = fsync``). When the spool is
+        full (``spool_max_messages`` or ``spool_max_bytes``) the overflow policy applies:
+        ``block`` waits up to ``block_timeout`` for room, then dead-letters; ``drop_*``
+        drop it; ``spill`` dead-letters it. Each is counted as ``spool_full`` too.
+        ``new=False``: already counted as enqueued; ``closing``: a leftover at close, never waits."""
+        self.stats.enqueued += new  # taken on: spooled, dropped or dead-lettered below
+        if self.durable and self._cache_full() and not closing and self.stats.state in (
+                TransportState.STARTING, TransportState.CONNECTED):
+            # A healthy worker drains the in-memory copy faster than the log can be read back:
+            # wait a moment for it; a stalled one leaves the backlog to the log. (spill never
+            # waits: it commits before any block wait of another transport.)
+            self._cache_waiters += 1
+            try:
+                with anyio.move_on_after(CACHE_WAIT):
+                    while self._cache_full():
+                        await self._cache_room.wait()
+            finally:
+                self._cache_waiters -= 1
+        cap = self.config.spool_max_messages
+        timeout = self.config.block_timeout
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        released = False
+        while True:
+            if self._spooled < cap:
+                try:
+                    seq = spool.append(self.name, notification)
+                except SpoolFullError as exc:
+                    if not released:  # confirmed segments may be waiting for deletion: free them first
+                        released = True
+                        await spool.release()
+                        continue
+                    reason = f"spool full: {exc}"
+                except OSError as exc:
+                    log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
+                    await self._dead_letter([notification], f"spool write failed: {exc}")
+                    return
+                else:
+                    self._appended(seq, notification, new=False)
+                    if spool.sync is SpoolSync.FSYNC:
+                        await spool.synced(seq)
+                    return
+            else:
+                reason = f"spool full: {cap} notifications already waiting"
+            if self.overflow is OverflowPolicy.BLOCK and not closing:
+                remaining = math.inf if deadline is None else deadline - anyio.current_time()
+                if remaining > 0:
+                    with anyio.move_on_after(remaining):
+                        await self._room.wait()
+                    continue
+            self.stats.spool_full += 1
+            if self.overflow in (OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST) and not closing:
+                self._count_drop()
+                return
+            await self._dead_letter([notification], reason)
+            return
+
+    def _cache_full(self) -> bool:
+        return self._cache_complete and len(self._cache) >= self.config.queue_size
+
+    def _on_committed(self, seq: int, notification: Notification) -> None:
+        self._committed_max = seq  # sequence numbers only grow
         if self._cache_complete and len(self._cache) < self.config.queue_size:
-            self._cache.append(SpooledRow(row_id, notification))
+            self._cache.append(SpooledRow(seq, notification))
         else:
             self._cache_complete = False
             self._cache.clear()
@@ -298,7 +409,6 @@ class Dispatcher:
                     scope.cancel()
                 await supervisor.run(self.task_name, self.run, on_failure=self._crashed)
         finally:
-            self._spool_counted.set()
             self.finished.set()
 
     def _crashed(self, exc: BaseException) -> None:
@@ -319,18 +429,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Worker: deliver batches from the memory queue, then from the spool, until closed.
         Run again by the supervisor after a crash: a memory batch that was in flight goes first."""
-        if not self._started:
-            if self._spool is not None:
-                self._spooled = await self._spool.count(self.name)
-                self.stats.replayed = self._spooled
-                self.stats.enqueued += self._spooled  # taken on by this process
-                if self._spooled:
-                    self._spilling = True
-                    self._cache_complete = False
-                    log.info("notifykit transport %r: replaying %d notification(s) left in %r",
-                             self.name, self._spooled, self._spool)
-            self._started = True
-        self._spool_counted.set()
+        spool = self._spool
         if self._in_flight:
             await self._deliver(self._in_flight)
             self._in_flight = []
@@ -342,28 +441,32 @@ class Dispatcher:
                 await self._deliver(batch)
                 self._in_flight = []
                 continue
-            if self._spool is not None and (self.durable or self._spilling):
-                rows = await self._next_spooled(self._spool)
-                if rows:
-                    await self._deliver_spooled(self._spool, rows)
+            if spool is not None and (self.durable or self._spilling):
+                rows, through, quarantined = await self._next_spooled(spool)
+                if rows or through > self._after:
+                    await self._deliver_spooled(spool, rows, through, quarantined)
                     continue
                 if self._committed_max > self._after:
-                    continue  # committed while we were reading
-                if self._to_delete:
-                    await self._flush_deletes(self._spool)  # idle: a good time; then look again
-                    continue
-                self._cache_complete = True  # everything committed is delivered
+                    continue  # appended while we were reading
+                self._cache_complete = True  # everything appended is delivered
                 if self._spilling and self._spooled <= 0 and self._reserved == 0:
                     self._spilling = False
                     continue
             if self._input_closed and not self._spilling and not self._blocked:
                 return
+            if spool is not None and self._unreleased:
+                with anyio.move_on_after(RELEASE_IDLE) as idle:
+                    await self._wakeup.wait()
+                if idle.cancelled_caught:
+                    await self._flush_deletes(spool)  # idle: write confirmations, free segments
+                continue
             await self._wakeup.wait()
 
-    def _take_queued(self) -> list[Notification]:
+    def _take_queued(self, limit: int | None = None) -> list[Notification]:
         self.unturned = 0
         batch: list[Notification] = []
-        while len(batch) < self.batch_size:
+        limit = limit or self.batch_size
+        while len(batch) < limit:
             try:
                 batch.append(self._receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream):
@@ -372,33 +475,43 @@ class Dispatcher:
             self._admit_blocked()
         return batch
 
-    async def _next_spooled(self, spool: Spool) -> list[SpooledRow]:
-        """The next rows after ``_after``: from the in-memory copy when it is complete,
-        else read back from SQLite."""
+    async def _next_spooled(self, spool: Spool) -> tuple[list[SpooledRow], int, int]:
+        """The next records after ``_after``, how far that got, and how many were
+        quarantined: from the in-memory copy when it is complete, else read from the log."""
         if self._cache_complete:
             rows: list[SpooledRow] = []
             while self._cache and len(rows) < self.batch_size:
                 rows.append(self._cache.popleft())
-            return rows
-        return await spool.fetch(self.name, self._after, self.batch_size)
+            if self._cache_waiters:
+                self._cache_room.set()
+                self._cache_room = anyio.Event()
+            return rows, rows[-1].row_id if rows else self._after, 0
+        read = await spool.read(self.name, self._after, self.batch_size)
+        return read.rows, read.through, read.quarantined
 
-    async def _deliver_spooled(self, spool: Spool, rows: list[SpooledRow]) -> None:
-        """Deliver spooled rows; they are deleted only once sent or dead-lettered (in
-        batches of DELETE_BATCH: a crash re-sends at most that many, at-least-once)."""
-        batch = [row.notification for row in rows]
-        self._in_flight, self._in_flight_spooled = batch, len(rows)
-        await self._deliver(batch)
-        self._to_delete.extend(row.row_id for row in rows)
-        self._after = rows[-1].row_id
-        self._spooled -= len(rows)
+    async def _deliver_spooled(self, spool: Spool, rows: list[SpooledRow], through: int, quarantined: int) -> None:
+        """Deliver spooled records, then confirm them (all up to ``through``) once sent or
+        dead-lettered; the confirmation reaches the log every RELEASE_BATCH records or when
+        idle, so a crash re-sends at most that many (at-least-once)."""
+        if rows:
+            self._in_flight, self._in_flight_spooled = [row.notification for row in rows], len(rows)
+            await self._deliver(self._in_flight)
+        self._after = through
+        self._spooled -= len(rows) + quarantined
         self._in_flight, self._in_flight_spooled = [], 0
-        if len(self._to_delete) >= DELETE_BATCH:
+        spool.ack(self.name, through)
+        self._unreleased += len(rows) + quarantined
+        self._room.set()
+        self._room = anyio.Event()
+        if self._unreleased >= RELEASE_BATCH:
             await self._flush_deletes(spool)
 
     async def _flush_deletes(self, spool: Spool) -> None:
-        if self._to_delete:
-            done, self._to_delete = self._to_delete, []
-            await spool.delete(done)
+        """Write this transport's confirmations and delete the segments they free."""
+        self._unreleased = 0
+        await spool.release()
+        self._room.set()
+        self._room = anyio.Event()
 
     async def _deliver(self, batch: list[Notification]) -> None:
         pending: Sequence[Notification] = batch
@@ -578,7 +691,6 @@ class Dispatcher:
         self._closed = True
         if self._spool is not None:
             await self._flush_deletes(self._spool)  # before anything leaves the counters
-            self._spool_counted.set()
         leftovers = [] if self._in_flight_spooled else list(self._in_flight)
         self._in_flight, self._in_flight_spooled = [], 0
         while True:
@@ -599,7 +711,7 @@ class Dispatcher:
             self._putting_away = len(leftovers)
             for notification in leftovers:
                 self._putting_away -= 1  # _spool_put counts it before its first await
-                await self._spool_put(self._spool, notification, new=False)
+                await self._spool_put(self._spool, notification, new=False, closing=True)
             return 0, self._spooled
         await self._dead_letter(leftovers, reason)
         return len(leftovers), 0

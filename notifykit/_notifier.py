@@ -137,8 +137,8 @@ class Notifier(_PriorityMethods):
         clock = clock or EventLoopClock()
         self._supervisor = Supervisor(clock)
         needs_spool = any(t.durable or t.overflow is OverflowPolicy.SPILL for t in config.transports)
-        self.spool = Spool(config.spool_path or default_spool_path(), synchronous=config.spool_synchronous) \
-            if needs_spool else None
+        self.spool = Spool(config.spool_path or default_spool_path(), sync=config.spool_sync,
+                           max_bytes=config.spool_max_bytes) if needs_spool else None
         self._dispatchers: list[Dispatcher] = []
         for transport_config in config.transports:
             name = self._unique_name(transport_config)
@@ -215,6 +215,15 @@ class Notifier(_PriorityMethods):
         :meth:`background_tasks`): none can fail into the caller's code."""
         if self._state is not _State.NEW:
             raise NotifierClosedError("a Notifier can be started only once")
+        if self.spool is not None:
+            await self.spool.open()  # recovers (and quarantines) what a previous process left
+            for dispatcher in self._dispatchers:
+                dispatcher.recover_from_spool()
+            names = {d.name for d in self._dispatchers if d.spooling}
+            for name, count in self.spool.pending_counts().items():
+                if name not in names:
+                    log.warning("notifykit spool %r holds %d notification(s) for transport %r, which this"
+                                " Notifier has no durable/spill transport for; they are kept", self.spool, count, name)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for dispatcher in self._dispatchers:

@@ -1,204 +1,661 @@
-"""The durable outbox: a local SQLite (WAL) spool of notifications not yet confirmed.
+"""The durable outbox: an append-only log of notifications not yet confirmed.
 
-A notification is committed here before ``notify()`` returns (callers arriving together
-share one commit) and deleted only after its transport confirmed it, so a broker outage
-or a crash of the process loses nothing: the next Notifier on the same spool replays it,
-in order, per transport. All SQLite work runs in worker threads.
+A durable notification is written to the log (one ``os.write`` of a framed, checksummed
+record, on the event loop: a few microseconds to the page cache) before ``notify()``
+returns, so a crash of the process loses nothing that ``notify()`` accepted; with
+``sync = fsync`` callers also wait for a group fsync (in a worker thread) and a power loss
+loses nothing either. Confirmations are acknowledgement watermarks per transport, written
+to the same log; a segment whose records are all confirmed is deleted (in a worker
+thread). The next Notifier on the same spool replays what is left, in order, per
+transport. A torn or garbage region is skipped, copied to ``quarantine.jsonl`` and
+counted; it never stops the replay. See :mod:`notifykit._log` for the format.
 """
 
 from __future__ import annotations
 
+import base64
+import enum
+import errno
+import fcntl
+import json
+import logging
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 
-from ._errors import ConfigError
+from ._choices import parse_choice
+from ._errors import ConfigError, InvalidNotificationError, NotifyKitError
 from ._formats import WireFormat
+from ._log import (
+    FORMAT,
+    Ack,
+    BadRegion,
+    Checkpoint,
+    Record,
+    decode_body,
+    frame_ack,
+    frame_checkpoint,
+    frame_record,
+    scan,
+    segment_name,
+    segment_number,
+)
 from ._message import Notification
 from ._paths import state_file
 
-__all__ = ["Spool", "SpooledRow", "default_spool_path"]
+__all__ = [
+    "DEFAULT_SPOOL_MAX_BYTES", "Spool", "SpoolFullError", "SpoolInfo", "SpoolRead", "SpoolSync",
+    "SpooledRow", "default_spool_path",
+]
 
-SYNCHRONOUS_MODES = ("off", "normal", "full")
+log = logging.getLogger("notifykit")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    transport TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_transport_id ON outbox (transport, id);
-"""
+DEFAULT_SPOOL_MAX_BYTES = 1024**3
+#: A segment is closed past this size; the cap on the whole spool may make it smaller.
+SEGMENT_BYTES = 8 * 1024 * 1024
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
+QUARANTINE = "quarantine.jsonl"
+_JSON = WireFormat.JSON
+LOCK = "lock"
+
+
+class SpoolSync(enum.StrEnum):
+    """How far a record goes before ``notify()`` returns."""
+
+    WRITE = "write"  # into the kernel (os.write): survives a crash of the process
+    FSYNC = "fsync"  # onto the disk (group fsync): survives a power loss too
+
+    @classmethod
+    def parse(cls, value: SpoolSync | str) -> SpoolSync:
+        return parse_choice(cls, value, "spool_sync")
+
+
+class SpoolFullError(NotifyKitError):
+    """The spool reached ``spool_max_bytes``; the transport's overflow policy decides."""
 
 
 def default_spool_path() -> Path:
-    """``$NOTIFYKIT_SPOOL``, else ``$XDG_STATE_HOME/notifykit/spool.sqlite``."""
-    return state_file("NOTIFYKIT_SPOOL", "spool.sqlite")
+    """``$NOTIFYKIT_SPOOL``, else ``$XDG_STATE_HOME/notifykit/spool`` (a directory)."""
+    return state_file("NOTIFYKIT_SPOOL", "spool")
 
 
 @dataclass(frozen=True, slots=True)
 class SpooledRow:
-    row_id: int
+    row_id: int  # the record's sequence number in the log
     notification: Notification
 
 
-class _Pending:
-    """Rows waiting for the next group commit, and the event their writers wait on."""
+@dataclass(frozen=True, slots=True)
+class SpoolRead:
+    """What one read of the log returned: rows in order, and how far it got (``through``,
+    a sequence number the caller may acknowledge even when every row was quarantined)."""
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, float]] = []
-        self.notifications: list[Notification] = []
-        self.done = anyio.Event()
-        self.ids: list[int] = []
-        self.error: BaseException | None = None
+    rows: list[SpooledRow]
+    through: int
+    quarantined: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolInfo:
+    """A read-only look at a spool (``notifykit status --spool``): nothing is written."""
+
+    path: Path
+    counts: dict[str, int]  # notifications waiting, per transport
+    bytes: int  # on disk, segments included
+    segments: int
+    bad_bytes: int  # torn or garbage bytes the next start will quarantine
+    format: str  # "log" or "sqlite" (a pre-log spool, migrated by the next start)
+
+
+@dataclass(slots=True)
+class _Segment:
+    number: int
+    path: Path
+    size: int
+    last: dict[str, int] = field(default_factory=dict)  # highest record seq per transport
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Where a transport's read of the log is: one segment buffered at a time."""
+
+    after: int = 0
+    segment: int = -1
+    offset: int = 0
+    rows: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _Recovered:
+    segments: list[_Segment]
+    acked: dict[str, int]
+    next_seq: int
+    pending: dict[str, int]
+    bad: list[tuple[_Segment, BadRegion, bytes]]
 
 
 class Spool:
-    """SQLite outbox shared by the durable transports of one Notifier.
+    """The log shared by the durable / spill transports of one Notifier.
 
-    ``synchronous`` is SQLite's: ``full`` fsyncs every commit (survives power loss),
-    ``normal`` (default, WAL) survives a process crash, ``off`` trusts the OS.
+    One process at a time: the spool directory is locked (``flock``) while open.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "normal") -> None:
-        if synchronous not in SYNCHRONOUS_MODES:
-            raise ConfigError(f"spool synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
+    def __init__(self, path: str | os.PathLike[str], *, sync: SpoolSync | str = SpoolSync.WRITE,
+                 max_bytes: int = DEFAULT_SPOOL_MAX_BYTES, segment_bytes: int = SEGMENT_BYTES) -> None:
+        if max_bytes < 4096:
+            raise ConfigError(f"spool_max_bytes must be >= 4096, got {max_bytes}")
         self.path = Path(path)
-        self.synchronous = synchronous
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._pending: _Pending | None = None
-        self._writer_busy = False
-        self._listeners: dict[str, Callable[[int, Notification], None]] = {}
+        self.sync = SpoolSync.parse(sync)
+        self.max_bytes = max_bytes
+        self.segment_bytes = max(1024, min(segment_bytes, max_bytes // 8))
+        self.quarantined = 0  # records or regions copied to quarantine.jsonl
+        self._opened = False
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._segments: list[_Segment] = []
+        self._active: _Segment | None = None
+        self._bytes = 0
+        self._next_seq = 1
+        self._acked: dict[str, int] = {}
+        self._acked_on_disk: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self._names: dict[str, bytes] = {}
+        self._readers: dict[str, _Reader] = {}
+        self._quarantine_lock = threading.Lock()
+        self._release_failures = 0
+        # fsync group commit
+        self._written = 0
+        self._synced = 0
+        self._syncing: anyio.Event | None = None
+        self._retired_fds: list[int] = []
+        self._dir_dirty = False
+        self._sync_failures = 0
 
-    def subscribe(self, transport: str, on_committed: Callable[[int, Notification], None]) -> None:
-        """Call ``on_committed(row_id, notification)`` for each row of ``transport``, in
-        row order, as soon as its commit is done (lets the worker skip re-reading it)."""
-        self._listeners[transport] = on_committed
+    # -- opening, recovery, migration (worker thread) -----------------------------------
 
-    # -- blocking part, always called in a worker thread -------------------------------
+    async def open(self) -> None:
+        """Lock the spool, recover what a previous process left (quarantining bad bytes),
+        migrate a pre-log SQLite spool, and start a new segment."""
+        if not self._opened:
+            await anyio.to_thread.run_sync(self._open_blocking)
+            self._opened = True
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+    def pending_counts(self) -> dict[str, int]:
+        """Notifications per transport a previous process left (after :meth:`open`)."""
+        return dict(self._pending)
 
-    def _insert(self, rows: Sequence[tuple[str, str, str, float]]) -> list[int]:
-        with self._lock:
-            db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [db.execute("INSERT INTO outbox (transport, message_id, body, created) VALUES (?, ?, ?, ?)",
-                                  row).lastrowid or 0 for row in rows]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return ids
-
-    def _fetch(self, transport: str, after_id: int, limit: int) -> list[tuple[int, str]]:
-        with self._lock:
-            cursor = self._connect().execute(
-                "SELECT id, body FROM outbox WHERE transport = ? AND id > ? ORDER BY id LIMIT ?",
-                (transport, after_id, limit),
-            )
-            return [(int(row_id), str(body)) for row_id, body in cursor.fetchall()]
-
-    def _delete(self, row_ids: Sequence[int]) -> None:
-        with self._lock:
-            db = self._connect()
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in row_ids])
-            db.execute("COMMIT")
-
-    def _count(self, transport: str | None) -> int:
-        with self._lock:
-            db = self._connect()
-            if transport is None:
-                return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-            return int(db.execute("SELECT COUNT(*) FROM outbox WHERE transport = ?", (transport,)).fetchone()[0])
-
-    def counts_blocking(self) -> dict[str, int]:
-        """Rows per transport (blocking: for ``notifykit status`` and tests)."""
-        with self._lock:
-            rows = self._connect().execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
-            return {str(name): int(count) for name, count in rows}
-
-    def _close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    # -- async API ---------------------------------------------------------------------
-
-    async def append(self, transport: str, notification: Notification) -> int:
-        """Commit one notification; callers that arrive while a commit runs share the next one."""
-        if self._pending is None:
-            self._pending = _Pending()
-        batch = self._pending
-        index = len(batch.rows)
-        batch.rows.append((transport, notification.message_id,
-                           notification.encode(WireFormat.JSON).decode(), time.time()))
-        batch.notifications.append(notification)
-        if not self._writer_busy:
-            await self._write_pending()
-        else:
-            await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.ids[index]
-
-    async def _write_pending(self) -> None:
-        """Group commit: keep committing whatever accumulated until nothing is pending."""
-        self._writer_busy = True
+    def _open_blocking(self) -> None:
+        path = self.path
+        if path.is_dir():
+            strangers = [p.name for p in path.iterdir() if not _is_ours(p)]
+            if strangers:
+                raise ConfigError(f"spool path {str(path)!r} is a directory that is not a notifykit spool"
+                                  f" (it holds {', '.join(sorted(strangers)[:3])}); name a directory of its own")
+        elif path.exists():
+            if not _is_legacy_spool(path):
+                raise ConfigError(f"spool path {str(path)!r} is a file that is not a notifykit spool;"
+                                  " spool_path names a directory")
+            _move_sqlite(path, path.with_name(path.name + ".pre-log"))
         try:
-            while self._pending is not None and self._pending.rows:
-                batch, self._pending = self._pending, None
-                try:
-                    with anyio.CancelScope(shield=True):  # a commit, once started, is finished
-                        batch.ids = await anyio.to_thread.run_sync(self._insert, batch.rows)
-                except Exception as exc:
-                    batch.error = exc
-                else:
-                    for row, row_id, notification in zip(batch.rows, batch.ids, batch.notifications, strict=True):
-                        listener = self._listeners.get(row[0])
-                        if listener is not None:
-                            listener(row_id, notification)
-                batch.done.set()
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open spool {str(path)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise ConfigError(f"spool {str(path)!r} is in use by another Notifier; give each process"
+                              " its own spool_path") from None
+        self._lock_fd = lock_fd
+        try:
+            recovered = _recover(path)
+            for segment, region, data in recovered.bad:
+                self._quarantine({"segment": segment.path.name, "offset": region.start,
+                                  "length": region.end - region.start, "reason": "not a valid record"}, data)
+            self._segments = recovered.segments
+            self._acked = dict(recovered.acked)
+            self._acked_on_disk = dict(recovered.acked)
+            self._next_seq = recovered.next_seq
+            self._pending = dict(recovered.pending)
+            self._bytes = sum(s.size for s in self._segments)
+            self._start_segment()
+            try:
+                self._delete_blocking(self._take_deletable())
+            except OSError as exc:  # kept, retried at the next release
+                log.error("notifykit spool %r: could not delete confirmed segments: %s", str(path), exc)
+            for suffix in _LEGACY_SUFFIXES:
+                legacy = path.with_name(path.name + suffix)
+                if legacy.is_file() and _is_legacy_spool(legacy):
+                    self._migrate(legacy)
+        except BaseException:
+            self._close()
+            raise
+
+    def _start_segment(self) -> None:
+        number = self._segments[-1].number + 1 if self._segments else 1
+        segment = _Segment(number, self.path / segment_name(number), 0)
+        fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        data = frame_checkpoint(self._next_seq, self._acked)
+        os.write(fd, data)
+        segment.size = len(data)
+        self._bytes += len(data)
+        self._acked_on_disk = dict(self._acked)
+        if self._fd is not None:
+            if self.sync is SpoolSync.FSYNC:
+                self._retired_fds.append(self._fd)  # closed by the next fsync, which covers it
+            else:
+                os.close(self._fd)
+        self._fd = fd
+        self._active = segment
+        self._segments.append(segment)
+        self._dir_dirty = True
+
+    def _migrate(self, legacy: Path) -> None:
+        """Append the rows of a pre-log SQLite spool to the log, then keep the file as ``.migrated``."""
+        db = sqlite3.connect(legacy, isolation_level=None)
+        try:
+            rows = db.execute("SELECT id, transport, body FROM outbox ORDER BY id").fetchall()
         finally:
-            self._writer_busy = False
+            db.close()
+        moved = 0
+        for row_id, transport, body in rows:
+            try:
+                notification = Notification.from_json(body)
+            except (ValueError, TypeError, InvalidNotificationError) as exc:
+                self._quarantine({"source": legacy.name, "row_id": row_id, "transport": str(transport),
+                                  "reason": f"not a notification: {exc}"}, str(body).encode(errors="replace"))
+                continue
+            self._write(str(transport), notification)
+            self._pending[str(transport)] = self._pending.get(str(transport), 0) + 1
+            moved += 1
+        assert self._fd is not None
+        os.fsync(self._fd)
+        _move_sqlite(legacy, legacy.with_name(legacy.name + ".migrated"))
+        log.warning("notifykit spool: migrated %d notification(s) from the SQLite spool %r into %r;"
+                    " the old file is kept as %r (delete it once replayed)", moved, str(legacy),
+                    str(self.path), legacy.name + ".migrated")
 
-    async def fetch(self, transport: str, after_id: int, limit: int) -> list[SpooledRow]:
-        """The oldest rows of ``transport`` after ``after_id``, in insertion order."""
-        rows = await anyio.to_thread.run_sync(self._fetch, transport, after_id, limit)
-        return [SpooledRow(row_id, Notification.from_json(body)) for row_id, body in rows]
+    def _quarantine(self, what: dict[str, object], data: bytes) -> None:
+        line = json.dumps({**what, "data_base64": base64.b64encode(data).decode()}) + "\n"
+        with self._quarantine_lock:
+            self.quarantined += 1
+            with open(self.path / QUARANTINE, "a", encoding="utf-8") as fh:
+                fh.write(line)
+        log.error("notifykit spool %r: quarantined %s to %s", str(self.path),
+                  ", ".join(f"{k}={v}" for k, v in what.items()), QUARANTINE)
 
-    async def delete(self, row_ids: Sequence[int]) -> None:
-        if row_ids:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._delete, list(row_ids))
+    # -- appending (event loop) ---------------------------------------------------------
 
-    async def count(self, transport: str | None = None) -> int:
-        return await anyio.to_thread.run_sync(self._count, transport)
+    def append(self, transport: str, notification: Notification) -> int:
+        """Write one notification to the log and return its sequence number. On return the
+        record is in the kernel; under ``sync = fsync`` await :meth:`synced` as well.
+        Raises SpoolFullError past ``max_bytes`` and OSError when the write fails."""
+        # The hot path of durable mode: kept to one frame, one check, one os.write.
+        active = self._active
+        if active is None:
+            raise NotifyKitError("the spool is not open")
+        name = self._names.get(transport)
+        if name is None:
+            name = self._names[transport] = transport.encode()
+        seq = self._next_seq
+        data = frame_record(seq, name, notification.encode(_JSON))
+        size = len(data)
+        if self._bytes + size > self.max_bytes:
+            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
+        if active.size + size > self.segment_bytes and active.last:
+            self._start_segment()
+            active = self._active
+            assert active is not None
+        self._next_seq = seq + 1
+        written = os.write(self._fd, data)  # type: ignore[arg-type]  # open: _fd is set with _active
+        active.size += written
+        self._bytes += written
+        if written != size:  # a torn record: the reader skips it (and quarantines it at the next start)
+            raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {size} bytes)")
+        active.last[transport] = seq
+        self._written = seq
+        return seq
+
+    def append_many(self, transport: str, notifications: list[Notification]) -> int:
+        """Write several notifications with one os.write (a queue spilled at once); returns
+        the first one's sequence number (the others follow it)."""
+        if not self._opened:
+            raise NotifyKitError("the spool is not open")
+        return self._write(transport, *notifications)
+
+    def _write(self, transport: str, *notifications: Notification) -> int:
+        name = self._names.get(transport)
+        if name is None:
+            name = self._names[transport] = transport.encode()
+        first = self._next_seq
+        data = b"".join(frame_record(first + i, name, n.encode(_JSON)) for i, n in enumerate(notifications))
+        if self._bytes + len(data) > self.max_bytes:
+            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
+        active = self._active
+        assert active is not None and self._fd is not None
+        if active.size + len(data) > self.segment_bytes and active.last:
+            self._start_segment()
+            active = self._active
+            assert active is not None and self._fd is not None
+        last = first + len(notifications) - 1
+        self._next_seq = last + 1
+        written = os.write(self._fd, data)
+        active.size += written
+        self._bytes += written
+        if written != len(data):  # a torn record: the reader skips it (and quarantines it at the next start)
+            raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {len(data)} bytes)")
+        active.last[transport] = last
+        self._written = last
+        return first
+
+    async def synced(self, seq: int) -> None:
+        """Wait until ``seq`` is on the disk (``sync = fsync``): callers that arrive while an
+        fsync runs share the next one (group commit). A failed fsync is logged, not raised:
+        the record is still in the kernel."""
+        while self._synced < seq:
+            running = self._syncing
+            if running is not None:
+                await running.wait()
+                continue
+            done = self._syncing = anyio.Event()
+            target, fds, retired = self._written, [self._fd], self._retired_fds
+            self._retired_fds = []
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._fsync_blocking, fds, retired, dir_dirty)
+            except OSError as exc:
+                self._sync_failures += 1
+                if self._sync_failures == 1 or self._sync_failures % 1000 == 0:
+                    log.error("notifykit spool %r: fsync failed (%d time(s)): %s; the notifications are"
+                              " safe from a crash of this process, not from a power loss", str(self.path),
+                              self._sync_failures, exc)
+            finally:
+                self._synced = max(self._synced, target)
+                self._syncing = None
+                done.set()
+
+    def _fsync_blocking(self, fds: list[int | None], retired: list[int], dir_dirty: bool) -> None:
+        try:
+            for fd in [*retired, *fds]:
+                if fd is not None:
+                    os.fdatasync(fd)
+            if dir_dirty:
+                dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        finally:
+            for fd in retired:
+                os.close(fd)
+
+    # -- reading back (worker thread) ---------------------------------------------------
+
+    async def read(self, transport: str, after: int, limit: int) -> SpoolRead:
+        """The next records of ``transport`` after sequence ``after``, in order (replay, or a
+        backlog larger than the in-memory queue). Undecodable records are quarantined."""
+        snapshot = [(s.number, s.path, s.size) for s in self._segments]
+        after = max(after, self._acked.get(transport, 0))  # confirmed ones are done, whatever is on disk
+        return await anyio.to_thread.run_sync(self._read_blocking, transport, after, limit, snapshot)
+
+    def _read_blocking(self, transport: str, after: int, limit: int,
+                       snapshot: list[tuple[int, Path, int]]) -> SpoolRead:
+        reader = self._readers.get(transport)
+        if reader is None or reader.after != after:
+            reader = self._readers[transport] = _Reader(after=after)
+        rows: list[SpooledRow] = []
+        through = after
+        quarantined = 0
+        while len(rows) < limit:
+            if not reader.rows and not self._fill(reader, transport, snapshot):
+                break
+            seq, body = reader.rows.popleft()
+            through = reader.after = seq
+            try:
+                rows.append(SpooledRow(seq, Notification.from_json(body)))
+            except (ValueError, TypeError, InvalidNotificationError) as exc:
+                quarantined += 1
+                self._quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"}, body)
+        return SpoolRead(rows, through, quarantined)
+
+    def _fill(self, reader: _Reader, transport: str, snapshot: list[tuple[int, Path, int]]) -> bool:
+        """Buffer the transport's next records (the rest of one segment); False at the end."""
+        for number, path, size in snapshot:
+            if number < reader.segment or (number == reader.segment and reader.offset >= size):
+                continue
+            if number != reader.segment:
+                reader.segment, reader.offset = number, 0
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(reader.offset)
+                    buf = fh.read(size - reader.offset)
+            except FileNotFoundError:  # confirmed and deleted meanwhile
+                reader.offset = size
+                continue
+            reader.offset += len(buf)
+            for item in scan(buf):
+                if isinstance(item, BadRegion):
+                    continue
+                record = decode_body(item[1])
+                if isinstance(record, Record) and record.transport == transport and record.seq > reader.after:
+                    reader.rows.append((record.seq, record.body))
+            if reader.rows:
+                return True
+        return False
+
+    # -- confirming and deleting ----------------------------------------------------------
+
+    def ack(self, transport: str, seq: int) -> None:
+        """Every record of ``transport`` up to ``seq`` is done (sent, dead-lettered, dropped).
+        Kept in memory; :meth:`release` writes it and deletes what it frees."""
+        if seq > self._acked.get(transport, 0):
+            self._acked[transport] = seq
+
+    async def release(self) -> None:
+        """Write the acknowledgements not yet in the log, then delete the segments whose
+        records are all confirmed (in a worker thread). A failure is logged and retried at
+        the next release; appending is not affected."""
+        try:
+            for transport, seq in self._acked.items():
+                if seq > self._acked_on_disk.get(transport, 0) and self._fd is not None:
+                    name = self._names.get(transport) or transport.encode()
+                    data = frame_ack(seq, name)
+                    written = os.write(self._fd, data)
+                    assert self._active is not None
+                    self._active.size += written
+                    self._bytes += written
+                    if written == len(data):
+                        self._acked_on_disk[transport] = seq
+            doomed = self._take_deletable()
+            if doomed:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._delete_blocking, doomed)
+        except OSError as exc:
+            self._release_failures += 1
+            if self._release_failures == 1 or self._release_failures % 100 == 0:
+                log.error("notifykit spool %r: could not record confirmations or delete confirmed"
+                          " segments (%d time(s)): %s; retried later", str(self.path), self._release_failures, exc)
+
+    def _take_deletable(self) -> list[_Segment]:
+        doomed = [s for s in self._segments if s is not self._active
+                  and all(seq <= self._acked.get(t, 0) for t, seq in s.last.items())]
+        for segment in doomed:
+            self._segments.remove(segment)
+            self._bytes -= segment.size
+        return doomed
+
+    def _delete_blocking(self, doomed: list[_Segment]) -> None:
+        failed: OSError | None = None
+        for segment in doomed:
+            try:
+                segment.path.unlink(missing_ok=True)
+            except OSError as exc:
+                failed = exc
+                self._segments.append(segment)  # kept; retried at the next release
+                self._segments.sort(key=lambda s: s.number)
+                self._bytes += segment.size
+        if failed is not None:
+            raise failed
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk now."""
+        return self._bytes
+
+    # -- closing and inspecting -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._close)
+        """Write the last confirmations, delete what they free, fsync and close."""
+        if self._opened:
+            await self.release()
+            if self.sync is SpoolSync.FSYNC:
+                await self.synced(self._written)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_blocking)
+            self._opened = False
+
+    def _close_blocking(self) -> None:
+        if self._fd is not None and self._active is not None:
+            if not any(self._acked.get(t, 0) < seq for s in self._segments for t, seq in s.last.items()):
+                # Nothing waits: leave an empty spool (the next start begins a fresh log).
+                for segment in self._segments:
+                    segment.path.unlink(missing_ok=True)
+                self._segments = []
+        for fd in [*self._retired_fds, self._fd]:
+            if fd is not None:
+                os.close(fd)
+        self._retired_fds = []
+        self._fd = None
+        self._active = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _close(self) -> None:
+        """Close the files without writing anything more (after a failed start, in tests)."""
+        for fd in [*self._retired_fds, self._fd, self._lock_fd]:
+            if fd is not None:
+                os.close(fd)
+        self._retired_fds, self._fd, self._lock_fd, self._active = [], None, None, None
+        self._opened = False
+
+    @staticmethod
+    def inspect(path: str | os.PathLike[str]) -> SpoolInfo:
+        """What a spool holds, read-only (no lock, no recovery, no file created or written)."""
+        path = Path(path)
+        if path.is_dir():
+            recovered = _recover(path, read_only=True)
+            return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
+                             sum(s.size for s in recovered.segments), len(recovered.segments),
+                             sum(r.end - r.start for _, r, _ in recovered.bad), "log")
+        if not path.exists():
+            raise ConfigError(f"no spool at {str(path)!r}")
+        if not path.is_file() or not _is_legacy_spool(path):
+            raise ConfigError(f"{str(path)!r} is not a notifykit spool")
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot read the SQLite spool {str(path)!r}: {exc}") from None
+        finally:
+            db.close()
+        return SpoolInfo(path, {str(t): int(n) for t, n in rows}, path.stat().st_size, 0, 0, "sqlite")
+
+    def counts_blocking(self) -> dict[str, int]:
+        """Notifications waiting per transport (read-only; for ``notifykit status`` and tests)."""
+        return Spool.inspect(self.path).counts
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
+
+
+def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
+    """Read every segment: the watermarks, the next sequence number, what is pending, and
+    the bad regions (with their bytes, to quarantine)."""
+    segments: list[_Segment] = []
+    seqs: list[dict[str, array[int]]] = []
+    acked: dict[str, int] = {}
+    next_seq = 1
+    bad: list[tuple[_Segment, BadRegion, bytes]] = []
+    numbered = sorted((n, p) for p in path.iterdir() if (n := segment_number(p)) is not None)
+    for number, segment_path in numbered:
+        try:
+            with open(segment_path, "rb") as fh:
+                buf = fh.read()
+        except FileNotFoundError:
+            continue
+        segment = _Segment(number, segment_path, len(buf))
+        by_transport: dict[str, array[int]] = {}
+        for item in scan(buf):
+            if isinstance(item, BadRegion):
+                bad.append((segment, item, buf[item.start:item.end]))
+                continue
+            offset, body = item
+            record = decode_body(body)
+            if isinstance(record, Record):
+                by_transport.setdefault(record.transport, array("Q")).append(record.seq)
+                segment.last[record.transport] = max(record.seq, segment.last.get(record.transport, 0))
+                next_seq = max(next_seq, record.seq + 1)
+            elif isinstance(record, Ack):
+                acked[record.transport] = max(acked.get(record.transport, 0), record.seq)
+            elif isinstance(record, Checkpoint):
+                if record.format > FORMAT:
+                    raise ConfigError(f"spool {str(path)!r} was written by a newer notifykit (log format"
+                                      f" {record.format}); open it with that version")
+                next_seq = max(next_seq, record.next_seq)
+                for transport, seq in record.acked.items():
+                    acked[transport] = max(acked.get(transport, 0), seq)
+            else:
+                bad.append((segment, BadRegion(offset, offset + len(body)), body))
+        segments.append(segment)
+        seqs.append(by_transport)
+    pending: dict[str, int] = {}
+    for by_transport in seqs:
+        for transport, values in by_transport.items():
+            mark = acked.get(transport, 0)
+            waiting = sum(1 for seq in values if seq > mark)
+            if waiting:
+                pending[transport] = pending.get(transport, 0) + waiting
+    del read_only
+    return _Recovered(segments, acked, next_seq, pending, bad)
+
+
+def _is_ours(path: Path) -> bool:
+    return path.name in (LOCK, QUARANTINE) or segment_number(path) is not None
+
+
+def _is_legacy_spool(path: Path) -> bool:
+    """A SQLite file with the pre-log spool's ``outbox`` table (checked without writing)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                return False
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?immutable=1", uri=True)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return {"id", "transport", "body"} <= columns
+
+
+def _move_sqlite(source: Path, target: Path) -> None:
+    """Rename a SQLite file with its -wal and -shm companions (the WAL may hold committed rows)."""
+    for suffix in ("-wal", "-shm"):
+        companion = source.with_name(source.name + suffix)
+        if companion.exists():
+            companion.rename(target.with_name(target.name + suffix))
+    source.rename(target)
+

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from notifykit import Notifier
+from notifykit import ConfigError, Notification, Notifier, NotifierConfig, WireFormat
 from notifykit._spool import Spool
 from notifykit.deadletters import read_dead_letters
 from notifykit.testing import MemoryTransport
@@ -22,11 +26,8 @@ pytestmark = pytest.mark.asyncio
 
 
 def spool_counts(path: Path) -> dict[str, int]:
-    spool = Spool(path)
-    try:
-        return spool.counts_blocking()
-    finally:
-        spool._close()
+    """Notifications waiting in a spool, per transport (read-only)."""
+    return Spool.inspect(path).counts
 
 
 async def test_durable_keeps_unconfirmed_and_replays_in_order(tmp_path: Path, dead_letter_path: Path) -> None:
@@ -52,6 +53,23 @@ async def test_durable_keeps_unconfirmed_and_replays_in_order(tmp_path: Path, de
     assert spool_counts(spool) == {}
 
 
+async def test_only_unconfirmed_notifications_are_replayed(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    first = Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
+                              dead_letters=dead_letter_path, close_timeout=0.05)
+    async with first:
+        for i in range(10):
+            await first.info({}, "e.v", {"i": i})
+        await until(lambda: first.stats()["events"].sent == 10)
+        memory(first, "events").stall()
+        for i in range(10, 15):
+            await first.info({}, "e.v", {"i": i})
+    assert spool_counts(spool) == {"events": 5}
+    second = await replay(spool, dead_letter_path)
+    assert [m.payload["i"] for m in memory(second, "events").messages] == list(range(10, 15))
+    assert second.stats()["events"].replayed == 5
+
+
 async def test_durable_deletes_after_confirmation(tmp_path: Path, dead_letter_path: Path) -> None:
     spool = tmp_path / "spool.sqlite"
     async with Notifier.from_url("memory://?durable=true", publisher_id="t", spool=spool,
@@ -65,7 +83,7 @@ async def test_durable_deletes_after_confirmation(tmp_path: Path, dead_letter_pa
 
 
 async def test_spool_cap_dead_letters_and_counts(tmp_path: Path, dead_letter_path: Path) -> None:
-    n = Notifier.from_url("memory://?durable=true&spool_max_messages=3", publisher_id="t",
+    n = Notifier.from_url("memory://?durable=true&spool_max_messages=3&block_timeout=0", publisher_id="t",
                           spool=tmp_path / "s.sqlite", dead_letters=dead_letter_path, close_timeout=0.05)
     async with n:
         memory(n).stall()
@@ -86,8 +104,8 @@ async def test_spill_overflow_keeps_order(tmp_path: Path, dead_letter_path: Path
         await n.info({}, "e.v", {"i": 0})
         await wait_all_tasks_blocked()
         for i in range(1, 20):
-            await n.info({}, "e.v", {"i": i})  # never blocks: 2 in memory, the rest spilled
-        assert spool_counts(spool) == {"memory": 17}
+            await n.info({}, "e.v", {"i": i})  # never blocks: the 2 queued move to the log, then the rest
+        assert spool_counts(spool) == {"memory": 19}
         transport.resume()
         await until(lambda: len(transport.messages) == 20)
         for i in range(20, 25):  # backlog drained: back to the memory queue
@@ -150,3 +168,271 @@ async def test_concurrent_callers_with_stalls_lose_nothing_and_keep_order(tmp_pa
     for c in range(8):
         assert [i for cc, i in got if cc == c] == list(range(200))
     assert spool_counts(tmp_path / "s.sqlite") == {}
+
+
+# -- the segment log: corruption, bounds, failures, migration, inspection ----------------------
+
+
+def segments(spool: Path) -> list[Path]:
+    return sorted(spool.glob("segment-*.log"))
+
+
+def quarantined(spool: Path) -> list[dict[str, object]]:
+    path = spool / "quarantine.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def leave_in_spool(spool: Path, dead: Path, count: int, url: str = "memory://?name=events&durable=true") -> list[str]:
+    """A Notifier whose transport never confirms, closed with ``count`` notifications left in the spool."""
+    n = Notifier.from_url(url, publisher_id="t", spool=spool, dead_letters=dead, close_timeout=0.05)
+    async with n:
+        memory(n, "events").stall()
+        ids = [(await n.info({}, "e.v", {"i": i})).message_id for i in range(count)]
+    assert spool_counts(spool) == {"events": count}
+    return ids
+
+
+async def replay(spool: Path, dead: Path, url: str = "memory://?name=events&durable=true") -> Notifier:
+    async with Notifier.from_url(url, publisher_id="t", spool=spool, dead_letters=dead) as n:
+        pass
+    return n
+
+
+async def test_corrupt_record_in_the_middle_and_torn_tail_are_quarantined(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    await leave_in_spool(spool, dead_letter_path, 30)
+    (segment,) = segments(spool)
+    data = bytearray(segment.read_bytes())
+    middle = data.index(b'"i":10}')  # inside the 11th record: its checksum no longer matches
+    data[middle + 4] = ord("X")  # "i":10 becomes "i":X0
+    data += b"\xa7K\x40\x00\x00\x00garbage"  # a torn last write: a header whose body never came
+    segment.write_bytes(bytes(data))
+    assert Spool.inspect(spool).bad_bytes > 0
+
+    n = await replay(spool, dead_letter_path)  # never a crash
+    got = [m.payload["i"] for m in memory(n, "events").messages]
+    assert got == [i for i in range(30) if i != 10]  # every valid record replayed, in order
+    assert n.spool is not None and n.spool.quarantined == 2
+    regions = quarantined(spool)
+    assert [r["reason"] for r in regions] == ["not a valid record"] * 2
+    assert b'"i":X0}' in base64.b64decode(str(regions[0]["data_base64"]))
+    assert spool_counts(spool) == {}
+    again = await replay(spool, dead_letter_path)  # the bad bytes are gone from the log: a clean restart
+    assert memory(again, "events").messages == [] and len(quarantined(spool)) == 2
+
+
+async def test_repro_corrupt_row_in_an_old_sqlite_spool_is_quarantined_not_fatal(tmp_path: Path, dead_letter_path: Path) -> None:
+    """Issue 13, reproduction 2: one row whose body is not JSON crashed the dispatcher and the
+    caller's block, at every restart. The pre-log SQLite spool is migrated: the good rows are
+    replayed in order, the bad one is quarantined."""
+    spool = tmp_path / "spool.sqlite"
+    good = [Notification.create("e.v", {"i": i}, publisher_id="old") for i in range(4)]
+    bodies = [g.encode(WireFormat.JSON).decode() for g in good]
+    bodies.insert(2, "{not json")
+    db = sqlite3.connect(spool, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(LEGACY_SCHEMA)
+    for i, body in enumerate(bodies):
+        db.execute("INSERT INTO outbox (transport, message_id, body, created) VALUES (?, ?, ?, 0)",
+                   ("events", f"m{i}", body))
+    db.close()
+
+    async with Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
+                                 dead_letters=dead_letter_path) as n:
+        await until(lambda: len(memory(n, "events").messages) == 4)
+        await n.info({}, "e.v", {"i": "new"})  # the caller's block is undisturbed
+    assert [m.message_id for m in memory(n, "events").messages[:4]] == [g.message_id for g in good]
+    assert n.stats()["events"].replayed == 4 and not dead_letter_path.exists()
+    assert spool.is_dir() and spool_counts(spool) == {}
+    (bad,) = quarantined(spool)
+    assert bad["row_id"] == 3 and base64.b64decode(str(bad["data_base64"])) == b"{not json"
+    assert (tmp_path / "spool.sqlite.pre-log.migrated").is_file()  # the old file is kept, not reread
+    again = await replay(spool, dead_letter_path)
+    assert memory(again, "events").messages == []
+
+
+LEGACY_SCHEMA = """
+CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, transport TEXT NOT NULL,
+                     message_id TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX outbox_transport_id ON outbox (transport, id);
+"""
+
+
+async def test_old_default_sqlite_spool_next_to_the_new_directory_is_migrated(tmp_path: Path, dead_letter_path: Path) -> None:
+    old = tmp_path / "spool.sqlite"  # the previous default name; the new default is the directory "spool"
+    db = sqlite3.connect(old, isolation_level=None)
+    db.executescript(LEGACY_SCHEMA)
+    ids = []
+    for i in range(3):
+        note = Notification.create("e.v", {"i": i}, publisher_id="old")
+        ids.append(note.message_id)
+        db.execute("INSERT INTO outbox (transport, message_id, body, created) VALUES ('events', ?, ?, 0)",
+                   (note.message_id, note.encode(WireFormat.JSON).decode()))
+    db.close()
+    assert spool_counts(old) == {"events": 3}  # readable by status --spool before the migration
+    n = await replay(tmp_path / "spool", dead_letter_path)
+    assert [m.message_id for m in memory(n, "events").messages] == ids
+    assert not old.exists() and (tmp_path / "spool.sqlite.migrated").is_file()
+
+
+async def test_repro_failed_delete_does_not_break_later_appends(tmp_path: Path, dead_letter_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 13, reproduction 3: after one failed spool delete every later append failed
+    ("cannot start a transaction within a transaction"). Now a failed deletion of confirmed
+    segments is logged, appends go on, and the deletion is retried."""
+    spool = tmp_path / "spool"
+    calls = 0
+    original = Spool._delete_blocking
+
+    def fails_once(self: Spool, doomed: list[Any]) -> None:
+        nonlocal calls
+        calls += bool(doomed)
+        if calls == 1 and doomed:
+            self._segments.extend(doomed)  # as a failed unlink leaves them
+            self._segments.sort(key=lambda s: s.number)
+            self._bytes += sum(s.size for s in doomed)
+            raise OSError(errno.EIO, "Input/output error")
+        original(self, doomed)
+
+    monkeypatch.setattr(Spool, "_delete_blocking", fails_once)
+    config = {"spool_path": str(spool), "spool_max_bytes": 16384,
+              "transports": {"events": {"url": "memory://", "durable": True, "batch_size": 10}}}
+    async with Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path) as n:
+        for i in range(600):  # a segment is 2 KiB: ~100 rotations, deletions all along
+            await n.info({}, "e.v", {"i": i})
+            if i % 50 == 0:
+                await until(lambda: n.stats()["events"].spooled == 0)
+    stats = n.stats()["events"]
+    assert calls > 2
+    assert (stats.enqueued, stats.sent, stats.dead_lettered) == (600, 600, 0)
+    assert [m.payload["i"] for m in memory(n, "events").messages] == list(range(600))
+    assert "could not record confirmations or delete confirmed segments" in caplog.text
+    assert spool_counts(spool) == {} and segments(spool) == []
+
+
+@pytest.mark.parametrize(("policy", "dropped", "dead"), [("drop_newest", True, False), ("block", False, True),
+                                                         ("spill", False, True)])
+async def test_spool_byte_cap_applies_the_overflow_policy(tmp_path: Path, dead_letter_path: Path, policy: str,
+                                                          dropped: bool, dead: bool) -> None:
+    spool = tmp_path / "spool"
+    config = {"spool_path": str(spool), "spool_max_bytes": 8192,
+              "transports": {"events": {"url": "memory://", "durable": True, "overflow": policy,
+                                        "block_timeout": 0.01}}}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        memory(n, "events").stall()
+        for i in range(100):
+            await n.info({}, "e.v", {"i": i})
+        on_disk = sum(p.stat().st_size for p in segments(spool))
+        assert on_disk <= 8192
+    stats = n.stats()["events"]
+    kept = spool_counts(spool)["events"]
+    assert 0 < kept < 100 and stats.spool_full == 100 - kept
+    assert stats.dropped == (100 - kept if dropped else 0)
+    assert stats.dead_lettered == (100 - kept if dead else 0)
+    assert len(list(read_dead_letters(dead_letter_path))) == stats.dead_lettered if dead else not dead_letter_path.exists()
+    again = await replay(spool, dead_letter_path)
+    assert [m.payload["i"] for m in memory(again, "events").messages] == list(range(kept))
+
+
+async def test_block_on_a_full_spool_waits_for_room(tmp_path: Path, dead_letter_path: Path) -> None:
+    url = "memory://?name=events&durable=true&spool_max_messages=5&block_timeout=30&batch_size=1"
+    async with Notifier.from_url(url, publisher_id="t", spool=tmp_path / "spool",
+                                 dead_letters=dead_letter_path) as n:
+        transport = memory(n, "events")
+        transport.stall()
+        for i in range(5):
+            await n.info({}, "e.v", {"i": i})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(n.info, {}, "e.v", {"i": 5})  # waits: the spool holds 5
+            await wait_all_tasks_blocked()
+            assert spool_counts(tmp_path / "spool") == {"events": 5}  # the sixth is not written yet
+            transport.resume()
+    assert [m.payload["i"] for m in transport.messages] == list(range(6))
+    assert n.stats()["events"].spool_full == 0 and not dead_letter_path.exists()
+
+
+async def test_fsync_mode_delivers_and_replays(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    config = {"spool_path": str(spool), "spool_sync": "fsync",
+              "transports": {"events": {"url": "memory://", "durable": True}}}
+    first = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    assert first.spool is not None and first.spool.sync == "fsync"
+    async with first:
+        memory(first, "events").stall()
+        async with anyio.create_task_group() as tg:  # concurrent callers share fsyncs
+            for c in range(4):
+                for i in range(10):
+                    tg.start_soon(first.info, {}, "e.v", {"c": c, "i": i})
+    assert spool_counts(spool) == {"events": 40}
+    second = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path)
+    async with second:
+        await until(lambda: len(memory(second, "events").messages) == 40)
+    assert spool_counts(spool) == {}
+
+
+async def test_replay_in_order_per_transport_across_segments(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    config = {"spool_path": str(spool), "spool_max_bytes": 65536,
+              "transports": {"a": {"url": "memory://", "durable": True},
+                             "b": {"url": "memory://", "overflow": "spill", "queue_size": 3}}}
+    first = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with first:
+        memory(first, "a").stall()
+        memory(first, "b").stall()
+        for i in range(120):
+            await first.info({}, "e.v", {"i": i})
+    assert len(segments(spool)) > 3
+    left = spool_counts(spool)
+    assert left["a"] == 120 and 100 <= left["b"] <= 120
+    second = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path)
+    async with second:
+        await until(lambda: len(memory(second, "a").messages) == 120 and len(memory(second, "b").messages) == left["b"])
+    assert [m.payload["i"] for m in memory(second, "a").messages] == list(range(120))
+    b = [m.payload["i"] for m in memory(second, "b").messages]
+    assert b == sorted(b)
+    assert spool_counts(spool) == {} and segments(spool) == []
+
+
+async def test_inspect_writes_nothing_and_refuses_what_is_not_a_spool(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    await leave_in_spool(spool, dead_letter_path, 7)
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in spool.iterdir()}
+    info = Spool.inspect(spool)
+    assert (info.counts, info.segments, info.format) == ({"events": 7}, 1, "log") and info.bytes > 0
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in spool.iterdir()} == before
+
+    catalog = tmp_path / "catalog.sqlite"  # another program's SQLite file
+    db = sqlite3.connect(catalog)
+    db.execute("CREATE TABLE backups (id TEXT)")
+    db.commit()
+    db.close()
+    content = catalog.read_bytes()
+    for path in (catalog, tmp_path / "missing", dead_letter_path.with_name("notes.txt")):
+        if path.name == "notes.txt":
+            path.write_text("hello")
+        with pytest.raises(ConfigError, match="spool"):
+            Spool.inspect(path)
+    assert catalog.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["catalog.sqlite", "notes.txt", "spool"]
+
+    n = Notifier.from_url("memory://?durable=true", publisher_id="t", spool=catalog, dead_letters=dead_letter_path)
+    with pytest.raises(ConfigError, match="not a notifykit spool"):
+        await n.start()
+    assert catalog.read_bytes() == content
+
+
+async def test_one_process_per_spool(tmp_path: Path, dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    async with Notifier.from_url("memory://?durable=true", publisher_id="t", spool=spool, dead_letters=dead_letter_path):
+        other = Notifier.from_url("memory://?durable=true", publisher_id="t", spool=spool,
+                                  dead_letters=dead_letter_path)
+        with pytest.raises(ConfigError, match="in use by another Notifier"):
+            await other.start()
+
+
+async def test_spool_options_are_checked() -> None:
+    for bad in ({"spool_sync": "sometimes"}, {"spool_max_bytes": 10}, {"spool_max_bytes": "x"}):
+        with pytest.raises(ConfigError, match="spool_"):
+            NotifierConfig.from_mapping({"transports": {"m": {"url": "memory://"}}, **bad})

@@ -82,7 +82,7 @@ async def test_block_timeout_refusals_keep_the_invariant(dead_letter_path: Path)
 
 async def test_spool_full_is_counted(tmp_path: Path) -> None:
     dead = tmp_path / "dead.jsonl"
-    n = Notifier.from_url("memory://?durable=true&spool_max_messages=100", publisher_id="t", dead_letters=dead,
+    n = Notifier.from_url("memory://?durable=true&spool_max_messages=100&block_timeout=0", publisher_id="t", dead_letters=dead,
                           spool=tmp_path / "s.sqlite", close_timeout=0.05)
     async with n:
         memory(n).stall()

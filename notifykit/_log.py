@@ -1,0 +1,150 @@
+"""The spool's on-disk format: append-only segment files of framed, checksummed records.
+
+A frame is ``MAGIC | length (u32) | crc32 (u32) | body``, written with one ``os.write`` so
+that once it returns the record is in the kernel: it survives a crash of the process
+(not a power loss, unless fsynced). A reader that meets a torn or garbage region skips to
+the next MAGIC whose frame checks out and reports the region, so the valid records around
+it are kept and the bad bytes can be quarantined.
+
+Record bodies (first byte is the kind):
+
+* ``R`` seq, transport, notification JSON — one notification for one transport;
+* ``A`` seq, transport — every record of that transport up to ``seq`` is done (sent,
+  dead-lettered or dropped): the acknowledgement watermark;
+* ``C`` JSON ``{"format": 1, "next_seq": …, "acked": {transport: seq}}`` — a checkpoint,
+  the first record of every segment, so that deleting older segments loses no watermark.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "FORMAT", "MAGIC", "Ack", "BadRegion", "Checkpoint", "Record", "decode_body", "frame",
+    "frame_ack", "frame_checkpoint", "frame_record", "scan", "segment_name", "segment_number",
+]
+
+FORMAT = 1
+MAGIC = b"\xa7K"
+_HEADER = struct.Struct("<2sII")
+_RECORD = struct.Struct("<cQH")  # kind, seq, transport name length
+#: Larger lengths are garbage: no notification is this big (max_payload_bytes is 1 MiB by default).
+MAX_BODY = 256 * 1024 * 1024
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".log"
+
+
+def segment_name(number: int) -> str:
+    return f"{SEGMENT_PREFIX}{number:012d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(path: Path) -> int | None:
+    """The segment's number, or None when the name is not a segment's."""
+    name = path.name
+    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]
+    return int(digits) if digits.isdigit() else None
+
+
+def frame(body: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def frame_record(seq: int, transport: bytes, notification_json: bytes) -> bytes:
+    body = _RECORD.pack(b"R", seq, len(transport)) + transport + notification_json
+    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def frame_ack(seq: int, transport: bytes) -> bytes:
+    return frame(_RECORD.pack(b"A", seq, len(transport)) + transport)
+
+
+def frame_checkpoint(next_seq: int, acked: Mapping[str, int]) -> bytes:
+    return frame(b"C" + json.dumps({"format": FORMAT, "next_seq": next_seq, "acked": dict(acked)}).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    transport: str
+    body: bytes  # the notification, json wire format
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    next_seq: int
+    acked: dict[str, int]
+    format: int = FORMAT
+
+
+@dataclass(frozen=True, slots=True)
+class BadRegion:
+    """Bytes ``[start, end)`` of a segment that are no valid frame (torn write, garbage)."""
+
+    start: int
+    end: int
+
+
+def decode_body(body: bytes) -> Record | Ack | Checkpoint | None:
+    """The record a checked frame holds; None for a body this version cannot read."""
+    kind = body[:1]
+    if kind in (b"R", b"A") and len(body) >= _RECORD.size:
+        _, seq, name_len = _RECORD.unpack_from(body)
+        name_end = _RECORD.size + name_len
+        if len(body) < name_end:
+            return None
+        try:
+            transport = body[_RECORD.size:name_end].decode()
+        except UnicodeDecodeError:
+            return None
+        return Record(seq, transport, body[name_end:]) if kind == b"R" else Ack(seq, transport)
+    if kind == b"C":
+        try:
+            data = json.loads(body[1:])
+            acked = {str(k): int(v) for k, v in data["acked"].items()}
+            return Checkpoint(int(data["next_seq"]), acked, int(data.get("format", FORMAT)))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+    return None
+
+
+def scan(buf: bytes, start: int = 0) -> Iterator[tuple[int, bytes] | BadRegion]:
+    """Each valid frame's ``(offset, body)`` in ``buf[start:]``, and each bad region between them."""
+    end = len(buf)
+    pos = start
+    bad_start: int | None = None
+    header = _HEADER.size
+    while pos < end:
+        body: bytes | None = None
+        if buf.startswith(MAGIC, pos) and pos + header <= end:
+            _, length, crc = _HEADER.unpack_from(buf, pos)
+            body_end = pos + header + length
+            if length <= MAX_BODY and body_end <= end:
+                candidate = buf[pos + header:body_end]
+                if zlib.crc32(candidate) == crc:
+                    body = candidate
+        if body is not None:
+            if bad_start is not None:
+                yield BadRegion(bad_start, pos)
+                bad_start = None
+            yield pos, body
+            pos += header + len(body)
+        else:
+            if bad_start is None:
+                bad_start = pos
+            found = buf.find(MAGIC, pos + 1)
+            pos = end if found < 0 else found
+    if bad_start is not None:
+        yield BadRegion(bad_start, end)
