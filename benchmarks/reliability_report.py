@@ -3,8 +3,11 @@
 Prints JSON. Sections:
 * ``memory_bound`` — RSS after 10,000 and after N (default 1,000,000) notifications through
   a Notifier with a memory transport that keeps nothing (``keep=false``);
-* ``durable_cost`` — msgs/s with the SQLite spool off vs on, one caller and 16 concurrent
-  callers (group commit), same run, same transport; ratio = durable / in-memory.
+* ``durable_cost`` — msgs/s without and with ``durable = true`` (the append-only log,
+  ``spool_sync = write``), one caller and 16 concurrent callers, same transport, in
+  interleaved rounds (medians; targets: >= 0.7 and >= 0.8 of in-memory), with the µs one
+  notification costs (wall and CPU) and what ``spool_sync = fsync`` (group fsync) costs;
+  ``log_write_us`` is one small os.write to the page cache, timed alone.
 * ``faults`` — faults injected into real brokers and processes (RabbitMQ connection cuts,
   a SIGKILLed durable publisher, a flapping webhook receiver, a status file that cannot be
   written (faults = failed status writes), a Kafka restart, and on a 3-node RabbitMQ cluster
@@ -13,14 +16,17 @@ Prints JSON. Sections:
   notifications emitted, sent, received by an independent consumer, duplicated, lost
   (must be 0) and dead-lettered; the same faults the tests/reliability suite asserts on.
 
-Usage: ``python benchmarks/reliability_report.py [N_MEMORY [N_DURABLE [N_RABBIT_MEMORY]]]``.
+Usage: ``python benchmarks/reliability_report.py [N_MEMORY [N_DURABLE [N_RABBIT_MEMORY [ROUNDS]]]]``
+(``--durable-only`` runs just ``durable_cost``).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -64,11 +70,14 @@ async def memory_bound(url: str, total: int, tmp: Path) -> dict[str, Any]:
     }
 
 
-async def throughput(url: str, total: int, callers: int, tmp: Path, spool: Path | None) -> float:
-    async with Notifier.from_url(url, publisher_id="bench", dead_letters=tmp / "dl.jsonl",
-                                 spool=spool) as n:
+async def throughput(url: str, total: int, callers: int, tmp: Path, spool: Path | None,
+                     sync: str = "write") -> tuple[float, float]:
+    """msgs/s (until aclose() returned: delivered, not just accepted) and CPU µs per notification."""
+    config = {"spool_path": str(spool or tmp / "unused"), "spool_sync": sync,
+              "transports": {"memory": {"url": url, "durable": spool is not None}}}
+    async with Notifier.from_config(config, publisher_id="bench", dead_letters=tmp / "dl.jsonl") as n:
         per_caller = total // callers
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
 
         async def caller() -> None:
             for _ in range(per_caller):
@@ -78,8 +87,60 @@ async def throughput(url: str, total: int, callers: int, tmp: Path, spool: Path 
             for _ in range(callers):
                 tg.start_soon(caller)
     elapsed = time.perf_counter() - start  # includes the drain at close: delivered, not just accepted
+    cpu = time.process_time() - cpu
     assert n.stats()["memory"].sent == per_caller * callers
-    return per_caller * callers / elapsed
+    return per_caller * callers / elapsed, cpu / (per_caller * callers) * 1e6
+
+
+def log_write_us(rounds: int = 20_000) -> float:
+    """One framed ~400-byte record written with os.write to a file (the page cache), median of 5."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fd = os.open(Path(tmp) / "w", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            record = b"x" * 400
+            runs = []
+            for _ in range(5):
+                start = time.perf_counter()
+                for _ in range(rounds):
+                    os.write(fd, record)
+                runs.append((time.perf_counter() - start) / rounds * 1e6)
+        finally:
+            os.close(fd)
+    return round(statistics.median(runs), 2)
+
+
+async def durable_cost(total: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """In-memory vs durable (write) vs durable (fsync), interleaved; medians of the rounds."""
+    url = "memory://?keep=false"
+    cost: dict[str, Any] = {"notifications": total, "rounds": rounds, "log_write_us": log_write_us()}
+    for callers, target in ((1, 0.7), (16, 0.8)):
+        plain, durable, fsync, ratios, fsync_ratios = [], [], [], [], []
+        for k in range(rounds):
+            a = await throughput(url, total, callers, tmp, None)
+            b = await throughput(url, total, callers, tmp, tmp / f"spool-{callers}-{k}")
+            c = await throughput(url, max(total // 20, 200), callers, tmp, tmp / f"fsync-{callers}-{k}", "fsync")
+            plain.append(a)
+            durable.append(b)
+            fsync.append(c)
+            ratios.append(b[0] / a[0])
+            fsync_ratios.append(c[0] / a[0])
+        ratio = round(statistics.median(ratios), 3)
+        cost[f"callers_{callers}"] = {
+            "in_memory_msgs_per_s": round(statistics.median(r[0] for r in plain)),
+            "durable_msgs_per_s": round(statistics.median(r[0] for r in durable)),
+            "ratio_durable_vs_in_memory": ratio,
+            "target": target,
+            "met": ratio >= target,
+            "ratios_by_round": [round(r, 3) for r in ratios],
+            "in_memory_us_per_notify": round(1e6 / statistics.median(r[0] for r in plain), 1),
+            "durable_us_per_notify": round(1e6 / statistics.median(r[0] for r in durable), 1),
+            "in_memory_cpu_us_per_notify": round(statistics.median(r[1] for r in plain), 1),
+            "durable_cpu_us_per_notify": round(statistics.median(r[1] for r in durable), 1),
+            "fsync_msgs_per_s": round(statistics.median(r[0] for r in fsync)),
+            "ratio_fsync_vs_in_memory": round(statistics.median(fsync_ratios), 3),
+            "fsync_us_per_notify": round(1e6 / statistics.median(r[0] for r in fsync), 1),
+        }
+    return cost
 
 
 async def rabbitmq_memory_bound(total: int, tmp: Path) -> dict[str, Any]:
@@ -99,30 +160,27 @@ async def rabbitmq_memory_bound(total: int, tmp: Path) -> dict[str, Any]:
 
 
 async def main() -> None:
-    total = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    durable_n = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
-    rabbit_n = int(sys.argv[3]) if len(sys.argv) > 3 else 1_000_000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    total = int(args[0]) if len(args) > 0 else 1_000_000
+    durable_n = int(args[1]) if len(args) > 1 else 20_000
+    rabbit_n = int(args[2]) if len(args) > 2 else 1_000_000
+    rounds = int(args[3]) if len(args) > 3 else 7
+    if "--durable-only" in sys.argv:  # just the durable_cost section (quick)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            print(json.dumps({"durable_cost": await durable_cost(durable_n, rounds, Path(tmpdir))}, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         bound = await memory_bound("memory://?keep=false&queue_size=10000", total, tmp)
         rabbit_bound = await rabbitmq_memory_bound(rabbit_n, tmp)
-        cost: dict[str, Any] = {}
-        for callers in (1, 16):
-            plain = await throughput("memory://?keep=false", durable_n, callers, tmp, None)
-            durable = await throughput("memory://?keep=false&durable=true", durable_n, callers, tmp,
-                                       tmp / f"spool-{callers}.sqlite")
-            cost[f"callers_{callers}"] = {
-                "in_memory_msgs_per_s": round(plain),
-                "durable_msgs_per_s": round(durable),
-                "ratio_durable_vs_in_memory": round(durable / plain, 3),
-            }
+        cost = await durable_cost(durable_n, rounds, tmp)
     faults = await all_faults()
     print(json.dumps({
         "benchmark": "reliability_report",
         "python": platform.python_version(),
         "machine": platform.machine(),
         "memory_bound": {"memory_transport": bound, "rabbitmq": rabbit_bound},
-        "durable_cost": {"notifications": durable_n, "spool_synchronous": "normal", **cost},
+        "durable_cost": {"spool_sync": "write", **cost},
         "faults": faults,
         "lost_total": sum(int(r.get("lost", 0)) for r in faults),
     }, indent=2))
