@@ -24,7 +24,10 @@ async def test_cut_connections_mid_stream_lose_nothing(broker: str, names: Names
         url = (f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange={names.exchange}&topic={names.topic}"
                "&queue_size=20000&retry_initial_delay=0.05&circuit_reset_timeout=0.5&batch_size=500")
         cut_at: list[int] = []
-        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
+        # close_timeout: the drain after the second cut must not race the default 10 s deadline
+        # on a loaded machine (seen in CI-like runs: 500-1,000 dead-lettered at close).
+        async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path,
+                                     close_timeout=120) as notifier:
             transport = notifier.transports["amqp"]
             assert isinstance(transport, AmqpTransport)
 
