@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from _backup_helpers import NoopNotifier, write_volume
 from _goals import goal
 
 from backup import (
@@ -58,19 +59,6 @@ CAUSE = ("a 512 MiB backup's run-to-run spread on two shared cores is larger tha
          "notify_call_share_median measures that cost directly")
 
 
-class NoopNotifier:
-    """Notifications off: satisfies SupportsNotify and does nothing."""
-
-    def __init__(self) -> None:
-        self._prebuilt = Notification.create("noop", {}, publisher_id="bench")
-        self.calls = 0
-
-    async def notify(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any], *,
-                     priority: Priority | str = Priority.INFO) -> Notification:
-        self.calls += 1
-        return self._prebuilt
-
-
 class TimedNotifier:
     """Wraps the real Notifier and adds up the time the backup spends inside notify()."""
 
@@ -85,13 +73,6 @@ class TimedNotifier:
             return await self.inner.notify(ctx, event_type, payload, priority=priority)
         finally:
             self.seconds += time.perf_counter() - start
-
-
-def write_volume(path: Path, size: int) -> None:
-    block = (b"compressible text block for the backup benchmark. " * 21_000)[:MIB]
-    with open(path, "wb") as fh:
-        for i in range(size // MIB):
-            fh.write(os.urandom(MIB) if i % 2 else block)
 
 
 def plain_copy(src: Path, dst: Path) -> float:

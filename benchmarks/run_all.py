@@ -32,7 +32,7 @@ IMAGES = ROOT / "docs" / "img"
 #: (pattern on the dotted key path, axis label); max_us is left out: one GC pause dwarfs the rest.
 UNITS = ((r"(?<!max)_us$", "µs (lower is better)"), (r"msgs_per_s", "messages per second (higher is better)"),
          (r"mib_s(\.[^.]+)?$", "MiB per second (higher is better)"))
-SKIP = {"run_all.py", "_faults.py", "_goals.py", "_profile.py"}
+SKIP = {"run_all.py"}  # and every _module: helpers the benchmarks import, not benchmarks
 
 
 def leaves(data: Any, prefix: str = "") -> list[tuple[str, float]]:
@@ -338,7 +338,7 @@ def main() -> int:
     only = set(sys.argv[1:])
     failures = 0
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
-        if script.name in SKIP or (only and script.stem not in only):
+        if script.name in SKIP or script.name.startswith("_") or (only and script.stem not in only):
             continue
         print(f"== {script.name}", flush=True)
         started = time.time()

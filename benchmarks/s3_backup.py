@@ -37,10 +37,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from _backup_helpers import NoopNotifier, write_volume
 from _goals import goal, median, rotated
 
 from backup import BackupService, ChunkedBackupDriver, S3ObjectStore, SQLiteCatalog, store_from_url
-from notifykit import ContextLike, Notification, Priority
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
@@ -50,24 +50,6 @@ CEPH_AIO = Path(__file__).resolve().parents[1] / "scripts" / "ceph-aio"
 BUCKET = "bench"
 CAUSE = ("client and RGW share the same two cores; the backup also hashes (sha256 + MD5) every chunk and writes a"
          " metadata object, which a bare upload loop does not")
-
-
-class NoopNotifier:
-    """Notifications off: this benchmark measures the store path."""
-
-    def __init__(self) -> None:
-        self._prebuilt = Notification.create("noop", {}, publisher_id="bench")
-
-    async def notify(self, ctx: ContextLike, event_type: str, payload: Any, *,
-                     priority: Priority | str = Priority.INFO) -> Notification:
-        return self._prebuilt
-
-
-def write_volume(path: Path, size: int) -> None:
-    block = (b"compressible text block for the backup benchmark. " * 21_000)[:MIB]
-    with open(path, "wb") as fh:
-        for i in range(size // MIB):
-            fh.write(os.urandom(MIB) if i % 2 else block)
 
 
 def chunks(volume: Path) -> list[bytes]:

@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
+from _backup_helpers import NoopNotifier, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
 from backup import (
@@ -51,7 +52,6 @@ from backup import (
     SwiftObjectStore,
     SwiftOptions,
 )
-from notifykit import ContextLike, Notification, Priority
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
@@ -70,24 +70,6 @@ def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
             "X-Object-Meta-Sha256) where swift upload computes one MD5 (and zstd compresses too); closing the gap needs "
             "one hashing pass per chunk (a store that takes the digests the driver already computed, MD5 and "
             "sha256 in one pass)")
-
-
-class NoopNotifier:
-    """Notifications off: this benchmark measures the store path."""
-
-    def __init__(self) -> None:
-        self._prebuilt = Notification.create("noop", {}, publisher_id="bench")
-
-    async def notify(self, ctx: ContextLike, event_type: str, payload: Any, *,
-                     priority: Priority | str = Priority.INFO) -> Notification:
-        return self._prebuilt
-
-
-def write_volume(path: Path, size: int) -> None:
-    block = (b"compressible text block for the backup benchmark. " * 21_000)[:MIB]
-    with open(path, "wb") as fh:
-        for i in range(size // MIB):
-            fh.write(os.urandom(MIB) if i % 2 else block)
 
 
 def cpu_seconds(pid: int) -> float:
