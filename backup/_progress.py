@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from notifykit.testing import Clock
+from notifykit import Clock
 
 from ._errors import BackupConfigError
 

@@ -24,8 +24,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from notifykit import ContextLike, Priority, RequestContext, SupportsNotify
-from notifykit.testing import Clock, EventLoopClock
+from notifykit import Clock, ContextLike, EventLoopClock, Priority, RequestContext, SupportsNotify
 
 from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
 from ._driver import BackupDriver, ObjectCallback

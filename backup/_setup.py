@@ -6,8 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from notifykit import SupportsNotify
-from notifykit.testing import Clock
+from notifykit import Clock, SupportsNotify
 
 from ._catalog import BackupCatalog, SQLiteCatalog
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver

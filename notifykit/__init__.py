@@ -5,6 +5,7 @@ tests from ``notifykit.testing``; dead-letter tools are in ``notifykit.deadlette
 webhook signatures in ``notifykit.signing``. Everything else lives in private ``_modules``.
 """
 
+from ._clock import Clock, EventLoopClock
 from ._config import NotifierConfig, TransportConfig
 from ._errors import (
     ConfigError,
@@ -27,8 +28,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CircuitPolicy",
+    "Clock",
     "ConfigError",
     "ContextLike",
+    "EventLoopClock",
     "Filter",
     "InvalidNotificationError",
     "MissingDependencyError",

@@ -1,4 +1,8 @@
-"""The dispatcher's view of time, replaceable so retry and circuit tests need no sleeps."""
+"""Time as the Notifier sees it, replaceable so retry and circuit tests need no sleeps.
+
+``Clock`` and ``EventLoopClock`` are public in ``notifykit`` (a component such as the backup
+service takes a clock too); ``ManualClock`` is the test clock of ``notifykit.testing``.
+"""
 
 from __future__ import annotations
 
