@@ -61,7 +61,10 @@ async def test_sigkill_in_durable_mode_then_replay(broker: str, names: Names, tm
     returned = set(await run_publisher_then_sigkill(url, spool, dead_letter_path, lines=3000))
     left = spool_counts(spool).get("rabbit", 0)
 
-    async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead_letter_path) as n:
+    # The replay drains within close_timeout; on a loaded machine 3,000 records may take more than
+    # the default 10 s (a CI run stopped at 2,000 sent, the rest still spooled): allow 120 s.
+    async with Notifier.from_url(url, publisher_id="replay", spool=spool, dead_letters=dead_letter_path,
+                                 close_timeout=120) as n:
         pass
     assert n.stats()["rabbit"].replayed == left
     assert n.stats()["rabbit"].sent == left and spool_counts(spool) == {}
