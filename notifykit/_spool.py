@@ -20,7 +20,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from array import array
 from collections import deque
@@ -552,25 +554,24 @@ class Spool:
 
     @staticmethod
     def inspect(path: str | os.PathLike[str]) -> SpoolInfo:
-        """What a spool holds, read-only (no lock, no recovery, no file created or written)."""
+        """What a spool holds, read-only: no lock, no recovery, nothing created or written, not
+        even next to an old SQLite spool (read in place, or from a copy when it has a WAL).
+        Anything that is not a spool, or cannot be read, is one ConfigError naming the path."""
         path = Path(path)
-        if path.is_dir():
-            recovered = _recover(path, read_only=True)
-            return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
-                             sum(s.size for s in recovered.segments), len(recovered.segments),
-                             sum(r.end - r.start for _, r, _ in recovered.bad), "log")
-        if not path.exists():
-            raise ConfigError(f"no spool at {str(path)!r}")
-        if not path.is_file() or not _is_legacy_spool(path):
-            raise ConfigError(f"{str(path)!r} is not a notifykit spool")
-        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot read the SQLite spool {str(path)!r}: {exc}") from None
-        finally:
-            db.close()
-        return SpoolInfo(path, {str(t): int(n) for t, n in rows}, path.stat().st_size, 0, 0, "sqlite")
+            if path.is_dir():
+                return _inspect_log(path)
+            if not path.exists():
+                raise ConfigError(f"no spool at {str(path)!r}")
+            if not path.is_file():
+                raise ConfigError(f"{str(path)!r} is not a notifykit spool (not a directory or a regular file)")
+            with open(path, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+            if head != _SQLITE_MAGIC:
+                raise ConfigError(f"{str(path)!r} is a file that is not a notifykit spool (a spool is a directory)")
+            return _inspect_sqlite(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read spool {str(path)!r}: {exc.strerror or exc}") from None
 
     def counts_blocking(self) -> dict[str, int]:
         """Notifications waiting per transport (read-only; for ``notifykit status`` and tests)."""
@@ -629,6 +630,52 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
                 pending[transport] = pending.get(transport, 0) + waiting
     del read_only
     return _Recovered(segments, acked, next_seq, pending, bad)
+
+
+def _inspect_log(path: Path) -> SpoolInfo:
+    names = [p.name for p in path.iterdir()]
+    strangers = sorted(name for name in names if not _is_ours(path / name))
+    if strangers:
+        raise ConfigError(f"{str(path)!r} is a directory that is not a notifykit spool"
+                          f" (it holds {', '.join(strangers[:3])})")
+    if not names:  # a Notifier's spool always holds its lock file
+        raise ConfigError(f"{str(path)!r} is an empty directory, not a notifykit spool")
+    recovered = _recover(path, read_only=True)
+    return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
+                     sum(s.size for s in recovered.segments), len(recovered.segments),
+                     sum(r.end - r.start for _, r, _ in recovered.bad), "log")
+
+
+def _inspect_sqlite(path: Path) -> SpoolInfo:
+    """Count a pre-log spool's rows without a byte written: ``immutable`` reads the file as it
+    is; committed rows still in a WAL are read from a private copy (SQLite would otherwise
+    create -shm/-wal files next to it)."""
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        with tempfile.TemporaryDirectory(prefix="notifykit-inspect-") as tmp:
+            copy = Path(tmp) / "spool.sqlite"
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            counts = _count_outbox(str(path), f"file:{quote(str(copy))}?mode=ro")
+    else:
+        counts = _count_outbox(str(path), f"file:{quote(str(path.resolve()))}?immutable=1")
+    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
+
+
+def _count_outbox(name: str, uri: str) -> dict[str, int]:
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            if not {"id", "transport", "body"} <= columns:
+                raise ConfigError(f"{name!r} is a SQLite database that is not a notifykit spool"
+                                  " (it has no outbox table)")
+            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the SQLite file {name!r}: {exc}") from None
+    return {str(t): int(n) for t, n in rows}
 
 
 def _is_ours(path: Path) -> bool:

@@ -9,16 +9,20 @@ The CLI finds transports by URL scheme like the Notifier does, so it imports no 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import math
 import signal
+import stat
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import anyio.to_thread
@@ -31,9 +35,8 @@ from ._loading import resolve_transport
 from ._message import Notification
 from ._notifier import Notifier
 from ._redact import redact_text
-from ._spool import Spool, default_spool_path
+from ._spool import Spool, SpoolInfo, default_spool_path
 from ._stats import render_prometheus
-from ._status import read_status_file
 from ._transport import Tailable
 
 __all__ = ["main"]
@@ -49,6 +52,8 @@ def _one_line(message: dict[str, Any]) -> str:
 
 async def tail(url: str, event_glob: str, as_json: bool, out: TextIO, limit: int | None = None) -> int:
     """Print each decoded notification matching ``event_glob``; returns how many were printed."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1 (stop after N notifications), got {limit}")
     cls, settings = resolve_transport("tail", TransportConfig.from_url(url))
     if not isinstance(cls, Tailable):
         raise ConfigError(f"transport {settings.url.scheme!r} cannot be tailed")
@@ -163,14 +168,83 @@ def deadletters_purge(path: Path, transport: str | None, yes: bool, out: TextIO)
     return removed
 
 
+#: Far above any real status file (a few KiB per transport): a bigger "status file" is something else.
+STATUS_MAX_BYTES = 16 * 1024 * 1024
+_TEXT_FIELDS = ("name", "state", "last_error")
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """A Notifier's status file, checked: anything else (a directory, a FIFO, a binary or
+    non-JSON file, JSON of another shape) is one ConfigError naming the path and the problem."""
+    where = f"status file {str(path)!r}"
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{where} is a directory; give the file a Notifier's status_path names")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where} is not a regular file")
+        if info.st_size > STATUS_MAX_BYTES:
+            raise ConfigError(f"{where} is {info.st_size} bytes: not a notifykit status file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}):"
+                          " not a notifykit status file") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{where} is not JSON ({reason}): not a notifykit status file") from None
+    problem = _status_problem(document)
+    if problem:
+        raise ConfigError(f"{where} is not a notifykit status file: {problem}")
+    assert isinstance(document, dict)
+    return document
+
+
+def _status_problem(document: object) -> str | None:
+    """What makes ``document`` something other than a status document, or None."""
+    if not isinstance(document, dict):
+        return f"it holds a JSON {type(document).__name__}, not an object"
+    updated = document.get("updated_at", 0)
+    if isinstance(updated, bool) or not isinstance(updated, int | float) or not math.isfinite(updated):
+        return f"updated_at is {updated!r}, not a time"
+    for section in ("transports", "tasks"):
+        rows = document.get(section, {})
+        if not isinstance(rows, dict):
+            return f"{section!r} is not an object"
+        for name, row in rows.items():
+            if not isinstance(row, dict):
+                return f"{section} {name!r} is not an object"
+            for key, value in row.items():
+                if key in _TEXT_FIELDS or key == "last_failure":
+                    continue
+                if section == "transports" and (isinstance(value, bool) or not isinstance(value, int)):
+                    return f"transport {name!r}: {key} is {value!r}, not a count"
+            if section == "transports" and not isinstance(row.get("state"), str):
+                return f"transport {name!r} has no state"
+    return None
+
+
+def _spool_line(info: SpoolInfo) -> str:
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(info.counts.items())) or "empty"
+    if info.format == "sqlite":
+        return (f"spool {info.path}: {counts} (a SQLite spool of an earlier notifykit, {info.bytes} bytes;"
+                " the next Notifier opened on it migrates it to the log)")
+    bad = f"; {info.bad_bytes} torn or corrupt byte(s), quarantined at the next start" if info.bad_bytes else ""
+    return f"spool {info.path}: {counts} ({info.segments} segment(s), {info.bytes} bytes{bad})"
+
+
 def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, out: TextIO) -> None:
+    """Print a status file and/or what a spool holds. Both are only read: the spool with
+    :meth:`Spool.inspect`, so a path that is not a spool (another program's SQLite file, say)
+    is refused untouched. Everything is checked before anything is printed."""
     if status_file is None and spool_file is None:
         raise ConfigError("status needs --file STATUS_JSON (a Notifier's status_path) and/or --spool SPOOL")
-    if status_file is not None:
-        try:
-            document = read_status_file(status_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read status file {str(status_file)!r}: {exc}") from None
+    document = read_status(status_file) if status_file is not None else None
+    info = Spool.inspect(spool_file) if spool_file is not None else None
+    if document is not None:
         transports = document.get("transports", {})
         if prometheus:
             out.write(render_prometheus(transports))
@@ -179,28 +253,62 @@ def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, 
             out.write(f"pid {document.get('pid')} publisher {document.get('publisher_id')}"
                       f" {'closed' if document.get('closed') else 'running'}, updated {age:.0f}s ago\n")
             for name, row in transports.items():
-                out.write(f"  {name}: {row['state']} enqueued={row['enqueued']} sent={row['sent']}"
-                          f" retried={row['retried']} dropped={row['dropped']} dead_lettered={row['dead_lettered']}"
-                          f" queue={row['queue_depth']} spooled={row['spooled']}"
+                counts = " ".join(f"{k}={row.get(k, '?')}" for k in (
+                    "enqueued", "sent", "retried", "dropped", "dead_lettered"))
+                out.write(f"  {name}: {row['state']} {counts} queue={row.get('queue_depth', '?')}"
+                          f" spooled={row.get('spooled', '?')}"
                           + (f" last_error={row['last_error']!r}" if row.get("last_error") else "") + "\n")
             for name, task in document.get("tasks", {}).items():  # background tasks that failed
                 if task.get("failures"):
                     out.write(f"  task {name}: {task.get('state')} failures={task.get('failures')}"
                               f" last_error={task.get('last_error')!r}\n")
-    if spool_file is not None:
-        if not spool_file.exists():
-            raise ConfigError(f"no spool at {str(spool_file)!r}")
-        spool = Spool(spool_file)
-        try:
-            counts = spool.counts_blocking()
-        finally:
-            spool._close()
-        out.write(f"spool {spool_file}: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty")
-                  + "\n")
+    if info is not None:
+        out.write(_spool_line(info) + "\n")
+
+
+class _UsageError(Exception):
+    """A bad argument: main() prints it as one ``notifykit: error:`` line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without its usage block on errors: one line that names the problem and
+    where to get help (``--help`` still prints everything)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise _UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (stop after N notifications), got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def _own_log_lines() -> Iterator[None]:
+    """Show notifykit's warnings on stderr, not the client libraries' (a refused connection
+    is already our one error line). Only when nobody configured logging (a test, an app)."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(lambda record: record.name == "notifykit" or record.name.startswith("notifykit."))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="notifykit", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="notifykit", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tail", help="print notifications arriving on a broker URL")
     t.add_argument("url", help="e.g. amqp://guest:guest@127.0.0.1:5672/ or kafka://127.0.0.1:9092/")
@@ -208,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", dest="as_json", action="store_true", default=None,
                    help="JSON lines (the default when stdout is not a terminal)")
     t.add_argument("--lines", dest="as_json", action="store_false", help="one readable line per event")
-    t.add_argument("--limit", type=int, default=None, help="stop after N notifications")
+    t.add_argument("--limit", type=_positive_int, default=None, help="stop after N notifications (N >= 1)")
 
     d = sub.add_parser("deadletters", help="list, re-drive or purge dead letters")
     dsub = d.add_subparsers(dest="action", required=True)
@@ -235,8 +343,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    with _own_log_lines():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
+        args = _parser().parse_args(argv)
         if args.command == "tail":
             as_json = (not sys.stdout.isatty()) if args.as_json is None else args.as_json
             anyio.run(tail, args.url, args.event_type, as_json, sys.stdout, args.limit)
@@ -252,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 deadletters_purge(path, args.transport, args.yes, sys.stdout)
         elif args.command == "status":
             status(args.file, args.spool, args.prometheus, sys.stdout)
-    except NotifyKitError as exc:
+    except (NotifyKitError, _UsageError) as exc:
         print(f"notifykit: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
