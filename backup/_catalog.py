@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import anyio.to_thread
 
@@ -363,6 +364,44 @@ def _from_row(row: Sequence[Any]) -> BackupRecord:
     return BackupRecord(**data)
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Columns every catalog has had since version 1 (before versioning, user_version 0).
+_FIRST_COLUMNS = {"id", "project_id", "volume_id", "status", "created_at"}
+
+
+def _refuse_a_foreign_file(path: Path) -> None:
+    """Refuse, before a byte is written (``journal_mode=WAL`` alone rewrites the header),
+    a path that is not a catalog: a directory, a non-SQLite file, or another program's
+    SQLite database (tables other than ``backups``, or a ``backups`` table of its own).
+    Read with ``immutable=1`` so not even a -shm file appears next to it."""
+    try:
+        if path.is_dir():
+            raise BackupError(f"backup catalog {str(path)!r} is a directory; name a file (e.g. catalog.sqlite3)")
+        if not path.exists() or path.stat().st_size == 0:
+            return  # a new catalog
+        with open(path, "rb") as fh:
+            if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise BackupError(f"backup catalog {str(path)!r} is not a SQLite file; it was left untouched")
+    except OSError as exc:
+        raise BackupError(f"cannot open backup catalog {str(path)!r}: {exc.strerror or exc}") from None
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"  # committed rows may be in the WAL
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(backups)")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot open backup catalog {str(path)!r}: {exc}") from None
+    others = sorted(t for t in tables if t != "backups" and not t.startswith("sqlite_"))
+    if others or ("backups" in tables and not _FIRST_COLUMNS <= columns):
+        what = f"tables {', '.join(others[:3])}" if others else "a backups table of another shape"
+        raise BackupError(f"backup catalog {str(path)!r} is a SQLite database of another program ({what});"
+                          " it was left untouched: name a catalog file of its own")
+
+
 class SQLiteCatalog(BackupCatalog):
     """One SQLite file, one connection used from worker threads, one call at a time."""
 
@@ -377,6 +416,7 @@ class SQLiteCatalog(BackupCatalog):
     # -- lifecycle ---------------------------------------------------------------------
 
     def _open(self) -> None:
+        _refuse_a_foreign_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import anyio.to_thread
@@ -293,8 +293,21 @@ def _print_demo_report(out: TextIO, emitted: Sequence[Notification], record: Bac
 
 # -- argument parsing -----------------------------------------------------------------------
 
+class _UsageError(Exception):
+    """A bad argument: main() prints it as one ``notifykit-backup: error:`` line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without its usage block on errors: one line naming the command, the problem
+    and where to get help (``--help`` still prints everything)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise _UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     g = common.add_argument_group("settings (also NOTIFYKIT_BACKUP_* variables and a TOML file)")
     g.add_argument("--config", help="TOML file with a [backup] table (env NOTIFYKIT_BACKUP_CONFIG)")
     g.add_argument("--catalog", dest="catalog_path",
@@ -308,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--notifier-config", dest="notifier_config", help="notifykit TOML file with several transports")
     g.add_argument("--host", help="host name in publisher_id backup.<host> (default: this machine)")
 
-    parser = argparse.ArgumentParser(prog="notifykit-backup", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="notifykit-backup", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", parents=[common], help="back up a file or block device")
     c.add_argument("path")
@@ -342,7 +355,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Exit 0 on success, 1 when the operation or its settings fail, 2 for a bad argument,
+    130/143 when interrupted; every error is one ``notifykit-backup: error:`` line."""
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"notifykit-backup: error: {redact_text(str(exc))}", file=sys.stderr)
+        return 2
     try:
         config = BackupConfig.load(
             args.config, catalog_path=args.catalog_path, store=args.store, chunk_size=args.chunk_size,
