@@ -155,6 +155,78 @@ async def status_unwritable(n: int = 5000) -> dict[str, Any]:
         await delete_all(names)
 
 
+async def poison_in_batch(n: int = 10_000, poison_every: int = 1000, durable: bool = False) -> dict[str, Any]:
+    """A peer that refuses a whole request for good when one item of it is malformed (an
+    HTTP 400 for a JSON array with one bad element): every ``poison_every``-th notification
+    is such an item. Each send takes 1 ms, so batches gather as they would on a real broker.
+    The dispatcher bisects each refused batch (``_isolate``): only the poison notifications
+    are dead-lettered, every other one is delivered. ``extra_sends`` are the sends the
+    bisection cost (calls re-sending notifications already sent once), ``resent`` the
+    notifications they carried; lost: emitted, neither delivered nor in the dead-letter file."""
+    from notifykit import Notification
+    from notifykit.testing import MemoryTransport
+    from notifykit.transport import PermanentError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dead, spool = Path(tmp) / "dl.jsonl", Path(tmp) / "spool"
+        url = f"memory://?name=m&delay=0.001&durable={str(durable).lower()}"
+        notifier = Notifier.from_url(url, publisher_id="report", dead_letters=dead, spool=spool)
+        seen: set[str] = set()
+        calls = {"sends": 0, "first_sends": 0, "extra_sends": 0, "resent": 0, "refused": 0, "largest_batch": 0}
+        async with notifier:
+            transport = notifier.transports["m"]
+            assert isinstance(transport, MemoryTransport)
+            original = transport.send
+
+            async def send(batch: Any) -> None:
+                ids = [m.message_id for m in batch]
+                again = sum(1 for i in ids if i in seen)
+                calls["sends"] += 1
+                calls["extra_sends" if again else "first_sends"] += 1
+                calls["resent"] += again
+                calls["largest_batch"] = max(calls["largest_batch"], len(ids))
+                seen.update(ids)
+                if any(m.payload.get("poison") for m in batch):
+                    calls["refused"] += 1
+                    await anyio.sleep(0.001)
+                    raise PermanentError("400 Bad Request: item of the array is malformed")
+                await original(batch)
+
+            transport.send = send  # type: ignore[method-assign]
+            poison: set[str] = set()
+            emitted: set[str] = set()
+            for i in range(n):
+                bad = i % poison_every == poison_every // 2
+                note: Notification = await notifier.info({}, "backup.createprogress", {"i": i, "poison": bad})
+                emitted.add(note.message_id)
+                if bad:
+                    poison.add(note.message_id)
+        delivered = [m.message_id for m in transport.messages]
+        on_disk = [json.loads(line)["message"]["message_id"] for line in dead.read_text().splitlines()] \
+            if dead.exists() else []
+        stats = notifier.stats()["m"]
+    counts = Counter(delivered)
+    return {
+        "scenario": "poison notification in a batch" + (" (durable)" if durable else ""),
+        "faults_injected": len(poison),
+        "emitted": len(emitted),
+        "sent": stats.sent,
+        "received": len(delivered),
+        "duplicated": sum(c - 1 for c in counts.values()),
+        "lost": len(emitted - set(counts) - set(on_disk)),
+        "dead_lettered": stats.dead_lettered,
+        "dead_lettered_not_poison": len(set(on_disk) - poison),
+        "poison_delivered": len(poison & set(counts)),
+        "batches_refused": calls["refused"],
+        "sends": calls["sends"],
+        "first_sends": calls["first_sends"],
+        "extra_sends": calls["extra_sends"],
+        "extra_sends_per_poison": round(calls["extra_sends"] / max(len(poison), 1), 1),
+        "resent": calls["resent"],
+        "largest_batch": calls["largest_batch"],
+    }
+
+
 async def kafka_restart(during: int = 500) -> dict[str, Any] | None:
     """The Kafka broker stopped mid-stream and a new one started on the same port."""
     from tests.kafka.records import NO_IDEMPOTENCE, create_topic
@@ -277,9 +349,13 @@ async def rabbitmq_cluster(runs: int = 3, n: int = 20_000) -> list[dict[str, Any
     return rows
 
 
+async def poison_rows() -> list[dict[str, Any]]:
+    return [await poison_in_batch(), await poison_in_batch(durable=True)]
+
+
 async def all_faults() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping(),
-                                  await status_unwritable(), await corrupt_spool_record()]
+                                  await status_unwritable(), await corrupt_spool_record(), *await poison_rows()]
     kafka = await kafka_restart()
     if kafka is not None:
         rows.append(kafka)

@@ -10,14 +10,17 @@ Prints JSON. Sections:
   ``log_write_us`` is one small os.write to the page cache, timed alone.
 * ``faults`` — faults injected into real brokers and processes (RabbitMQ connection cuts,
   a SIGKILLed durable publisher, a flapping webhook receiver, a status file that cannot be
-  written (faults = failed status writes), a Kafka restart, and on a 3-node RabbitMQ cluster
+  written (faults = failed status writes), a poison notification in a batch (bisected: extra
+  sends counted), a Kafka restart, and on a 3-node RabbitMQ cluster
   with quorum queues: a node stopped, a node killed, the queue leader's node killed, the whole
   cluster down then back; with failover times), with
   notifications emitted, sent, received by an independent consumer, duplicated, lost
   (must be 0) and dead-lettered; the same faults the tests/reliability suite asserts on.
 
 Usage: ``python benchmarks/reliability_report.py [N_MEMORY [N_DURABLE [N_RABBIT_MEMORY [ROUNDS]]]]``
-(``--durable-only`` runs just ``durable_cost``).
+(``--durable-only`` runs just ``durable_cost``; ``--poison-only`` runs just the two "poison
+notification in a batch" fault rows and stores them into ``benchmarks/results/reliability_report.json``,
+replacing the rows of the same scenario).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _faults import all_faults  # benchmarks/_faults.py
+from _faults import all_faults, poison_rows  # benchmarks/_faults.py
 
 from notifykit import Notifier
 
@@ -159,6 +162,20 @@ async def rabbitmq_memory_bound(total: int, tmp: Path) -> dict[str, Any]:
             await channel.exchange_delete(exchange)
 
 
+def store_rows(rows: list[dict[str, Any]]) -> None:
+    """Put fault rows measured alone into the stored report (same scenario: replaced)."""
+    path = Path(__file__).resolve().parent / "results" / "reliability_report.json"
+    data = json.loads(path.read_text()) if path.exists() else {"benchmark": "reliability_report", "faults": []}
+    names = {r["scenario"] for r in rows}
+    data["faults"] = [r for r in data.get("faults", []) if r.get("scenario") not in names] + rows
+    data["lost_total"] = sum(int(r.get("lost", 0)) for r in data["faults"])
+    data.setdefault("measured_alone", {})
+    for r in rows:
+        data["measured_alone"][r["scenario"]] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps({"faults": rows, "stored": str(path)}, indent=2))
+
+
 async def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     total = int(args[0]) if len(args) > 0 else 1_000_000
@@ -168,6 +185,9 @@ async def main() -> None:
     if "--durable-only" in sys.argv:  # just the durable_cost section (quick)
         with tempfile.TemporaryDirectory() as tmpdir:
             print(json.dumps({"durable_cost": await durable_cost(durable_n, rounds, Path(tmpdir))}, indent=2))
+        return
+    if "--poison-only" in sys.argv:
+        store_rows(await poison_rows())
         return
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

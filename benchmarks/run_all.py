@@ -306,6 +306,12 @@ def render_page() -> str:
         lines += ["", "*received* is counted by an independent consumer (aio-pika, aiokafka, the receiver itself);",
                   "*duplicated* are at-least-once re-sends of messages whose confirmation was lost with the",
                   "connection or the process. For the SIGKILL row, *sent* is what the replaying process sent."]
+        for r in (r for r in rows if "extra_sends" in r):  # the poison rows: what bisection cost
+            lines += ["", f"For *{r['scenario']}*, the peer refused {r['batches_refused']} whole batches (of up"
+                      f" to {r['largest_batch']}) for one bad item; bisecting them cost {r['extra_sends']} extra"
+                      f" sends on top of {r['first_sends']} ({r['extra_sends_per_poison']} per poison notification,"
+                      f" {r['resent']} notifications re-sent), and dead-lettered {r['dead_lettered_not_poison']}"
+                      " good ones."]
     lines += ["", "## Reading the figures", "", NOTES, *profile_section()]
     return "\n".join(lines + details) + "\n"
 
