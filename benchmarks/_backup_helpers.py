@@ -1,13 +1,19 @@
-"""What the backup benchmarks share: notifications switched off, and the half-random test volume."""
+"""What the backup benchmarks share: notifications switched off, the half-random test volume,
+and the scripts/ servers (loaded as the tests load them)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from notifykit import ContextLike, Notification, Priority
+from tests._servers import load_script
+
+__all__ = ["MIB", "NoopNotifier", "load_script", "write_volume"]
 
 MIB = 1024 * 1024
 

@@ -22,8 +22,6 @@ uploaded is outside the timing). Usage: ``python benchmarks/s3_backup.py [SIZE_M
 from __future__ import annotations
 
 import asyncio
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -37,7 +35,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _backup_helpers import NoopNotifier, write_volume
+from _backup_helpers import NoopNotifier, load_script, write_volume
 from _goals import goal, median, rotated
 
 from backup import BackupService, ChunkedBackupDriver, S3ObjectStore, SQLiteCatalog, store_from_url
@@ -46,7 +44,6 @@ MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 CHUNK = 4 * MIB
-CEPH_AIO = Path(__file__).resolve().parents[1] / "scripts" / "ceph-aio"
 BUCKET = "bench"
 CAUSE = ("client and RGW share the same two cores; the backup also hashes (sha256 + MD5) every chunk and writes a"
          " metadata object, which a bare upload loop does not")
@@ -136,17 +133,8 @@ async def backup_once(root: Path, volume: Path, store: S3ObjectStore, compressio
     return elapsed
 
 
-def load_ceph_aio() -> Any:
-    loader = importlib.machinery.SourceFileLoader("ceph_aio", str(CEPH_AIO))
-    spec = importlib.util.spec_from_loader("ceph_aio", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
 async def main() -> dict[str, Any]:
-    module = load_ceph_aio()
+    module = load_script("ceph-aio")
     missing = module.missing_binaries()
     if missing:
         return {"benchmark": "s3_backup", "skipped": f"Ceph not installed (missing {', '.join(missing)})"}

@@ -24,8 +24,6 @@ Usage: ``python benchmarks/swift_backup.py [SIZE_MIB [ROUNDS]]`` (defaults 256 a
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -40,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
-from _backup_helpers import NoopNotifier, write_volume
+from _backup_helpers import NoopNotifier, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
 from backup import (
@@ -58,7 +56,6 @@ SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 CHUNK = 4 * MIB
 UPLOADS = SwiftObjectStore.default_uploads
-SWIFT_AIO = Path(__file__).resolve().parents[1] / "scripts" / "swift-aio"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
     """Where the time goes, from this run's CPU seconds (shown on the page when a goal is missed)."""
@@ -119,15 +116,6 @@ def swift_cleanup(auth_url: str, user: str, key: str) -> None:
                         pass
 
 
-def load_swift_aio() -> Any:
-    loader = importlib.machinery.SourceFileLoader("swift_aio", str(SWIFT_AIO))
-    spec = importlib.util.spec_from_loader("swift_aio", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
 async def main() -> dict[str, Any]:
     aio: Any = None
     url = os.environ.get("NOTIFYKIT_BENCH_SWIFT_URL")
@@ -135,7 +123,7 @@ async def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="notifykit-bench-swift-") as tmp:
         root = Path(tmp)
         if not url:
-            module = load_swift_aio()
+            module = load_script("swift-aio")
             missing = module.missing_binaries()
             if missing:
                 return {"benchmark": "swift_backup", "skipped": f"Swift not installed (missing {', '.join(missing)})"}
