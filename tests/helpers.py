@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: broker gating, a controllable clock, a crashing publisher,
-the accounting invariant."""
+"""Helpers shared by the tests: broker gating (and the servers of scripts/), a controllable
+clock, a crashing publisher, the accounting invariant."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import signal
 import socket
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -20,7 +22,16 @@ from notifykit import Notifier
 from notifykit.deadletters import read_dead_letters
 from notifykit.testing import ManualClock, MemoryTransport
 
+from ._servers import load_script
+
 REQUIRE_BROKERS = os.environ.get("NOTIFYKIT_REQUIRE_BROKERS") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip with ``reason`` (one line), or fail with it under NOTIFYKIT_REQUIRE_BROKERS=1."""
+    if REQUIRE_BROKERS:
+        pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
+    pytest.skip(reason)
 
 
 def require_tcp(host: str, port: int, what: str) -> None:
@@ -29,10 +40,25 @@ def require_tcp(host: str, port: int, what: str) -> None:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        reason = f"{what} not reachable on {host}:{port} ({exc.strerror or exc})"
-    if REQUIRE_BROKERS:
-        pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
-    pytest.skip(reason)
+        unavailable(f"{what} not reachable on {host}:{port} ({exc.strerror or exc})")
+
+
+@contextmanager
+def script_server(tmp_path_factory: pytest.TempPathFactory, script: str, server_class: str, what: str,
+                  packages: str) -> Iterator[Any]:
+    """The server of scripts/SCRIPT (its class ``server_class``), started in a fresh temp dir
+    named after the script and stopped by PID on exit. When its binaries are missing: skip
+    with one line naming them and the Debian ``packages`` (fail under NOTIFYKIT_REQUIRE_BROKERS=1)."""
+    module = load_script(script)
+    missing = module.missing_binaries()
+    if missing:
+        unavailable(f"{what} not installed (missing {', '.join(missing)}; apt-get install {packages})")
+    server = getattr(module, server_class)(tmp_path_factory.mktemp(script))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 #: Virtual time (sleep() advances it at once): the public test clock under the tests' old name.

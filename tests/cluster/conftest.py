@@ -15,25 +15,14 @@ import pytest
 import pytest_asyncio
 
 from ..amqp.support import Names
-from ..helpers import REQUIRE_BROKERS
-from .support import delete_entities, load_cluster_module
+from ..helpers import script_server
+from .support import delete_entities
 
 
 @pytest.fixture(scope="session")
 def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    module = load_cluster_module()
-    missing = module.missing_binaries()
-    if missing:
-        reason = f"RabbitMQ not installed (missing {', '.join(missing)}; apt-get install rabbitmq-server)"
-        if REQUIRE_BROKERS:
-            pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
-        pytest.skip(reason)
-    cluster = module.RabbitCluster(tmp_path_factory.mktemp("rabbitmq-cluster"))
-    cluster.start()
-    try:
+    with script_server(tmp_path_factory, "rabbitmq-cluster", "RabbitCluster", "RabbitMQ", "rabbitmq-server") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

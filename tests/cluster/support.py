@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.machinery
-import importlib.util
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,24 +24,16 @@ import anyio
 from notifykit import Notifier, TransportStats
 from transports.amqp import AmqpTransport
 
+from .._servers import load_script
 from ..amqp.support import Names
 
 #: How long a scenario waits for the stream to resume after a fault before it stops waiting.
 FAILOVER_WAIT = 120.0
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-cluster"
 
 
 def load_cluster_module() -> ModuleType:
-    """scripts/rabbitmq-cluster (no .py suffix) imported as the module ``rabbitmq_cluster``."""
-    if "rabbitmq_cluster" in sys.modules:
-        return sys.modules["rabbitmq_cluster"]
-    loader = importlib.machinery.SourceFileLoader("rabbitmq_cluster", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("rabbitmq_cluster", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rabbitmq_cluster"] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+    """scripts/rabbitmq-cluster imported as the module ``rabbitmq_cluster``."""
+    return load_script("rabbitmq-cluster")
 
 
 @dataclass

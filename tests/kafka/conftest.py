@@ -8,14 +8,12 @@ from typing import NoReturn
 
 import pytest
 
-from ..helpers import REQUIRE_BROKERS
+from ..helpers import unavailable
 from .tansu import Tansu, TansuUnavailable, find_tansu
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if REQUIRE_BROKERS:
-        pytest.fail(f"Kafka broker (tansu) unavailable: {reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
-    pytest.skip(f"Kafka broker (tansu) unavailable: {reason}")
+    unavailable(f"Kafka broker (tansu) unavailable: {reason}")
 
 
 @pytest.fixture(scope="session")

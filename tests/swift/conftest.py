@@ -13,26 +13,14 @@ import pytest
 
 from backup import SwiftOptions
 
-from ..helpers import REQUIRE_BROKERS
-from .helpers import load_swift_aio
+from ..helpers import script_server
 
 
 @pytest.fixture(scope="session")
 def swift_aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    aio_module = load_swift_aio()
-    missing = aio_module.missing_binaries()
-    if missing:
-        reason = f"Swift not installed (missing {', '.join(missing)}; apt-get install swift swift-proxy swift-object" \
-                 " swift-container swift-account memcached)"
-        if REQUIRE_BROKERS:
-            pytest.fail(f"{reason}; NOTIFYKIT_REQUIRE_BROKERS=1 makes this a failure")
-        pytest.skip(reason)
-    aio = aio_module.SwiftAIO(tmp_path_factory.mktemp("swift-aio"))
-    aio.start()
-    try:
+    with script_server(tmp_path_factory, "swift-aio", "SwiftAIO", "Swift",
+                       "swift swift-proxy swift-object swift-container swift-account memcached") as aio:
         yield aio
-    finally:
-        aio.stop()
 
 
 @pytest.fixture

@@ -1,14 +1,11 @@
-"""Helpers for the Swift tests: the swift-aio script as a module, and a direct Swift API client
-(independent of SwiftObjectStore) to look at what the backup service left in Swift."""
+"""Helpers for the Swift tests: a direct Swift API client (independent of SwiftObjectStore)
+to look at what the backup service left in Swift."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -16,17 +13,6 @@ import httpx
 from backup import SwiftObjectStore, SwiftOptions
 
 from ..backup.helpers import Env, backup_env
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "swift-aio"
-
-
-def load_swift_aio() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("swift_aio", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("swift_aio", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
 
 
 class SwiftAPI:
