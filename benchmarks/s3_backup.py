@@ -35,10 +35,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _backup_helpers import NoopNotifier, load_script, write_volume
+from _backup_helpers import backup_once, load_script, write_volume
 from _goals import goal, median, rotated
 
-from backup import BackupService, ChunkedBackupDriver, S3ObjectStore, SQLiteCatalog, store_from_url
+from backup import S3ObjectStore, store_from_url
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
@@ -120,19 +120,6 @@ async def obstore_put_loop(info: dict[str, Any], parts: list[bytes], uploads: in
     return elapsed
 
 
-async def backup_once(root: Path, volume: Path, store: S3ObjectStore, compression: str) -> float:
-    """Seconds of ``create_backup`` alone (the catalog is opened and the backup deleted untimed)."""
-    driver = ChunkedBackupDriver(store, chunk_size=CHUNK, compression=compression, uploads=store.default_uploads)
-    async with SQLiteCatalog(root / "catalog.sqlite3") as catalog:
-        service = BackupService(catalog, driver, NoopNotifier(), host="bench")
-        start = time.perf_counter()
-        record = await service.create_backup(volume)
-        elapsed = time.perf_counter() - start
-        assert record.status == "available", record
-        await service.delete_backup(record.id)
-    return elapsed
-
-
 async def main() -> dict[str, Any]:
     module = load_script("ceph-aio")
     missing = module.missing_binaries()
@@ -151,8 +138,8 @@ async def main() -> dict[str, Any]:
         uploads = store.default_uploads
         contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("boto3_put_loop", lambda: anyio.to_thread.run_sync(boto3_put_loop, info, parts, uploads)),
-            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none")),
-            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd")),
+            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", uploads, CHUNK)),
+            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", uploads, CHUNK)),
             ("aiobotocore_put_loop", lambda: aiobotocore_put_loop(info, parts, uploads)),
             ("obstore_put_loop", lambda: obstore_put_loop(info, parts, uploads)),
         ]

@@ -38,15 +38,11 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
-from _backup_helpers import NoopNotifier, load_script, write_volume
+from _backup_helpers import backup_once, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
 from backup import (
-    BackupService,
-    ChunkedBackupDriver,
-    ObjectStore,
     PosixBackupDriver,
-    SQLiteCatalog,
     SwiftObjectStore,
     SwiftOptions,
 )
@@ -74,19 +70,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-async def backup_once(root: Path, volume: Path, store: ObjectStore, compression: str, uploads: int) -> float:
-    """Seconds of ``create_backup`` alone (the catalog is opened and the backup deleted untimed)."""
-    driver = ChunkedBackupDriver(store, chunk_size=CHUNK, compression=compression, uploads=uploads)
-    async with SQLiteCatalog(root / "catalog.sqlite3") as catalog:
-        service = BackupService(catalog, driver, NoopNotifier(), host="bench")
-        start = time.perf_counter()
-        record = await service.create_backup(volume)
-        elapsed = time.perf_counter() - start
-        assert record.status == "available", record
-        await service.delete_backup(record.id)
-    return elapsed
 
 
 def swift_upload(auth_url: str, user: str, key: str, volume: Path) -> float:
@@ -140,9 +123,9 @@ async def main() -> dict[str, Any]:
         posix = PosixBackupDriver(root / "objects-fsync", fsync=True).store
         contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("swift_upload", lambda: anyio.to_thread.run_sync(swift_upload, auth_url, user, key, volume)),
-            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", UPLOADS)),
-            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", UPLOADS)),
-            ("posix_fsync", lambda: backup_once(root, volume, posix, "zstd", 2)),
+            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", UPLOADS, CHUNK)),
+            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", UPLOADS, CHUNK)),
+            ("posix_fsync", lambda: backup_once(root, volume, posix, "zstd", 2, CHUNK)),
         ]
         rounds: dict[str, list[float]] = {}
         cpu: dict[str, dict[str, list[float]]] = {}
