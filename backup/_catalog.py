@@ -1,7 +1,8 @@
 """The backup catalog: one record per backup, with validated status transitions.
 
-``BackupCatalog`` is the interface the service uses; ``SQLiteCatalog`` is its SQLite
-backend (one host), ``PostgresCatalog`` (backup/_postgres.py) the one several hosts share.
+``BackupCatalog`` is the interface the service uses; ``QueryCatalog`` writes its methods once
+over a backend's queries; ``SQLiteCatalog`` is the SQLite backend (one host),
+``PostgresCatalog`` (backup/_postgres.py) the one several hosts share.
 Rules that must hold across processes and hosts (legal status transitions, a parent's
 ``num_dependent_backups``, refusing to delete a backup others depend on, ``deleted_at``)
 are applied by the backend atomically, inside one transaction per call, and every state
@@ -23,12 +24,12 @@ import sqlite3
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -44,6 +45,7 @@ __all__ = [
     "BackupCatalog",
     "BackupRecord",
     "BackupStatus",
+    "QueryCatalog",
     "SQLiteCatalog",
     "new_backup_id",
     "size_in_gib",
@@ -262,6 +264,77 @@ def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callab
             f"backup {current.id!r} has dependent incremental backups: delete them first ({named})")
 
 
+
+# -- the API, once for every backend ---------------------------------------------------------
+
+_C = TypeVar("_C")
+_P = ParamSpec("_P")
+
+
+class QueryCatalog(BackupCatalog, Generic[_C]):
+    """BackupCatalog's methods written once for every backend: each checks its arguments and
+    runs one of the backend's queries through the backend's ``_run``.
+
+    A query is a coroutine function of the backend's connection (``_C``) that does one call's
+    whole work in one transaction. A backend whose driver blocks lifts its blocking queries
+    into that shape (SQLite: ``in_worker_thread``), so the types hold for both."""
+
+    @abstractmethod
+    async def _run(self, query: Callable[Concatenate[_C, _P], Awaitable[_T]], /,
+                   *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``query(connection, *args)``, one call at a time; a closed catalog or a driver error
+        is a BackupError naming the catalog."""
+
+    # -- the backend's queries -----------------------------------------------------------
+
+    @abstractmethod
+    async def _insert(self, conn: _C, /, record: BackupRecord) -> None: ...
+
+    @abstractmethod
+    async def _select(self, conn: _C, /, backup_id: str) -> BackupRecord: ...
+
+    @abstractmethod
+    async def _select_many(self, conn: _C, /, project_id: str | None, include_deleted: bool,
+                           volume_id: str | None) -> builtins.list[BackupRecord]: ...
+
+    @abstractmethod
+    async def _dependents(self, conn: _C, /, backup_id: str) -> builtins.list[BackupRecord]: ...
+
+    @abstractmethod
+    async def _existed_between(self, conn: _C, /, start: datetime, end: datetime) -> builtins.list[BackupRecord]: ...
+
+    @abstractmethod
+    async def _update(self, conn: _C, /, backup_id: str, to: BackupStatus | None, changes: dict[str, Any],
+                      expect: BackupRecord | None) -> BackupRecord: ...
+
+    # -- BackupCatalog -------------------------------------------------------------------
+
+    async def add(self, record: BackupRecord) -> BackupRecord:
+        await self._run(self._insert, record)
+        return record
+
+    async def get(self, backup_id: str) -> BackupRecord:
+        return await self._run(self._select, backup_id)
+
+    async def list(self, *, project_id: str | None = None, include_deleted: bool = False,
+                   volume_id: str | None = None) -> builtins.list[BackupRecord]:
+        return await self._run(self._select_many, project_id, include_deleted, volume_id)
+
+    async def dependents(self, backup_id: str) -> builtins.list[BackupRecord]:
+        return await self._run(self._dependents, backup_id)
+
+    async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
+        return await self._run(self._existed_between, start, end)
+
+    async def transition(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord | None = None,
+                         **changes: Any) -> BackupRecord:
+        self.check_fields(changes)
+        return await self._run(self._update, backup_id, to, changes, expect)
+
+    async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
+        self.check_fields(changes)
+        return await self._run(self._update, backup_id, None, changes, None)
+
 # -- SQLite --------------------------------------------------------------------------------
 
 _COLUMNS = [f.name for f in fields(BackupRecord)]
@@ -402,7 +475,134 @@ def _refuse_a_foreign_file(path: Path) -> None:
                           " it was left untouched: name a catalog file of its own")
 
 
-class SQLiteCatalog(BackupCatalog):
+# SQLite's queries: blocking functions of the connection, each run in a worker thread with
+# the catalog's lock held (``in_worker_thread``); every write is one BEGIN IMMEDIATE … COMMIT.
+
+
+def _sqlite_rows(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[BackupRecord]:
+    rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups{where} ORDER BY created_at, id",
+                        [_param(a) for a in args])
+    return [_from_row(r) for r in rows]
+
+
+def _sqlite_select(conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
+    found = _sqlite_rows(conn, " WHERE id = ?", [backup_id])
+    if not found:
+        raise BackupNotFoundError(f"backup {backup_id!r} not found")
+    return found[0]
+
+
+def _sqlite_select_many(conn: sqlite3.Connection, project_id: str | None, include_deleted: bool,
+                        volume_id: str | None) -> list[BackupRecord]:
+    where, args = [], []
+    if project_id is not None:
+        where.append("project_id = ?")
+        args.append(project_id)
+    if volume_id is not None:
+        where.append("volume_id = ?")
+        args.append(volume_id)
+    if not include_deleted:
+        where.append("status != ?")
+        args.append(BackupStatus.DELETED.value)
+    return _sqlite_rows(conn, f" WHERE {' AND '.join(where)}" if where else "", args)
+
+
+def _sqlite_dependents(conn: sqlite3.Connection, backup_id: str) -> list[BackupRecord]:
+    return _sqlite_rows(conn, " WHERE parent_id = ? AND status != ?", [backup_id, BackupStatus.DELETED.value])
+
+
+def _sqlite_existed_between(conn: sqlite3.Connection, start: datetime, end: datetime) -> list[BackupRecord]:
+    # ISO 8601 in UTC with the same offset sorts as text; compare parsed values anyway,
+    # so a catalog written with another offset stays right.
+    return [r for r in _sqlite_rows(conn, "", []) if r.created_at < end
+            and (r.deleted_at is None or r.deleted_at > start)]
+
+
+def _sqlite_write(conn: sqlite3.Connection, record: BackupRecord, guard: str = "", guard_args: Sequence[Any] = ()) -> int:
+    """UPDATE the whole row, only where ``guard`` (SQL after ``AND``) holds; rows changed."""
+    sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
+    row = _to_row(record)
+    cursor = conn.execute(f"UPDATE backups SET {sets} WHERE id = ?{guard}",
+                          (*row[1:], row[0], *[_param(a) for a in guard_args]))
+    return cursor.rowcount
+
+
+def _sqlite_insert(conn: sqlite3.Connection, record: BackupRecord) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if record.parent_id is not None:
+            parent = _sqlite_select(conn, record.parent_id)
+            if parent.status not in PARENT_STATUSES or not _sqlite_write(
+                    conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1, updated_at=_now()),
+                    " AND status = ? AND num_dependent_backups = ?", [parent.status, parent.num_dependent_backups]):
+                raise InvalidStatusTransitionError(
+                    f"backup {parent.id!r} is {parent.status.value}: an incremental backup needs an available parent")
+        marks = ", ".join("?" for _ in _COLUMNS)
+        conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _sqlite_update(conn: sqlite3.Connection, backup_id: str, to: BackupStatus | None,
+                   changes: dict[str, Any], expect: BackupRecord | None = None) -> BackupRecord:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("SELECT status FROM backups WHERE id = ?", [backup_id]).fetchone()
+        current = _sqlite_select(conn, backup_id)
+        stored = found[0] if found else None
+        if expect is not None:
+            refuse_lost_race(current, expect, to)
+        now = _now()
+        if to is not None:
+            check_transition(current, to, lambda: [r.id for r in _sqlite_dependents(conn, backup_id)])
+            changes = {**changes, "status": to}
+            if to is BackupStatus.DELETED:
+                changes["deleted_at"] = now
+                if current.parent_id is not None:
+                    try:
+                        parent = _sqlite_select(conn, current.parent_id)
+                    except BackupNotFoundError:
+                        parent = None
+                    if parent is not None:
+                        _sqlite_write(conn, replace(parent, updated_at=now,
+                                             num_dependent_backups=max(0, parent.num_dependent_backups - 1)))
+        updated = replace(current, updated_at=now, **changes)
+        # compare-and-set on what was checked (BEGIN IMMEDIATE already serializes writers
+        # of one file; the guard states the rule the PostgreSQL backend needs as well)
+        guard, args = " AND status = ?", [stored]  # as stored (a damaged status loads as error)
+        if to is BackupStatus.DELETING:
+            guard += " AND num_dependent_backups = 0"
+        if expect is not None:
+            guard += "".join(f" AND {name} IS ?" for name in WORKER_FIELDS)
+            args += [getattr(expect, name) for name in WORKER_FIELDS]
+        if _sqlite_write(conn, updated, guard, args) != 1:
+            refuse_lost_race(_sqlite_select(conn, backup_id), expect or current, to)
+            raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being updated")
+        conn.execute("COMMIT")
+        return updated
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def in_worker_thread(query: Callable[Concatenate[sqlite3.Connection, _P], _T]
+                     ) -> Callable[Concatenate[SQLiteCatalog, sqlite3.Connection, _P], Coroutine[Any, Any, _T]]:
+    """A blocking SQLite query in QueryCatalog's shape: it runs in a worker thread (the event
+    loop never waits on the database), one call at a time on the catalog's connection."""
+
+    async def run(catalog: SQLiteCatalog, conn: sqlite3.Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        def locked() -> _T:
+            with catalog._lock:
+                return query(conn, *args, **kwargs)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    return run
+
+
+class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
     """One SQLite file, one connection used from worker threads, one call at a time."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -464,152 +664,20 @@ class SQLiteCatalog(BackupCatalog):
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close)
 
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        def locked() -> _T:
-            if self._conn is None:
-                raise BackupError(f"backup catalog {str(self.path)!r} is not open")
-            with self._lock:
-                try:
-                    return fn(self._conn, *args)
-                except sqlite3.Error as exc:
-                    raise BackupError(f"backup catalog {str(self.path)!r}: {exc}") from None
-
-        return await anyio.to_thread.run_sync(locked)
-
-    # -- queries (worker thread, lock held) ----------------------------------------------
-
-    @staticmethod
-    def _rows(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> builtins.list[BackupRecord]:
-        rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups{where} ORDER BY created_at, id",
-                            [_param(a) for a in args])
-        return [_from_row(r) for r in rows]
-
-    @classmethod
-    def _select(cls, conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
-        found = cls._rows(conn, " WHERE id = ?", [backup_id])
-        if not found:
-            raise BackupNotFoundError(f"backup {backup_id!r} not found")
-        return found[0]
-
-    @classmethod
-    def _select_many(cls, conn: sqlite3.Connection, project_id: str | None, include_deleted: bool,
-                     volume_id: str | None) -> builtins.list[BackupRecord]:
-        where, args = [], []
-        if project_id is not None:
-            where.append("project_id = ?")
-            args.append(project_id)
-        if volume_id is not None:
-            where.append("volume_id = ?")
-            args.append(volume_id)
-        if not include_deleted:
-            where.append("status != ?")
-            args.append(BackupStatus.DELETED.value)
-        return cls._rows(conn, f" WHERE {' AND '.join(where)}" if where else "", args)
-
-    @classmethod
-    def _dependents(cls, conn: sqlite3.Connection, backup_id: str) -> builtins.list[BackupRecord]:
-        return cls._rows(conn, " WHERE parent_id = ? AND status != ?", [backup_id, BackupStatus.DELETED.value])
-
-    @classmethod
-    def _existed_between(cls, conn: sqlite3.Connection, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
-        # ISO 8601 in UTC with the same offset sorts as text; compare parsed values anyway,
-        # so a catalog written with another offset stays right.
-        return [r for r in cls._rows(conn, "", []) if r.created_at < end
-                and (r.deleted_at is None or r.deleted_at > start)]
-
-    @staticmethod
-    def _write(conn: sqlite3.Connection, record: BackupRecord, guard: str = "", guard_args: Sequence[Any] = ()) -> int:
-        """UPDATE the whole row, only where ``guard`` (SQL after ``AND``) holds; rows changed."""
-        sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
-        row = _to_row(record)
-        cursor = conn.execute(f"UPDATE backups SET {sets} WHERE id = ?{guard}",
-                              (*row[1:], row[0], *[_param(a) for a in guard_args]))
-        return cursor.rowcount
-
-    @classmethod
-    def _insert(cls, conn: sqlite3.Connection, record: BackupRecord) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    async def _run(self, query: Callable[Concatenate[sqlite3.Connection, _P], Awaitable[_T]], /,
+                   *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self._conn is None:
+            raise BackupError(f"backup catalog {str(self.path)!r} is not open")
         try:
-            if record.parent_id is not None:
-                parent = cls._select(conn, record.parent_id)
-                if parent.status not in PARENT_STATUSES or not cls._write(
-                        conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1, updated_at=_now()),
-                        " AND status = ? AND num_dependent_backups = ?", [parent.status, parent.num_dependent_backups]):
-                    raise InvalidStatusTransitionError(
-                        f"backup {parent.id!r} is {parent.status.value}: an incremental backup needs an available parent")
-            marks = ", ".join("?" for _ in _COLUMNS)
-            conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            return await query(self._conn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise BackupError(f"backup catalog {str(self.path)!r}: {exc}") from None
 
-    @classmethod
-    def _update(cls, conn: sqlite3.Connection, backup_id: str, to: BackupStatus | None,
-                changes: dict[str, Any], expect: BackupRecord | None = None) -> BackupRecord:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            found = conn.execute("SELECT status FROM backups WHERE id = ?", [backup_id]).fetchone()
-            current = cls._select(conn, backup_id)
-            stored = found[0] if found else None
-            if expect is not None:
-                refuse_lost_race(current, expect, to)
-            now = _now()
-            if to is not None:
-                check_transition(current, to, lambda: [r.id for r in cls._dependents(conn, backup_id)])
-                changes = {**changes, "status": to}
-                if to is BackupStatus.DELETED:
-                    changes["deleted_at"] = now
-                    if current.parent_id is not None:
-                        try:
-                            parent = cls._select(conn, current.parent_id)
-                        except BackupNotFoundError:
-                            parent = None
-                        if parent is not None:
-                            cls._write(conn, replace(parent, updated_at=now,
-                                                     num_dependent_backups=max(0, parent.num_dependent_backups - 1)))
-            updated = replace(current, updated_at=now, **changes)
-            # compare-and-set on what was checked (BEGIN IMMEDIATE already serializes writers
-            # of one file; the guard states the rule the PostgreSQL backend needs as well)
-            guard, args = " AND status = ?", [stored]  # as stored (a damaged status loads as error)
-            if to is BackupStatus.DELETING:
-                guard += " AND num_dependent_backups = 0"
-            if expect is not None:
-                guard += "".join(f" AND {name} IS ?" for name in WORKER_FIELDS)
-                args += [getattr(expect, name) for name in WORKER_FIELDS]
-            if cls._write(conn, updated, guard, args) != 1:
-                refuse_lost_race(cls._select(conn, backup_id), expect or current, to)
-                raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being updated")
-            conn.execute("COMMIT")
-            return updated
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    # -- the queries (above), each in a worker thread ----------------------------------------
 
-    # -- BackupCatalog -------------------------------------------------------------------
-
-    async def add(self, record: BackupRecord) -> BackupRecord:
-        await self._run(self._insert, record)
-        return record
-
-    async def get(self, backup_id: str) -> BackupRecord:
-        return await self._run(self._select, backup_id)
-
-    async def list(self, *, project_id: str | None = None, include_deleted: bool = False,
-                   volume_id: str | None = None) -> builtins.list[BackupRecord]:
-        return await self._run(self._select_many, project_id, include_deleted, volume_id)
-
-    async def dependents(self, backup_id: str) -> builtins.list[BackupRecord]:
-        return await self._run(self._dependents, backup_id)
-
-    async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
-        return await self._run(self._existed_between, start, end)
-
-    async def transition(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord | None = None,
-                         **changes: Any) -> BackupRecord:
-        self.check_fields(changes)
-        return await self._run(self._update, backup_id, to, changes, expect)
-
-    async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
-        self.check_fields(changes)
-        return await self._run(self._update, backup_id, None, changes)
+    _insert = in_worker_thread(_sqlite_insert)
+    _select = in_worker_thread(_sqlite_select)
+    _select_many = in_worker_thread(_sqlite_select_many)
+    _dependents = in_worker_thread(_sqlite_dependents)
+    _existed_between = in_worker_thread(_sqlite_existed_between)
+    _update = in_worker_thread(_sqlite_update)

@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -34,9 +34,9 @@ from ._catalog import (
     _COLUMNS,
     PARENT_STATUSES,
     WORKER_FIELDS,
-    BackupCatalog,
     BackupRecord,
     BackupStatus,
+    QueryCatalog,
     _from_row,
     _now,
     check_transition,
@@ -47,6 +47,7 @@ from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionEr
 __all__ = ["PG_SCHEMA_VERSION", "PostgresCatalog", "redact_url"]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 _LOCK_KEY = 0x6E6B6261636B7570  # "nkbackup": the advisory lock migrations run under
 PG_SCHEMA_VERSION = 1
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -153,7 +154,7 @@ def _record(row: Sequence[Any]) -> BackupRecord:
     return _from_row([data[name] for name in _COLUMNS])
 
 
-class PostgresCatalog(BackupCatalog):
+class PostgresCatalog(QueryCatalog[Any]):
     """One PostgreSQL database shared by every backup host; one connection per catalog,
     one call at a time (like the SQLite backend)."""
 
@@ -211,7 +212,8 @@ class PostgresCatalog(BackupCatalog):
         if conn is not None:
             await conn.close()
 
-    async def _run(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    async def _run(self, query: Callable[Concatenate[Any, _P], Awaitable[_T]], /,
+                   *args: _P.args, **kwargs: _P.kwargs) -> _T:
         import psycopg
 
         if self._conn is None:
@@ -221,7 +223,7 @@ class PostgresCatalog(BackupCatalog):
                 await self.close()
                 await self.open()
             try:
-                return await fn(self._conn, *args)
+                return await query(self._conn, *args, **kwargs)
             except psycopg.Error as exc:
                 raise BackupError(f"{self._where()}: {_reason(exc, self.url)}") from None
 
@@ -325,34 +327,6 @@ class PostgresCatalog(BackupCatalog):
                     "UPDATE backups SET num_dependent_backups = GREATEST(0, num_dependent_backups - 1),"
                     " updated_at = %s WHERE id = %s", [now, current.parent_id])
             return updated
-
-    # -- BackupCatalog -------------------------------------------------------------------
-
-    async def add(self, record: BackupRecord) -> BackupRecord:
-        await self._run(self._insert, record)
-        return record
-
-    async def get(self, backup_id: str) -> BackupRecord:
-        return await self._run(self._select, backup_id)
-
-    async def list(self, *, project_id: str | None = None, include_deleted: bool = False,
-                   volume_id: str | None = None) -> builtins.list[BackupRecord]:
-        return await self._run(self._select_many, project_id, include_deleted, volume_id)
-
-    async def dependents(self, backup_id: str) -> builtins.list[BackupRecord]:
-        return await self._run(self._dependents, backup_id)
-
-    async def existed_between(self, start: datetime, end: datetime) -> builtins.list[BackupRecord]:
-        return await self._run(self._existed_between, start, end)
-
-    async def transition(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord | None = None,
-                         **changes: Any) -> BackupRecord:
-        self.check_fields(changes)
-        return await self._run(self._update, backup_id, to, changes, expect)
-
-    async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
-        self.check_fields(changes)
-        return await self._run(self._update, backup_id, None, changes, None)
 
 
 def _reason(exc: BaseException, url: str) -> str:
