@@ -14,6 +14,7 @@ counted; it never stops the replay. See :mod:`notifykit._log` for the format.
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import errno
 import fcntl
@@ -26,6 +27,7 @@ import tempfile
 import threading
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -647,19 +649,27 @@ def _inspect_log(path: Path) -> SpoolInfo:
 
 
 def _inspect_sqlite(path: Path) -> SpoolInfo:
-    """Count a pre-log spool's rows without a byte written: ``immutable`` reads the file as it
-    is; committed rows still in a WAL are read from a private copy (SQLite would otherwise
-    create -shm/-wal files next to it)."""
+    """Count a pre-log spool's rows without a byte written (see :func:`_read_only_sqlite`)."""
+    with _read_only_sqlite(path) as uri:
+        counts = _count_outbox(str(path), uri)
+    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
+
+
+@contextlib.contextmanager
+def _read_only_sqlite(path: Path) -> Iterator[str]:
+    """A URI reading ``path`` as it is, rows committed to its WAL included, with nothing
+    written beside it: ``immutable`` when there is no WAL, else a private copy of the file
+    and its WAL (SQLite would create or write -shm/-wal files next to the original). A
+    spool the old version left at a crash may hold even its table only in the WAL."""
     wal = path.with_name(path.name + "-wal")
     if wal.is_file() and wal.stat().st_size > 0:
         with tempfile.TemporaryDirectory(prefix="notifykit-inspect-") as tmp:
             copy = Path(tmp) / "spool.sqlite"
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            counts = _count_outbox(str(path), f"file:{quote(str(copy))}?mode=ro")
+            yield f"file:{quote(str(copy))}?mode=ro"
     else:
-        counts = _count_outbox(str(path), f"file:{quote(str(path.resolve()))}?immutable=1")
-    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
+        yield f"file:{quote(str(path.resolve()))}?immutable=1"
 
 
 def _count_outbox(name: str, uri: str) -> dict[str, int]:
@@ -688,11 +698,12 @@ def _is_legacy_spool(path: Path) -> bool:
         with open(path, "rb") as fh:
             if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
                 return False
-        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?immutable=1", uri=True)
-        try:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-        finally:
-            db.close()
+        with _read_only_sqlite(path) as uri:
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            finally:
+                db.close()
     except (OSError, sqlite3.Error):
         return False
     return {"id", "transport", "body"} <= columns
