@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._deadletter import DEFAULT_DEAD_LETTER_MAX_BYTES
 from ._errors import ConfigError, InvalidNotificationError
 from ._formats import WireFormat
 from ._message import Priority, validate_publisher_id
@@ -109,7 +110,8 @@ _TABLE_KEYS = {"url", "name", "format", "topics", "queue_size", "overflow", "blo
 _RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_attempts"}
 _CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
 _FILTER_KEYS = {"event_types", "min_priority"}
-_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "close_timeout", "transports",
+_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "dead_letter_max_bytes", "close_timeout",
+                  "transports",
                   "spool_path", "spool_sync", "spool_max_bytes", "status_path", "status_interval"}
 
 
@@ -277,6 +279,7 @@ class NotifierConfig:
     publisher_id: str = "notifykit"
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     dead_letter_path: Path | None = None
+    dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     spool_path: Path | None = None
     spool_sync: str = "write"
@@ -296,6 +299,7 @@ class NotifierConfig:
             raise ConfigError(str(exc)) from None
         object.__setattr__(self, "spool_sync", SpoolSync.parse(self.spool_sync).value)
         check_number("spool_max_bytes", self.spool_max_bytes, kind=int, minimum=4096)
+        check_number("dead_letter_max_bytes", self.dead_letter_max_bytes, kind=int, minimum=4096)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "configuration") -> NotifierConfig:
@@ -321,6 +325,8 @@ class NotifierConfig:
             publisher_id=publisher_id,
             max_payload_bytes=_number(data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES), "max_payload_bytes", where, int),
             dead_letter_path=None if dead is None else Path(str(dead)),
+            dead_letter_max_bytes=_number(data.get("dead_letter_max_bytes", DEFAULT_DEAD_LETTER_MAX_BYTES),
+                                          "dead_letter_max_bytes", where, int),
             close_timeout=_number(data.get("close_timeout", DEFAULT_CLOSE_TIMEOUT), "close_timeout", where, float),
             spool_path=None if spool is None else Path(str(spool)),
             spool_sync=str(data.get("spool_sync", "write")),

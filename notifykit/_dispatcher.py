@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._clock import Clock
 from ._config import TransportConfig
-from ._deadletter import DeadLetter, DeadLetterSink, now_utc
+from ._deadletter import DeadLetterSink, DeadLetterWriter
 from ._errors import BatchError, PermanentError, TransientError, TransportError
 from ._message import Notification
 from ._policies import OverflowPolicy
@@ -87,7 +87,10 @@ class Dispatcher:
         self.overflow = config.overflow
         self.batch_size = config.batch_size or transport.max_batch_size
         self.stats = TransportStats(name=name)
-        self._sink = sink
+        # Dead letters the sink refused are kept here and written again (in flight until then).
+        self._letters = DeadLetterWriter(name, sink, self.stats, held_max=max(config.queue_size, 1000),
+                                         on_kept=self._kept_in_spool)
+        self._row_seqs: dict[int, int] = {}  # id(notification) -> spool sequence number, while delivered
         self._clock = clock
         self._rng = rng or random.Random()
         self._circuit = _Circuit(config.circuit.failure_threshold, config.circuit.reset_timeout)
@@ -99,8 +102,8 @@ class Dispatcher:
         #: gave it a turn (the Notifier yields once this passes batch_size).
         self.unturned = 0
         self._in_flight_spooled = 0  # rows of the batch in flight that are still counted in _spooled
-        # Counted as in flight too, so the accounting invariant holds at every await point:
-        self._dead_lettering = 0  # being written to the dead-letter sink
+        # Counted as in flight too, so the accounting invariant holds at every await point
+        # (and so are the dead letters being written or kept, self._letters.pending):
         self._putting_away = 0  # taken out of the queue at close, not yet spooled
         # Callers waiting under ``block``, in arrival order; the worker admits them into the
         # queue as it makes room (setting each one's event), the close takes over the rest.
@@ -386,7 +389,7 @@ class Dispatcher:
         return self._send.statistics().current_buffer_used
 
     def snapshot(self) -> TransportStats:
-        in_flight = len(self._in_flight) + self._dead_lettering + self._putting_away
+        in_flight = len(self._in_flight) + self._letters.pending + self._putting_away
         return replace(self.stats, queue_depth=self.queue_depth, in_flight=in_flight,
                        spooled=self._spooled - self._in_flight_spooled)
 
@@ -435,6 +438,9 @@ class Dispatcher:
             self._in_flight = []
         while True:
             self._wakeup = anyio.Event()  # fresh before looking, so no wake-up is lost
+            if self._letters.retry_due():
+                await self._letters.retry()
+                self._ack_delivered()
             batch = self._take_queued()
             if batch:
                 self._in_flight = batch
@@ -460,7 +466,8 @@ class Dispatcher:
                 if idle.cancelled_caught:
                     await self._flush_deletes(spool)  # idle: write confirmations, free segments
                 continue
-            await self._wakeup.wait()
+            with anyio.move_on_at(self._letters.retry_at if self._letters.held else math.inf):
+                await self._wakeup.wait()
 
     def _take_queued(self, limit: int | None = None) -> list[Notification]:
         self.unturned = 0
@@ -495,16 +502,31 @@ class Dispatcher:
         idle, so a crash re-sends at most that many (at-least-once)."""
         if rows:
             self._in_flight, self._in_flight_spooled = [row.notification for row in rows], len(rows)
-            await self._deliver(self._in_flight)
+            self._row_seqs = {id(row.notification): row.row_id for row in rows}
+            try:
+                await self._deliver(self._in_flight)
+            finally:
+                self._row_seqs = {}
         self._after = through
         self._spooled -= len(rows) + quarantined
         self._in_flight, self._in_flight_spooled = [], 0
-        spool.ack(self.name, through)
+        self._ack_delivered()
         self._unreleased += len(rows) + quarantined
         self._room.set()
         self._room = anyio.Event()
         if self._unreleased >= RELEASE_BATCH:
             await self._flush_deletes(spool)
+
+    def _ack_delivered(self) -> None:
+        """Confirm the spooled records taken so far, short of the first one whose dead letter
+        is not on disk yet (it stays in the spool until it is)."""
+        if self._spool is not None and self._after:
+            floor = self._letters.ack_floor
+            self._spool.ack(self.name, self._after if floor is None else min(self._after, floor - 1))
+
+    def _kept_in_spool(self, count: int) -> None:
+        """Dead letters that could not be written stay in the spool: counted spooled again."""
+        self._spooled += count
 
     async def _flush_deletes(self, spool: Spool) -> None:
         """Write this transport's confirmations and delete the segments they free."""
@@ -663,26 +685,11 @@ class Dispatcher:
             self.stats.state = state
 
     async def _dead_letter(self, notifications: list[Notification], reason: str) -> None:
-        """Write dead letters; counted in flight while written (the caller no longer holds
-        them), then dead_lettered, or dead_letter_failed if the write failed. Shielded: a
-        worker stopped at the close deadline finishes the write it started."""
-        if not notifications:
-            return
-        self._dead_lettering += len(notifications)
-        when = now_utc()
-        letters = [DeadLetter(self.name, reason, n, when) for n in notifications]
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._sink.write(letters)
-        except Exception:
-            self.stats.dead_letter_failed += len(notifications)  # not on disk: not dead_lettered
-            ids = ", ".join(n.message_id for n in notifications[:20])
-            log.critical("notifykit could not write %d dead letter(s) for %r (%s): %s",
-                         len(notifications), self.name, ids, reason, exc_info=True)
-        else:
-            self.stats.dead_lettered += len(notifications)
-        finally:
-            self._dead_lettering -= len(notifications)
+        """Dead-letter ``notifications``: counted dead_lettered once on disk; until then in
+        flight (being written, or kept by ``self._letters`` while the sink refuses). After
+        the close, one attempt: what fails is dead_letter_failed (or stays in the spool)."""
+        if notifications:
+            await self._letters.write(notifications, reason, self._row_seqs, final=self._closed)
 
     async def dead_letter_leftovers(self, reason: str) -> tuple[int, int]:
         """After the worker stopped: what is still queued goes to the spool when there is
@@ -707,11 +714,16 @@ class Dispatcher:
         self._blocked.clear()
         self._send.close()
         self._receive.close()
+        before = self.stats.dead_lettered
         if self._spool is not None:
             self._putting_away = len(leftovers)
             for notification in leftovers:
                 self._putting_away -= 1  # _spool_put counts it before its first await
                 await self._spool_put(self._spool, notification, new=False, closing=True)
-            return 0, self._spooled
-        await self._dead_letter(leftovers, reason)
-        return len(leftovers), 0
+        else:
+            await self._dead_letter(leftovers, reason)
+        await self._letters.retry(final=True)  # the kept ones: one last attempt
+        if self._spool is not None:
+            self._ack_delivered()
+            await self._flush_deletes(self._spool)
+        return self.stats.dead_lettered - before, self._spooled if self._spool is not None else 0

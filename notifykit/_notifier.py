@@ -114,6 +114,7 @@ class Notifier(_PriorityMethods):
         spool: str | os.PathLike[str] | None = None,
         status_path: str | os.PathLike[str] | None = None,
         status_interval: float | None = None,
+        dead_letter_max_bytes: int | None = None,
     ) -> None:
         if isinstance(config, TransportConfig):
             config = NotifierConfig(transports=(config,))
@@ -131,9 +132,11 @@ class Notifier(_PriorityMethods):
             config = replace(config, status_path=Path(status_path))
         if status_interval is not None:
             config = replace(config, status_interval=status_interval)
+        if dead_letter_max_bytes is not None:
+            config = replace(config, dead_letter_max_bytes=dead_letter_max_bytes)
         self.config = config
         self.publisher_id = config.publisher_id
-        self._sink = self._make_sink(dead_letters, config.dead_letter_path)
+        self._sink = self._make_sink(dead_letters, config.dead_letter_path, config.dead_letter_max_bytes)
         clock = clock or EventLoopClock()
         self._supervisor = Supervisor(clock)
         needs_spool = any(t.durable or t.overflow is OverflowPolicy.SPILL for t in config.transports)
@@ -150,12 +153,12 @@ class Notifier(_PriorityMethods):
 
     @staticmethod
     def _make_sink(
-        dead_letters: DeadLetterSink | str | os.PathLike[str] | None, configured: Path | None
+        dead_letters: DeadLetterSink | str | os.PathLike[str] | None, configured: Path | None, max_bytes: int
     ) -> DeadLetterSink:
         if dead_letters is None:
-            return JsonlDeadLetterSink(configured or default_dead_letter_path())
+            return JsonlDeadLetterSink(configured or default_dead_letter_path(), max_bytes=max_bytes)
         if isinstance(dead_letters, str | os.PathLike):
-            return JsonlDeadLetterSink(dead_letters)
+            return JsonlDeadLetterSink(dead_letters, max_bytes=max_bytes)
         return dead_letters
 
     def _unique_name(self, config: TransportConfig) -> str:
@@ -173,13 +176,13 @@ class Notifier(_PriorityMethods):
                  clock: Clock | None = None, close_timeout: float | None = None,
                  max_payload_bytes: int | None = None, spool: str | os.PathLike[str] | None = None,
                  status_path: str | os.PathLike[str] | None = None, status_interval: float | None = None,
-                 **overrides: Any) -> Notifier:
+                 dead_letter_max_bytes: int | None = None, **overrides: Any) -> Notifier:
         """One transport; its options and policies are URL query parameters
         (``overrides`` replace TransportConfig fields)."""
         return cls(TransportConfig.from_url(url, **overrides), publisher_id=publisher_id,
                    dead_letters=dead_letters, clock=clock, close_timeout=close_timeout,
                    max_payload_bytes=max_payload_bytes, spool=spool, status_path=status_path,
-                   status_interval=status_interval)
+                   status_interval=status_interval, dead_letter_max_bytes=dead_letter_max_bytes)
 
     @classmethod
     def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any], *, publisher_id: str | None = None,
@@ -187,7 +190,7 @@ class Notifier(_PriorityMethods):
                     clock: Clock | None = None, close_timeout: float | None = None,
                     spool: str | os.PathLike[str] | None = None,
                     status_path: str | os.PathLike[str] | None = None,
-                    status_interval: float | None = None) -> Notifier:
+                    status_interval: float | None = None, dead_letter_max_bytes: int | None = None) -> Notifier:
         """Several transports from a TOML file path or an already-parsed mapping."""
         if isinstance(source, Mapping):
             config = NotifierConfig.from_mapping(source)
@@ -195,7 +198,7 @@ class Notifier(_PriorityMethods):
             config = NotifierConfig.from_toml(source)
         return cls(config, publisher_id=publisher_id, dead_letters=dead_letters, clock=clock,
                    close_timeout=close_timeout, spool=spool, status_path=status_path,
-                   status_interval=status_interval)
+                   status_interval=status_interval, dead_letter_max_bytes=dead_letter_max_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------
 

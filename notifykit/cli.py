@@ -34,10 +34,12 @@ from ._formats import decode_message
 from ._loading import resolve_transport
 from ._message import Notification
 from ._notifier import Notifier
+from ._policies import Filter, OverflowPolicy
 from ._redact import redact_text
 from ._spool import Spool, SpoolInfo, default_spool_path
 from ._stats import render_prometheus
 from ._transport import Tailable
+from ._url import parse_url
 
 __all__ = ["main"]
 
@@ -83,32 +85,55 @@ async def tail(url: str, event_glob: str, as_json: bool, out: TextIO, limit: int
 
 
 def _record_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    return (str(record.get("transport")), str(record.get("message", {}).get("message_id")), str(record.get("failed_at")))
+    message = record.get("message")
+    message_id = message.get("message_id") if isinstance(message, dict) else None
+    return (str(record.get("transport")), str(message_id), str(record.get("failed_at")))
 
 
 def _selected(record: dict[str, Any], transport: str | None) -> bool:
     return transport is None or record.get("transport") == transport
 
 
+def _dead_letter_file(path: Path) -> Path | None:
+    """``path``, or None when it is the default location and nothing was dead-lettered yet.
+    A file named with ``--file`` that does not exist is an error (a typo must not read as
+    "no dead letters")."""
+    if path == default_dead_letter_path() and not path.exists() and not path.is_symlink():
+        return None
+    return path
+
+
+def load_dead_letters(path: Path, transport: str | None) -> list[dict[str, Any]]:
+    """The records of ``path`` (of one transport); bad lines skipped with one warning;
+    a file that cannot be read is a ConfigError."""
+    existing = _dead_letter_file(path)
+    return [] if existing is None else [r for r in read_dead_letters(existing) if _selected(r, transport)]
+
+
 def deadletters_list(path: Path, transport: str | None, as_json: bool, out: TextIO) -> int:
-    count = 0
-    if path.exists():
-        for record in read_dead_letters(path):
-            if not _selected(record, transport):
-                continue
-            count += 1
-            message = record.get("message", {})
-            out.write(json.dumps(record, ensure_ascii=False) + "\n" if as_json else
-                      f"{record.get('failed_at')} {record.get('transport')} {message.get('event_type')} "
-                      f"{message.get('message_id')} {record.get('reason')}\n")
-    print(f"# {count} dead letter(s) in {path}", file=sys.stderr)
-    return count
+    records = load_dead_letters(path, transport)
+    for record in records:
+        message = record["message"]
+        out.write(json.dumps(record, ensure_ascii=True) + "\n" if as_json else
+                  f"{record.get('failed_at')} {record.get('transport')} {message.get('event_type')} "
+                  f"{message.get('message_id')} {record.get('reason')}\n".encode("utf-8", "backslashreplace")
+                  .decode("utf-8"))
+    print(f"# {len(records)} dead letter(s) in {path}", file=sys.stderr)
+    return len(records)
 
 
 def _replay_config(args: argparse.Namespace) -> NotifierConfig:
+    """``--config``: each letter goes to the transport of its own name. ``--url``: the URL
+    is a transport named as a Notifier would name it (its ``name=``, else its scheme) and
+    takes that transport's letters; ``--transport NAME`` re-routes NAME's letters to it
+    instead (explicit), under that name."""
     if args.url:
         config = TransportConfig.from_url(args.url)
-        return NotifierConfig(transports=(replace(config, name=config.name or args.transport),))
+        name = args.transport or config.name or parse_url(config.url).scheme
+        if args.transport and config.name and config.name != args.transport:
+            raise ConfigError(f"replay --url names transport {config.name!r} but --transport is {args.transport!r};"
+                              " give one name")
+        return NotifierConfig(transports=(replace(config, name=name),))
     return NotifierConfig.from_toml(args.config)
 
 
@@ -124,46 +149,88 @@ async def _cancel_on_signals(scope: anyio.CancelScope) -> None:
             return
 
 
-def load_dead_letters(path: Path, transport: str | None) -> list[dict[str, Any]]:
-    return [r for r in read_dead_letters(path) if _selected(r, transport)] if path.exists() else []
+def _replayable(record: dict[str, Any]) -> Notification | str:
+    """The letter's notification, or why it cannot be re-sent."""
+    try:
+        return Notification.from_json(json.dumps(record["message"]))
+    except (NotifyKitError, TypeError, ValueError) as exc:
+        return str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def deadletters_replay(path: Path, records: list[dict[str, Any]], config: NotifierConfig,
                              out: TextIO) -> tuple[int, int]:
-    """Re-send dead letters (same message_id) to the transport of the same name (or the
-    only one configured); remove them from the file unless they fail again."""
-    names = [t.name or "(unnamed)" for t in config.transports]
+    """Re-send each dead letter (same message_id) to the configured transport of the same
+    name only; remove from the file exactly the ones delivered. Letters of a transport not
+    configured, or that are no valid notification, stay untouched (one note each kind).
+    Returns (delivered, dead-lettered again)."""
+    existing = _dead_letter_file(path)
+    if existing is None or not records:
+        out.write("replayed 0: 0 delivered, 0 dead-lettered again\n")
+        return 0, 0
+    targets = {t.name: t for t in config.transports if t.name}
     sink = MemoryDeadLetterSink()
-    sent_keys: set[tuple[str, str, str]] = set()
-    for target in config.transports:
-        batch = [r for r in records if r.get("transport") == target.name or len(config.transports) == 1]
+    delivered: set[tuple[str, str, str]] = set()
+    attempted: set[tuple[str, str, str]] = set()
+    unmatched: dict[str, int] = {}
+    invalid: list[str] = []
+    for name, target in targets.items():
+        batch: list[tuple[dict[str, Any], Notification]] = []
+        for record in records:
+            if record.get("transport") != name:
+                continue
+            notification = _replayable(record)
+            if isinstance(notification, str):
+                invalid.append(f"{record['message'].get('message_id')}: {notification}")
+            else:
+                batch.append((record, notification))
         if not batch:
             continue
-        notifier = Notifier(replace(config, transports=(target,)), dead_letters=sink)
+        # Every letter handed over is sent or dead-lettered again: never dropped, filtered,
+        # refused or left in a spool that this command does not own.
+        safe = replace(target, durable=False, overflow=OverflowPolicy.BLOCK, block_timeout=None, filter=Filter())
+        notifier = Notifier(replace(config, transports=(safe,)), dead_letters=sink)
+        handed: list[tuple[dict[str, Any], Notification]] = []
+        failed_before = len(sink.letters)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_signals, tg.cancel_scope)
             async with notifier:
-                for record in batch:
-                    await notifier.emit(Notification.from_json(json.dumps(record["message"])))
-                    sent_keys.add(_record_key(record))
+                for record, notification in batch:
+                    await notifier.emit(notification)
+                    handed.append((record, notification))
             tg.cancel_scope.cancel()
-    failed_again = {(letter.notification.message_id) for letter in sink.letters}
-    removed = await anyio.to_thread.run_sync(
-        lambda: rewrite_dead_letters(path, lambda r: _record_key(r) in sent_keys, sink.letters))
-    unmatched = [r for r in records if _record_key(r) not in sent_keys]
+        again = {letter.notification.message_id for letter in sink.letters[failed_before:]}
+        stats = notifier.stats()[name]
+        if stats.sent + stats.dead_lettered != len(handed):  # not expected: then remove nothing
+            print(f"# transport {name!r}: {len(handed)} handed over but {stats.sent} sent and"
+                  f" {stats.dead_lettered} dead-lettered again; its letters are left in the file", file=sys.stderr)
+            del sink.letters[failed_before:]
+            continue
+        attempted.update(_record_key(r) for r, _ in handed)
+        delivered.update(_record_key(r) for r, n in handed if n.message_id not in again)
+    for record in records:
+        if record.get("transport") not in targets:
+            unmatched[str(record.get("transport"))] = unmatched.get(str(record.get("transport")), 0) + 1
+    again_letters = list(sink.letters)
+    await anyio.to_thread.run_sync(
+        lambda: rewrite_dead_letters(existing, lambda r: _record_key(r) in attempted, again_letters))
     if unmatched:
-        print(f"# {len(unmatched)} dead letter(s) name a transport not in the configuration ({', '.join(names)})",
-              file=sys.stderr)
-    out.write(f"replayed {removed}: {removed - len(failed_again)} delivered, {len(failed_again)} dead-lettered again\n")
-    return removed, len(failed_again)
+        listed = ", ".join(f"{name!r} ({count})" for name, count in sorted(unmatched.items()))
+        print(f"# {sum(unmatched.values())} dead letter(s) of transport(s) not in the configuration ({listed})"
+              f" left in the file; configured: {', '.join(map(repr, targets)) or 'none'}", file=sys.stderr)
+    if invalid:
+        print(f"# {len(invalid)} dead letter(s) are not valid notifications and were left in the file: "
+              + "; ".join(invalid[:3]) + ("; …" if len(invalid) > 3 else ""), file=sys.stderr)
+    out.write(f"replayed {len(attempted)}: {len(delivered)} delivered, {len(again_letters)} dead-lettered again\n")
+    return len(delivered), len(again_letters)
 
 
 def deadletters_purge(path: Path, transport: str | None, yes: bool, out: TextIO) -> int:
-    matching = sum(1 for r in read_dead_letters(path) if _selected(r, transport)) if path.exists() else 0
+    existing = _dead_letter_file(path)
+    matching = 0 if existing is None else sum(1 for r in read_dead_letters(existing) if _selected(r, transport))
     if not yes:
         out.write(f"{matching} dead letter(s) would be purged from {path}; add --yes to purge\n")
         return matching
-    removed = rewrite_dead_letters(path, lambda r: _selected(r, transport)) if path.exists() else 0
+    removed = 0 if existing is None else rewrite_dead_letters(existing, lambda r: _selected(r, transport))
     out.write(f"purged {removed} dead letter(s) from {path}\n")
     return removed
 
@@ -330,8 +397,10 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--json", dest="as_json", action="store_true", help="raw JSON lines")
         if action == "replay":
             target = a.add_mutually_exclusive_group(required=True)
-            target.add_argument("--url", help="send to this transport URL")
-            target.add_argument("--config", type=Path, help="TOML configuration; letters go to the transport of the same name")
+            target.add_argument("--url", help="send to this URL the letters of the transport of its name (name=,"
+                                               " else its scheme), or of --transport NAME")
+            target.add_argument("--config", type=Path, help="TOML configuration; each letter goes to the transport"
+                                                            " of its own name only")
         if action == "purge":
             a.add_argument("--yes", action="store_true", help="really delete (otherwise only count)")
 
