@@ -227,6 +227,63 @@ async def poison_in_batch(n: int = 10_000, poison_every: int = 1000, durable: bo
     }
 
 
+async def dead_letter_disk_full(n: int = 5000, poison_every: int = 10, durable: bool = False) -> dict[str, Any]:
+    """A transport rejecting every ``poison_every``-th notification for good while the
+    dead-letter file's disk is full (a symlink to /dev/full: every write fails with ENOSPC).
+    In memory mode the disk gets room again mid-run (the symlink is replaced by a file) and
+    the kept letters are written; in durable mode it stays full until close, the letters stay
+    in the spool, and the next Notifier (disk fixed) replays and dead-letters them.
+    lost: emitted, neither delivered nor in the dead-letter file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dead, spool = Path(tmp) / "dl.jsonl", Path(tmp) / "spool"
+        dead.symlink_to("/dev/full")
+        url = f"memory://?name=m&reject=poison.*&batch_size=100&durable={str(durable).lower()}"
+        delivered: list[str] = []
+        notifier = Notifier.from_url(url, publisher_id="report", dead_letters=dead, spool=spool)
+        async with notifier:
+            emitted = set()
+            for i in range(n):
+                event = "poison.x" if i % poison_every == 0 else "backup.createprogress"
+                emitted.add((await notifier.info({}, event, {"i": i})).message_id)
+                if i == n // 2:
+                    while notifier.stats()["m"].in_flight == 0:  # the disk is full: letters are kept
+                        await anyio.sleep(0.01)
+                    if not durable:
+                        dead.unlink()  # room again: the kept letters are written at the next attempt
+            if not durable:
+                with anyio.fail_after(60):
+                    while notifier.stats()["m"].dead_lettered < n // poison_every:
+                        await anyio.sleep(0.05)
+        delivered += [m.message_id for m in notifier.transports["m"].messages]  # type: ignore[attr-defined]
+        stats, faults = notifier.stats()["m"], 1
+        if durable:
+            dead.unlink()
+            notifier = Notifier.from_url(url, publisher_id="report", dead_letters=dead, spool=spool)
+            async with notifier:
+                pass
+            delivered += [m.message_id for m in notifier.transports["m"].messages]  # type: ignore[attr-defined]
+            replayed = notifier.stats()["m"]
+        on_disk = [json.loads(line)["message"]["message_id"] for line in dead.read_text().splitlines()]
+    counts = Counter(delivered)
+    result = {
+        "scenario": "dead-letter disk full" + (" (durable: kept in the spool, replayed)" if durable
+                                               else " for a while, then room"),
+        "faults_injected": faults,
+        "emitted": len(emitted),
+        "sent": stats.sent,
+        "received": len(delivered),
+        "duplicated": sum(c - 1 for c in counts.values()) + len(on_disk) - len(set(on_disk)),
+        "lost": len(emitted - set(counts) - set(on_disk)),
+        "dead_lettered": len(on_disk),
+        "dead_letter_failed": stats.dead_letter_failed,
+        "in_the_file": len(on_disk),
+    }
+    if durable:
+        result.update(kept_in_spool_at_close=stats.spooled, replayed=replayed.replayed,
+                      dead_lettered_after_replay=replayed.dead_lettered)
+    return result
+
+
 async def kafka_restart(during: int = 500) -> dict[str, Any] | None:
     """The Kafka broker stopped mid-stream and a new one started on the same port."""
     from tests.kafka.records import NO_IDEMPOTENCE, create_topic
@@ -353,9 +410,14 @@ async def poison_rows() -> list[dict[str, Any]]:
     return [await poison_in_batch(), await poison_in_batch(durable=True)]
 
 
+async def dead_letter_rows() -> list[dict[str, Any]]:
+    return [await dead_letter_disk_full(), await dead_letter_disk_full(durable=True)]
+
+
 async def all_faults() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [await rabbitmq_cuts(), await rabbitmq_sigkill(), await webhook_flapping(),
-                                  await status_unwritable(), await corrupt_spool_record(), *await poison_rows()]
+                                  await status_unwritable(), await corrupt_spool_record(), *await poison_rows(),
+                                  *await dead_letter_rows()]
     kafka = await kafka_restart()
     if kafka is not None:
         rows.append(kafka)

@@ -10,8 +10,9 @@ Prints JSON. Sections:
   ``log_write_us`` is one small os.write to the page cache, timed alone.
 * ``faults`` — faults injected into real brokers and processes (RabbitMQ connection cuts,
   a SIGKILLed durable publisher, a flapping webhook receiver, a status file that cannot be
-  written (faults = failed status writes), a poison notification in a batch (bisected: extra
-  sends counted), a Kafka restart, and on a 3-node RabbitMQ cluster
+  written (faults = failed status writes), a corrupt spool record, a poison notification in a batch (bisected: extra
+  sends counted), the dead-letter file's disk full (for a while, and in durable mode until
+  close), a Kafka restart, and on a 3-node RabbitMQ cluster
   with quorum queues: a node stopped, a node killed, the queue leader's node killed, the whole
   cluster down then back; with failover times), with
   notifications emitted, sent, received by an independent consumer, duplicated, lost
@@ -19,7 +20,8 @@ Prints JSON. Sections:
 
 Usage: ``python benchmarks/reliability_report.py [N_MEMORY [N_DURABLE [N_RABBIT_MEMORY [ROUNDS]]]]``
 (``--durable-only`` runs just ``durable_cost``; ``--poison-only`` runs just the two "poison
-notification in a batch" fault rows and stores them into ``benchmarks/results/reliability_report.json``,
+notification in a batch" fault rows, ``--dead-letter-only`` the two "dead-letter disk full" rows; both
+store them into ``benchmarks/results/reliability_report.json``,
 replacing the rows of the same scenario).
 """
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _faults import all_faults, poison_rows  # benchmarks/_faults.py
+from _faults import all_faults, dead_letter_rows, poison_rows  # benchmarks/_faults.py
 
 from notifykit import Notifier
 
@@ -188,6 +190,9 @@ async def main() -> None:
         return
     if "--poison-only" in sys.argv:
         store_rows(await poison_rows())
+        return
+    if "--dead-letter-only" in sys.argv:
+        store_rows(await dead_letter_rows())
         return
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

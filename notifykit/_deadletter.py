@@ -28,6 +28,7 @@ import anyio.to_thread
 from ._errors import ConfigError, NotifyKitError
 from ._message import Notification
 from ._paths import state_file
+from ._stats import TransportStats
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_MAX_BYTES",
@@ -360,16 +361,20 @@ class DeadLetterWriter:
     (:meth:`write` with ``final``) what still cannot be written is counted
     ``dead_letter_failed`` (or left in the spool). One log line per burst of failures."""
 
-    def __init__(self, transport: str, sink: DeadLetterSink, stats: Any, *, held_max: int,
+    def __init__(self, transport: str, sink: DeadLetterSink, stats: TransportStats, *, held_max: int,
                  on_kept: Callable[[int], None]) -> None:
         self.transport = transport
         self.sink = sink
-        self.stats = stats  # TransportStats: dead_lettered, dead_letter_failed
+        self.stats = stats  # dead_lettered and dead_letter_failed are counted here
         self.held_max = held_max
         self.on_kept = on_kept
         self.held: list[tuple[DeadLetter, int | None]] = []  # (letter, spool sequence number)
         self.writing = 0
-        self.kept_floor: int | None = None  # lowest sequence number left in the spool
+        self.kept_floor: int | None = None  # lowest sequence number left in the spool (over held_max)
+        #: Spooled ones still unwritten at close, and the lowest of their sequence numbers: the
+        #: dispatcher appends them to the spool again, so the records after them can be confirmed.
+        self.kept: list[Notification] = []
+        self.close_floor: int | None = None
         self.retry_at = 0.0
         self._delay = RETRY_FIRST
         self._burst = False  # failing since the last successful write
@@ -385,8 +390,7 @@ class DeadLetterWriter:
         """The spool must not confirm this sequence number or any later one: a letter of it
         is not on disk yet."""
         seqs = [seq for _, seq in self.held if seq is not None]
-        if self.kept_floor is not None:
-            seqs.append(self.kept_floor)
+        seqs += [floor for floor in (self.kept_floor, self.close_floor) if floor is not None]
         return min(seqs) if seqs else None
 
     def retry_due(self) -> bool:
@@ -459,7 +463,11 @@ class DeadLetterWriter:
         spooled = [seq for _, seq in entries if seq is not None]
         if spooled:
             floor = min(spooled)
-            self.kept_floor = floor if self.kept_floor is None else min(self.kept_floor, floor)
+            if at_close:
+                self.kept += [letter.notification for letter, seq in entries if seq is not None]
+                self.close_floor = floor if self.close_floor is None else min(self.close_floor, floor)
+            else:
+                self.kept_floor = floor if self.kept_floor is None else min(self.kept_floor, floor)
             self.on_kept(len(spooled))
         lost = [letter for letter, seq in entries if seq is None]
         self.stats.dead_letter_failed += len(lost)

@@ -524,6 +524,21 @@ class Dispatcher:
             floor = self._letters.ack_floor
             self._spool.ack(self.name, self._after if floor is None else min(self._after, floor - 1))
 
+    def _respool_unwritten(self, spool: Spool) -> None:
+        """At close: spooled records whose dead letter could not be written are appended to the
+        log again (the next Notifier replays them), so that the records delivered after them are
+        confirmed rather than re-sent. If even that fails, their confirmation stays held back."""
+        kept, self._letters.kept = self._letters.kept, []
+        if not kept:
+            return
+        try:
+            spool.append_many(self.name, kept)
+        except (SpoolFullError, OSError) as exc:
+            log.warning("notifykit transport %r: could not append %d unwritten dead letter(s) to %r again (%s);"
+                        " the next Notifier re-sends from the first of them", self.name, len(kept), spool, exc)
+            return
+        self._letters.close_floor = None
+
     def _kept_in_spool(self, count: int) -> None:
         """Dead letters that could not be written stay in the spool: counted spooled again."""
         self._spooled += count
@@ -724,6 +739,7 @@ class Dispatcher:
             await self._dead_letter(leftovers, reason)
         await self._letters.retry(final=True)  # the kept ones: one last attempt
         if self._spool is not None:
+            self._respool_unwritten(self._spool)
             self._ack_delivered()
             await self._flush_deletes(self._spool)
         return self.stats.dead_lettered - before, self._spooled if self._spool is not None else 0

@@ -427,8 +427,9 @@ def _main(argv: Sequence[str] | None) -> int:
             if args.action == "list":
                 deadletters_list(path, args.transport, args.as_json, sys.stdout)
             elif args.action == "replay":
+                config = _replay_config(args)  # a bad --config/--url first, before the file is read
                 records = load_dead_letters(path, args.transport)
-                _, failed = anyio.run(deadletters_replay, path, records, _replay_config(args), sys.stdout)
+                _, failed = anyio.run(deadletters_replay, path, records, config, sys.stdout)
                 return 1 if failed else 0
             else:
                 deadletters_purge(path, args.transport, args.yes, sys.stdout)

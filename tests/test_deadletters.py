@@ -270,7 +270,7 @@ async def test_durable_letters_that_cannot_be_written_stay_in_the_spool(tmp_path
     second = Notifier.from_url(url, publisher_id="t", dead_letters=dead, spool=spool)
     async with second:
         pass
-    assert second.stats()["memory"].replayed >= 4
+    assert second.stats()["memory"].replayed == 4  # appended again at close: the good ones are not re-sent
     assert sorted(r["message"]["payload"]["i"] for r in read_dead_letters(dead)) == [0, 3, 6, 9]
     assert_accounted(second, dead)
 
@@ -456,3 +456,45 @@ def test_replay_never_drops_or_spools_what_it_removes(tmp_path: Path, capsys: py
     assert main(["deadletters", "replay", "--file", str(path), "--config", str(config)]) == 0
     assert "replayed 6: 6 delivered, 0 dead-lettered again" in capsys.readouterr().out
     assert list(read_dead_letters(path)) == []
+
+
+def test_a_sink_waiting_for_the_lock_writes_into_the_file_that_replaced_it(tmp_path: Path) -> None:
+    """rewrite_dead_letters replaces the file under the lock; a sink that was waiting for
+    that lock must not append to the old (unlinked) file, where its letters would be lost."""
+    import fcntl
+
+    path = tmp_path / "dead.jsonl"
+    write_letters(path, letter())
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    sink = JsonlDeadLetterSink(path)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (sink._append([letter(transport="late")]), done.set()))
+    thread.start()
+    try:
+        assert not done.wait(0.2)  # blocked on the lock
+        replacement = tmp_path / "dead.jsonl.tmp"
+        write_letters(replacement, letter(transport="kept"))
+        os.replace(replacement, path)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        thread.join(10)
+    assert [r["transport"] for r in read_dead_letters(path)] == ["kept", "late"]
+
+
+@pytest.mark.asyncio
+async def test_more_refused_letters_than_are_kept_are_counted_at_once(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    dead = tmp_path / "dead.jsonl"
+    dead.symlink_to("/dev/full")
+    url = "memory://?reject=*&batch_size=100&queue_size=500"  # keeps max(queue_size, 1000)
+    async with Notifier.from_url(url, publisher_id="t", dead_letters=dead) as n:
+        for i in range(1100):
+            await n.info({}, "e.v", {"i": i})
+        await until(lambda: n.stats()["memory"].dead_letter_failed == 100)  # over the 1000 kept
+        assert_accounted(n)
+    stats = n.stats()["memory"]
+    assert (stats.dead_lettered, stats.dead_letter_failed) == (0, 1100)
+    assert_accounted(n)
+    assert [r.levelname for r in dead_letter_logs(caplog)] == ["WARNING", "ERROR", "ERROR"]  # full; over; close
