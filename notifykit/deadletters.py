@@ -1,8 +1,10 @@
 """Dead letters: what could not be delivered, where it is kept, and the tools to read and rewrite it."""
 
 from ._deadletter import (
+    DEFAULT_DEAD_LETTER_MAX_BYTES,
     DeadLetter,
     DeadLetterSink,
+    DeadLetterWriteError,
     JsonlDeadLetterSink,
     MemoryDeadLetterSink,
     default_dead_letter_path,
@@ -11,8 +13,10 @@ from ._deadletter import (
 )
 
 __all__ = [
+    "DEFAULT_DEAD_LETTER_MAX_BYTES",
     "DeadLetter",
     "DeadLetterSink",
+    "DeadLetterWriteError",
     "JsonlDeadLetterSink",
     "MemoryDeadLetterSink",
     "default_dead_letter_path",

@@ -21,6 +21,7 @@ from notifykit import ConfigError, Notification, Notifier, NotifierConfig
 from notifykit.cli import main
 from notifykit.deadletters import (
     DeadLetter,
+    DeadLetterWriteError,
     JsonlDeadLetterSink,
     read_dead_letters,
     rewrite_dead_letters,
@@ -128,8 +129,6 @@ async def test_letters_are_encoded_in_a_worker_thread(tmp_path: Path, monkeypatc
 
 @pytest.mark.asyncio
 async def test_the_file_stops_growing_at_its_cap(tmp_path: Path) -> None:
-    from notifykit._deadletter import DeadLetterWriteError
-
     path = tmp_path / "dead.jsonl"
     sink = JsonlDeadLetterSink(path, max_bytes=4096)
     with pytest.raises(DeadLetterWriteError, match="is full") as caught:
@@ -193,8 +192,6 @@ def enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> list[int]:
 @pytest.mark.asyncio
 async def test_a_torn_write_is_cut_back_to_the_last_complete_line(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from notifykit._deadletter import DeadLetterWriteError
-
     path = tmp_path / "dead.jsonl"
     one = len(letter().encode())
     enospc_after(monkeypatch, 3 * one + one // 2)
