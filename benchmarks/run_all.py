@@ -298,12 +298,16 @@ def render_page() -> str:
     if faults_path.exists():
         rows = json.loads(faults_path.read_text()).get("faults", [])
         lines += ["", "## Faults injected (reliability_report)", "",
-                  "| scenario | faults | emitted | sent | received | duplicated | lost | dead-lettered |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| scenario | faults | emitted | sent | received | duplicated | lost | dead-lettered | failover median / max |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['scenario']} | {r.get('faults_injected', '')} | {r.get('emitted', '')} | {r.get('sent', '')} | "
                   f"{r.get('received', '')} | {r.get('duplicated', '')} | {r.get('lost', '')} | "
-                  f"{r.get('dead_lettered', '')} |" for r in rows]
+                  f"{r.get('dead_lettered', '')} | {_failover(r)} |" for r in rows]
         lines += ["", "*received* is counted by an independent consumer (aio-pika, aiokafka, the receiver itself);",
+                  "*failover* (RabbitMQ cluster rows, over their runs) is the fault command → the first confirm by",
+                  "another node (for stop_app that includes the rabbitmqctl run itself); for the whole cluster, the",
+                  "restart command → the last notification of the outage confirmed (the nodes' boot included);",
+                  "the machine's load average is in each of those rows (`measured`);",
                   "*duplicated* are at-least-once re-sends of messages whose confirmation was lost with the",
                   "connection or the process. For the SIGKILL row, *sent* is what the replaying process sent."]
         for r in (r for r in rows if "extra_sends" in r):  # the poison rows: what bisection cost
@@ -314,6 +318,13 @@ def render_page() -> str:
                       " good ones."]
     lines += ["", "## Reading the figures", "", NOTES, *profile_section()]
     return "\n".join(lines + details) + "\n"
+
+
+def _failover(row: dict[str, Any]) -> str:
+    """``median / max s (N runs)`` for the rows that time a failover, empty for the others."""
+    if row.get("failover_median_s") is None:
+        return ""
+    return f"{row['failover_median_s']:g} / {row['failover_max_s']:g} s ({row.get('runs', '?')} runs)"
 
 
 def profile_section() -> list[str]:

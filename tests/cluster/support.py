@@ -84,7 +84,7 @@ def stream_url(cluster: Any, names: Names, **extra: str) -> str:
     circuit policies (the point: failover must finish before they give up)."""
     query = {"exchange": names.exchange, "topic": names.topic, "quorum_queues": "true",
              "connection_name": f"nk-cluster-{names.exchange}", "queue_size": "20000", "batch_size": "500", **extra}
-    return cluster.url() + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    return str(cluster.url()) + "?" + "&".join(f"{k}={v}" for k, v in query.items())
 
 
 async def count_on(node_url: str, queue: str, expected: Collection[str], timeout: float = 60) -> list[str]:
