@@ -23,7 +23,7 @@ from ._deadletter import DeadLetterSink, DeadLetterWriter
 from ._errors import BatchError, PermanentError, TransientError, TransportError
 from ._message import Notification
 from ._policies import OverflowPolicy
-from ._spool import Spool, SpooledRow, SpoolFullError, SpoolSync
+from ._spool import Spool, SpoolFullError, SpoolSync
 from ._stats import TransportState, TransportStats
 from ._supervisor import Supervisor, describe
 from ._transport import Transport
@@ -126,8 +126,10 @@ class Dispatcher:
         self._reserved = 0  # callers in put() on the spool path (keeps spilling on, keeps order)
         # Records this process appended, in order, so the worker need not read them back;
         # complete=False means some spooled records are only in the log (replay, overflow).
-        self._cache: deque[SpooledRow] = deque()
+        self._cache: deque[tuple[int, Notification]] = deque()  # (seq, notification), oldest first
         self._cache_complete = True
+        self._cache_size = config.queue_size
+        self._spool_cap = config.spool_max_messages
         self._unreleased = 0  # delivered records whose confirmation is not yet written
         self._room = anyio.Event()  # set when spooled records were delivered (a full spool has room)
         self._cache_room = anyio.Event()  # set when the worker took from a full in-memory copy
@@ -278,10 +280,12 @@ class Dispatcher:
             self._appended(seq, notification, new=False)
 
     def _append_now(self, spool: Spool, notification: Notification) -> bool:
-        """The fast path: one os.write on the loop, nothing awaited. False when put() must
-        decide (spool full, a write error, fsync to wait for, earlier callers waiting)."""
-        if (spool.sync is not SpoolSync.WRITE or self._reserved or self._cache_full()
-                or self._spooled >= self.config.spool_max_messages):
+        """The fast path: one copy into the log on the loop, nothing awaited. False when
+        put() must decide (spool full, a write error, fsync to wait for, earlier callers
+        waiting, the in-memory copy full)."""
+        cache = self._cache
+        if (self._reserved or self._spooled >= self._spool_cap or spool.sync is not SpoolSync.WRITE
+                or (self._cache_complete and len(cache) >= self._cache_size)):
             return False
         try:
             seq = spool.append(self.name, notification)
@@ -291,7 +295,8 @@ class Dispatcher:
         self._spooled += 1
         self._committed_max = seq
         if self._cache_complete:
-            self._cache.append(SpooledRow(seq, notification))
+            cache.append((seq, notification))
+        self.unturned += 1
         self._wakeup.set()
         return True
 
@@ -360,12 +365,12 @@ class Dispatcher:
             return
 
     def _cache_full(self) -> bool:
-        return self._cache_complete and len(self._cache) >= self.config.queue_size
+        return self._cache_complete and len(self._cache) >= self._cache_size
 
     def _on_committed(self, seq: int, notification: Notification) -> None:
         self._committed_max = seq  # sequence numbers only grow
-        if self._cache_complete and len(self._cache) < self.config.queue_size:
-            self._cache.append(SpooledRow(seq, notification))
+        if self._cache_complete and len(self._cache) < self._cache_size:
+            self._cache.append((seq, notification))
         else:
             self._cache_complete = False
             self._cache.clear()
@@ -482,27 +487,33 @@ class Dispatcher:
             self._admit_blocked()
         return batch
 
-    async def _next_spooled(self, spool: Spool) -> tuple[list[SpooledRow], int, int]:
+    async def _next_spooled(self, spool: Spool) -> tuple[Sequence[tuple[int, Notification]], int, int]:
         """The next records after ``_after``, how far that got, and how many were
-        quarantined: from the in-memory copy when it is complete, else read from the log."""
+        quarantined: from the in-memory copy when it is complete (the steady state: the
+        objects notify() appended, nothing read back or decoded), else read from the log
+        (a replay, or a backlog larger than the copy)."""
         if self._cache_complete:
-            rows: list[SpooledRow] = []
-            while self._cache and len(rows) < self.batch_size:
-                rows.append(self._cache.popleft())
+            cache = self._cache
+            if len(cache) <= self.batch_size:
+                rows = list(cache)
+                cache.clear()
+            else:
+                rows = [cache.popleft() for _ in range(self.batch_size)]
             if self._cache_waiters:
                 self._cache_room.set()
                 self._cache_room = anyio.Event()
-            return rows, rows[-1].row_id if rows else self._after, 0
+            return rows, rows[-1][0] if rows else self._after, 0
         read = await spool.read(self.name, self._after, self.batch_size)
         return read.rows, read.through, read.quarantined
 
-    async def _deliver_spooled(self, spool: Spool, rows: list[SpooledRow], through: int, quarantined: int) -> None:
+    async def _deliver_spooled(self, spool: Spool, rows: Sequence[tuple[int, Notification]], through: int,
+                               quarantined: int) -> None:
         """Deliver spooled records, then confirm them (all up to ``through``) once sent or
         dead-lettered; the confirmation reaches the log every RELEASE_BATCH records or when
         idle, so a crash re-sends at most that many (at-least-once)."""
         if rows:
-            self._in_flight, self._in_flight_spooled = [row.notification for row in rows], len(rows)
-            self._row_seqs = {id(row.notification): row.row_id for row in rows}
+            self._in_flight, self._in_flight_spooled = [n for _, n in rows], len(rows)
+            self._row_seqs = {id(n): seq for seq, n in rows}
             try:
                 await self._deliver(self._in_flight)
             finally:

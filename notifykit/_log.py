@@ -1,10 +1,10 @@
 """The spool's on-disk format: append-only segment files of framed, checksummed records.
 
-A frame is ``MAGIC | length (u32) | crc32 (u32) | body``, written with one ``os.write`` so
-that once it returns the record is in the kernel: it survives a crash of the process
-(not a power loss, unless fsynced). A reader that meets a torn or garbage region skips to
-the next MAGIC whose frame checks out and reports the region, so the valid records around
-it are kept and the bad bytes can be quarantined.
+A frame is ``MAGIC | length (u32) | crc32 (u32) | body``. The writer copies frames into a
+shared mapping of a preallocated segment (see :mod:`notifykit._spool`), so a segment may
+end in zero bytes that were never written: a reader stops at that zero tail. A reader that
+meets a torn or garbage region skips to the next MAGIC whose frame checks out and reports
+the region, so the valid records around it are kept and the bad bytes can be quarantined.
 
 Record bodies (first byte is the kind):
 
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "FORMAT", "MAGIC", "Ack", "BadRegion", "Checkpoint", "Record", "decode_body", "frame",
-    "frame_ack", "frame_checkpoint", "frame_record", "scan", "segment_name", "segment_number",
+    "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Record", "data_end",
+    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_record", "record_prefix", "scan",
+    "segment_name", "segment_number",
 ]
 
 FORMAT = 1
 MAGIC = b"\xa7K"
-_HEADER = struct.Struct("<2sII")
-_RECORD = struct.Struct("<cQH")  # kind, seq, transport name length
+HEADER = struct.Struct("<2sII")
+RECORD = struct.Struct("<cQH")  # kind, seq, transport name length
 #: Larger lengths are garbage: no notification is this big (max_payload_bytes is 1 MiB by default).
 MAX_BODY = 256 * 1024 * 1024
 SEGMENT_PREFIX = "segment-"
@@ -53,16 +54,22 @@ def segment_number(path: Path) -> int | None:
 
 
 def frame(body: bytes) -> bytes:
-    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
 def frame_record(seq: int, transport: bytes, notification_json: bytes) -> bytes:
-    body = _RECORD.pack(b"R", seq, len(transport)) + transport + notification_json
-    return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+    body = RECORD.pack(b"R", seq, len(transport)) + transport + notification_json
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def record_prefix(transport: bytes) -> struct.Struct:
+    """A packer of an ``R`` body's head for one transport: ``pack(b"R", seq, len, name)``
+    gives ``RECORD.pack(b"R", seq, len(name)) + name`` in one call (the append hot path)."""
+    return struct.Struct(f"{RECORD.format}{len(transport)}s")
 
 
 def frame_ack(seq: int, transport: bytes) -> bytes:
-    return frame(_RECORD.pack(b"A", seq, len(transport)) + transport)
+    return frame(RECORD.pack(b"A", seq, len(transport)) + transport)
 
 
 def frame_checkpoint(next_seq: int, acked: Mapping[str, int]) -> bytes:
@@ -100,13 +107,13 @@ class BadRegion:
 def decode_body(body: bytes) -> Record | Ack | Checkpoint | None:
     """The record a checked frame holds; None for a body this version cannot read."""
     kind = body[:1]
-    if kind in (b"R", b"A") and len(body) >= _RECORD.size:
-        _, seq, name_len = _RECORD.unpack_from(body)
-        name_end = _RECORD.size + name_len
+    if kind in (b"R", b"A") and len(body) >= RECORD.size:
+        _, seq, name_len = RECORD.unpack_from(body)
+        name_end = RECORD.size + name_len
         if len(body) < name_end:
             return None
         try:
-            transport = body[_RECORD.size:name_end].decode()
+            transport = body[RECORD.size:name_end].decode()
         except UnicodeDecodeError:
             return None
         return Record(seq, transport, body[name_end:]) if kind == b"R" else Ack(seq, transport)
@@ -120,16 +127,30 @@ def decode_body(body: bytes) -> Record | Ack | Checkpoint | None:
     return None
 
 
-def scan(buf: bytes, start: int = 0) -> Iterator[tuple[int, bytes] | BadRegion]:
-    """Each valid frame's ``(offset, body)`` in ``buf[start:]``, and each bad region between them."""
+def data_end(buf: bytes) -> int:
+    """``len(buf)`` without its zero tail (the preallocated part of a segment never written)."""
     end = len(buf)
+    while end > 0:
+        start = max(0, end - 65536)
+        kept = len(buf[start:end].rstrip(b"\x00"))
+        if kept:
+            return start + kept
+        end = start
+    return 0
+
+
+def scan(buf: bytes, start: int = 0) -> Iterator[tuple[int, bytes] | BadRegion]:
+    """Each valid frame's ``(offset, body)`` in ``buf[start:]``, and each bad region between
+    them; the zero tail is the end, not a bad region."""
+    end = len(buf)
+    tail = data_end(buf)
     pos = start
     bad_start: int | None = None
-    header = _HEADER.size
+    header = HEADER.size
     while pos < end:
         body: bytes | None = None
         if buf.startswith(MAGIC, pos) and pos + header <= end:
-            _, length, crc = _HEADER.unpack_from(buf, pos)
+            _, length, crc = HEADER.unpack_from(buf, pos)
             body_end = pos + header + length
             if length <= MAX_BODY and body_end <= end:
                 candidate = buf[pos + header:body_end]
@@ -141,10 +162,12 @@ def scan(buf: bytes, start: int = 0) -> Iterator[tuple[int, bytes] | BadRegion]:
                 bad_start = None
             yield pos, body
             pos += header + len(body)
+        elif pos >= tail:  # only zeros from here on
+            break
         else:
             if bad_start is None:
                 bad_start = pos
-            found = buf.find(MAGIC, pos + 1)
-            pos = end if found < 0 else found
+            found = buf.find(MAGIC, pos + 1, tail)
+            pos = tail if found < 0 else found
     if bad_start is not None:
-        yield BadRegion(bad_start, end)
+        yield BadRegion(bad_start, tail)

@@ -1,10 +1,15 @@
 """The durable outbox: an append-only log of notifications not yet confirmed.
 
-A durable notification is written to the log (one ``os.write`` of a framed, checksummed
-record, on the event loop: a few microseconds to the page cache) before ``notify()``
-returns, so a crash of the process loses nothing that ``notify()`` accepted; with
-``sync = fsync`` callers also wait for a group fsync (in a worker thread) and a power loss
-loses nothing either. Confirmations are acknowledgement watermarks per transport, written
+A durable notification is written to the log before ``notify()`` returns: one framed,
+checksummed record copied, on the event loop, into a shared mapping (``mmap``,
+``MAP_SHARED``) of the active segment. The mapping's pages are the kernel's page cache of
+the file, so once the copy is done the record is in the kernel exactly as after a
+``write(2)``, without the system call: a crash of the process (SIGKILL, OOM kill,
+segfault) loses nothing that ``notify()`` accepted. A segment is preallocated
+(``posix_fallocate``) when it starts, so a full disk is an error there, never a fault in
+the mapping; its unwritten tail is given back when it is closed. With ``sync = fsync``
+callers also wait for a group fdatasync (in a worker thread) and a power loss loses
+nothing either. Confirmations are acknowledgement watermarks per transport, written
 to the same log; a segment whose records are all confirmed is deleted (in a worker
 thread). The next Notifier on the same spool replays what is left, in order, per
 transport. A torn or garbage region is skipped, copied to ``quarantine.jsonl`` and
@@ -16,20 +21,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
-import errno
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 import threading
+import zlib
 from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import anyio
@@ -40,14 +48,18 @@ from ._errors import ConfigError, InvalidNotificationError, NotifyKitError
 from ._formats import WireFormat
 from ._log import (
     FORMAT,
+    HEADER,
+    MAGIC,
     Ack,
     BadRegion,
     Checkpoint,
     Record,
+    data_end,
     decode_body,
     frame_ack,
     frame_checkpoint,
     frame_record,
+    record_prefix,
     scan,
     segment_name,
     segment_number,
@@ -69,13 +81,15 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
 QUARANTINE = "quarantine.jsonl"
 _JSON = WireFormat.JSON
+_PACK_HEADER = HEADER.pack
+_crc32 = zlib.crc32
 LOCK = "lock"
 
 
 class SpoolSync(enum.StrEnum):
     """How far a record goes before ``notify()`` returns."""
 
-    WRITE = "write"  # into the kernel (os.write): survives a crash of the process
+    WRITE = "write"  # into the kernel (the page cache, through the mapping): survives a crash of the process
     FSYNC = "fsync"  # onto the disk (group fsync): survives a power loss too
 
     @classmethod
@@ -92,8 +106,10 @@ def default_spool_path() -> Path:
     return state_file("NOTIFYKIT_SPOOL", "spool")
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledRow:
+class SpooledRow(NamedTuple):
+    """A record read back: a tuple, as cheap as the ``(seq, notification)`` pairs of the
+    dispatcher's in-memory copy."""
+
     row_id: int  # the record's sequence number in the log
     notification: Notification
 
@@ -124,8 +140,9 @@ class SpoolInfo:
 class _Segment:
     number: int
     path: Path
-    size: int
+    size: int  # bytes written (the file may be longer: a preallocated tail of zeros)
     last: dict[str, int] = field(default_factory=dict)  # highest record seq per transport
+    allocated: int = 0  # on disk, when more than size (an active segment's tail not given back)
 
 
 @dataclass(slots=True)
@@ -164,15 +181,20 @@ class Spool:
         self.quarantined = 0  # records or regions copied to quarantine.jsonl
         self._opened = False
         self._lock_fd: int | None = None
+        # The active segment: preallocated to _capacity bytes and mapped (MAP_SHARED) at _map;
+        # a record is copied into the mapping, i.e. into the kernel's page cache of the file.
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+        self._capacity = 0
         self._segments: list[_Segment] = []
         self._active: _Segment | None = None
-        self._bytes = 0
+        self._bytes = 0  # on disk: the closed segments, and the active one's whole capacity
         self._next_seq = 1
         self._acked: dict[str, int] = {}
         self._acked_on_disk: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self._names: dict[str, bytes] = {}
+        self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: record_prefix()
         self._readers: dict[str, _Reader] = {}
         self._quarantine_lock = threading.Lock()
         self._release_failures = 0
@@ -226,12 +248,19 @@ class Spool:
             for segment, region, data in recovered.bad:
                 self._quarantine({"segment": segment.path.name, "offset": region.start,
                                   "length": region.end - region.start, "reason": "not a valid record"}, data)
+            for segment in recovered.segments:  # a crashed writer's preallocated, unwritten tail
+                if segment.allocated:
+                    try:
+                        os.truncate(segment.path, segment.size)
+                        segment.allocated = 0
+                    except OSError:  # kept (and counted) until the segment is deleted
+                        pass
             self._segments = recovered.segments
             self._acked = dict(recovered.acked)
             self._acked_on_disk = dict(recovered.acked)
             self._next_seq = recovered.next_seq
             self._pending = dict(recovered.pending)
-            self._bytes = sum(s.size for s in self._segments)
+            self._bytes = sum(max(s.size, s.allocated) for s in self._segments)
             self._start_segment()
             try:
                 self._delete_blocking(self._take_deletable())
@@ -245,24 +274,56 @@ class Spool:
             self._close()
             raise
 
-    def _start_segment(self) -> None:
+    def _start_segment(self, need: int = 0) -> None:
+        """Close the active segment (cut to what it holds) and begin the next: preallocated
+        (so that a full disk fails here, with an error, not later in the mapping) and mapped.
+        Its size fits within ``max_bytes`` with the other segments; SpoolFullError when not
+        even ``need`` more bytes would."""
+        checkpoint = frame_checkpoint(self._next_seq, self._acked)
+        active = self._active
+        others = self._bytes - (self._capacity - active.size if active is not None else 0)
+        want = len(checkpoint) + need
+        capacity = min(max(self.segment_bytes, want), self.max_bytes - others)
+        if capacity < want:
+            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
         number = self._segments[-1].number + 1 if self._segments else 1
-        segment = _Segment(number, self.path / segment_name(number), 0)
-        fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        data = frame_checkpoint(self._next_seq, self._acked)
-        os.write(fd, data)
-        segment.size = len(data)
-        self._bytes += len(data)
+        segment = _Segment(number, self.path / segment_name(number), len(checkpoint))
+        fd = os.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, capacity)
+            mapping = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            segment.path.unlink(missing_ok=True)
+            raise
+        mapping[:len(checkpoint)] = checkpoint
+        self._retire_active()
+        self._fd, self._map, self._capacity, self._active = fd, mapping, capacity, segment
+        self._bytes += capacity
         self._acked_on_disk = dict(self._acked)
-        if self._fd is not None:
-            if self.sync is SpoolSync.FSYNC:
-                self._retired_fds.append(self._fd)  # closed by the next fsync, which covers it
-            else:
-                os.close(self._fd)
-        self._fd = fd
-        self._active = segment
         self._segments.append(segment)
         self._dir_dirty = True
+
+    def _retire_active(self, *, close: bool = False) -> None:
+        """Unmap the active segment and give its unwritten tail back to the disk. Its file
+        descriptor is closed, or kept for the next fsync under ``sync = fsync``."""
+        active, fd, mapping = self._active, self._fd, self._map
+        self._active, self._fd, self._map = None, None, None
+        if mapping is not None:
+            mapping.close()  # the written pages stay in the page cache, dirty: nothing is lost
+        if active is None or fd is None:
+            return
+        try:
+            os.ftruncate(fd, active.size)
+            self._bytes -= self._capacity - active.size
+        except OSError as exc:  # the tail stays allocated (and counted) until the segment goes
+            log.warning("notifykit spool %r: could not trim %s: %s", str(self.path), active.path.name, exc)
+            active.allocated = self._capacity
+        self._capacity = 0
+        if self.sync is SpoolSync.FSYNC and not close:
+            self._retired_fds.append(fd)  # closed by the next fsync, which covers it
+        else:
+            os.close(fd)
 
     def _migrate(self, legacy: Path) -> None:
         """Append the rows of a pre-log SQLite spool to the log, then keep the file as ``.migrated``."""
@@ -302,65 +363,65 @@ class Spool:
 
     def append(self, transport: str, notification: Notification) -> int:
         """Write one notification to the log and return its sequence number. On return the
-        record is in the kernel; under ``sync = fsync`` await :meth:`synced` as well.
-        Raises SpoolFullError past ``max_bytes`` and OSError when the write fails."""
-        # The hot path of durable mode: kept to one frame, one check, one os.write.
-        active = self._active
-        if active is None:
-            raise NotifyKitError("the spool is not open")
-        name = self._names.get(transport)
-        if name is None:
-            name = self._names[transport] = transport.encode()
+        record is in the kernel (the page cache: it survives a crash of the process); under
+        ``sync = fsync`` await :meth:`synced` as well. Raises SpoolFullError past
+        ``max_bytes`` and OSError when a new segment cannot be allocated."""
+        # The hot path of durable mode: one frame, one copy into the mapping, no system call.
+        head = self._heads.get(transport) or self._head(transport)
         seq = self._next_seq
-        data = frame_record(seq, name, notification.encode(_JSON))
-        size = len(data)
-        if self._bytes + size > self.max_bytes:
-            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
-        if active.size + size > self.segment_bytes and active.last:
-            self._start_segment()
+        body = head[0].pack(b"R", seq, head[1], head[2]) + notification.encode(_JSON)
+        data = _PACK_HEADER(MAGIC, len(body), _crc32(body)) + body
+        active = self._active
+        start = active.size  # type: ignore[union-attr]  # _head() checked that the spool is open
+        end = start + len(data)
+        if end > self._capacity:
+            self._start_segment(len(data))
             active = self._active
-            assert active is not None
+            start = active.size  # type: ignore[union-attr]
+            end = start + len(data)
+        self._map[start:end] = data  # type: ignore[index]
+        active.size = end  # type: ignore[union-attr]
+        active.last[transport] = self._written = seq  # type: ignore[union-attr]
         self._next_seq = seq + 1
-        written = os.write(self._fd, data)  # type: ignore[arg-type]  # open: _fd is set with _active
-        active.size += written
-        self._bytes += written
-        if written != size:  # a torn record: the reader skips it (and quarantines it at the next start)
-            raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {size} bytes)")
-        active.last[transport] = seq
-        self._written = seq
         return seq
 
+    def _head(self, transport: str) -> tuple[struct.Struct, int, bytes]:
+        if self._active is None:
+            raise NotifyKitError("the spool is not open")
+        name = self._names.get(transport) or transport.encode()
+        self._names[transport] = name
+        head = self._heads[transport] = (record_prefix(name), len(name), name)
+        return head
+
     def append_many(self, transport: str, notifications: list[Notification]) -> int:
-        """Write several notifications with one os.write (a queue spilled at once); returns
-        the first one's sequence number (the others follow it)."""
+        """Write several notifications at once (a queue spilled at once); returns the first
+        one's sequence number (the others follow it)."""
         if not self._opened:
             raise NotifyKitError("the spool is not open")
         return self._write(transport, *notifications)
 
     def _write(self, transport: str, *notifications: Notification) -> int:
-        name = self._names.get(transport)
-        if name is None:
-            name = self._names[transport] = transport.encode()
+        name = self._names.get(transport) or transport.encode()
+        self._names[transport] = name
         first = self._next_seq
         data = b"".join(frame_record(first + i, name, n.encode(_JSON)) for i, n in enumerate(notifications))
-        if self._bytes + len(data) > self.max_bytes:
-            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
-        active = self._active
-        assert active is not None and self._fd is not None
-        if active.size + len(data) > self.segment_bytes and active.last:
-            self._start_segment()
-            active = self._active
-            assert active is not None and self._fd is not None
+        self._put(data)
         last = first + len(notifications) - 1
         self._next_seq = last + 1
-        written = os.write(self._fd, data)
-        active.size += written
-        self._bytes += written
-        if written != len(data):  # a torn record: the reader skips it (and quarantines it at the next start)
-            raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {len(data)} bytes)")
-        active.last[transport] = last
-        self._written = last
+        assert self._active is not None
+        self._active.last[transport] = self._written = last
         return first
+
+    def _put(self, data: bytes) -> None:
+        """Copy frames into the active segment, starting the next one if they do not fit."""
+        if self._active is None or self._map is None:
+            raise NotifyKitError("the spool is not open")
+        if self._active.size + len(data) > self._capacity:
+            self._start_segment(len(data))
+        active, mapping = self._active, self._map
+        assert active is not None and mapping is not None
+        mapping[active.size:active.size + len(data)] = data
+        active.size += len(data)
 
     async def synced(self, seq: int) -> None:
         """Wait until ``seq`` is on the disk (``sync = fsync``): callers that arrive while an
@@ -471,16 +532,13 @@ class Spool:
         records are all confirmed (in a worker thread). A failure is logged and retried at
         the next release; appending is not affected."""
         try:
-            for transport, seq in self._acked.items():
-                if seq > self._acked_on_disk.get(transport, 0) and self._fd is not None:
-                    name = self._names.get(transport) or transport.encode()
-                    data = frame_ack(seq, name)
-                    written = os.write(self._fd, data)
-                    assert self._active is not None
-                    self._active.size += written
-                    self._bytes += written
-                    if written == len(data):
-                        self._acked_on_disk[transport] = seq
+            for transport, seq in list(self._acked.items()):
+                if seq > self._acked_on_disk.get(transport, 0) and self._active is not None:
+                    try:
+                        self._put(frame_ack(seq, self._names.get(transport) or transport.encode()))
+                    except SpoolFullError:
+                        break  # recorded by the next segment's checkpoint, once deletions made room
+                    self._acked_on_disk[transport] = max(seq, self._acked_on_disk.get(transport, 0))
             doomed = self._take_deletable()
             if doomed:
                 with anyio.CancelScope(shield=True):
@@ -496,7 +554,7 @@ class Spool:
                   and all(seq <= self._acked.get(t, 0) for t, seq in s.last.items())]
         for segment in doomed:
             self._segments.remove(segment)
-            self._bytes -= segment.size
+            self._bytes -= max(segment.size, segment.allocated)
         return doomed
 
     def _delete_blocking(self, doomed: list[_Segment]) -> None:
@@ -508,7 +566,7 @@ class Spool:
                 failed = exc
                 self._segments.append(segment)  # kept; retried at the next release
                 self._segments.sort(key=lambda s: s.number)
-                self._bytes += segment.size
+                self._bytes += max(segment.size, segment.allocated)
         if failed is not None:
             raise failed
 
@@ -525,33 +583,34 @@ class Spool:
             await self.release()
             if self.sync is SpoolSync.FSYNC:
                 await self.synced(self._written)
+            self._heads.clear()  # append() refuses from here on
+            self._retire_active(close=True)  # on the loop: nothing may write to a mapping being unmapped
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_blocking)
             self._opened = False
 
     def _close_blocking(self) -> None:
-        if self._fd is not None and self._active is not None:
-            if not any(self._acked.get(t, 0) < seq for s in self._segments for t, seq in s.last.items()):
-                # Nothing waits: leave an empty spool (the next start begins a fresh log).
-                for segment in self._segments:
-                    segment.path.unlink(missing_ok=True)
-                self._segments = []
-        for fd in [*self._retired_fds, self._fd]:
-            if fd is not None:
-                os.close(fd)
+        if not any(self._acked.get(t, 0) < seq for s in self._segments for t, seq in s.last.items()):
+            # Nothing waits: leave an empty spool (the next start begins a fresh log).
+            for segment in self._segments:
+                segment.path.unlink(missing_ok=True)
+            self._segments = []
+        for fd in self._retired_fds:
+            os.close(fd)
         self._retired_fds = []
-        self._fd = None
-        self._active = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def _close(self) -> None:
         """Close the files without writing anything more (after a failed start, in tests)."""
+        if self._map is not None:
+            self._map.close()
         for fd in [*self._retired_fds, self._fd, self._lock_fd]:
             if fd is not None:
                 os.close(fd)
-        self._retired_fds, self._fd, self._lock_fd, self._active = [], None, None, None
+        self._retired_fds, self._fd, self._lock_fd, self._active, self._map = [], None, None, None, None
+        self._heads.clear()
         self._opened = False
 
     @staticmethod
@@ -598,13 +657,14 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
                 buf = fh.read()
         except FileNotFoundError:
             continue
-        segment = _Segment(number, segment_path, len(buf))
+        segment = _Segment(number, segment_path, data_end(buf))
         by_transport: dict[str, array[int]] = {}
         for item in scan(buf):
             if isinstance(item, BadRegion):
                 bad.append((segment, item, buf[item.start:item.end]))
                 continue
             offset, body = item
+            segment.size = max(segment.size, offset + HEADER.size + len(body))  # a frame may end in zeros
             record = decode_body(body)
             if isinstance(record, Record):
                 by_transport.setdefault(record.transport, array("Q")).append(record.seq)
@@ -621,6 +681,8 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
                     acked[transport] = max(acked.get(transport, 0), seq)
             else:
                 bad.append((segment, BadRegion(offset, offset + len(body)), body))
+        if len(buf) > segment.size:  # a crashed writer's preallocated tail, never written
+            segment.allocated = len(buf)
         segments.append(segment)
         seqs.append(by_transport)
     pending: dict[str, int] = {}
@@ -644,7 +706,7 @@ def _inspect_log(path: Path) -> SpoolInfo:
         raise ConfigError(f"{str(path)!r} is an empty directory, not a notifykit spool")
     recovered = _recover(path, read_only=True)
     return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
-                     sum(s.size for s in recovered.segments), len(recovered.segments),
+                     sum(max(s.size, s.allocated) for s in recovered.segments), len(recovered.segments),
                      sum(r.end - r.start for _, r, _ in recovered.bad), "log")
 
 

@@ -436,3 +436,27 @@ async def test_spool_options_are_checked() -> None:
     for bad in ({"spool_sync": "sometimes"}, {"spool_max_bytes": 10}, {"spool_max_bytes": "x"}):
         with pytest.raises(ConfigError, match="spool_"):
             NotifierConfig.from_mapping({"transports": {"m": {"url": "memory://"}}, **bad})
+
+
+async def test_crashed_writers_preallocated_tail_is_no_bad_region_and_is_trimmed(tmp_path: Path) -> None:
+    """A segment is preallocated and written through a mapping; a writer that dies leaves
+    its unwritten tail of zeros: the end of the log, not garbage to quarantine."""
+    path = tmp_path / "spool"
+    spool = Spool(path)
+    await spool.open()
+    for i in range(5):
+        spool.append("events", Notification.create("e.v", {"i": i}, publisher_id="t"))
+    spool._close()  # as a SIGKILL leaves it: nothing trimmed, nothing confirmed
+    (segment,) = segments(path)
+    assert segment.stat().st_size > 4096 and segment.read_bytes().endswith(b"\x00" * 1024)
+    info = Spool.inspect(path)
+    assert (info.counts, info.bad_bytes) == ({"events": 5}, 0)
+    again = Spool(path)
+    await again.open()
+    try:
+        assert again.pending_counts() == {"events": 5}
+        assert not segment.read_bytes().endswith(b"\x00") and not (path / "quarantine.jsonl").exists()
+        read = await again.read("events", 0, 10)
+        assert [row.notification.payload["i"] for row in read.rows] == list(range(5))
+    finally:
+        again._close()
