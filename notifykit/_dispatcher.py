@@ -102,6 +102,7 @@ class Dispatcher:
         #: gave it a turn (the Notifier yields once this passes batch_size).
         self.unturned = 0
         self._in_flight_spooled = 0  # rows of the batch in flight that are still counted in _spooled
+        self._flying_through = 0  # the last seq of a batch in flight that has records in the log
         # Counted as in flight too, so the accounting invariant holds at every await point
         # (and so are the dead letters being written or kept, self._letters.pending):
         self._putting_away = 0  # taken out of the queue at close, not yet spooled
@@ -265,19 +266,40 @@ class Dispatcher:
                         self.stats.refused)
 
     def _spill_queue(self, spool: Spool) -> None:
-        """Spilling starts: move what is queued in memory to the log first (one write), so the
-        log holds this transport's backlog in order and a close or crash keeps that order."""
+        """Spilling starts: copy the memory batch in flight and move what is queued to the
+        log first (one write), so the log holds this transport's backlog in order and a
+        close or crash keeps that order. The batch in flight is still being sent: once it
+        is done the worker confirms its copy (:meth:`_memory_batch_done`)."""
+        flying = list(self._in_flight) if not self._in_flight_spooled else []
         queued = self._take_queued(limit=self.config.queue_size)
-        if not queued:
+        if not queued and not flying:
             return
         try:
-            first = spool.append_many(self.name, queued)
+            first = spool.append_many(self.name, [*flying, *queued])
         except (SpoolFullError, OSError):
             for notification in queued:  # they fit: they were there a moment ago
                 self._send.send_nowait(notification)
             return
-        for seq, notification in enumerate(queued, first):
+        if flying:
+            self._spooled += len(flying)
+            self._in_flight_spooled = len(flying)
+            self._row_seqs = {id(n): seq for seq, n in enumerate(flying, first)}  # for their dead letters
+            self._flying_through = first + len(flying) - 1
+            self._committed_max = self._flying_through
+        for seq, notification in enumerate(queued, first + len(flying)):
             self._appended(seq, notification, new=False)
+
+    def _memory_batch_done(self, spool: Spool | None) -> None:
+        """A memory batch was sent or dead-lettered. If spilling copied it to the log while
+        it was in flight, that copy (the oldest records of this transport) is confirmed."""
+        self._in_flight = []
+        if self._in_flight_spooled and spool is not None:
+            self._spooled -= self._in_flight_spooled
+            self._unreleased += self._in_flight_spooled
+            self._in_flight_spooled = 0
+            self._row_seqs = {}
+            self._after = max(self._after, self._flying_through)
+            self._ack_delivered()
 
     def _append_now(self, spool: Spool, notification: Notification) -> bool:
         """The fast path: one copy into the log on the loop, nothing awaited. False when
@@ -440,7 +462,7 @@ class Dispatcher:
         spool = self._spool
         if self._in_flight:
             await self._deliver(self._in_flight)
-            self._in_flight = []
+            self._memory_batch_done(spool)
         while True:
             self._wakeup = anyio.Event()  # fresh before looking, so no wake-up is lost
             if self._letters.retry_due():
@@ -450,7 +472,7 @@ class Dispatcher:
             if batch:
                 self._in_flight = batch
                 await self._deliver(batch)
-                self._in_flight = []
+                self._memory_batch_done(spool)
                 continue
             if spool is not None and (self.durable or self._spilling):
                 rows, through, quarantined = await self._next_spooled(spool)
