@@ -80,6 +80,9 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
 QUARANTINE = "quarantine.jsonl"
+#: quarantine.jsonl grows to at most this many bytes; a bad region that would pass the bound
+#: is still skipped and counted, only logged instead of copied.
+QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
 _JSON = WireFormat.JSON
 _PACK_HEADER = HEADER.pack
 _crc32 = zlib.crc32
@@ -178,7 +181,8 @@ class Spool:
         self.sync = SpoolSync.parse(sync)
         self.max_bytes = max_bytes
         self.segment_bytes = max(1024, min(segment_bytes, max_bytes // 8))
-        self.quarantined = 0  # records or regions copied to quarantine.jsonl
+        self.quarantined = 0  # records or regions skipped for good (copied to quarantine.jsonl if it has room)
+        self.quarantine_not_copied = 0  # of those, the ones quarantine.jsonl had no room (or no disk) for
         self._opened = False
         self._lock_fd: int | None = None
         # The active segment: preallocated to _capacity bytes and mapped (MAP_SHARED) at _map;
@@ -351,13 +355,30 @@ class Spool:
                     str(self.path), legacy.name + ".migrated")
 
     def _quarantine(self, what: dict[str, object], data: bytes) -> None:
+        """Skip bad bytes for good, keeping a copy in quarantine.jsonl while it has room
+        (QUARANTINE_MAX_BYTES); past that, or when the copy cannot be written, the region
+        is only logged (segment, offset, length) and counted."""
         line = json.dumps({**what, "data_base64": base64.b64encode(data).decode()}) + "\n"
+        where = ", ".join(f"{k}={v}" for k, v in what.items())
+        path = self.path / QUARANTINE
         with self._quarantine_lock:
             self.quarantined += 1
-            with open(self.path / QUARANTINE, "a", encoding="utf-8") as fh:
-                fh.write(line)
-        log.error("notifykit spool %r: quarantined %s to %s", str(self.path),
-                  ", ".join(f"{k}={v}" for k, v in what.items()), QUARANTINE)
+            try:
+                size = path.stat().st_size if path.exists() else 0
+                if size + len(line) > QUARANTINE_MAX_BYTES:
+                    self.quarantine_not_copied += 1
+                    log.error("notifykit spool %r: skipped %s; not copied, %s is full (%d bytes,"
+                              " the bound): move it away to keep later copies", str(self.path), where,
+                              QUARANTINE, QUARANTINE_MAX_BYTES)
+                    return
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+            except OSError as exc:
+                self.quarantine_not_copied += 1
+                log.error("notifykit spool %r: skipped %s; could not copy it to %s: %s", str(self.path), where,
+                          QUARANTINE, exc.strerror or exc)
+                return
+        log.error("notifykit spool %r: quarantined %s to %s", str(self.path), where, QUARANTINE)
 
     # -- appending (event loop) ---------------------------------------------------------
 

@@ -105,7 +105,7 @@ async def test_spill_overflow_keeps_order(tmp_path: Path, dead_letter_path: Path
         await wait_all_tasks_blocked()
         for i in range(1, 20):
             await n.info({}, "e.v", {"i": i})  # never blocks: the 2 queued move to the log, then the rest
-        assert spool_counts(spool) == {"memory": 19}
+        assert spool_counts(spool) == {"memory": 20}  # the batch in flight is copied to the log first
         transport.resume()
         await until(lambda: len(transport.messages) == 20)
         for i in range(20, 25):  # backlog drained: back to the memory queue
@@ -436,6 +436,49 @@ async def test_spool_options_are_checked() -> None:
     for bad in ({"spool_sync": "sometimes"}, {"spool_max_bytes": 10}, {"spool_max_bytes": "x"}):
         with pytest.raises(ConfigError, match="spool_"):
             NotifierConfig.from_mapping({"transports": {"m": {"url": "memory://"}}, **bad})
+
+
+async def test_spill_batch_in_flight_at_close_is_replayed_before_the_newer_spilled_ones(
+        tmp_path: Path, dead_letter_path: Path) -> None:
+    """A spill transport's memory batch is in flight (the peer hangs) when its queue fills and
+    spilling starts; the Notifier closes before it is confirmed. The next Notifier must replay
+    that batch first: it is older than everything spilled after it (it used to be appended to
+    the log at close, behind the newer records)."""
+    spool = tmp_path / "spool"
+    url = "memory://?name=events&overflow=spill&queue_size=4&max_batch=3"
+    first = Notifier.from_url(url, publisher_id="t", spool=spool, dead_letters=dead_letter_path, close_timeout=0.05)
+    async with first:
+        memory(first, "events").stall()
+        await first.info({}, "e.v", {"i": 0})
+        await first.info({}, "e.v", {"i": 1})
+        await until(lambda: memory(first, "events").attempts == 1)  # [0, 1] in flight, hanging
+        for i in range(2, 20):  # 2..5 fill the queue, 6 starts spilling
+            await first.info({}, "e.v", {"i": i})
+    assert spool_counts(spool) == {"events": 20}
+    n = await replay(spool, dead_letter_path, url)
+    assert [m.payload["i"] for m in memory(n, "events").messages] == list(range(20))
+    assert spool_counts(spool) == {}
+
+
+async def test_quarantine_file_is_bounded(tmp_path: Path, dead_letter_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """quarantine.jsonl had no size bound: every bad region was appended to it. Past
+    QUARANTINE_MAX_BYTES a region is still skipped and counted, but only logged."""
+    monkeypatch.setattr("notifykit._spool.QUARANTINE_MAX_BYTES", 2048, raising=False)
+    spool = tmp_path / "spool"
+    await leave_in_spool(spool, dead_letter_path, 40)
+    (segment,) = segments(spool)
+    data = bytearray(segment.read_bytes())
+    for i in range(0, 40, 4):  # ten damaged records, ~300 bytes each, ~550 once quarantined
+        at = data.index(f'"i":{i}}}'.encode())
+        data[at + 1] = ord("X")
+    segment.write_bytes(bytes(data))
+    n = await replay(spool, dead_letter_path)
+    assert [m.payload["i"] for m in memory(n, "events").messages] == [i for i in range(40) if i % 4]
+    assert n.spool is not None and n.spool.quarantined == 10
+    assert 0 < len(quarantined(spool)) < 10 and (spool / "quarantine.jsonl").stat().st_size <= 2048
+    assert n.spool.quarantine_not_copied == 10 - len(quarantined(spool))
+    assert "quarantine.jsonl is full" in caplog.text
 
 
 async def test_crashed_writers_preallocated_tail_is_no_bad_region_and_is_trimmed(tmp_path: Path) -> None:
