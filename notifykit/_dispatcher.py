@@ -353,6 +353,7 @@ class Dispatcher:
         deadline = None if timeout is None else anyio.current_time() + timeout
         released = False
         while True:
+            bytes_full = False
             if self._spooled < cap:
                 try:
                     seq = spool.append(self.name, notification)
@@ -361,7 +362,7 @@ class Dispatcher:
                         released = True
                         await spool.release()
                         continue
-                    reason = f"spool full: {exc}"
+                    reason, bytes_full = f"spool full: {exc}", True
                 except OSError as exc:
                     log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
                     await self._dead_letter([notification], f"spool write failed: {exc}")
@@ -379,12 +380,53 @@ class Dispatcher:
                     with anyio.move_on_after(remaining):
                         await self._room.wait()
                     continue
+            if self.overflow is OverflowPolicy.DROP_OLDEST and not closing:
+                if await self._drop_oldest(spool, bytes_full=bytes_full):
+                    continue  # room was made: write the new one
             self.stats.spool_full += 1
             if self.overflow in (OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST) and not closing:
                 self._count_drop()
                 return
             await self._dead_letter([notification], reason)
             return
+
+    async def _drop_oldest(self, spool: Spool, *, bytes_full: bool) -> int:
+        """``overflow = drop_oldest`` on a full spool: drop this transport's oldest waiting
+        notifications (never the batch in flight) to make room for the new one — the oldest
+        one under ``spool_max_messages``; under ``spool_max_bytes`` as many as free the
+        oldest segment they alone hold. Returns how many were dropped; 0 when no room can
+        be made that way (other transports' records or the batch in flight hold every
+        closed segment): the new one is dropped instead."""
+        for _ in range(3):  # the worker may take a batch while the log is counted: count again
+            after = self._flying_through if self._in_flight_spooled else self._after
+            cache = self._cache if self._cache_complete else None
+            if bytes_full:
+                through = spool.freeable_through(self.name, after)
+            elif cache is not None:
+                through = cache[0][0] if cache else None
+            else:
+                through = await spool.next_waiting(self.name, after)
+            if through is None:
+                return 0
+            if cache is not None and (not cache or cache[0][0] > after):
+                count = 0
+                while cache and cache[0][0] <= through:
+                    cache.popleft()
+                    count += 1
+                break
+            count = await spool.count(self.name, after, through)
+            if after == (self._flying_through if self._in_flight_spooled else self._after) and not self._cache_complete:
+                break
+        else:
+            return 0
+        spool.drop(self.name, after, through)
+        self._spooled -= count
+        self.stats.spool_full += count
+        for _ in range(count):
+            self._count_drop()
+        if bytes_full:
+            await spool.release()  # deletes what the drop freed
+        return count
 
     def _cache_full(self) -> bool:
         return self._cache_complete and len(self._cache) >= self._cache_size
@@ -536,6 +578,7 @@ class Dispatcher:
         if rows:
             self._in_flight, self._in_flight_spooled = [n for _, n in rows], len(rows)
             self._row_seqs = {id(n): seq for seq, n in rows}
+            self._flying_through = through
             try:
                 await self._deliver(self._in_flight)
             finally:

@@ -11,8 +11,13 @@ Record bodies (first byte is the kind):
 * ``R`` seq, transport, notification JSON — one notification for one transport;
 * ``A`` seq, transport — every record of that transport up to ``seq`` is done (sent,
   dead-lettered or dropped): the acknowledgement watermark;
-* ``C`` JSON ``{"format": 1, "next_seq": …, "acked": {transport: seq}}`` — a checkpoint,
-  the first record of every segment, so that deleting older segments loses no watermark.
+* ``D`` seq, transport, after (u64) — the records of that transport with ``after < seq' <=
+  seq`` were dropped (``overflow = drop_oldest`` on a full spool) while older ones were
+  still in flight: a hole above the watermark;
+* ``C`` JSON ``{"format": 1, "next_seq": …, "acked": {transport: seq}, "dropped":
+  {transport: [[after, seq], …]}}`` — a checkpoint, the first record of every segment, so
+  that deleting older segments loses no watermark and no hole. (A version that does not
+  know ``D`` quarantines it and replays the dropped records: nothing is lost.)
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import json
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Record", "data_end",
-    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_record", "record_prefix", "scan",
+    "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Drop", "Record", "data_end",
+    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_record", "record_prefix", "scan",
     "segment_name", "segment_number",
 ]
 
@@ -34,6 +39,7 @@ FORMAT = 1
 MAGIC = b"\xa7K"
 HEADER = struct.Struct("<2sII")
 RECORD = struct.Struct("<cQH")  # kind, seq, transport name length
+_SEQ = struct.Struct("<Q")
 #: Larger lengths are garbage: no notification is this big (max_payload_bytes is 1 MiB by default).
 MAX_BODY = 256 * 1024 * 1024
 SEGMENT_PREFIX = "segment-"
@@ -72,8 +78,16 @@ def frame_ack(seq: int, transport: bytes) -> bytes:
     return frame(RECORD.pack(b"A", seq, len(transport)) + transport)
 
 
-def frame_checkpoint(next_seq: int, acked: Mapping[str, int]) -> bytes:
-    return frame(b"C" + json.dumps({"format": FORMAT, "next_seq": next_seq, "acked": dict(acked)}).encode())
+def frame_checkpoint(next_seq: int, acked: Mapping[str, int],
+                     dropped: Mapping[str, list[tuple[int, int]]] | None = None) -> bytes:
+    data: dict[str, object] = {"format": FORMAT, "next_seq": next_seq, "acked": dict(acked)}
+    if dropped:
+        data["dropped"] = {t: [list(r) for r in ranges] for t, ranges in dropped.items() if ranges}
+    return frame(b"C" + json.dumps(data).encode())
+
+
+def frame_drop(after: int, through: int, transport: bytes) -> bytes:
+    return frame(RECORD.pack(b"D", through, len(transport)) + transport + _SEQ.pack(after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +108,16 @@ class Checkpoint:
     next_seq: int
     acked: dict[str, int]
     format: int = FORMAT
+    dropped: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The records of ``transport`` in ``(after, through]`` were dropped."""
+
+    after: int
+    through: int
+    transport: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +128,19 @@ class BadRegion:
     end: int
 
 
-def decode_body(body: bytes) -> Record | Ack | Checkpoint | None:
+def decode_body(body: bytes) -> Record | Ack | Drop | Checkpoint | None:
     """The record a checked frame holds; None for a body this version cannot read."""
     kind = body[:1]
+    if kind == b"D" and len(body) >= RECORD.size + _SEQ.size:
+        _, through, name_len = RECORD.unpack_from(body)
+        if len(body) != RECORD.size + name_len + _SEQ.size:
+            return None
+        try:
+            transport = body[RECORD.size:RECORD.size + name_len].decode()
+        except UnicodeDecodeError:
+            return None
+        (after,) = _SEQ.unpack_from(body, RECORD.size + name_len)
+        return Drop(after, through, transport) if after < through else None
     if kind in (b"R", b"A") and len(body) >= RECORD.size:
         _, seq, name_len = RECORD.unpack_from(body)
         name_end = RECORD.size + name_len
@@ -121,7 +155,8 @@ def decode_body(body: bytes) -> Record | Ack | Checkpoint | None:
         try:
             data = json.loads(body[1:])
             acked = {str(k): int(v) for k, v in data["acked"].items()}
-            return Checkpoint(int(data["next_seq"]), acked, int(data.get("format", FORMAT)))
+            dropped = {str(k): [(int(a), int(b)) for a, b in v] for k, v in data.get("dropped", {}).items()}
+            return Checkpoint(int(data["next_seq"]), acked, int(data.get("format", FORMAT)), dropped)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
     return None

@@ -53,11 +53,13 @@ from ._log import (
     Ack,
     BadRegion,
     Checkpoint,
+    Drop,
     Record,
     data_end,
     decode_body,
     frame_ack,
     frame_checkpoint,
+    frame_drop,
     frame_record,
     record_prefix,
     scan,
@@ -165,6 +167,7 @@ class _Recovered:
     next_seq: int
     pending: dict[str, int]
     bad: list[tuple[_Segment, BadRegion, bytes]]
+    dropped: dict[str, list[tuple[int, int]]]
 
 
 class Spool:
@@ -196,6 +199,9 @@ class Spool:
         self._next_seq = 1
         self._acked: dict[str, int] = {}
         self._acked_on_disk: dict[str, int] = {}
+        # Holes above the watermark, per transport: (after, through] ranges dropped by
+        # overflow = drop_oldest while older records were still in flight; merged, in order.
+        self._dropped: dict[str, list[tuple[int, int]]] = {}
         self._pending: dict[str, int] = {}
         self._names: dict[str, bytes] = {}
         self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: record_prefix()
@@ -262,6 +268,7 @@ class Spool:
             self._segments = recovered.segments
             self._acked = dict(recovered.acked)
             self._acked_on_disk = dict(recovered.acked)
+            self._dropped = {t: list(r) for t, r in recovered.dropped.items()}
             self._next_seq = recovered.next_seq
             self._pending = dict(recovered.pending)
             self._bytes = sum(max(s.size, s.allocated) for s in self._segments)
@@ -283,7 +290,7 @@ class Spool:
         (so that a full disk fails here, with an error, not later in the mapping) and mapped.
         Its size fits within ``max_bytes`` with the other segments; SpoolFullError when not
         even ``need`` more bytes would."""
-        checkpoint = frame_checkpoint(self._next_seq, self._acked)
+        checkpoint = frame_checkpoint(self._next_seq, self._acked, self._dropped)
         active = self._active
         others = self._bytes - (self._capacity - active.size if active is not None else 0)
         want = len(checkpoint) + need
@@ -508,6 +515,8 @@ class Spool:
                 break
             seq, body = reader.rows.popleft()
             through = reader.after = seq
+            if self._is_dropped(transport, seq):  # dropped after it was buffered
+                continue
             try:
                 rows.append(SpooledRow(seq, Notification.from_json(body)))
             except (ValueError, TypeError, InvalidNotificationError) as exc:
@@ -534,7 +543,8 @@ class Spool:
                 if isinstance(item, BadRegion):
                     continue
                 record = decode_body(item[1])
-                if isinstance(record, Record) and record.transport == transport and record.seq > reader.after:
+                if (isinstance(record, Record) and record.transport == transport and record.seq > reader.after
+                        and not self._is_dropped(transport, record.seq)):
                     reader.rows.append((record.seq, record.body))
             if reader.rows:
                 return True
@@ -547,6 +557,111 @@ class Spool:
         Kept in memory; :meth:`release` writes it and deletes what it frees."""
         if seq > self._acked.get(transport, 0):
             self._acked[transport] = seq
+            if transport in self._dropped:
+                self._absorb(transport)
+
+    def _absorb(self, transport: str) -> None:
+        """A watermark that reached a hole covers it (and holes are pruned once covered)."""
+        mark = self._acked.get(transport, 0)
+        ranges = self._dropped.get(transport, [])
+        while ranges and ranges[0][0] <= mark:
+            mark = max(mark, ranges.pop(0)[1])
+        if not ranges:
+            self._dropped.pop(transport, None)
+        if mark:
+            self._acked[transport] = mark
+
+    # -- dropping the oldest (overflow = drop_oldest on a full spool) -------------------
+
+    def freeable_through(self, transport: str, after: int) -> int | None:
+        """How far ``transport``'s waiting records (those after ``after``: older ones are
+        in flight) must be dropped for the oldest segment that this alone can free to be
+        deleted; None when dropping them frees nothing (other transports or the batch in
+        flight hold every closed segment)."""
+        mark = self._acked.get(transport, 0)
+        for segment, spans in self._spans():
+            if segment is self._active:
+                return None
+            below, last = spans.get(transport, (0, 0))
+            if last <= after or max(below, mark) < after:
+                continue  # nothing of it waiting here, or records in flight pin it
+            if all(self._done(t, lo, hi) for t, (lo, hi) in spans.items() if t != transport):
+                return last
+        return None
+
+    def _spans(self) -> Iterator[tuple[_Segment, dict[str, tuple[int, int]]]]:
+        """Each segment, oldest first, with the seq interval ``(lo, hi]`` that holds each
+        transport's records in it."""
+        before: dict[str, int] = {}
+        for segment in self._segments:
+            yield segment, {t: (before.get(t, 0), last) for t, last in segment.last.items()}
+            before.update(segment.last)
+
+    def _done(self, transport: str, lo: int, hi: int) -> bool:
+        """Every record of ``transport`` in ``(lo, hi]`` is confirmed or dropped."""
+        lo = max(lo, self._acked.get(transport, 0))
+        return lo >= hi or any(a <= lo and hi <= b for a, b in self._dropped.get(transport, ()))
+
+    def _is_dropped(self, transport: str, seq: int) -> bool:
+        return any(a < seq <= b for a, b in self._dropped.get(transport, ()))
+
+    def drop(self, transport: str, after: int, through: int) -> None:
+        """Mark ``transport``'s records in ``(after, through]`` dropped: a ``D`` record in the
+        log (best effort on a full spool: the next checkpoint records it too), and in memory,
+        so that reads skip them and :meth:`release` deletes the segments they alone held."""
+        if through <= max(after, self._acked.get(transport, 0)):
+            return
+        ranges = [*self._dropped.get(transport, []), (after, through)]
+        ranges.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in ranges:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._dropped[transport] = merged
+        self._absorb(transport)
+        try:
+            self._put(frame_drop(after, through, self._names.get(transport) or transport.encode()))
+        except (SpoolFullError, OSError):
+            pass
+
+    async def count(self, transport: str, after: int, through: int) -> int:
+        """How many records of ``transport`` in ``(after, through]`` are waiting (neither
+        confirmed nor dropped): read from the log, in a worker thread."""
+        return len(await self._waiting(transport, after, through, None))
+
+    async def next_waiting(self, transport: str, after: int) -> int | None:
+        """The sequence number of ``transport``'s first waiting record after ``after``."""
+        found = await self._waiting(transport, after, self._next_seq, 1)
+        return found[0] if found else None
+
+    async def _waiting(self, transport: str, after: int, through: int, limit: int | None) -> list[int]:
+        snapshot = [(s.path, s.size) for s, spans in self._spans()
+                    if transport in spans and spans[transport][1] > after and spans[transport][0] < through]
+        mark = max(after, self._acked.get(transport, 0))
+        dropped = list(self._dropped.get(transport, ()))
+
+        def reading() -> list[int]:
+            found: list[int] = []
+            for path, size in snapshot:
+                try:
+                    with open(path, "rb") as fh:
+                        buf = fh.read(size)
+                except FileNotFoundError:
+                    continue
+                for item in scan(buf):
+                    if isinstance(item, BadRegion):
+                        continue
+                    record = decode_body(item[1])
+                    if (isinstance(record, Record) and record.transport == transport and mark < record.seq <= through
+                            and not any(a < record.seq <= b for a, b in dropped)):
+                        found.append(record.seq)
+                        if limit is not None and len(found) >= limit:
+                            return found
+            return found
+
+        return await anyio.to_thread.run_sync(reading)
 
     async def release(self) -> None:
         """Write the acknowledgements not yet in the log, then delete the segments whose
@@ -571,8 +686,8 @@ class Spool:
                           " segments (%d time(s)): %s; retried later", str(self.path), self._release_failures, exc)
 
     def _take_deletable(self) -> list[_Segment]:
-        doomed = [s for s in self._segments if s is not self._active
-                  and all(seq <= self._acked.get(t, 0) for t, seq in s.last.items())]
+        doomed = [s for s, spans in self._spans() if s is not self._active
+                  and all(self._done(t, lo, hi) for t, (lo, hi) in spans.items())]
         for segment in doomed:
             self._segments.remove(segment)
             self._bytes -= max(segment.size, segment.allocated)
@@ -611,7 +726,7 @@ class Spool:
             self._opened = False
 
     def _close_blocking(self) -> None:
-        if not any(self._acked.get(t, 0) < seq for s in self._segments for t, seq in s.last.items()):
+        if all(self._done(t, lo, hi) for _, spans in self._spans() for t, (lo, hi) in spans.items()):
             # Nothing waits: leave an empty spool (the next start begins a fresh log).
             for segment in self._segments:
                 segment.path.unlink(missing_ok=True)
@@ -669,6 +784,7 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
     segments: list[_Segment] = []
     seqs: list[dict[str, array[int]]] = []
     acked: dict[str, int] = {}
+    holes: dict[str, list[tuple[int, int]]] = {}
     next_seq = 1
     bad: list[tuple[_Segment, BadRegion, bytes]] = []
     numbered = sorted((n, p) for p in path.iterdir() if (n := segment_number(p)) is not None)
@@ -693,6 +809,8 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
                 next_seq = max(next_seq, record.seq + 1)
             elif isinstance(record, Ack):
                 acked[record.transport] = max(acked.get(record.transport, 0), record.seq)
+            elif isinstance(record, Drop):
+                holes.setdefault(record.transport, []).append((record.after, record.through))
             elif isinstance(record, Checkpoint):
                 if record.format > FORMAT:
                     raise ConfigError(f"spool {str(path)!r} was written by a newer notifykit (log format"
@@ -700,21 +818,39 @@ def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
                 next_seq = max(next_seq, record.next_seq)
                 for transport, seq in record.acked.items():
                     acked[transport] = max(acked.get(transport, 0), seq)
+                for transport, ranges in record.dropped.items():
+                    holes.setdefault(transport, []).extend(ranges)
             else:
                 bad.append((segment, BadRegion(offset, offset + len(body)), body))
         if len(buf) > segment.size:  # a crashed writer's preallocated tail, never written
             segment.allocated = len(buf)
         segments.append(segment)
         seqs.append(by_transport)
+    dropped: dict[str, list[tuple[int, int]]] = {}
+    for transport, ranges in holes.items():  # merged, and absorbed by the watermark they reach
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(ranges):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        mark = acked.get(transport, 0)
+        while merged and merged[0][0] <= mark:
+            mark = max(mark, merged.pop(0)[1])
+        if mark:
+            acked[transport] = mark
+        if merged:
+            dropped[transport] = merged
     pending: dict[str, int] = {}
     for by_transport in seqs:
         for transport, values in by_transport.items():
             mark = acked.get(transport, 0)
-            waiting = sum(1 for seq in values if seq > mark)
+            ranges = dropped.get(transport, [])
+            waiting = sum(1 for seq in values if seq > mark and not any(a < seq <= b for a, b in ranges))
             if waiting:
                 pending[transport] = pending.get(transport, 0) + waiting
     del read_only
-    return _Recovered(segments, acked, next_seq, pending, bad)
+    return _Recovered(segments, acked, next_seq, pending, bad, dropped)
 
 
 def _inspect_log(path: Path) -> SpoolInfo:

@@ -503,3 +503,29 @@ async def test_crashed_writers_preallocated_tail_is_no_bad_region_and_is_trimmed
         assert [row.notification.payload["i"] for row in read.rows] == list(range(5))
     finally:
         again._close()
+
+
+@pytest.mark.parametrize("cap", [{"spool_max_bytes": 8192}, {"spool_max_messages": 10}])
+async def test_drop_oldest_on_a_full_spool_drops_the_oldest(tmp_path: Path, dead_letter_path: Path,
+                                                            cap: dict[str, int]) -> None:
+    """overflow = drop_oldest on a full spool dropped the newest notification instead. Now
+    the oldest waiting ones go (never the batch in flight): what is kept is that batch and
+    then the newest, in order, and the spool stays within its bound."""
+    spool = tmp_path / "spool"
+    transport = {"url": "memory://", "durable": True, "overflow": "drop_oldest", "batch_size": 2}
+    config = {"spool_path": str(spool), "spool_max_bytes": cap.get("spool_max_bytes", 1 << 20),
+              "transports": {"events": {**transport, "spool_max_messages": cap.get("spool_max_messages", 10**6)}}}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        memory(n, "events").stall()
+        for i in range(100):
+            await n.info({}, "e.v", {"i": i})
+            if i == 0:
+                await until(lambda: memory(n, "events").attempts == 1)  # [0] in flight, hanging
+        assert sum(p.stat().st_size for p in segments(spool)) <= config["spool_max_bytes"]
+    stats = n.stats()["events"]
+    again = await replay(spool, dead_letter_path)
+    kept = [m.payload["i"] for m in memory(again, "events").messages]
+    assert 2 <= len(kept) < 100 and kept[0] == 0 and kept[-1] == 99  # the one in flight, and the newest
+    assert kept == [0, *range(100 - len(kept) + 1, 100)]  # the oldest waiting ones were dropped, in a row
+    assert stats.dropped == stats.spool_full == 100 - len(kept) and stats.dead_lettered == 0
