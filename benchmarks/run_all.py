@@ -100,8 +100,10 @@ NOTES = """\
   to the same single-node Ceph RGW; `ratio_obstore_vs_aiobotocore` is why the store uses
   obstore (aiobotocore signs the payload and writes through aiohttp on the event loop).
 - **durable_cost**: in durable mode `notify()` returns once the notification is written to the
-  spool's append-only log (one `os.write` on the event loop: in the kernel, safe from a crash of
-  the process); ratios are medians of interleaved rounds. With `spool_sync = fsync` it also waits
+  spool's append-only log (copied on the event loop into a shared mapping of the segment: in
+  the kernel's page cache, safe from a crash of the process, without a system call; the worker
+  delivers the in-memory objects, not records read back); ratios are medians of interleaved
+  rounds. With `spool_sync = fsync` it also waits
   for a group fsync (a power loss loses nothing): `ratio_fsync_vs_in_memory` is that cost.
 - Ratios against a baseline are measured in the same run, interleaved where the benchmark says
   so; absolute figures on this shared machine vary by tens of percent between runs.
