@@ -172,8 +172,12 @@ def goals_of(name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key, op, target in HEADLINES.get(name, []):
         if key in flat:
-            rows.append({"goal": f"`{key}`", "figure": flat[key], "op": op, "target": target,
-                         "met": OPS[op](flat[key], target)})
+            row = {"goal": f"`{key}`", "figure": flat[key], "op": op, "target": target,
+                   "met": OPS[op](flat[key], target)}
+            cause = flat.get(key.rsplit(".", 1)[0] + ".cause")  # a missed headline may say why
+            if cause and not row["met"]:
+                row["cause"] = cause
+            rows.append(row)
     return rows
 
 
