@@ -264,6 +264,23 @@ def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callab
             f"backup {current.id!r} has dependent incremental backups: delete them first ({named})")
 
 
+def list_filter(project_id: str | None, include_deleted: bool, volume_id: str | None,
+                mark: str) -> tuple[str, list[Any]]:
+    """``list``'s filter for every backend: the WHERE clause (empty, or `` WHERE …`` with the
+    driver's placeholder ``mark``) and its arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    if project_id is not None:
+        where.append(f"project_id = {mark}")
+        args.append(project_id)
+    if volume_id is not None:
+        where.append(f"volume_id = {mark}")
+        args.append(volume_id)
+    if not include_deleted:
+        where.append(f"status != {mark}")
+        args.append(BackupStatus.DELETED.value)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), args
+
 
 # -- the API, once for every backend ---------------------------------------------------------
 
@@ -494,17 +511,7 @@ def _sqlite_select(conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
 
 def _sqlite_select_many(conn: sqlite3.Connection, project_id: str | None, include_deleted: bool,
                         volume_id: str | None) -> list[BackupRecord]:
-    where, args = [], []
-    if project_id is not None:
-        where.append("project_id = ?")
-        args.append(project_id)
-    if volume_id is not None:
-        where.append("volume_id = ?")
-        args.append(volume_id)
-    if not include_deleted:
-        where.append("status != ?")
-        args.append(BackupStatus.DELETED.value)
-    return _sqlite_rows(conn, f" WHERE {' AND '.join(where)}" if where else "", args)
+    return _sqlite_rows(conn, *list_filter(project_id, include_deleted, volume_id, "?"))
 
 
 def _sqlite_dependents(conn: sqlite3.Connection, backup_id: str) -> list[BackupRecord]:

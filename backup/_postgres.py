@@ -40,6 +40,7 @@ from ._catalog import (
     _from_row,
     _now,
     check_transition,
+    list_filter,
     refuse_lost_race,
 )
 from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
@@ -244,17 +245,7 @@ class PostgresCatalog(QueryCatalog[Any]):
     @classmethod
     async def _select_many(cls, conn: Any, project_id: str | None, include_deleted: bool,
                            volume_id: str | None) -> builtins.list[BackupRecord]:
-        where, args = [], []
-        if project_id is not None:
-            where.append("project_id = %s")
-            args.append(project_id)
-        if volume_id is not None:
-            where.append("volume_id = %s")
-            args.append(volume_id)
-        if not include_deleted:
-            where.append("status != %s")
-            args.append(BackupStatus.DELETED.value)
-        found = await cls._rows(conn, f" WHERE {' AND '.join(where)}" if where else "", args)
+        found = await cls._rows(conn, *list_filter(project_id, include_deleted, volume_id, "%s"))
         # a value stored replaced (not UTF-8) matches by its replacement: compare exactly here
         return [r for r in found if (project_id is None or r.project_id == project_id)
                 and (volume_id is None or r.volume_id == volume_id)]
