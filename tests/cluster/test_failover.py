@@ -51,10 +51,13 @@ async def test_connected_node_killed_mid_stream(cluster: Any, cluster_names: Nam
     assert outcome.connects >= 2
 
 
-async def test_whole_cluster_down_then_back_in_durable_mode(rabbit_cluster: Any, cluster_names: Names,
+async def test_whole_cluster_down_then_back_in_durable_mode(cluster: Any, cluster_names: Names,
                                                             tmp_path: Path) -> None:
-    """Every node goes down (a node an earlier test killed is simply started with the others)."""
-    outcome = await whole_cluster_outage(rabbit_cluster, cluster_names, tmp_path)
+    """Every node goes down, then comes back. The queues are declared while the cluster is
+    whole, as docs/deployment.md asks: a quorum queue declared while an earlier test's killed
+    node was down gave that node a member that starts empty at the restart (RabbitMQ 3.10), and
+    one such run in a loaded full suite missed notifications confirmed before the outage."""
+    outcome = await whole_cluster_outage(cluster, cluster_names, tmp_path)
     assert_nothing_lost(outcome, tmp_path / "dl.jsonl")
     assert outcome.extra["sent_during_outage"] == 0  # nothing could be sent while every node was down
     assert outcome.stats.spooled == 0
