@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -273,6 +273,18 @@ def _warn_skipped(path: Path, bad: list[int]) -> None:
                     " line %s", len(bad), path, shown)
 
 
+def _lines(fh: BinaryIO, bad: list[int]) -> Iterator[tuple[bytes, dict[str, Any] | None]]:
+    """Each non-blank line with its record, or None for a line that is not one (its line
+    number goes to ``bad``): the one reading rule of read_dead_letters and rewrite_dead_letters."""
+    for number, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        record = _parse(line)
+        if record is None:
+            bad.append(number)
+        yield line, record
+
+
 def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield the records of a JSONL dead-letter file (blocking; for CLIs and tests). Lines
     that are not records (a torn last line, garbage) are skipped with one warning naming
@@ -283,13 +295,8 @@ def read_dead_letters(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     bad: list[int] = []
     try:
         with os.fdopen(fd, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                record = _parse(line)
-                if record is None:
-                    bad.append(number)
-                else:
+            for _line, record in _lines(fh, bad):
+                if record is not None:
                     yield record
     except OSError as exc:
         raise ConfigError(f"cannot read dead-letter file {str(path)!r}: {exc.strerror or exc}") from None
@@ -314,13 +321,8 @@ def rewrite_dead_letters(
         removed = 0
         bad: list[int] = []
         with os.fdopen(os.dup(fd), "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                record = _parse(line)
-                if record is None:
-                    bad.append(number)
-                elif remove(record):
+            for line, record in _lines(fh, bad):
+                if record is not None and remove(record):
                     removed += 1
                     continue
                 kept.append(line if line.endswith(b"\n") else line + b"\n")
