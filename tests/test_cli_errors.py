@@ -56,24 +56,25 @@ def a_binary_file(d: Path) -> Path:
     return d / "blob.bin"
 
 
-def another_sqlite_file(d: Path) -> Path:
-    """Another program's SQLite database (a backup catalog)."""
-    db = sqlite3.connect(d / "catalog.sqlite3")
-    db.execute("CREATE TABLE backups (id TEXT PRIMARY KEY, status TEXT)")
-    db.execute("INSERT INTO backups VALUES ('b1', 'available')")
+def _sqlite_file(path: Path, *statements: str) -> Path:
+    """A SQLite database made by running ``statements``, then closed cleanly."""
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
     db.commit()
     db.close()
-    return d / "catalog.sqlite3"
+    return path
+
+
+def another_sqlite_file(d: Path) -> Path:
+    """Another program's SQLite database (a backup catalog)."""
+    return _sqlite_file(d / "catalog.sqlite3", "CREATE TABLE backups (id TEXT PRIMARY KEY, status TEXT)",
+                        "INSERT INTO backups VALUES ('b1', 'available')")
 
 
 def a_wal_sqlite_file(d: Path) -> Path:
     """The same in WAL mode, closed cleanly (no -wal/-shm files next to it)."""
-    db = sqlite3.connect(d / "app.db")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE things (id INTEGER)")
-    db.commit()
-    db.close()
-    return d / "app.db"
+    return _sqlite_file(d / "app.db", "PRAGMA journal_mode=WAL", "CREATE TABLE things (id INTEGER)")
 
 
 def an_empty_directory(d: Path) -> Path:
