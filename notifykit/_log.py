@@ -8,7 +8,13 @@ the region, so the valid records around it are kept and the bad bytes can be qua
 
 Record bodies (first byte is the kind):
 
-* ``R`` seq, transport, notification JSON — one notification for one transport;
+* ``N`` seq, transport, fields — one notification for one transport: its timestamp
+  (microseconds since the epoch, i64), then event_type, priority, publisher_id, the
+  context's JSON, the payload's JSON and the message_id, joined by NUL (only the last can
+  hold one: the others are validated or JSON); cheaper to write than the wire format,
+  which the transport encodes later, in its batch;
+* ``R`` seq, transport, notification JSON — the same in the ``json`` wire format (format 1,
+  read and replayed, no longer written);
 * ``A`` seq, transport — every record of that transport up to ``seq`` is done (sent,
   dead-lettered or dropped): the acknowledgement watermark;
 * ``D`` seq, transport, after (u64) — the records of that transport with ``after < seq' <=
@@ -18,6 +24,9 @@ Record bodies (first byte is the kind):
   {transport: [[after, seq], …]}}`` — a checkpoint, the first record of every segment, so
   that deleting older segments loses no watermark and no hole. (A version that does not
   know ``D`` quarantines it and replays the dropped records: nothing is lost.)
+
+Format 2 added ``N``; a format-1 notifykit refuses a format-2 spool with a clear error
+rather than quarantine records it cannot read.
 """
 
 from __future__ import annotations
@@ -27,15 +36,20 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from ._errors import InvalidNotificationError
+from ._formats import _json_context
+from ._message import Notification
 
 __all__ = [
     "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Drop", "Record", "data_end",
-    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_record", "record_prefix", "scan",
-    "segment_name", "segment_number",
+    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_notification", "frame_record",
+    "notification_fields", "notification_from_fields", "record_prefix", "scan", "segment_name", "segment_number",
 ]
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"\xa7K"
 HEADER = struct.Struct("<2sII")
 RECORD = struct.Struct("<cQH")  # kind, seq, transport name length
@@ -63,14 +77,47 @@ def frame(body: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
+_MICROS = struct.Struct("<q")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def notification_fields(n: Notification) -> bytes:
+    """An ``N`` body's fields (after the record head): no JSON encoding, no isoformat."""
+    return _MICROS.pack((n.timestamp - _EPOCH) // _MICROSECOND) + "\x00".join((
+        n.event_type, n.priority, n.publisher_id, n.context.encoded("json", _json_context), n.payload_json,
+        n.message_id)).encode("utf-8", "surrogatepass")
+
+
+def notification_from_fields(data: bytes) -> Notification:
+    """The notification an ``N`` body's fields hold (message_id and timestamp kept)."""
+    try:
+        if len(data) < _MICROS.size:
+            raise ValueError("shorter than its timestamp")
+        (micros,) = _MICROS.unpack_from(data)
+        event_type, priority, publisher_id, context, payload, message_id = (
+            data[_MICROS.size:].decode("utf-8", "surrogatepass").split("\x00", 5))
+        return Notification.create(
+            event_type, json.loads(payload), priority=priority, publisher_id=publisher_id,
+            context=json.loads(context), max_payload_bytes=2**62, message_id=message_id,
+            timestamp=_EPOCH + micros * _MICROSECOND)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidNotificationError(f"not a notifykit notification record: {exc}") from None
+
+
+def frame_notification(seq: int, transport: bytes, n: Notification) -> bytes:
+    body = RECORD.pack(b"N", seq, len(transport)) + transport + notification_fields(n)
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
 def frame_record(seq: int, transport: bytes, notification_json: bytes) -> bytes:
     body = RECORD.pack(b"R", seq, len(transport)) + transport + notification_json
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
 def record_prefix(transport: bytes) -> struct.Struct:
-    """A packer of an ``R`` body's head for one transport: ``pack(b"R", seq, len, name)``
-    gives ``RECORD.pack(b"R", seq, len(name)) + name`` in one call (the append hot path)."""
+    """A packer of an ``N`` (or ``R``) body's head for one transport: ``pack(b"N", seq, len, name)``
+    gives ``RECORD.pack(b"N", seq, len(name)) + name`` in one call (the append hot path)."""
     return struct.Struct(f"{RECORD.format}{len(transport)}s")
 
 
@@ -94,7 +141,12 @@ def frame_drop(after: int, through: int, transport: bytes) -> bytes:
 class Record:
     seq: int
     transport: str
-    body: bytes  # the notification, json wire format
+    body: bytes  # the notification: its fields (N), or the json wire format (R)
+    fields: bool = True
+
+    def notification(self) -> Notification:
+        """Decoded; InvalidNotificationError (or ValueError) when the bytes hold none."""
+        return notification_from_fields(self.body) if self.fields else Notification.from_json(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +193,7 @@ def decode_body(body: bytes) -> Record | Ack | Drop | Checkpoint | None:
             return None
         (after,) = _SEQ.unpack_from(body, RECORD.size + name_len)
         return Drop(after, through, transport) if after < through else None
-    if kind in (b"R", b"A") and len(body) >= RECORD.size:
+    if kind in (b"N", b"R", b"A") and len(body) >= RECORD.size:
         _, seq, name_len = RECORD.unpack_from(body)
         name_end = RECORD.size + name_len
         if len(body) < name_end:
@@ -150,7 +202,7 @@ def decode_body(body: bytes) -> Record | Ack | Drop | Checkpoint | None:
             transport = body[RECORD.size:name_end].decode()
         except UnicodeDecodeError:
             return None
-        return Record(seq, transport, body[name_end:]) if kind == b"R" else Ack(seq, transport)
+        return Ack(seq, transport) if kind == b"A" else Record(seq, transport, body[name_end:], kind == b"N")
     if kind == b"C":
         try:
             data = json.loads(body[1:])

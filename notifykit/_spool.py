@@ -45,7 +45,6 @@ import anyio.to_thread
 
 from ._choices import parse_choice
 from ._errors import ConfigError, InvalidNotificationError, NotifyKitError
-from ._formats import WireFormat
 from ._log import (
     FORMAT,
     HEADER,
@@ -60,7 +59,8 @@ from ._log import (
     frame_ack,
     frame_checkpoint,
     frame_drop,
-    frame_record,
+    frame_notification,
+    notification_fields,
     record_prefix,
     scan,
     segment_name,
@@ -85,7 +85,6 @@ QUARANTINE = "quarantine.jsonl"
 #: quarantine.jsonl grows to at most this many bytes; a bad region that would pass the bound
 #: is still skipped and counted, only logged instead of copied.
 QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
-_JSON = WireFormat.JSON
 _PACK_HEADER = HEADER.pack
 _crc32 = zlib.crc32
 LOCK = "lock"
@@ -157,7 +156,7 @@ class _Reader:
     after: int = 0
     segment: int = -1
     offset: int = 0
-    rows: deque[tuple[int, bytes]] = field(default_factory=deque)
+    rows: deque[Record] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -397,7 +396,7 @@ class Spool:
         # The hot path of durable mode: one frame, one copy into the mapping, no system call.
         head = self._heads.get(transport) or self._head(transport)
         seq = self._next_seq
-        body = head[0].pack(b"R", seq, head[1], head[2]) + notification.encode(_JSON)
+        body = head[0].pack(b"N", seq, head[1], head[2]) + notification_fields(notification)
         data = _PACK_HEADER(MAGIC, len(body), _crc32(body)) + body
         active = self._active
         start = active.size  # type: ignore[union-attr]  # _head() checked that the spool is open
@@ -432,7 +431,7 @@ class Spool:
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
         first = self._next_seq
-        data = b"".join(frame_record(first + i, name, n.encode(_JSON)) for i, n in enumerate(notifications))
+        data = b"".join(frame_notification(first + i, name, n) for i, n in enumerate(notifications))
         self._put(data)
         last = first + len(notifications) - 1
         self._next_seq = last + 1
@@ -513,15 +512,16 @@ class Spool:
         while len(rows) < limit:
             if not reader.rows and not self._fill(reader, transport, snapshot):
                 break
-            seq, body = reader.rows.popleft()
-            through = reader.after = seq
+            record = reader.rows.popleft()
+            seq = through = reader.after = record.seq
             if self._is_dropped(transport, seq):  # dropped after it was buffered
                 continue
             try:
-                rows.append(SpooledRow(seq, Notification.from_json(body)))
+                rows.append(SpooledRow(seq, record.notification()))
             except (ValueError, TypeError, InvalidNotificationError) as exc:
                 quarantined += 1
-                self._quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"}, body)
+                self._quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"},
+                                 record.body)
         return SpoolRead(rows, through, quarantined)
 
     def _fill(self, reader: _Reader, transport: str, snapshot: list[tuple[int, Path, int]]) -> bool:
@@ -545,7 +545,7 @@ class Spool:
                 record = decode_body(item[1])
                 if (isinstance(record, Record) and record.transport == transport and record.seq > reader.after
                         and not self._is_dropped(transport, record.seq)):
-                    reader.rows.append((record.seq, record.body))
+                    reader.rows.append(record)
             if reader.rows:
                 return True
         return False

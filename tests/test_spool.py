@@ -6,6 +6,8 @@ import base64
 import errno
 import json
 import sqlite3
+import struct
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from notifykit import ConfigError, Notification, Notifier, NotifierConfig, WireFormat
+from notifykit._log import frame, frame_record, segment_name
 from notifykit._spool import Spool
 from notifykit.deadletters import read_dead_letters
 from notifykit.testing import MemoryTransport
@@ -372,24 +375,27 @@ async def test_fsync_mode_delivers_and_replays(tmp_path: Path, dead_letter_path:
     assert spool_counts(spool) == {}
 
 
+REPLAYED = 120  # several segments of 4 KiB (spool_max_bytes / 8)
+
+
 async def test_replay_in_order_per_transport_across_segments(tmp_path: Path, dead_letter_path: Path) -> None:
     spool = tmp_path / "spool"
-    config = {"spool_path": str(spool), "spool_max_bytes": 65536,
+    config = {"spool_path": str(spool), "spool_max_bytes": 32768,
               "transports": {"a": {"url": "memory://", "durable": True},
                              "b": {"url": "memory://", "overflow": "spill", "queue_size": 3}}}
     first = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
     async with first:
         memory(first, "a").stall()
         memory(first, "b").stall()
-        for i in range(120):
+        for i in range(REPLAYED):
             await first.info({}, "e.v", {"i": i})
     assert len(segments(spool)) > 3
     left = spool_counts(spool)
-    assert left["a"] == 120 and 100 <= left["b"] <= 120
+    assert left["a"] == REPLAYED and REPLAYED - 20 <= left["b"] <= REPLAYED
     second = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path)
     async with second:
-        await until(lambda: len(memory(second, "a").messages) == 120 and len(memory(second, "b").messages) == left["b"])
-    assert [m.payload["i"] for m in memory(second, "a").messages] == list(range(120))
+        await until(lambda: len(memory(second, "a").messages) == REPLAYED and len(memory(second, "b").messages) == left["b"])
+    assert [m.payload["i"] for m in memory(second, "a").messages] == list(range(REPLAYED))
     b = [m.payload["i"] for m in memory(second, "b").messages]
     assert b == sorted(b)
     assert spool_counts(spool) == {} and segments(spool) == []
@@ -529,3 +535,54 @@ async def test_drop_oldest_on_a_full_spool_drops_the_oldest(tmp_path: Path, dead
     assert 2 <= len(kept) < 100 and kept[0] == 0 and kept[-1] == 99  # the one in flight, and the newest
     assert kept == [0, *range(100 - len(kept) + 1, 100)]  # the oldest waiting ones were dropped, in a row
     assert stats.dropped == stats.spool_full == 100 - len(kept) and stats.dead_lettered == 0
+
+
+async def test_replay_keeps_every_field_of_every_notification(tmp_path: Path, dead_letter_path: Path) -> None:
+    """The log's ``N`` records (fields, not the wire format) give back the same notification:
+    message_id (even one holding a NUL, the field separator), timestamp to the microsecond at
+    both ends of the datetime range, priority, publisher_id, context and non-ASCII payloads."""
+    spool = tmp_path / "spool"
+    stamps = [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+              datetime(2026, 12, 2, 6, 0, 0, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    sent = [Notification.create("backup.create.end", {"naïve": "日本\x00", "i": i, "nested": [{"x": None}]},
+                                priority=priority, publisher_id="backup.höst-1",
+                                context={"request_id": "req-é", "user_id": "u\x001"},
+                                message_id=f"id-{i}\x00tail", timestamp=stamp)
+            for i, (stamp, priority) in enumerate(zip(stamps, ["audit", "error", "sample", "critical"], strict=True))]
+    n = Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
+                          dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        memory(n, "events").stall()
+        for notification in sent:
+            await n.emit(notification)
+    assert spool_counts(spool) == {"events": len(sent)}
+    got = memory(await replay(spool, dead_letter_path), "events").messages
+    assert [m.encode(WireFormat.JSON) for m in got] == [m.encode(WireFormat.JSON) for m in sent]
+    assert [(m.message_id, m.timestamp, m.priority) for m in got] == [(m.message_id, m.timestamp, m.priority) for m in sent]
+
+
+async def test_format_1_records_are_still_replayed(tmp_path: Path, dead_letter_path: Path) -> None:
+    """A spool an earlier notifykit left (``R`` records: the json wire format, log format 1)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    sent = [Notification.create("e.v", {"i": i}, publisher_id="t") for i in range(3)]
+    data = frame(b"C" + json.dumps({"format": 1, "next_seq": 1, "acked": {}}).encode())
+    data += b"".join(frame_record(seq, b"events", m.encode(WireFormat.JSON)) for seq, m in enumerate(sent, 1))
+    (spool / segment_name(1)).write_bytes(data)
+    got = memory(await replay(spool, dead_letter_path), "events").messages
+    assert [m.encode(WireFormat.JSON) for m in got] == [m.encode(WireFormat.JSON) for m in sent]
+    assert spool_counts(spool) == {}
+
+
+async def test_a_checked_record_whose_fields_are_no_notification_is_quarantined(tmp_path: Path,
+                                                                             dead_letter_path: Path) -> None:
+    spool = tmp_path / "spool"
+    await leave_in_spool(spool, dead_letter_path, 3)
+    (segment,) = segments(spool)
+    bad = [frame(b"N" + struct.pack("<QH", 10 + k, 6) + b"events" + fields) for k, fields in enumerate(
+        [b"", b"\x00" * 8 + b"only\x00three\x00fields", b"\x00" * 8 + b"e.v\x00info\x00t\x00{}\x00[not json\x00id"])]
+    segment.write_bytes(segment.read_bytes().rstrip(b"\x00") + b"".join(bad))
+    n = await replay(spool, dead_letter_path)  # never a crash
+    assert [m.payload["i"] for m in memory(n, "events").messages] == [0, 1, 2]
+    assert [r["reason"].startswith("not a notification") for r in quarantined(spool)] == [True] * 3  # type: ignore[union-attr]
+    assert spool_counts(spool) == {}
