@@ -44,9 +44,10 @@ from ._formats import _json_context
 from ._message import Notification
 
 __all__ = [
-    "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Drop", "Record", "data_end",
+    "Ack", "BadRegion", "Checkpoint", "Drop", "FORMAT", "HEADER", "MAGIC", "RECORD", "Record", "data_end",
     "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_notification", "frame_record",
-    "notification_fields", "notification_from_fields", "record_prefix", "scan", "segment_name", "segment_number",
+    "micros", "notification_fields", "notification_from_fields", "notification_head", "scan", "segment_name",
+    "segment_number", "text_fields",
 ]
 
 FORMAT = 2
@@ -84,9 +85,18 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def notification_fields(n: Notification) -> bytes:
     """An ``N`` body's fields (after the record head): no JSON encoding, no isoformat."""
-    return _MICROS.pack((n.timestamp - _EPOCH) // _MICROSECOND) + "\x00".join((
-        n.event_type, n.priority, n.publisher_id, n.context.encoded("json", _json_context), n.payload_json,
-        n.message_id)).encode("utf-8", "surrogatepass")
+    return _MICROS.pack(micros(n)) + text_fields(n)
+
+
+def micros(n: Notification) -> int:
+    """The timestamp as an ``N`` record holds it: microseconds since the epoch."""
+    return (n.timestamp - _EPOCH) // _MICROSECOND
+
+
+def text_fields(n: Notification) -> bytes:
+    """An ``N`` body's fields after its timestamp."""
+    return "\x00".join((n.event_type, n.priority, n.publisher_id, n.context.encoded("json", _json_context),
+                        n.payload_json, n.message_id)).encode("utf-8", "surrogatepass")
 
 
 def notification_from_fields(data: bytes) -> Notification:
@@ -115,10 +125,10 @@ def frame_record(seq: int, transport: bytes, notification_json: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
-def record_prefix(transport: bytes) -> struct.Struct:
-    """A packer of an ``N`` (or ``R``) body's head for one transport: ``pack(b"N", seq, len, name)``
-    gives ``RECORD.pack(b"N", seq, len(name)) + name`` in one call (the append hot path)."""
-    return struct.Struct(f"{RECORD.format}{len(transport)}s")
+def notification_head(transport: bytes) -> struct.Struct:
+    """A packer of an ``N`` body's head and timestamp for one transport: ``pack(b"N", seq,
+    len(name), name, micros(n)) + text_fields(n)`` is the body (the append hot path)."""
+    return struct.Struct(f"{RECORD.format}{len(transport)}s{_MICROS.format[1:]}")
 
 
 def frame_ack(seq: int, transport: bytes) -> bytes:

@@ -25,7 +25,7 @@ from ._loading import resolve_transport
 from ._message import ContextLike, Notification, Priority
 from ._numbers import check_number
 from ._policies import OverflowPolicy
-from ._spool import Spool, default_spool_path
+from ._spool import SPOOL_TASK, Spool, default_spool_path
 from ._stats import TransportState, TransportStats
 from ._status import STATUS_TASK, report_status_periodically, status_document, write_status
 from ._supervisor import Supervisor, TaskHealth
@@ -232,6 +232,8 @@ class Notifier(_PriorityMethods):
         for dispatcher in self._dispatchers:
             self._supervisor.register(dispatcher.task_name)
             self._task_group.start_soon(dispatcher.run_shielded, self._supervisor, name=f"notifykit:{dispatcher.name}")
+        if self.spool is not None:
+            self.spawn(SPOOL_TASK, self.spool.keep_spare_segment)
         if self.config.status_path is not None:
             status_path, interval = self.config.status_path, self.config.status_interval
             self.spawn(STATUS_TASK, lambda: report_status_periodically(status_path, interval, self._status_document,
@@ -302,7 +304,7 @@ class Notifier(_PriorityMethods):
             try:
                 await self.spool.aclose()
             except Exception as exc:
-                self._supervisor.failed("spool", exc, f"could not close {self.spool!r}")
+                self._supervisor.failed(SPOOL_TASK, exc, f"could not close {self.spool!r}")
         if self.config.status_path is not None:
             await write_status(self.config.status_path, lambda: self._status_document(closed=True), self._supervisor)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import enum
 import fcntl
 import json
@@ -60,23 +61,26 @@ from ._log import (
     frame_checkpoint,
     frame_drop,
     frame_notification,
-    notification_fields,
-    record_prefix,
+    micros,
+    notification_head,
     scan,
     segment_name,
     segment_number,
+    text_fields,
 )
 from ._message import Notification
 from ._paths import state_file
 
 __all__ = [
-    "DEFAULT_SPOOL_MAX_BYTES", "Spool", "SpoolFullError", "SpoolInfo", "SpoolRead", "SpoolSync",
+    "DEFAULT_SPOOL_MAX_BYTES", "SPOOL_TASK", "Spool", "SpoolFullError", "SpoolInfo", "SpoolRead", "SpoolSync",
     "SpooledRow", "default_spool_path",
 ]
 
 log = logging.getLogger("notifykit")
 
 DEFAULT_SPOOL_MAX_BYTES = 1024**3
+#: The spool's background task in ``Notifier.background_tasks()`` (keep_spare_segment).
+SPOOL_TASK = "spool"
 #: A segment is closed past this size; the cap on the whole spool may make it smaller.
 SEGMENT_BYTES = 8 * 1024 * 1024
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -88,6 +92,12 @@ QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
 _PACK_HEADER = HEADER.pack
 _crc32 = zlib.crc32
 LOCK = "lock"
+#: madvise(2) advice that write-faults a range in (Linux 5.14 and later).
+_MADV_POPULATE_WRITE = 23
+_libc = ctypes.CDLL(None, use_errno=True)
+_madvise = _libc.madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_madvise.restype = ctypes.c_int
 
 
 class SpoolSync(enum.StrEnum):
@@ -150,6 +160,35 @@ class _Segment:
 
 
 @dataclass(slots=True)
+class _Spare:
+    """The next segment, made ready in a worker thread while the active one fills: created,
+    preallocated, mapped and its pages faulted in, so that neither starting it nor copying
+    records into it makes a system call or takes a page fault on the event loop."""
+
+    number: int
+    path: Path
+    fd: int
+    mapping: mmap.mmap
+    capacity: int
+
+    def discard(self) -> None:
+        self.mapping.close()
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+def _fault_in(mapping: mmap.mmap) -> None:
+    """Write-fault every page of ``mapping`` now (MADV_POPULATE_WRITE), through ctypes so that
+    the GIL is released meanwhile. Best effort: an older kernel refuses it, and the event
+    loop's copies then take the page faults."""
+    view = (ctypes.c_char * len(mapping)).from_buffer(mapping)
+    try:
+        _madvise(ctypes.addressof(view), len(mapping), _MADV_POPULATE_WRITE)
+    finally:
+        del view  # the buffer export ends here: the mapping can be closed
+
+
+@dataclass(slots=True)
 class _Reader:
     """Where a transport's read of the log is: one segment buffered at a time."""
 
@@ -181,6 +220,7 @@ class Spool:
             raise ConfigError(f"spool_max_bytes must be >= 4096, got {max_bytes}")
         self.path = Path(path)
         self.sync = SpoolSync.parse(sync)
+        self.fsync = self.sync is SpoolSync.FSYNC  # callers wait for a group fsync (a bool: the hot path reads it)
         self.max_bytes = max_bytes
         self.segment_bytes = max(1024, min(segment_bytes, max_bytes // 8))
         self.quarantined = 0  # records or regions skipped for good (copied to quarantine.jsonl if it has room)
@@ -195,6 +235,10 @@ class Spool:
         self._segments: list[_Segment] = []
         self._active: _Segment | None = None
         self._bytes = 0  # on disk: the closed segments, and the active one's whole capacity
+        self._spare: _Spare | None = None  # the next segment, ready (see keep_spare_segment)
+        self._spare_bytes = 0  # on disk for the spare, or reserved while it is made
+        self._spare_number: int | None = None  # the spare's segment number, ready or being made
+        self._spare_wanted: anyio.Event | None = None
         self._next_seq = 1
         self._acked: dict[str, int] = {}
         self._acked_on_disk: dict[str, int] = {}
@@ -203,7 +247,7 @@ class Spool:
         self._dropped: dict[str, list[tuple[int, int]]] = {}
         self._pending: dict[str, int] = {}
         self._names: dict[str, bytes] = {}
-        self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: record_prefix()
+        self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: notification_head()
         self._readers: dict[str, _Reader] = {}
         self._quarantine_lock = threading.Lock()
         self._release_failures = 0
@@ -221,8 +265,10 @@ class Spool:
         """Lock the spool, recover what a previous process left (quarantining bad bytes),
         migrate a pre-log SQLite spool, and start a new segment."""
         if not self._opened:
+            self._spare_wanted = anyio.Event()
             await anyio.to_thread.run_sync(self._open_blocking)
             self._opened = True
+            self._spare_wanted.set()  # the first segment started: make the next one ready
 
     def pending_counts(self) -> dict[str, int]:
         """Notifications per transport a previous process left (after :meth:`open`)."""
@@ -285,27 +331,33 @@ class Spool:
             raise
 
     def _start_segment(self, need: int = 0) -> None:
-        """Close the active segment (cut to what it holds) and begin the next: preallocated
-        (so that a full disk fails here, with an error, not later in the mapping) and mapped.
-        Its size fits within ``max_bytes`` with the other segments; SpoolFullError when not
-        even ``need`` more bytes would."""
+        """Close the active segment (cut to what it holds) and begin the next: the spare when
+        it is ready and fits, else one made here, preallocated (so that a full disk fails
+        here, with an error, not later in the mapping) and mapped. Its size fits within
+        ``max_bytes`` with the other segments; SpoolFullError when not even ``need`` more
+        bytes would."""
         checkpoint = frame_checkpoint(self._next_seq, self._acked, self._dropped)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._spare_bytes = 0
         active = self._active
         others = self._bytes - (self._capacity - active.size if active is not None else 0)
         want = len(checkpoint) + need
         capacity = min(max(self.segment_bytes, want), self.max_bytes - others)
-        if capacity < want:
-            raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
         number = self._segments[-1].number + 1 if self._segments else 1
+        if spare is not None and (spare.number, spare.capacity) == (number, capacity) and capacity >= want:
+            fd, mapping = spare.fd, spare.mapping
+            self._spare_number = None
+        else:
+            if spare is not None:  # made for another size: its number is free again
+                spare.discard()
+                self._spare_number = None
+            elif self._spare_number == number:  # a worker thread is making that one: leave it (it is discarded)
+                number += 1
+            if capacity < want:
+                raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
+            fd, mapping = self._make_segment(number, capacity)
         segment = _Segment(number, self.path / segment_name(number), len(checkpoint))
-        fd = os.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, capacity)
-            mapping = mmap.mmap(fd, capacity)
-        except BaseException:
-            os.close(fd)
-            segment.path.unlink(missing_ok=True)
-            raise
         mapping[:len(checkpoint)] = checkpoint
         self._retire_active()
         self._fd, self._map, self._capacity, self._active = fd, mapping, capacity, segment
@@ -313,6 +365,57 @@ class Spool:
         self._acked_on_disk = dict(self._acked)
         self._segments.append(segment)
         self._dir_dirty = True
+        if self._opened and self._spare_wanted is not None:  # on the event loop (open() runs in a thread)
+            self._spare_wanted.set()
+
+    def _make_segment(self, number: int, capacity: int) -> tuple[int, mmap.mmap]:
+        path = self.path / segment_name(number)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, capacity)
+            mapping = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return fd, mapping
+
+    async def keep_spare_segment(self) -> None:
+        """Background task (supervised by the Notifier): whenever a segment starts, make the
+        next one ready in a worker thread, when the spool has room for it (``max_bytes``
+        counts it). A failure (a full disk) leaves it to the event loop, which reports it."""
+        while True:
+            wanted = self._spare_wanted
+            assert wanted is not None, "keep_spare_segment() needs an open spool"
+            await wanted.wait()
+            self._spare_wanted = anyio.Event()
+            if self._spare is not None or self._active is None or self._bytes + self.segment_bytes > self.max_bytes:
+                continue
+            number, capacity = self._segments[-1].number + 1, self.segment_bytes
+            self._spare_bytes, self._spare_number = capacity, number
+            try:
+                with anyio.CancelScope(shield=True):  # a few ms; what it makes must not leak
+                    spare = await anyio.to_thread.run_sync(self._make_spare, number, capacity)
+            except OSError as exc:
+                self._spare_bytes, self._spare_number = 0, None
+                log.debug("notifykit spool %r: no spare segment (%s); the next one starts when needed", str(self.path), exc)
+                continue
+            if self._active is None or self._segments[-1].number + 1 != number:  # closed, or moved on meanwhile
+                self._spare_bytes, self._spare_number = 0, None
+                spare.discard()
+                continue
+            self._spare = spare
+
+    def _make_spare(self, number: int, capacity: int) -> _Spare:
+        fd, mapping = self._make_segment(number, capacity)
+        _fault_in(mapping)
+        return _Spare(number, self.path / segment_name(number), fd, mapping, capacity)
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        self._spare_bytes, self._spare_number = 0, None
+        if spare is not None:
+            spare.discard()
 
     def _retire_active(self, *, close: bool = False) -> None:
         """Unmap the active segment and give its unwritten tail back to the disk. Its file
@@ -396,7 +499,7 @@ class Spool:
         # The hot path of durable mode: one frame, one copy into the mapping, no system call.
         head = self._heads.get(transport) or self._head(transport)
         seq = self._next_seq
-        body = head[0].pack(b"N", seq, head[1], head[2]) + notification_fields(notification)
+        body = head[0].pack(b"N", seq, head[1], head[2], micros(notification)) + text_fields(notification)
         data = _PACK_HEADER(MAGIC, len(body), _crc32(body)) + body
         active = self._active
         start = active.size  # type: ignore[union-attr]  # _head() checked that the spool is open
@@ -417,7 +520,7 @@ class Spool:
             raise NotifyKitError("the spool is not open")
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
-        head = self._heads[transport] = (record_prefix(name), len(name), name)
+        head = self._heads[transport] = (notification_head(name), len(name), name)
         return head
 
     def append_many(self, transport: str, notifications: list[Notification]) -> int:
@@ -708,8 +811,8 @@ class Spool:
 
     @property
     def size(self) -> int:
-        """Bytes on disk now."""
-        return self._bytes
+        """Bytes on disk now (a spare segment included)."""
+        return self._bytes + self._spare_bytes
 
     # -- closing and inspecting -----------------------------------------------------------
 
@@ -721,6 +824,7 @@ class Spool:
                 await self.synced(self._written)
             self._heads.clear()  # append() refuses from here on
             self._retire_active(close=True)  # on the loop: nothing may write to a mapping being unmapped
+            self._drop_spare()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_blocking)
             self._opened = False
@@ -740,6 +844,7 @@ class Spool:
 
     def _close(self) -> None:
         """Close the files without writing anything more (after a failed start, in tests)."""
+        self._drop_spare()
         if self._map is not None:
             self._map.close()
         for fd in [*self._retired_fds, self._fd, self._lock_fd]:
