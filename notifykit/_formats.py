@@ -26,7 +26,7 @@ __all__ = ["WireFormat", "cloudevent_attributes", "decode_message"]
 # Priority is a StrEnum: ``n.priority`` formats as its value; ``.value`` (a Python-level
 # enum property) would cost more than the rest of a field.
 
-def _json_context(context: RequestContext) -> str:
+def json_context(context: RequestContext) -> str:
     """The context as the ``json`` format writes it (computed once per context object)."""
     fields = context.as_dict()
     return dumps_compact(fields) if fields else "{}"
@@ -42,7 +42,7 @@ def _encode_json(n: Notification) -> bytes:
     return (
         f'{{"message_id":{quote(n.message_id)},"event_type":{quote(n.event_type)},'
         f'"priority":"{n.priority}","publisher_id":{quote(n.publisher_id)},'
-        f'"timestamp":"{n.iso_timestamp}","context":{n.context.encoded("json", _json_context)},'
+        f'"timestamp":"{n.iso_timestamp}","context":{n.context.encoded("json", json_context)},'
         f'"payload":{n.payload_json}}}'
     ).encode()
 

@@ -8,8 +8,8 @@ the region, so the valid records around it are kept and the bad bytes can be qua
 
 Record bodies (first byte is the kind):
 
-* ``N`` seq, transport, fields — one notification for one transport: its timestamp
-  (microseconds since the epoch, i64), then event_type, priority, publisher_id, the
+* ``N`` seq, transport, fields — one notification for one transport: its UTC timestamp
+  (year u16, month, day, hour, minute, second u8, microsecond u32), then event_type, priority, publisher_id, the
   context's JSON, the payload's JSON and the message_id, joined by NUL (only the last can
   hold one: the others are validated or JSON); cheaper to write than the wire format,
   which the transport encodes later, in its batch;
@@ -36,18 +36,18 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ._errors import InvalidNotificationError
-from ._formats import _json_context
+from ._formats import json_context
 from ._message import Notification
 
 __all__ = [
-    "Ack", "BadRegion", "Checkpoint", "Drop", "FORMAT", "HEADER", "MAGIC", "RECORD", "Record", "data_end",
-    "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_notification", "frame_record",
-    "micros", "notification_fields", "notification_from_fields", "notification_head", "scan", "segment_name",
-    "segment_number", "text_fields",
+    "FORMAT", "HEADER", "MAGIC", "RECORD", "Ack", "BadRegion", "Checkpoint", "Drop", "Record",
+    "data_end", "decode_body", "frame", "frame_ack", "frame_checkpoint", "frame_drop", "frame_notification", "frame_record",
+    "notification_fields", "notification_from_fields", "notification_head", "scan", "segment_name",
+    "segment_number",
 ]
 
 FORMAT = 2
@@ -78,39 +78,33 @@ def frame(body: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
-_MICROS = struct.Struct("<q")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+#: An ``N`` record's timestamp: the UTC datetime's fields (exact over its whole range, and
+#: cheaper to take than a difference from the epoch).
+_TIME = struct.Struct("<HBBBBBI")
 
 
 def notification_fields(n: Notification) -> bytes:
-    """An ``N`` body's fields (after the record head): no JSON encoding, no isoformat."""
-    return _MICROS.pack(micros(n)) + text_fields(n)
-
-
-def micros(n: Notification) -> int:
-    """The timestamp as an ``N`` record holds it: microseconds since the epoch."""
-    return (n.timestamp - _EPOCH) // _MICROSECOND
-
-
-def text_fields(n: Notification) -> bytes:
-    """An ``N`` body's fields after its timestamp."""
-    return "\x00".join((n.event_type, n.priority, n.publisher_id, n.context.encoded("json", _json_context),
-                        n.payload_json, n.message_id)).encode("utf-8", "surrogatepass")
+    """An ``N`` body's fields (after the record head): no JSON encoding, no isoformat.
+    (Spool.append writes the same bytes, inlined.)"""
+    t = n.timestamp
+    return _TIME.pack(t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond) + "\x00".join((
+        n.event_type, n.priority, n.publisher_id, n.context.encoded("json", json_context), n.payload_json,
+        n.message_id)).encode("utf-8", "surrogatepass")
 
 
 def notification_from_fields(data: bytes) -> Notification:
     """The notification an ``N`` body's fields hold (message_id and timestamp kept)."""
     try:
-        if len(data) < _MICROS.size:
+        if len(data) < _TIME.size:
             raise ValueError("shorter than its timestamp")
-        (micros,) = _MICROS.unpack_from(data)
+        year, month, day, hour, minute, second, microsecond = _TIME.unpack_from(data)
+        timestamp = datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
         event_type, priority, publisher_id, context, payload, message_id = (
-            data[_MICROS.size:].decode("utf-8", "surrogatepass").split("\x00", 5))
+            data[_TIME.size:].decode("utf-8", "surrogatepass").split("\x00", 5))
         return Notification.create(
             event_type, json.loads(payload), priority=priority, publisher_id=publisher_id,
             context=json.loads(context), max_payload_bytes=2**62, message_id=message_id,
-            timestamp=_EPOCH + micros * _MICROSECOND)
+            timestamp=timestamp)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidNotificationError(f"not a notifykit notification record: {exc}") from None
 
@@ -127,8 +121,8 @@ def frame_record(seq: int, transport: bytes, notification_json: bytes) -> bytes:
 
 def notification_head(transport: bytes) -> struct.Struct:
     """A packer of an ``N`` body's head and timestamp for one transport: ``pack(b"N", seq,
-    len(name), name, micros(n)) + text_fields(n)`` is the body (the append hot path)."""
-    return struct.Struct(f"{RECORD.format}{len(transport)}s{_MICROS.format[1:]}")
+    len(name), name, year, …, microsecond)`` and the text fields are the body (the append hot path)."""
+    return struct.Struct(f"{RECORD.format}{len(transport)}s{_TIME.format[1:]}")
 
 
 def frame_ack(seq: int, transport: bytes) -> bytes:

@@ -46,6 +46,7 @@ import anyio.to_thread
 
 from ._choices import parse_choice
 from ._errors import ConfigError, InvalidNotificationError, NotifyKitError
+from ._formats import json_context
 from ._log import (
     FORMAT,
     HEADER,
@@ -61,12 +62,10 @@ from ._log import (
     frame_checkpoint,
     frame_drop,
     frame_notification,
-    micros,
     notification_head,
     scan,
     segment_name,
     segment_number,
-    text_fields,
 )
 from ._message import Notification
 from ._paths import state_file
@@ -497,9 +496,16 @@ class Spool:
         ``sync = fsync`` await :meth:`synced` as well. Raises SpoolFullError past
         ``max_bytes`` and OSError when a new segment cannot be allocated."""
         # The hot path of durable mode: one frame, one copy into the mapping, no system call.
+        # The body is frame_notification()'s, written out (a Python call costs as much as a
+        # field here; tests/test_spool.py checks that the bytes are the same).
         head = self._heads.get(transport) or self._head(transport)
         seq = self._next_seq
-        body = head[0].pack(b"N", seq, head[1], head[2], micros(notification)) + text_fields(notification)
+        n = notification
+        context, t = n.context, n.timestamp
+        body = head[0].pack(b"N", seq, head[1], head[2], t.year, t.month, t.day, t.hour, t.minute, t.second,
+                            t.microsecond) + "\x00".join((
+            n.event_type, n.priority, n.publisher_id, context._wire.get("json") or context.encoded("json", json_context),
+            n.payload_json, n.message_id)).encode("utf-8", "surrogatepass")
         data = _PACK_HEADER(MAGIC, len(body), _crc32(body)) + body
         active = self._active
         start = active.size  # type: ignore[union-attr]  # _head() checked that the spool is open

@@ -17,7 +17,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from notifykit import ConfigError, Notification, Notifier, NotifierConfig, WireFormat
-from notifykit._log import frame, frame_record, segment_name
+from notifykit._log import frame, frame_notification, frame_record, segment_name
 from notifykit._spool import Spool
 from notifykit.deadletters import read_dead_letters
 from notifykit.testing import MemoryTransport
@@ -579,10 +579,57 @@ async def test_a_checked_record_whose_fields_are_no_notification_is_quarantined(
     spool = tmp_path / "spool"
     await leave_in_spool(spool, dead_letter_path, 3)
     (segment,) = segments(spool)
+    stamp = struct.pack("<HBBBBBI", 2026, 12, 2, 7, 0, 0, 1)
     bad = [frame(b"N" + struct.pack("<QH", 10 + k, 6) + b"events" + fields) for k, fields in enumerate(
-        [b"", b"\x00" * 8 + b"only\x00three\x00fields", b"\x00" * 8 + b"e.v\x00info\x00t\x00{}\x00[not json\x00id"])]
+        [b"", stamp + b"only\x00three\x00fields", stamp + b"e.v\x00info\x00t\x00{}\x00[not json\x00id",
+         struct.pack("<HBBBBBI", 2026, 13, 2, 7, 0, 0, 1) + b"e.v\x00info\x00t\x00{}\x00{}\x00id"])]
     segment.write_bytes(segment.read_bytes().rstrip(b"\x00") + b"".join(bad))
     n = await replay(spool, dead_letter_path)  # never a crash
     assert [m.payload["i"] for m in memory(n, "events").messages] == [0, 1, 2]
-    assert [r["reason"].startswith("not a notification") for r in quarantined(spool)] == [True] * 3  # type: ignore[union-attr]
+    assert [str(r["reason"]).startswith("not a notification") for r in quarantined(spool)] == [True] * 4
     assert spool_counts(spool) == {}
+
+
+async def test_the_next_segment_is_made_ready_in_the_background(tmp_path: Path, dead_letter_path: Path) -> None:
+    """A spare segment (preallocated, mapped, faulted in by a worker thread) waits next to
+    the active one, is counted in the spool's size, takes over when the active one is full,
+    and is removed at close; one a crash left behind (all zeros) is no bad region."""
+    spool = tmp_path / "spool"
+    config = {"spool_path": str(spool), "spool_max_bytes": 1 << 20,  # segments of 128 KiB
+              "transports": {"events": {"url": "memory://", "durable": True}}}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        assert n.spool is not None
+        memory(n, "events").stall()
+        await until(lambda: len(segments(spool)) == 2)
+        _, spare = segments(spool)
+        assert spare.stat().st_size == 128 * 1024 and spare.read_bytes().count(0) == 128 * 1024
+        assert n.spool.size == 2 * 128 * 1024
+        assert n.background_tasks()["spool"].state == "running"
+        for i in range(2000):  # about 0.4 MB: four segments
+            await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
+        assert sum(p.stat().st_size for p in segments(spool)) <= n.spool.size <= config["spool_max_bytes"]
+    left = segments(spool)
+    assert spare in left and len(left) >= 4  # the spare took over from the first segment
+    assert all(p.read_bytes()[:2] == b"\xa7K" for p in left)  # and the last spare is gone
+    crashed = spool / segment_name(int(left[-1].name[8:20]) + 1)
+    crashed.write_bytes(bytes(4096))  # a spare a killed process left
+    again = await replay(spool, dead_letter_path)
+    assert [m.payload["i"] for m in memory(again, "events").messages] == list(range(2000))
+    assert again.spool is not None and again.spool.quarantined == 0 and not crashed.exists()
+
+
+async def test_append_writes_the_frame_of_the_format(tmp_path: Path) -> None:
+    """Spool.append writes its N frames inline (the hot path): the same bytes as
+    frame_notification(), the format's definition, for any notification."""
+    spool = Spool(tmp_path / "spool")
+    await spool.open()
+    sent = [Notification.create("e.v", {"i": i, "ü": "\U0001f600"}, publisher_id="p-ö", context=ctx,
+                                message_id=f"m\x00{i}") for i, ctx in enumerate([None, {"request_id": "r"}, {"x": [1]}])]
+    try:
+        seqs = [spool.append("events", n) for n in sent]
+    finally:
+        await spool.aclose()
+    (segment,) = segments(tmp_path / "spool")
+    expected = b"".join(frame_notification(seq, b"events", n) for seq, n in zip(seqs, sent, strict=True))
+    assert expected in segment.read_bytes()
