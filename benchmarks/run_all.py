@@ -102,8 +102,13 @@ NOTES = """\
 - **durable_cost**: in durable mode `notify()` returns once the notification is written to the
   spool's append-only log (copied on the event loop into a shared mapping of the segment: in
   the kernel's page cache, safe from a crash of the process, without a system call; the worker
-  delivers the in-memory objects, not records read back); ratios are medians of interleaved
-  rounds. With `spool_sync = fsync` it also waits
+  delivers the in-memory objects, not records read back). The targets are on the steady
+  state: an in-memory and a durable Notifier open side by side, chunks of 2,000
+  notifications alternated between them (each timed until delivered), the median over the
+  pairs; this VM's speed drifts by up to 2x within seconds, which ratios of whole rounds
+  take in (`ratios_by_round`). `ratio_with_start_and_close` is the same ratio over whole
+  Notifier lifetimes of N_DURABLE notifications (the spool's start and close included).
+  With `spool_sync = fsync` it also waits
   for a group fsync (a power loss loses nothing): `ratio_fsync_vs_in_memory` is that cost.
 - Ratios against a baseline are measured in the same run, interleaved where the benchmark says
   so; absolute figures on this shared machine vary by tens of percent between runs.

@@ -231,6 +231,7 @@ class Spool:
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
         self._capacity = 0
+        self._check_at = 0  # append() looks further past this offset: the capacity, or half of it (ask for the spare)
         self._segments: list[_Segment] = []
         self._active: _Segment | None = None
         self._bytes = 0  # on disk: the closed segments, and the active one's whole capacity
@@ -267,7 +268,6 @@ class Spool:
             self._spare_wanted = anyio.Event()
             await anyio.to_thread.run_sync(self._open_blocking)
             self._opened = True
-            self._spare_wanted.set()  # the first segment started: make the next one ready
 
     def pending_counts(self) -> dict[str, int]:
         """Notifications per transport a previous process left (after :meth:`open`)."""
@@ -360,11 +360,17 @@ class Spool:
         mapping[:len(checkpoint)] = checkpoint
         self._retire_active()
         self._fd, self._map, self._capacity, self._active = fd, mapping, capacity, segment
+        self._check_at = capacity // 2  # half full: time to make the next one ready
         self._bytes += capacity
         self._acked_on_disk = dict(self._acked)
         self._segments.append(segment)
         self._dir_dirty = True
-        if self._opened and self._spare_wanted is not None:  # on the event loop (open() runs in a thread)
+
+    def _ask_for_spare(self) -> None:
+        """The active segment is half full: have keep_spare_segment() make the next one
+        (a Notifier that never fills half a segment never makes one)."""
+        self._check_at = self._capacity
+        if self._spare_wanted is not None:
             self._spare_wanted.set()
 
     def _make_segment(self, number: int, capacity: int) -> tuple[int, mmap.mmap]:
@@ -380,9 +386,10 @@ class Spool:
         return fd, mapping
 
     async def keep_spare_segment(self) -> None:
-        """Background task (supervised by the Notifier): whenever a segment starts, make the
-        next one ready in a worker thread, when the spool has room for it (``max_bytes``
-        counts it). A failure (a full disk) leaves it to the event loop, which reports it."""
+        """Background task (supervised by the Notifier): whenever the active segment is half
+        full, make the next one ready in a worker thread, when the spool has room for it
+        (``max_bytes`` counts it). A failure (a full disk) leaves it to the event loop,
+        which reports it."""
         while True:
             wanted = self._spare_wanted
             assert wanted is not None, "keep_spare_segment() needs an open spool"
@@ -510,11 +517,14 @@ class Spool:
         active = self._active
         start = active.size  # type: ignore[union-attr]  # _head() checked that the spool is open
         end = start + len(data)
-        if end > self._capacity:
-            self._start_segment(len(data))
-            active = self._active
-            start = active.size  # type: ignore[union-attr]
-            end = start + len(data)
+        if end > self._check_at:
+            if end > self._capacity:
+                self._start_segment(len(data))
+                active = self._active
+                start = active.size  # type: ignore[union-attr]
+                end = start + len(data)
+            else:
+                self._ask_for_spare()
         self._map[start:end] = data  # type: ignore[index]
         active.size = end  # type: ignore[union-attr]
         active.last[transport] = self._written = seq  # type: ignore[union-attr]
@@ -554,6 +564,8 @@ class Spool:
             raise NotifyKitError("the spool is not open")
         if self._active.size + len(data) > self._capacity:
             self._start_segment(len(data))
+        elif self._active.size + len(data) > self._check_at:
+            self._ask_for_spare()
         active, mapping = self._active, self._map
         assert active is not None and mapping is not None
         mapping[active.size:active.size + len(data)] = data
@@ -830,12 +842,15 @@ class Spool:
                 await self.synced(self._written)
             self._heads.clear()  # append() refuses from here on
             self._retire_active(close=True)  # on the loop: nothing may write to a mapping being unmapped
-            self._drop_spare()
+            spare, self._spare = self._spare, None
+            self._spare_bytes, self._spare_number = 0, None
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._close_blocking)
+                await anyio.to_thread.run_sync(self._close_blocking, spare)
             self._opened = False
 
-    def _close_blocking(self) -> None:
+    def _close_blocking(self, spare: _Spare | None) -> None:
+        if spare is not None:
+            spare.discard()
         if all(self._done(t, lo, hi) for _, spans in self._spans() for t, (lo, hi) in spans.items()):
             # Nothing waits: leave an empty spool (the next start begins a fresh log).
             for segment in self._segments:

@@ -591,9 +591,10 @@ async def test_a_checked_record_whose_fields_are_no_notification_is_quarantined(
 
 
 async def test_the_next_segment_is_made_ready_in_the_background(tmp_path: Path, dead_letter_path: Path) -> None:
-    """A spare segment (preallocated, mapped, faulted in by a worker thread) waits next to
-    the active one, is counted in the spool's size, takes over when the active one is full,
-    and is removed at close; one a crash left behind (all zeros) is no bad region."""
+    """Once the active segment is half full, a spare segment (preallocated, mapped, faulted in
+    by a worker thread) waits next to it, is counted in the spool's size, takes over when the
+    active one is full, and is removed at close; one a crash left behind (all zeros) is no
+    bad region."""
     spool = tmp_path / "spool"
     config = {"spool_path": str(spool), "spool_max_bytes": 1 << 20,  # segments of 128 KiB
               "transports": {"events": {"url": "memory://", "durable": True}}}
@@ -601,12 +602,18 @@ async def test_the_next_segment_is_made_ready_in_the_background(tmp_path: Path, 
     async with n:
         assert n.spool is not None
         memory(n, "events").stall()
+        for i in range(300):  # about 50 KB: less than half a segment
+            await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
+        await wait_all_tasks_blocked()
+        assert len(segments(spool)) == 1 and n.spool.size == 128 * 1024  # no spare yet
+        for i in range(300, 500):  # past half
+            await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
         await until(lambda: len(segments(spool)) == 2)
         _, spare = segments(spool)
         assert spare.stat().st_size == 128 * 1024 and spare.read_bytes().count(0) == 128 * 1024
         assert n.spool.size == 2 * 128 * 1024
         assert n.background_tasks()["spool"].state == "running"
-        for i in range(2000):  # about 0.4 MB: four segments
+        for i in range(500, 2000):  # about 0.4 MB in all: four segments
             await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
         assert sum(p.stat().st_size for p in segments(spool)) <= n.spool.size <= config["spool_max_bytes"]
     left = segments(spool)
