@@ -82,6 +82,18 @@ async def memory_bound(url: str, total: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+async def emit_concurrently(notifier: Notifier, callers: int, per_caller: int) -> None:
+    """``callers`` tasks, each emitting ``per_caller`` notifications in sequence."""
+
+    async def caller() -> None:
+        for _ in range(per_caller):
+            await notifier.info({}, "backup.createprogress", PAYLOAD)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(callers):
+            tg.start_soon(caller)
+
+
 async def throughput(url: str, total: int, callers: int, tmp: Path, spool: Path | None,
                      sync: str = "write") -> tuple[float, float]:
     """msgs/s (until aclose() returned: delivered, not just accepted) and CPU µs per notification."""
@@ -90,14 +102,7 @@ async def throughput(url: str, total: int, callers: int, tmp: Path, spool: Path 
     async with Notifier.from_config(config, publisher_id="bench", dead_letters=tmp / "dl.jsonl") as n:
         per_caller = total // callers
         start, cpu = time.perf_counter(), time.process_time()
-
-        async def caller() -> None:
-            for _ in range(per_caller):
-                await n.info({}, "backup.createprogress", PAYLOAD)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(callers):
-                tg.start_soon(caller)
+        await emit_concurrently(n, callers, per_caller)
     elapsed = time.perf_counter() - start  # includes the drain at close: delivered, not just accepted
     cpu = time.process_time() - cpu
     assert n.stats()["memory"].sent == per_caller * callers
@@ -131,16 +136,9 @@ async def _chunk(notifier: Notifier, callers: int, count: int) -> tuple[float, f
     tasks, until the transport delivered the last of them."""
     transport = notifier.transports["memory"]
     assert isinstance(transport, MemoryTransport)
-    goal, per_caller = transport.delivered + count, count // callers
+    goal = transport.delivered + count
     start, cpu = time.perf_counter(), time.process_time()
-
-    async def caller() -> None:
-        for _ in range(per_caller):
-            await notifier.info({}, "backup.createprogress", PAYLOAD)
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(callers):
-            tg.start_soon(caller)
+    await emit_concurrently(notifier, callers, count // callers)
     while transport.delivered < goal:  # delivered, not just accepted
         await anyio.lowlevel.checkpoint()
     return (time.perf_counter() - start) / count * 1e6, (time.process_time() - cpu) / count * 1e6
