@@ -111,8 +111,8 @@ async def corrupt_spool_record(n: int = 2000, corrupt: int = 5) -> dict[str, Any
             (segment,) = sorted(spool.glob("segment-*.log"))
             data = bytearray(segment.read_bytes())
             for k in range(corrupt):  # one byte flipped inside records spread over the log
-                at = data.index(f'"payload":{{"i":{(k + 1) * n // (corrupt + 1)}}}'.encode())
-                data[at + 2] ^= 0x20
+                at = data.index(f'\x00{{"i":{(k + 1) * n // (corrupt + 1)}}}\x00'.encode())  # an N record's payload
+                data[at + 3] ^= 0x20
             data += b"\xa7K\x00\x01\x00\x00torn"  # and a torn last write
             segment.write_bytes(bytes(data))
             url = f"{BROKER_URL}?exchange={names.exchange}&topic={names.topic}&name=rabbit&durable=true"
