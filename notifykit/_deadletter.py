@@ -137,7 +137,8 @@ class JsonlDeadLetterSink:
         replaced it while we waited for the lock (else we would append to the old inode)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            # 0600 when it is created: letters hold whole payloads (an existing file keeps its mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # serialises with rewrite_dead_letters and other sinks
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:

@@ -486,7 +486,8 @@ class Spool:
                               " the bound): move it away to keep later copies", str(self.path), where,
                               QUARANTINE, QUARANTINE_MAX_BYTES)
                     return
-                with open(path, "a", encoding="utf-8") as fh:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # it holds payloads
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.write(line)
             except OSError as exc:
                 self.quarantine_not_copied += 1

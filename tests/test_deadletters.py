@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from notifykit import ConfigError, Notification, Notifier, NotifierConfig
+from notifykit._log import segment_name
 from notifykit.cli import main
 from notifykit.deadletters import (
     DeadLetter,
@@ -495,3 +496,30 @@ async def test_more_refused_letters_than_are_kept_are_counted_at_once(tmp_path: 
     assert (stats.dead_lettered, stats.dead_letter_failed) == (0, 1100)
     assert_accounted(n)
     assert [r.levelname for r in dead_letter_logs(caplog)] == ["WARNING", "ERROR", "ERROR"]  # full; over; close
+
+
+@pytest.mark.asyncio
+async def test_the_files_that_hold_payloads_are_created_private(tmp_path: Path) -> None:
+    """The dead-letter file and the spool's quarantine.jsonl hold whole notifications: they
+    are created 0600, whatever the umask; a dead-letter file that exists keeps its mode."""
+    old_umask = os.umask(0o022)
+    try:
+        dead = tmp_path / "dl.jsonl"
+        async with Notifier.from_url("memory://?fail=1000&failure=permanent", publisher_id="t", dead_letters=dead) as n:
+            await n.info({}, "e.v", {"secret": "payload"})
+        assert n.stats()["memory"].dead_lettered == 1
+        assert dead.stat().st_mode & 0o777 == 0o600
+        shared = tmp_path / "shared.jsonl"
+        shared.touch(mode=0o640)
+        shared.chmod(0o640)
+        async with Notifier.from_url("memory://?fail=1000&failure=permanent", publisher_id="t", dead_letters=shared) as n:
+            await n.info({}, "e.v", {})
+        assert shared.stat().st_mode & 0o777 == 0o640 and n.stats()["memory"].dead_lettered == 1
+        spool = tmp_path / "spool"
+        spool.mkdir(mode=0o755)
+        (spool / segment_name(1)).write_bytes(b"garbage that is no frame")
+        async with Notifier.from_url("memory://?durable=true", publisher_id="t", spool=spool, dead_letters=dead):
+            pass
+        assert (spool / "quarantine.jsonl").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
