@@ -7,7 +7,7 @@ Ceph RGW, or any store registered in the ``notifykit.backup.stores`` entry point
 Notifications go through any ``notifykit.SupportsNotify``.
 """
 
-from ._catalog import GIB, SCHEMA_VERSION, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, SQLiteCatalog, size_in_gib
+from ._catalog import GIB, TRANSITIONS, BackupCatalog, BackupRecord, BackupStatus, size_in_gib
 from ._chunked import BLOCK_SIZE, DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._compression import COMPRESSIONS, Compressor, get_compressor
 from ._config import BackupConfig
@@ -38,6 +38,7 @@ from ._retry import RetryPolicy
 from ._s3 import S3ObjectStore, S3Options
 from ._service import BackupService, ProgressObserver
 from ._setup import PosixBackupDriver, build_catalog, build_driver, build_store, open_backup_service
+from ._sqlite import SCHEMA_VERSION, SQLiteCatalog
 from ._stores import StoreFactory, StoreSettings, installed_stores, store_from_url
 from ._swift import SwiftObjectStore, SwiftOptions
 

@@ -8,12 +8,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from notifykit import Clock, SupportsNotify
 
-from ._catalog import BackupCatalog, SQLiteCatalog
+from ._catalog import BackupCatalog
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._config import BackupConfig
 from ._objectstore import ObjectStore
 from ._postgres import PostgresCatalog
 from ._service import BackupService
+from ._sqlite import SQLiteCatalog
 from ._stores import store_from_url
 
 __all__ = ["PosixBackupDriver", "build_catalog", "build_driver", "build_store", "open_backup_service"]

@@ -1,0 +1,347 @@
+"""The SQLite backend of the backup catalog (one host): ``SQLiteCatalog``.
+
+One file in WAL mode, so readers (``list``, ``show``) never wait for a writer; one
+connection, used from worker threads one call at a time, so the event loop never blocks on
+the database. The schema is versioned (``PRAGMA user_version``); opening an older catalog
+migrates it. A path that is not a catalog (a directory, another file, another program's
+database) is refused before a byte is written. The API and its rules are QueryCatalog's
+(backup/_catalog.py); PostgresCatalog (backup/_postgres.py) is the backend several hosts share.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
+
+import anyio.to_thread
+
+from ._catalog import (
+    _COLUMNS,
+    PARENT_STATUSES,
+    WORKER_FIELDS,
+    BackupRecord,
+    BackupStatus,
+    QueryCatalog,
+    _from_row,
+    _now,
+    check_transition,
+    list_filter,
+    refuse_lost_race,
+)
+from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
+
+__all__ = ["SCHEMA_VERSION", "SQLiteCatalog"]
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+SCHEMA_VERSION = 3
+# Each step takes the schema from the version before it to its own; a fresh catalog runs
+# them all. Version 1 is the schema before versioning (user_version 0, same table).
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS backups (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            availability_zone TEXT NOT NULL,
+            host TEXT NOT NULL,
+            display_name TEXT,
+            volume_id TEXT NOT NULL,
+            volume_path TEXT NOT NULL,
+            service TEXT NOT NULL,
+            status TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            object_count INTEGER NOT NULL,
+            service_metadata TEXT,
+            container TEXT,
+            fail_reason TEXT,
+            parent_id TEXT,
+            snapshot_id TEXT,
+            num_dependent_backups INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS backups_project ON backups (project_id, created_at)",
+    ]),
+    (2, [
+        "ALTER TABLE backups ADD COLUMN store_kind TEXT",
+        "ALTER TABLE backups ADD COLUMN store_location TEXT",
+        "ALTER TABLE backups ADD COLUMN deleted_at TEXT",
+        "ALTER TABLE backups ADD COLUMN worker_pid INTEGER",
+        "ALTER TABLE backups ADD COLUMN worker_token TEXT",
+        "ALTER TABLE backups ADD COLUMN restore_target TEXT",
+        # Deleted before deleted_at existed: the last update is when it was deleted.
+        "UPDATE backups SET deleted_at = updated_at WHERE status = 'deleted'",
+        "CREATE INDEX IF NOT EXISTS backups_parent ON backups (parent_id)",
+        "CREATE INDEX IF NOT EXISTS backups_volume ON backups (volume_id, created_at)",
+    ]),
+    (3, [
+        "ALTER TABLE backups ADD COLUMN worker_host TEXT",
+        # Before worker_host, only the creating host ran (and recovered) a backup's operations.
+        "UPDATE backups SET worker_host = host WHERE worker_pid IS NOT NULL",
+    ]),
+]
+assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+
+def _param(value: Any) -> Any:
+    """A Python value as SQLite stores it; text that is not valid UTF-8 (lone surrogates
+    from ``surrogateescape``) is stored as a BLOB of its original bytes."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BackupStatus):
+        return value.value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def _to_row(record: BackupRecord) -> tuple[Any, ...]:
+    return tuple(_param(getattr(record, name)) for name in _COLUMNS)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Columns every catalog has had since version 1 (before versioning, user_version 0).
+_FIRST_COLUMNS = {"id", "project_id", "volume_id", "status", "created_at"}
+
+
+def _refuse_a_foreign_file(path: Path) -> None:
+    """Refuse, before a byte is written (``journal_mode=WAL`` alone rewrites the header),
+    a path that is not a catalog: a directory, a non-SQLite file, or another program's
+    SQLite database (tables other than ``backups``, or a ``backups`` table of its own).
+    Read with ``immutable=1`` so not even a -shm file appears next to it."""
+    try:
+        if path.is_dir():
+            raise BackupError(f"backup catalog {str(path)!r} is a directory; name a file (e.g. catalog.sqlite3)")
+        if not path.exists() or path.stat().st_size == 0:
+            return  # a new catalog
+        with open(path, "rb") as fh:
+            if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise BackupError(f"backup catalog {str(path)!r} is not a SQLite file; it was left untouched")
+    except OSError as exc:
+        raise BackupError(f"cannot open backup catalog {str(path)!r}: {exc.strerror or exc}") from None
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"  # committed rows may be in the WAL
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(backups)")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot open backup catalog {str(path)!r}: {exc}") from None
+    others = sorted(t for t in tables if t != "backups" and not t.startswith("sqlite_"))
+    if others or ("backups" in tables and not _FIRST_COLUMNS <= columns):
+        what = f"tables {', '.join(others[:3])}" if others else "a backups table of another shape"
+        raise BackupError(f"backup catalog {str(path)!r} is a SQLite database of another program ({what});"
+                          " it was left untouched: name a catalog file of its own")
+
+
+# SQLite's queries: blocking functions of the connection, each run in a worker thread with
+# the catalog's lock held (``in_worker_thread``); every write is one BEGIN IMMEDIATE … COMMIT.
+
+
+def _sqlite_rows(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> list[BackupRecord]:
+    rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM backups{where} ORDER BY created_at, id",
+                        [_param(a) for a in args])
+    return [_from_row(r) for r in rows]
+
+
+def _sqlite_select(conn: sqlite3.Connection, backup_id: str) -> BackupRecord:
+    found = _sqlite_rows(conn, " WHERE id = ?", [backup_id])
+    if not found:
+        raise BackupNotFoundError(f"backup {backup_id!r} not found")
+    return found[0]
+
+
+def _sqlite_select_many(conn: sqlite3.Connection, project_id: str | None, include_deleted: bool,
+                        volume_id: str | None) -> list[BackupRecord]:
+    return _sqlite_rows(conn, *list_filter(project_id, include_deleted, volume_id, "?"))
+
+
+def _sqlite_dependents(conn: sqlite3.Connection, backup_id: str) -> list[BackupRecord]:
+    return _sqlite_rows(conn, " WHERE parent_id = ? AND status != ?", [backup_id, BackupStatus.DELETED.value])
+
+
+def _sqlite_existed_between(conn: sqlite3.Connection, start: datetime, end: datetime) -> list[BackupRecord]:
+    # ISO 8601 in UTC with the same offset sorts as text; compare parsed values anyway,
+    # so a catalog written with another offset stays right.
+    return [r for r in _sqlite_rows(conn, "", []) if r.created_at < end
+            and (r.deleted_at is None or r.deleted_at > start)]
+
+
+def _sqlite_write(conn: sqlite3.Connection, record: BackupRecord, guard: str = "", guard_args: Sequence[Any] = ()) -> int:
+    """UPDATE the whole row, only where ``guard`` (SQL after ``AND``) holds; rows changed."""
+    sets = ", ".join(f"{name} = ?" for name in _COLUMNS if name != "id")
+    row = _to_row(record)
+    cursor = conn.execute(f"UPDATE backups SET {sets} WHERE id = ?{guard}",
+                          (*row[1:], row[0], *[_param(a) for a in guard_args]))
+    return cursor.rowcount
+
+
+def _sqlite_insert(conn: sqlite3.Connection, record: BackupRecord) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if record.parent_id is not None:
+            parent = _sqlite_select(conn, record.parent_id)
+            if parent.status not in PARENT_STATUSES or not _sqlite_write(
+                    conn, replace(parent, num_dependent_backups=parent.num_dependent_backups + 1, updated_at=_now()),
+                    " AND status = ? AND num_dependent_backups = ?", [parent.status, parent.num_dependent_backups]):
+                raise InvalidStatusTransitionError(
+                    f"backup {parent.id!r} is {parent.status.value}: an incremental backup needs an available parent")
+        marks = ", ".join("?" for _ in _COLUMNS)
+        conn.execute(f"INSERT INTO backups ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _sqlite_update(conn: sqlite3.Connection, backup_id: str, to: BackupStatus | None,
+                   changes: dict[str, Any], expect: BackupRecord | None = None) -> BackupRecord:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute("SELECT status FROM backups WHERE id = ?", [backup_id]).fetchone()
+        current = _sqlite_select(conn, backup_id)
+        stored = found[0] if found else None
+        if expect is not None:
+            refuse_lost_race(current, expect, to)
+        now = _now()
+        if to is not None:
+            check_transition(current, to, lambda: [r.id for r in _sqlite_dependents(conn, backup_id)])
+            changes = {**changes, "status": to}
+            if to is BackupStatus.DELETED:
+                changes["deleted_at"] = now
+                if current.parent_id is not None:
+                    try:
+                        parent = _sqlite_select(conn, current.parent_id)
+                    except BackupNotFoundError:
+                        parent = None
+                    if parent is not None:
+                        _sqlite_write(conn, replace(parent, updated_at=now,
+                                             num_dependent_backups=max(0, parent.num_dependent_backups - 1)))
+        updated = replace(current, updated_at=now, **changes)
+        # compare-and-set on what was checked (BEGIN IMMEDIATE already serializes writers
+        # of one file; the guard states the rule the PostgreSQL backend needs as well)
+        guard, args = " AND status = ?", [stored]  # as stored (a damaged status loads as error)
+        if to is BackupStatus.DELETING:
+            guard += " AND num_dependent_backups = 0"
+        if expect is not None:
+            guard += "".join(f" AND {name} IS ?" for name in WORKER_FIELDS)
+            args += [getattr(expect, name) for name in WORKER_FIELDS]
+        if _sqlite_write(conn, updated, guard, args) != 1:
+            refuse_lost_race(_sqlite_select(conn, backup_id), expect or current, to)
+            raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being updated")
+        conn.execute("COMMIT")
+        return updated
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def in_worker_thread(query: Callable[Concatenate[sqlite3.Connection, _P], _T]
+                     ) -> Callable[Concatenate[SQLiteCatalog, sqlite3.Connection, _P], Coroutine[Any, Any, _T]]:
+    """A blocking SQLite query in QueryCatalog's shape: it runs in a worker thread (the event
+    loop never waits on the database), one call at a time on the catalog's connection."""
+
+    async def run(catalog: SQLiteCatalog, conn: sqlite3.Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        def locked() -> _T:
+            with catalog._lock:
+                return query(conn, *args, **kwargs)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    return run
+
+
+class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
+    """One SQLite file, one connection used from worker threads, one call at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteCatalog({str(self.path)!r})"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        _refuse_a_foreign_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (two processes opening an
+        old catalog at once migrate it once)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise BackupError(
+                    f"backup catalog {str(self.path)!r} has schema version {version}; this notifykit-backup"
+                    f" knows versions up to {SCHEMA_VERSION} (upgrade notifykit)")
+            for step, statements in _MIGRATIONS:
+                if step > version:
+                    for statement in statements:
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close)
+
+    async def _run(self, query: Callable[Concatenate[sqlite3.Connection, _P], Awaitable[_T]], /,
+                   *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self._conn is None:
+            raise BackupError(f"backup catalog {str(self.path)!r} is not open")
+        try:
+            return await query(self._conn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise BackupError(f"backup catalog {str(self.path)!r}: {exc}") from None
+
+    # -- the queries (above), each in a worker thread ----------------------------------------
+
+    _insert = in_worker_thread(_sqlite_insert)
+    _select = in_worker_thread(_sqlite_select)
+    _select_many = in_worker_thread(_sqlite_select_many)
+    _dependents = in_worker_thread(_sqlite_dependents)
+    _existed_between = in_worker_thread(_sqlite_existed_between)
+    _update = in_worker_thread(_sqlite_update)
