@@ -35,7 +35,7 @@ import threading
 import zlib
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -93,10 +93,20 @@ _crc32 = zlib.crc32
 LOCK = "lock"
 #: madvise(2) advice that write-faults a range in (Linux 5.14 and later).
 _MADV_POPULATE_WRITE = 23
-_libc = ctypes.CDLL(None, use_errno=True)
-_madvise = _libc.madvise
-_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_madvise.restype = ctypes.c_int
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise through ctypes (which releases the GIL around the call); None where the
+    C library offers none, and spare segments are then made without faulting their pages in."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_madvise = _libc_madvise()
 
 
 class SpoolSync(enum.StrEnum):
@@ -180,6 +190,8 @@ def _fault_in(mapping: mmap.mmap) -> None:
     """Write-fault every page of ``mapping`` now (MADV_POPULATE_WRITE), through ctypes so that
     the GIL is released meanwhile. Best effort: an older kernel refuses it, and the event
     loop's copies then take the page faults."""
+    if _madvise is None:
+        return
     view = (ctypes.c_char * len(mapping)).from_buffer(mapping)
     try:
         _madvise(ctypes.addressof(view), len(mapping), _MADV_POPULATE_WRITE)

@@ -640,3 +640,23 @@ async def test_append_writes_the_frame_of_the_format(tmp_path: Path) -> None:
     (segment,) = segments(tmp_path / "spool")
     expected = b"".join(frame_notification(seq, b"events", n) for seq, n in zip(seqs, sent, strict=True))
     assert expected in segment.read_bytes()
+
+
+async def test_without_madvise_the_spare_is_made_all_the_same(tmp_path: Path, dead_letter_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library has no madvise (or the kernel refuses MADV_POPULATE_WRITE), the
+    spare segment is made without faulting its pages in: it still takes over, nothing lost."""
+    monkeypatch.setattr("notifykit._spool._madvise", None)
+    spool = tmp_path / "spool"
+    config = {"spool_path": str(spool), "spool_max_bytes": 1 << 20,
+              "transports": {"events": {"url": "memory://", "durable": True}}}
+    n = Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path, close_timeout=0.05)
+    async with n:
+        memory(n, "events").stall()
+        for i in range(500):  # past half of the first 128 KiB segment
+            await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
+        await until(lambda: len(segments(spool)) == 2)
+        for i in range(500, 1500):
+            await n.info({}, "e.v", {"i": i, "pad": "x" * 100})
+    again = await replay(spool, dead_letter_path)
+    assert [m.payload["i"] for m in memory(again, "events").messages] == list(range(1500))
