@@ -561,11 +561,11 @@ class Dispatcher:
         (a replay, or a backlog larger than the copy)."""
         if self._cache_complete:
             cache = self._cache
-            rows = list(cache)
-            cache.clear()
-            if len(rows) > self.batch_size:  # list copies, in C: cheaper than a popleft() per row
-                cache.extend(rows[self.batch_size:])
-                del rows[self.batch_size:]
+            if len(cache) <= self.batch_size:
+                rows = list(cache)
+                cache.clear()
+            else:  # one popleft() per row: O(batch), whatever the backlog behind it
+                rows = [cache.popleft() for _ in range(self.batch_size)]
             if self._cache_waiters:
                 self._cache_room.set()
                 self._cache_room = anyio.Event()
