@@ -561,10 +561,13 @@ class Dispatcher:
         (a replay, or a backlog larger than the copy)."""
         if self._cache_complete:
             cache = self._cache
-            if len(cache) <= self.batch_size:
+            if len(cache) <= 2 * self.batch_size:  # about a batch (the steady state): list copies, in C
                 rows = list(cache)
                 cache.clear()
-            else:  # one popleft() per row: O(batch), whatever the backlog behind it
+                if len(rows) > self.batch_size:
+                    cache.extend(rows[self.batch_size:])
+                    del rows[self.batch_size:]
+            else:  # a backlog: one popleft() per row, O(batch) whatever its length
                 rows = [cache.popleft() for _ in range(self.batch_size)]
             if self._cache_waiters:
                 self._cache_room.set()
