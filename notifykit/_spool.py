@@ -348,9 +348,7 @@ class Spool:
         ``max_bytes`` with the other segments; SpoolFullError when not even ``need`` more
         bytes would."""
         checkpoint = frame_checkpoint(self._next_seq, self._acked, self._dropped)
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            self._spare_bytes = 0
+        spare = self._take_spare()
         active = self._active
         others = self._bytes - (self._capacity - active.size if active is not None else 0)
         want = len(checkpoint) + need
@@ -358,11 +356,9 @@ class Spool:
         number = self._segments[-1].number + 1 if self._segments else 1
         if spare is not None and (spare.number, spare.capacity) == (number, capacity) and capacity >= want:
             fd, mapping = spare.fd, spare.mapping
-            self._spare_number = None
         else:
             if spare is not None:  # made for another size: its number is free again
                 spare.discard()
-                self._spare_number = None
             elif self._spare_number == number:  # a worker thread is making that one: leave it (it is discarded)
                 number += 1
             if capacity < want:
@@ -429,9 +425,16 @@ class Spool:
         _fault_in(mapping)
         return _Spare(number, self.path / segment_name(number), fd, mapping, capacity)
 
-    def _drop_spare(self) -> None:
+    def _take_spare(self) -> _Spare | None:
+        """The ready spare, no longer counted as one (None when there is none; one a worker
+        thread is still making keeps its number and bytes reserved)."""
         spare, self._spare = self._spare, None
-        self._spare_bytes, self._spare_number = 0, None
+        if spare is not None:
+            self._spare_bytes, self._spare_number = 0, None
+        return spare
+
+    def _drop_spare(self) -> None:
+        spare = self._take_spare()
         if spare is not None:
             spare.discard()
 
@@ -855,8 +858,7 @@ class Spool:
                 await self.synced(self._written)
             self._heads.clear()  # append() refuses from here on
             self._retire_active(close=True)  # on the loop: nothing may write to a mapping being unmapped
-            spare, self._spare = self._spare, None
-            self._spare_bytes, self._spare_number = 0, None
+            spare = self._take_spare()  # discarded in the worker thread (unlinking its pages takes a while)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_blocking, spare)
             self._opened = False
