@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The three packages (backup/ once it has code), checked by ruff and mypy --strict.
-PACKAGES := notifykit transports $(if $(wildcard backup/*.py),backup)
+# The three folders, checked by ruff; mypy --strict reads them as the one package they install as.
+PACKAGES := notifykit transports backup
+# transports/ and backup/ install as notifykit.transports and notifykit.backup (pyproject's
+# package-dir). mypy cannot follow that mapping, so it reads a tree of links shaped like the wheel.
+TYPECHECK := build/typecheck
 # `make demo DEMO_ARGS='--size 1GiB'` passes options to `notifykit-backup demo`.
 DEMO_ARGS ?=
 
@@ -29,8 +32,12 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(PACKAGES) tests benchmarks examples
-	$(BIN)/mypy --strict $(PACKAGES)
-	$(BIN)/mypy --strict examples/*.py examples/plugin/notifykit_syslog
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/notifykit
+	ln -s $(CURDIR)/notifykit/*.py $(CURDIR)/notifykit/py.typed $(TYPECHECK)/notifykit/
+	ln -s $(CURDIR)/transports $(TYPECHECK)/notifykit/transports
+	ln -s $(CURDIR)/backup $(TYPECHECK)/notifykit/backup
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict -p notifykit
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict examples/*.py examples/plugin/notifykit_syslog
 
 docs: $(VENV)/.installed-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
@@ -39,4 +46,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache site

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backup import BackupService, ChunkedBackupDriver, ObjectStore, SQLiteCatalog
 from notifykit import ContextLike, Notification, Priority
+from notifykit.backup import BackupService, ChunkedBackupDriver, ObjectStore, SQLiteCatalog
 from tests._servers import load_script
 
 __all__ = ["MIB", "NoopNotifier", "backup_once", "load_script", "write_volume"]

@@ -40,13 +40,13 @@ import anyio.to_thread
 from _backup_helpers import NoopNotifier, write_volume
 from _goals import goal
 
-from backup import (
+from notifykit import ContextLike, Notification, Notifier, Priority
+from notifykit.backup import (
     BackupService,
     PosixBackupDriver,
     ProgressPolicy,
     SQLiteCatalog,
 )
-from notifykit import ContextLike, Notification, Notifier, Priority
 from notifykit.testing import MemoryTransport
 
 MIB = 1024 * 1024

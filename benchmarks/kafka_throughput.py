@@ -48,8 +48,8 @@ from _goals import goal, median, paired_ratio, rotated
 
 from notifykit import Notification, Notifier, WireFormat
 from notifykit.transport import TransportSettings, parse_url
+from notifykit.transports.kafka import KafkaTransport
 from tests.kafka.tansu import Tansu, find_tansu
-from transports.kafka import KafkaTransport
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5

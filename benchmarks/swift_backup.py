@@ -41,7 +41,7 @@ import anyio.to_thread
 from _backup_helpers import backup_once, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
-from backup import (
+from notifykit.backup import (
     PosixBackupDriver,
     SwiftObjectStore,
     SwiftOptions,

@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from backup import BackupConfig, open_backup_service
 from notifykit import Notifier
+from notifykit.backup import BackupConfig, open_backup_service
 
 
 async def main(volume: Path, workdir: Path, url: str) -> None:

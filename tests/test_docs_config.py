@@ -17,13 +17,13 @@ from typing import Any, ClassVar, Self
 
 import pytest
 
-from backup._config import BackupConfig
-from backup._stores import NAMESPACE as STORES
-from backup._stores import StoreSettings, load_store_class
 from notifykit import Notification, TransportConfig, TransportStats, WireFormat, render_prometheus
 from notifykit._config import _CIRCUIT_KEYS, _FILTER_KEYS, _NOTIFIER_KEYS, _RETRY_KEYS, _TABLE_KEYS, _URL_KEYS
 from notifykit._loading import load_transport_class
 from notifykit._url import parse_url
+from notifykit.backup._config import BackupConfig
+from notifykit.backup._stores import NAMESPACE as STORES
+from notifykit.backup._stores import StoreSettings, load_store_class
 from notifykit.transport import Transport, TransportSettings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -105,7 +105,7 @@ def project_schemes() -> dict[str, type[Transport]]:
     """The URL schemes this project registers (third-party plugins have their own docs)."""
     schemes = {}
     for ep in entry_points(group="notifykit.transports"):
-        if ep.value.startswith("transports."):
+        if ep.value.startswith("notifykit.transports."):
             schemes[ep.name] = load_transport_class(ep.name)
     return schemes
 
@@ -219,7 +219,7 @@ def store_sections(markdown: str) -> dict[str, str]:
 
 
 def test_every_registered_store_has_a_documented_section_with_its_options() -> None:
-    schemes = {ep.name for ep in entry_points(group=STORES) if ep.value.startswith("backup.")}
+    schemes = {ep.name for ep in entry_points(group=STORES) if ep.value.startswith("notifykit.backup.")}
     assert schemes == set(MINIMAL_STORE_URLS)
     sections = store_sections(BACKUP)
     for scheme, url in MINIMAL_STORE_URLS.items():

@@ -1,13 +1,17 @@
 """The layout rules of docs/architecture.md, read from the code's own imports.
 
-The core never imports transports/ or backup/; transports/ use only the core's public
+The folders transports/ and backup/ install as ``notifykit.transports`` and
+``notifykit.backup``. The core never imports them; transports/ use only the core's public
 modules; backup/ only the application API, the names in ``notifykit.__all__`` (not
-``notifykit.testing``, not a private module).
+``notifykit.testing``, not a private module). Nothing imports ``transports`` or ``backup``
+as top-level modules: those names belong to the user's own code.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +32,37 @@ def absolute_imports(package: str) -> Iterator[tuple[str, str, list[str]]]:
                     yield path.name, alias.name, []
 
 
+PLUGIN_PACKAGES = {"notifykit.transports": "transports", "notifykit.backup": "backup"}
+
+
+def python_files() -> Iterator[Path]:
+    for folder in ("notifykit", "transports", "backup", "tests", "examples", "benchmarks", "scripts"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_transports_and_backup_install_under_the_notifykit_namespace() -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert setuptools["package-dir"] == PLUGIN_PACKAGES
+    assert set(setuptools["packages"]) == {"notifykit", *PLUGIN_PACKAGES}
+    for name, folder in PLUGIN_PACKAGES.items():
+        module = importlib.import_module(name)
+        assert Path(module.__file__ or "").resolve().parent == ROOT / folder
+
+
+def test_nothing_imports_transports_or_backup_as_top_level_modules() -> None:
+    wrong = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            wrong += [(str(path.relative_to(ROOT)), n) for n in names if n.split(".")[0] in {"transports", "backup"}]
+    assert wrong == []
+
+
 def test_the_core_never_imports_transports_or_backup() -> None:
-    wrong = [(f, m) for f, m, _ in absolute_imports("notifykit") if m.split(".")[0] in {"transports", "backup"}]
+    wrong = [(f, m) for f, m, _ in absolute_imports("notifykit")
+             if m.split(".")[:2] in (["notifykit", "transports"], ["notifykit", "backup"])]
     assert wrong == []
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-import backup.cli
+import notifykit.backup.cli
 import notifykit.cli
-from backup._config import BackupConfig
 from notifykit import Notifier
+from notifykit.backup._config import BackupConfig
 
 from .helpers import FakeClock, require_tcp
 from .webhook.receiver import Receiver, Reply
@@ -114,10 +114,10 @@ def test_the_backup_cli_with_a_failing_notifier_writes_no_secret(echo_receiver: 
     volume.write_bytes(b"\x00" * 100_000)
     url = webhook_url(echo_receiver)
     common = ["--catalog", str(tmp_path / "catalog.sqlite3"), "--store", str(tmp_path / "objects"), "--notifier", url]
-    assert backup.cli.main(["create", str(volume), *common]) == 0  # a broken receiver never fails a backup
-    assert backup.cli.main(["list", *common]) == 0
+    assert notifykit.backup.cli.main(["create", str(volume), *common]) == 0  # a broken receiver never fails a backup
+    assert notifykit.backup.cli.main(["list", *common]) == 0
     bad = url + "&no_such_option=1"
-    assert backup.cli.main(["create", str(volume), *common[:-1], bad]) != 0  # a config error naming the URL
+    assert notifykit.backup.cli.main(["create", str(volume), *common[:-1], bad]) != 0  # a config error naming the URL
     printed = capfd.readouterr()
     assert "no_such_option" in printed.err
     assert echo_receiver.requests, "the notifier never reached the receiver: nothing was tested"

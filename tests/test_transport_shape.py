@@ -10,7 +10,7 @@ import pytest
 from notifykit import ConfigError, Notifier
 from notifykit.transport import Tailable, Transport, load_transport_class
 
-SCHEMES = sorted({ep.name for ep in entry_points(group="notifykit.transports") if ep.value.startswith("transports.")})
+SCHEMES = sorted({ep.name for ep in entry_points(group="notifykit.transports") if ep.value.startswith("notifykit.transports.")})
 TLS_SCHEMES = {"amqps": "amqps://127.0.0.1:5671/", "https": "https://127.0.0.1:9/hook",
                "kafka+ssl": "kafka+ssl://127.0.0.1:9093/"}
 PLAIN_SCHEMES = {"amqp": "amqp://127.0.0.1:5672/", "http": "http://127.0.0.1:9/hook",

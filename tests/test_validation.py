@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from backup.cli import main as backup_main
 from notifykit import CircuitPolicy, ConfigError, Notifier, NotifierConfig, RetryPolicy, TransportConfig
+from notifykit.backup.cli import main as backup_main
 from notifykit.cli import main as notifykit_main
 
 BAD_FLOATS = ["nan", "inf", "-inf", "-1"]

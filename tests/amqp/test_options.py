@@ -16,7 +16,7 @@ from notifykit.transport import (
     load_transport_class,
     parse_url,
 )
-from transports.amqp import AmqpTransport
+from notifykit.transports.amqp import AmqpTransport
 
 from .support import free_port
 

@@ -12,7 +12,7 @@ import pytest
 from notifykit import Notifier
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import decode_message
-from transports.amqp import AmqpTransport
+from notifykit.transports.amqp import AmqpTransport
 
 from ..helpers import FakeClock
 from .support import Names, amqp_connection, consume, queue_length

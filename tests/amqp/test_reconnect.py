@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from notifykit import Notifier
-from transports.amqp import AmqpTransport
+from notifykit.transports.amqp import AmqpTransport
 
 from .support import CuttableProxy, Names, consume, queue_length
 

@@ -17,7 +17,7 @@ import pytest
 from notifykit import Notifier, WireFormat
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import PermanentError, TransientError, TransportSettings, parse_url
-from transports.amqp import AmqpTransport
+from notifykit.transports.amqp import AmqpTransport
 
 from ..helpers import FakeClock
 from .support import BROKER_HOST, BROKER_PORT

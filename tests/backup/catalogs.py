@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backup import BackupCatalog, PostgresCatalog, SQLiteCatalog
+from notifykit.backup import BackupCatalog, PostgresCatalog, SQLiteCatalog
 
 from ..helpers import require_tcp
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy, SQLiteCatalog
 from notifykit import Notification, Notifier
+from notifykit.backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy, SQLiteCatalog
 from notifykit.testing import MemoryTransport
 
 CHUNK = 4096

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import BLOCK_SIZE, BackupStatus, CorruptBackupError, DependentBackupsError, ObjectNotFoundError
+from notifykit.backup import BLOCK_SIZE, BackupStatus, CorruptBackupError, DependentBackupsError, ObjectNotFoundError
 
 from .helpers import Env, volume_bytes
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from backup import BackupConfigError
-from backup._audit import audit_period, previous_hour
-from backup.cli import main
+from notifykit.backup import BackupConfigError
+from notifykit.backup._audit import audit_period, previous_hour
+from notifykit.backup.cli import main
 
 from .helpers import write_volume
 from .test_cli import lines, settings  # noqa: F401  (fixture)

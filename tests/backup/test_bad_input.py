@@ -12,8 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from backup import BackupConfig, BackupConfigError, get_compressor
-from backup.cli import main
+from notifykit.backup import BackupConfig, BackupConfigError, get_compressor
+from notifykit.backup.cli import main
 
 from .test_cli import lines, settings  # noqa: F401  (fixture)
 from .test_payload_schema import SCHEMA
@@ -28,7 +28,7 @@ def _cli(tmp_path: Path, *args: str | bytes) -> subprocess.CompletedProcess[byte
            "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl"), "PYTHONIOENCODING": "utf-8",
            "NOTIFYKIT_BACKUP_NOTIFIER_URL": f"log://{tmp_path / 'n.jsonl'}", "LC_ALL": "C.UTF-8"}
     env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
-    return subprocess.run([sys.executable.encode(), b"-m", b"backup.cli", *(os.fsencode(a) for a in args)],
+    return subprocess.run([sys.executable.encode(), b"-m", b"notifykit.backup.cli", *(os.fsencode(a) for a in args)],
                           env=env, capture_output=True, timeout=120, check=False)
 
 

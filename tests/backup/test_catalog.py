@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from backup import (
+from notifykit.backup import (
     GIB,
     SCHEMA_VERSION,
     TRANSITIONS,
@@ -29,7 +29,7 @@ from backup import (
     build_catalog,
     size_in_gib,
 )
-from backup._postgres import PG_SCHEMA_VERSION
+from notifykit.backup._postgres import PG_SCHEMA_VERSION
 
 from .catalogs import CatalogBackend
 
@@ -118,7 +118,7 @@ async def test_unknown_fields_and_closed_catalog_are_clear_errors(backend: Catal
 
 
 async def test_unopenable_catalog_is_a_clear_error(tmp_path: Path) -> None:
-    from backup import BackupError
+    from notifykit.backup import BackupError
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(BackupError, match="cannot open backup catalog"):
@@ -226,7 +226,7 @@ async def test_text_that_is_not_utf8_is_kept_byte_for_byte(backend: CatalogBacke
 
 
 async def test_dependents_counted_and_delete_refused_until_they_are_gone(backend: CatalogBackend) -> None:
-    from backup import DependentBackupsError
+    from notifykit.backup import DependentBackupsError
 
     async with backend.open() as catalog:
         await catalog.add(record("full"))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from backup import BackupConfig, BackupConfigError
-from backup.cli import ProgressDisplay, main
+from notifykit.backup import BackupConfig, BackupConfigError
+from notifykit.backup.cli import ProgressDisplay, main
 
 from .helpers import write_volume
 
@@ -158,7 +158,7 @@ def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code
            "NOTIFYKIT_BACKUP_STORE": f"file://{tmp_path / 'objects'}?fsync=false",
            "NOTIFYKIT_BACKUP_DEAD_LETTER_PATH": str(tmp_path / "dl.jsonl")}
     env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "backup.cli", "create", str(volume), "--chunk-size", "64KiB",
+    proc = subprocess.Popen([sys.executable, "-m", "notifykit.backup.cli", "create", str(volume), "--chunk-size", "64KiB",
                              "--notifier", f"log://{log}"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.cli import main
+from notifykit.backup.cli import main
 
 from .test_cli import settings  # noqa: F401  (fixture)
 

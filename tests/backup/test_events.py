@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from backup import (
+from notifykit import Notification, Priority
+from notifykit.backup import (
     PAYLOAD_FIELDS,
     PAYLOAD_VERSION,
     BackupNotFoundError,
@@ -26,7 +27,6 @@ from backup import (
     RestoreTargetError,
     VolumeError,
 )
-from notifykit import Notification, Priority
 
 from .helpers import CHUNK, CTX, PUBLISHER, FullStore, GatedStore, backup_env
 

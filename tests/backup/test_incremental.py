@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backup import BackupError, BackupStatus, ProgressPolicy
-from backup.cli import main
+from notifykit.backup import BackupError, BackupStatus, ProgressPolicy
+from notifykit.backup.cli import main
 
 from . import incremental_cases as cases
 from .helpers import backup_env, write_volume

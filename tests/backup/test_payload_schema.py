@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from backup import (
+from notifykit import Notification
+from notifykit.backup import (
     BackupNotFoundError,
     InvalidStatusTransitionError,
     ObjectStoreError,
@@ -19,7 +20,6 @@ from backup import (
     ProgressPolicy,
     RestoreTargetError,
 )
-from notifykit import Notification
 
 from .helpers import CHUNK, CTX, FullStore, backup_env
 

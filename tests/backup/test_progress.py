@@ -9,7 +9,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from backup import BackupConfigError, ProgressPolicy, ProgressTracker
+from notifykit.backup import BackupConfigError, ProgressPolicy, ProgressTracker
 
 from .helpers import CHUNK, GatedStore, ManualClock, backup_env
 

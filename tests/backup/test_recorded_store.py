@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.cli import main
+from notifykit.backup.cli import main
 
 from .helpers import write_volume
 from .test_cli import lines, settings  # noqa: F401  (fixture)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.cli import main
+from notifykit.backup.cli import main
 
 from .helpers import write_volume
 from .test_cli import lines
@@ -47,7 +47,7 @@ def test_recover_leaves_a_running_create_alone_and_fails_a_dead_one(
     with volume.open("wb") as fh:
         fh.truncate(4 * 1024**3)  # sparse: the create is far from done when it is stopped
     log = tmp_path / "n.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "backup.cli", "create", str(volume), "--chunk-size", "64KiB",
+    proc = subprocess.Popen([sys.executable, "-m", "notifykit.backup.cli", "create", str(volume), "--chunk-size", "64KiB",
                              "--notifier", f"log://{log}"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -91,7 +91,7 @@ def test_recover_removes_what_a_killed_restore_left(tmp_path: Path, monkeypatch:
     os.mkfifo(last)
     target = tmp_path / "restored.img"
     partial = tmp_path / ".restored.img.partial"
-    proc = subprocess.Popen([sys.executable, "-m", "backup.cli", "restore", backup_id, str(target),
+    proc = subprocess.Popen([sys.executable, "-m", "notifykit.backup.cli", "restore", backup_id, str(target),
                              "--chunk-size", "16KiB", "--notifier", f"log://{log}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

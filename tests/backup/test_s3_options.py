@@ -10,7 +10,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from backup import (
+from notifykit.backup import (
     BackupConfig,
     BackupConfigError,
     BackupStatus,

@@ -15,7 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from backup import (
+from notifykit import Notifier
+from notifykit.backup import (
     BackupCatalog,
     BackupRecord,
     BackupService,
@@ -26,9 +27,8 @@ from backup import (
     PostgresCatalog,
     ProgressPolicy,
 )
-from backup.cli import main
-from notifykit import Notifier
-from transports.memory import MemoryTransport
+from notifykit.backup.cli import main
+from notifykit.transports.memory import MemoryTransport
 
 from .catalogs import CatalogBackend
 from .helpers import write_volume

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import (
+from notifykit.backup import (
     BackupConfig,
     BackupConfigError,
     PosixObjectStore,
@@ -19,7 +19,7 @@ from backup import (
     installed_stores,
     store_from_url,
 )
-from backup.cli import main
+from notifykit.backup.cli import main
 
 from .helpers import write_volume
 
@@ -61,7 +61,7 @@ def test_unknown_scheme_is_one_error_naming_the_installed_stores(tmp_path: Path,
 def write_store_plugin(root: Path) -> None:
     """A third-party store 'installed' the way pip lays one out: a module plus its dist-info."""
     (root / "dict_store.py").write_text(textwrap.dedent("""
-        from backup import ObjectNotFoundError, StoreSettings
+        from notifykit.backup import ObjectNotFoundError, StoreSettings
 
         class DictStore:
             name = "dict"
@@ -126,7 +126,7 @@ def test_third_party_store_installed_by_entry_point_takes_a_round_trip(tmp_path:
     code = f"""
         import anyio, sys
         from pathlib import Path
-        from backup import BackupConfig, BackupConfigError, installed_stores, open_backup_service
+        from notifykit.backup import BackupConfig, BackupConfigError, installed_stores, open_backup_service
         from notifykit import Notifier
 
         root = Path({str(tmp_path)!r})

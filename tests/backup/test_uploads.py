@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from backup import BackupConfigError, ChunkedBackupDriver, PosixObjectStore
+from notifykit.backup import BackupConfigError, ChunkedBackupDriver, PosixObjectStore
 
 from .helpers import CHUNK, backup_env
 

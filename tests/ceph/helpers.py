@@ -13,7 +13,7 @@ import anyio.to_thread
 import botocore.session
 from botocore.config import Config
 
-from backup import S3ObjectStore, store_from_url
+from notifykit.backup import S3ObjectStore, store_from_url
 
 from ..backup.helpers import Env, backup_env
 

@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from backup import BackupStatus, ObjectStoreError, ProgressPolicy
-from backup.cli import main
+from notifykit.backup import BackupStatus, ObjectStoreError, ProgressPolicy
+from notifykit.backup.cli import main
 
 from ..backup.helpers import CHUNK, write_volume
 from .helpers import bucket_name, in_thread, keys, s3_client, s3_env, s3_store

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from backup import BackupStatus, ObjectStoreError, ProgressPolicy, SwiftOptions
+from notifykit.backup import BackupStatus, ObjectStoreError, ProgressPolicy, SwiftOptions
 
 from ..backup.helpers import CHUNK
 from ..swift.helpers import SwiftAPI, swift_env

@@ -24,7 +24,7 @@ import aiormq
 import anyio
 
 from notifykit import Notifier, TransportStats
-from transports.amqp import AmqpTransport
+from notifykit.transports.amqp import AmqpTransport
 
 from .._servers import load_script
 from ..amqp.support import Names

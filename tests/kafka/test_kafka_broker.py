@@ -13,7 +13,7 @@ from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from notifykit import Notifier, TransportState, WireFormat
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import TransientError, TransportSettings, parse_url
-from transports.kafka import KafkaTransport
+from notifykit.transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, consume, create_topic, unique_topic
 from .tansu import Tansu

@@ -11,7 +11,7 @@ from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 from notifykit import ConfigError, Notification, Priority, WireFormat
 from notifykit._settings import TransportSettings
 from notifykit.transport import PermanentError, TransientError, load_transport_class, parse_url
-from transports.kafka import DEFAULT_KEY_FIELDS, KafkaOptions, KafkaTransport, message_headers, message_key
+from notifykit.transports.kafka import DEFAULT_KEY_FIELDS, KafkaOptions, KafkaTransport, message_headers, message_key
 
 from .tansu import free_port
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from notifykit import Notifier
 from notifykit.cli import main
 from notifykit.transport import TransportSettings, decode_message, parse_url
-from transports.kafka import KafkaTransport
+from notifykit.transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, unique_topic
 from .tansu import Tansu
@@ -36,7 +36,7 @@ def test_cli_tail_prints_every_priority_topic_from_the_beginning(
             await super().stop()
             stopped.append(True)
 
-    monkeypatch.setattr("transports.kafka.AIOKafkaConsumer", RecordingConsumer)
+    monkeypatch.setattr("notifykit.transports.kafka.AIOKafkaConsumer", RecordingConsumer)
     topic = unique_topic()
     url = f"kafka://{kafka_broker.bootstrap}/?topic={topic}&{NO_IDEMPOTENCE}&format=oslo"
     anyio.run(emit, url, dead_letter_path,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from backup import SwiftOptions
+from notifykit.backup import SwiftOptions
 
 from ..helpers import script_server
 

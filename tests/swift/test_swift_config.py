@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backup import (
+from notifykit.backup import (
     BackupConfig,
     BackupConfigError,
     ChunkedBackupDriver,
@@ -19,7 +19,7 @@ from backup import (
     SwiftOptions,
     build_driver,
 )
-from backup.cli import main
+from notifykit.backup.cli import main
 
 from ..backup.helpers import write_volume
 

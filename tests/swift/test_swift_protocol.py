@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from backup import ObjectStoreError, SwiftObjectStore, SwiftOptions
+from notifykit.backup import ObjectStoreError, SwiftObjectStore, SwiftOptions
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from backup import BackupStatus, CorruptBackupError, ObjectStoreError, ProgressPolicy, SwiftObjectStore, SwiftOptions
+from notifykit.backup import BackupStatus, CorruptBackupError, ObjectStoreError, ProgressPolicy, SwiftObjectStore, SwiftOptions
 
 from ..backup.helpers import CHUNK, backup_env
 from .helpers import SwiftAPI, swift_env

@@ -10,7 +10,7 @@ import pytest
 
 from notifykit import ConfigError, Notifier, TransportConfig, WireFormat
 from notifykit.transport import PermanentError
-from transports.webhook import WebhookTransport, parse_retry_after
+from notifykit.transports.webhook import WebhookTransport, parse_retry_after
 
 SECRET = "Bearer sk-live-0123456789"
 

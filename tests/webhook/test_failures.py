@@ -15,7 +15,7 @@ import pytest
 from notifykit import Notification, Notifier
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import BatchError, PermanentError, TransientError
-from transports.webhook import WebhookTransport
+from notifykit.transports.webhook import WebhookTransport
 
 from ..helpers import FakeClock
 from .receiver import Receiver, Reply

@@ -12,7 +12,7 @@ import trustme
 from notifykit import Notification, Notifier
 from notifykit.signing import verify
 from notifykit.transport import TransientError
-from transports.webhook import WebhookTransport
+from notifykit.transports.webhook import WebhookTransport
 
 from .h2_receiver import H2Receiver
 from .receiver import Receiver
