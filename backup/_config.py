@@ -1,8 +1,9 @@
 """BackupConfig: every setting of the backup service and CLI, from defaults, a TOML file,
 environment variables and explicit options (later sources win, in that order).
 
-TOML keys sit in a ``[backup]`` table (or at the top level); each key ``name`` can also be
-set with the environment variable ``NOTIFYKIT_BACKUP_<NAME>``. The object store is a URL
+TOML keys sit in a ``[backup]`` table (or all at the top level, in a file without one); a key
+this module does not know, anywhere in the file, is an error naming the file and the key. Each
+key ``name`` can also be set with the environment variable ``NOTIFYKIT_BACKUP_<NAME>``. The object store is a URL
 (``store``) whose scheme picks the store class by entry point; the store validates its own
 options, so this module knows no store's settings.
 """
@@ -143,29 +144,46 @@ class BackupConfig:
     @classmethod
     def load(cls, toml_path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
              **overrides: Any) -> BackupConfig:
-        """Defaults ← TOML file ← ``NOTIFYKIT_BACKUP_*`` variables ← ``overrides`` (None = unset)."""
+        """Defaults ← TOML file ← ``NOTIFYKIT_BACKUP_*`` variables ← ``overrides`` (None = unset).
+
+        A bad value is one BackupConfigError naming its key, and the file when it came from one."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        from_file: set[str] = set()
         path = toml_path or env.get(f"{ENV_PREFIX}CONFIG")
         if path:
             values.update(cls._from_toml(Path(path)))
+            from_file = set(values)
         for f in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
                 values[f.name] = raw
+                from_file.discard(f.name)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise BackupConfigError(f"unknown backup setting(s): {', '.join(sorted(unknown))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        values.update(explicit)
+        from_file -= set(explicit)
         if overrides.get("catalog_path") is not None:  # an explicit --catalog decides the kind of catalog
             values.pop("catalog_url", None)
         catalog = values.get("catalog_path")
         if isinstance(catalog, str) and _URL_SCHEME.match(catalog):  # catalog_path = "postgresql://…"
             values["catalog_url"] = check_catalog_url(values.pop("catalog_path"))
-        return cls(**{k: cls._coerce(k, v) for k, v in values.items()})
+        coerced = {k: cls._coerce(k, v) for k, v in values.items()}
+        try:
+            return cls(**coerced)
+        except BackupConfigError as exc:
+            blamed = _blamed_keys(str(exc)) & from_file
+            if path and blamed:
+                raise BackupConfigError(f"{str(path)!r}: {exc}") from None
+            raise
 
     @classmethod
     def _from_toml(cls, path: Path) -> dict[str, Any]:
+        """The file's settings, every value checked: an unknown key anywhere (top level, beside
+        ``[backup]``, or a table of its own) or a malformed value is one error naming the file
+        and the key; nothing of a half-understood file is used."""
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -176,14 +194,37 @@ class BackupConfig:
                                     f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise BackupConfigError(f"backup config file {str(path)!r} is not valid TOML: {exc}") from None
-        table = data.get("backup", data)
-        if not isinstance(table, dict):
-            raise BackupConfigError(f"{str(path)!r}: [backup] must be a table")
         known = {f.name for f in dataclasses.fields(cls)}
+        if "backup" in data:
+            table = data["backup"]
+            if not isinstance(table, dict):
+                raise BackupConfigError(f"{str(path)!r}: [backup] must be a table")
+            outside = sorted(f"[{k}]" if isinstance(data[k], dict) else k for k in set(data) - {"backup"})
+            if outside:
+                raise BackupConfigError(
+                    f"{str(path)!r}: unknown key(s) outside the [backup] table: {', '.join(outside)}"
+                    " (with a [backup] table, every setting goes inside it)")
+            where = "backup."
+        else:
+            table, where = data, ""
         unknown = sorted(set(table) - known)
         if unknown:
-            raise BackupConfigError(f"{str(path)!r}: unknown backup setting(s): {', '.join(unknown)}")
-        return dict(table)
+            shown = ", ".join(f"[{where}{key}]" if isinstance(table[key], dict) else where + key for key in unknown)
+            raise BackupConfigError(f"{str(path)!r}: unknown backup setting(s): {shown}")
+        checked: dict[str, Any] = {}
+        for key, value in table.items():
+            if isinstance(value, dict) and key != "store_options":
+                raise BackupConfigError(f"{str(path)!r}: {where}{key} must be a value, not a table")
+            try:
+                checked[key] = cls._coerce(key, value)
+            except BackupConfigError as exc:
+                raise BackupConfigError(f"{str(path)!r}: {exc}") from None
+        options = checked.get("store_options", {})
+        nested = sorted(k for k, v in options.items() if isinstance(v, dict | list))
+        if nested:
+            raise BackupConfigError(f"{str(path)!r}: {where}store_options.{nested[0]} must be a value, not a"
+                                    " table or array")
+        return checked
 
     @staticmethod
     def _coerce(key: str, value: Any) -> Any:
@@ -224,3 +265,16 @@ class BackupConfig:
         if key == "compression":
             return str(value).lower()
         return str(value)
+
+
+_WORD = re.compile(r"[a-z_]+")
+
+
+def _blamed_keys(message: str) -> set[str]:
+    """The settings an error message is about: the keys it names, and the store's keys for
+    an error of a store (its messages name the store's kind, e.g. ``file store: …``)."""
+    words = set(_WORD.findall(message))
+    blamed = words & {f.name for f in dataclasses.fields(BackupConfig)}
+    if "store" in words or "option" in words or "options" in words:
+        blamed |= {"store", "store_options"}
+    return blamed
