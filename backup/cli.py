@@ -22,7 +22,8 @@ from typing import Any, NoReturn, TextIO
 import anyio
 import anyio.to_thread
 
-from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, redact_text
+from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, __version__, redact_text
+from notifykit.cli import plain_help
 
 from ._audit import audit_period
 from ._catalog import BackupRecord
@@ -321,7 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--notifier-config", dest="notifier_config", help="notifykit TOML file with several transports")
     g.add_argument("--host", help="host name in publisher_id backup.<host> (default: this machine)")
 
-    parser = _Parser(prog="notifykit-backup", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="notifykit-backup", description=plain_help(__doc__), epilog=plain_help(__doc__, 1))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", parents=[common], help="back up a file or block device")
     c.add_argument("path")

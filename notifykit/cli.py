@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 import anyio
 import anyio.to_thread
 
+from . import __version__
 from ._config import NotifierConfig, TransportConfig
 from ._deadletter import MemoryDeadLetterSink, default_dead_letter_path, read_dead_letters, rewrite_dead_letters
 from ._errors import ConfigError, NotifyKitError
@@ -356,26 +357,62 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _LogLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """notifykit's log records on stderr. Warnings show at once; error records are held until
+    the command ends or another record shows, so one that repeats the error the command fails
+    with (a transport logs a refused login, then raises it) is not printed twice: the
+    ``notifykit: error:`` line says it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.held.append(record)
+            return
+        self.show_held()
+        super().emit(record)
+
+    def show_held(self, failure: str | None = None) -> None:
+        """Print the held records, but those that only repeat ``failure``."""
+        held, self.held = self.held, []
+        for record in held:
+            if not failure or failure not in record.getMessage():
+                super().emit(record)
+
+
 @contextlib.contextmanager
-def _own_log_lines() -> Iterator[None]:
+def _own_log_lines() -> Iterator[_LogLines | None]:
     """Show notifykit's warnings on stderr, not the client libraries' (a refused connection
     is already our one error line). Only when nobody configured logging (a test, an app)."""
     root = logging.getLogger()
     if root.handlers:
-        yield
+        yield None
         return
-    handler = logging.StreamHandler()
+    handler = _LogLines()
     handler.setLevel(logging.WARNING)
     handler.addFilter(lambda record: record.name == "notifykit" or record.name.startswith("notifykit."))
     root.addHandler(handler)
     try:
-        yield
+        yield handler
     finally:
         root.removeHandler(handler)
+        handler.show_held()
+
+
+def plain_help(doc: str | None, paragraph: int = 0) -> str | None:
+    """One paragraph of a module docstring as plain text for ``--help``: reST's literal
+    marks (````x````) removed, lines joined (argparse wraps them again)."""
+    paragraphs = (doc or "").strip().split("\n\n")
+    if paragraph >= len(paragraphs) or not paragraphs[paragraph]:
+        return None
+    return " ".join(line.strip() for line in paragraphs[paragraph].splitlines()).replace("``", "")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="notifykit", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="notifykit", description=plain_help(__doc__))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tail", help="print notifications arriving on a broker URL")
     t.add_argument("url", help="e.g. amqp://guest:guest@127.0.0.1:5672/ or kafka://127.0.0.1:9092/")
@@ -412,11 +449,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with _own_log_lines():
-        return _main(argv)
+    with _own_log_lines() as log_lines:
+        return _main(argv, log_lines)
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, log_lines: _LogLines | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "tail":
@@ -436,6 +473,8 @@ def _main(argv: Sequence[str] | None) -> int:
         elif args.command == "status":
             status(args.file, args.spool, args.prometheus, sys.stdout)
     except (NotifyKitError, _UsageError) as exc:
+        if log_lines is not None:
+            log_lines.show_held(str(exc))
         print(f"notifykit: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
