@@ -14,7 +14,6 @@ from typing import Any, Protocol, Self
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.abc import TaskGroup
 
 from ._clock import Clock, EventLoopClock
 from ._config import NotifierConfig, TransportConfig
@@ -25,6 +24,7 @@ from ._loading import resolve_transport
 from ._message import ContextLike, Notification, Priority
 from ._numbers import check_number
 from ._policies import OverflowPolicy
+from ._runner import Runner
 from ._spool import SPOOL_TASK, Spool, default_spool_path
 from ._stats import TransportState, TransportStats
 from ._status import STATUS_TASK, report_status_periodically, status_document, write_status
@@ -89,7 +89,9 @@ class _PriorityMethods:
 
 class _State(enum.Enum):
     NEW = "new"
+    STARTING = "starting"
     OPEN = "open"
+    CLOSING = "closing"
     CLOSED = "closed"
 
 
@@ -149,7 +151,8 @@ class Notifier(_PriorityMethods):
             self._dispatchers.append(Dispatcher(name, transport, transport_config, self._sink, clock,
                                                 spool=self.spool))
         self._state = _State.NEW
-        self._task_group: TaskGroup | None = None
+        self._runner = Runner("notifier", self._abandoned)
+        self._settled: anyio.Event | None = None  # set when start() or aclose() has finished
 
     @staticmethod
     def _make_sink(
@@ -212,12 +215,30 @@ class Notifier(_PriorityMethods):
         await self.aclose()
 
     async def start(self) -> None:
-        """Start one worker per transport. Prefer ``async with``; call aclose() from the same task.
+        """Start one worker per transport. Prefer ``async with``.
 
-        Every background task runs supervised in the Notifier's task group (see
-        :meth:`background_tasks`): none can fail into the caller's code."""
+        start() and aclose() may be called from any task and under any cancel scope: the
+        background tasks run supervised in a task group that the Notifier's own task owns
+        (see :meth:`background_tasks`), so none can fail into, or be cancelled by, the
+        caller's code. start() is shielded: a deadline around it lets it finish."""
+        if self._state is _State.CLOSED:
+            raise NotifierClosedError("this Notifier is closed; a closed Notifier cannot start again: make a new one")
         if self._state is not _State.NEW:
             raise NotifierClosedError("a Notifier can be started only once")
+        self._state = _State.STARTING
+        self._settled = anyio.Event()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._start()
+            except BaseException:
+                self._state = _State.CLOSED
+                await self._runner.stop()
+                raise
+            finally:
+                self._settled.set()
+        self._state = _State.OPEN
+
+    async def _start(self) -> None:
         if self.spool is not None:
             await self.spool.open()  # recovers (and quarantines) what a previous process left
             for dispatcher in self._dispatchers:
@@ -227,49 +248,48 @@ class Notifier(_PriorityMethods):
                 if name not in names:
                     log.warning("notifykit spool %r holds %d notification(s) for transport %r, which this"
                                 " Notifier has no durable/spill transport for; they are kept", self.spool, count, name)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+        await self._runner.start()
+        group = self._runner.task_group
         for dispatcher in self._dispatchers:
             self._supervisor.register(dispatcher.task_name)
-            self._task_group.start_soon(dispatcher.run_shielded, self._supervisor, name=f"notifykit:{dispatcher.name}")
+            group.start_soon(dispatcher.run_shielded, self._supervisor, name=f"notifykit:{dispatcher.name}")
         if self.spool is not None:
             self.spawn(SPOOL_TASK, self.spool.keep_spare_segment)
         if self.config.status_path is not None:
             status_path, interval = self.config.status_path, self.config.status_interval
             self.spawn(STATUS_TASK, lambda: report_status_periodically(status_path, interval, self._status_document,
                                                                        self._supervisor))
-        self._state = _State.OPEN
 
     def spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` as a supervised background task of this Notifier (restarted after a
         backoff if it raises; cancelled at close)."""
-        assert self._task_group is not None, "spawn() needs a started Notifier"
+        if self._state not in (_State.STARTING, _State.OPEN):
+            raise NotifierClosedError("spawn() needs a started Notifier")
         self._supervisor.register(name)
-        self._task_group.start_soon(self._supervisor.run, name, work, name=f"notifykit:{name}")
+        self._runner.task_group.start_soon(self._supervisor.run, name, work, name=f"notifykit:{name}")
 
     async def aclose(self, timeout: float | None = None) -> dict[str, TransportStats]:  # noqa: ASYNC109
         """Drain every queue within ``timeout`` (default ``close_timeout``), then dead-letter
-        what is left, close the transports and log the counters. Returns the final counters."""
+        what is left, close the transports and log the counters. Returns the final counters.
+
+        From any task, under any cancel scope (it is shielded), as often as you like: a
+        second call waits for the first and returns the same counters."""
         deadline = self.config.close_timeout if timeout is None else check_number("aclose timeout", timeout)
-        if self._state is not _State.OPEN:
-            self._state = _State.CLOSED
-            return self.stats()
-        self._state = _State.CLOSED
-        assert self._task_group is not None
         with anyio.CancelScope(shield=True):
-            for dispatcher in self._dispatchers:
-                dispatcher.close_input()
-            with anyio.move_on_after(deadline):
-                for dispatcher in self._dispatchers:
-                    await dispatcher.finished.wait()
-        for dispatcher in self._dispatchers:
-            dispatcher.stop()  # the workers are shielded from outer cancellation: stop them here
-        self._task_group.cancel_scope.cancel()
-        try:
-            await self._task_group.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish_dispatchers(deadline)
+            if self._state is _State.STARTING and self._settled is not None:
+                await self._settled.wait()
+            if self._state is _State.CLOSING and self._settled is not None:
+                await self._settled.wait()
+            if self._state is not _State.OPEN:
+                self._state = _State.CLOSED
+                return self.stats()
+            self._state = _State.CLOSING
+            self._settled = anyio.Event()
+            try:
+                await self._close(deadline)
+            finally:
+                self._state = _State.CLOSED
+                self._settled.set()
         final = self.stats()
         for name, stats in final.items():
             log.info("notifykit transport %r closed: enqueued=%d sent=%d retried=%d dropped=%d"
@@ -278,13 +298,31 @@ class Notifier(_PriorityMethods):
                      stats.dead_letter_failed)
         return final
 
+    async def _close(self, deadline: float) -> None:
+        for dispatcher in self._dispatchers:
+            dispatcher.close_input()
+        with anyio.move_on_after(deadline):
+            for dispatcher in self._dispatchers:
+                await dispatcher.finished.wait()
+        for dispatcher in self._dispatchers:
+            dispatcher.stop()  # the workers are shielded from outer cancellation: stop them here
+        await self._runner.stop()
+        await self._finish_dispatchers(deadline)
+
+    def _abandoned(self) -> None:
+        """The event loop ended while this Notifier was open (no aclose()): say what is lost."""
+        self._state = _State.CLOSED
+        warn_unclosed(self)
+
     async def _finish_dispatchers(self, deadline: float) -> None:
         """Dead-letter what the deadline left behind, then close every transport. Nothing
         here raises into the caller: a failure is logged and shown as the task's last error."""
         for dispatcher in self._dispatchers:
+            reason = f"not delivered before the close deadline ({deadline}s)"
+            if dispatcher.stats.last_error:  # the cause, not only the deadline, goes with each letter
+                reason = f"{reason}; last error: {dispatcher.stats.last_error}"
             try:
-                left, spooled = await dispatcher.dead_letter_leftovers(
-                    f"not delivered before the close deadline ({deadline}s)")
+                left, spooled = await dispatcher.dead_letter_leftovers(reason)
             except Exception as exc:
                 self._supervisor.failed(dispatcher.task_name, exc, "could not put its leftovers away at close")
                 left = spooled = 0
@@ -420,6 +458,11 @@ class Notifier(_PriorityMethods):
         """A snapshot of every transport's counters and state."""
         return {d.name: d.snapshot() for d in self._dispatchers}
 
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) in (_State.OPEN, _State.STARTING):
+            self._state = _State.CLOSED
+            warn_unclosed(self)
+
     def __repr__(self) -> str:
         names = ", ".join(repr(d.transport) for d in self._dispatchers)
         return f"<Notifier publisher_id={self.publisher_id!r} {self._state.value} [{names}]>"
@@ -441,6 +484,29 @@ class PreparedNotifier(_PriorityMethods):
         priority: Priority | str = Priority.INFO,
     ) -> Notification:
         return await self.parent.notify(ctx, event_type, payload, priority=priority, publisher_id=self.publisher_id)
+
+
+def warn_unclosed(notifier: Notifier) -> None:
+    """One warning for a Notifier that ended without aclose(): what each transport loses."""
+    lost, kept = [], []
+    for dispatcher in notifier._dispatchers:
+        stats = dispatcher.snapshot()
+        waiting = stats.queue_depth + stats.in_flight
+        if dispatcher.spooling and stats.spooled:
+            kept.append(f"{dispatcher.name!r} ({stats.spooled})")
+        elif waiting:
+            lost.append(f"{dispatcher.name!r} ({waiting})")
+    if not (lost or kept):
+        return
+    text = f"notifykit Notifier {notifier.publisher_id!r} was not closed (no aclose() or 'async with')"
+    if lost:
+        text += f"; notification(s) queued in memory are lost: {', '.join(lost)}"
+    if kept:
+        text += f"; notification(s) in the spool are kept for the next Notifier: {', '.join(kept)}"
+    try:
+        log.warning(text)
+    except Exception:  # interpreter shutdown: logging may be gone
+        pass
 
 
 def _build_transport(name: str, config: TransportConfig) -> Transport:
