@@ -53,6 +53,27 @@ class TransportConfig:
     spool_max_messages: int = DEFAULT_SPOOL_MAX_MESSAGES
 
     def __post_init__(self) -> None:
+        # Every way of building one (URL, TOML, from_config, keyword overrides through
+        # replace()) ends here: a value of the wrong kind is parsed or refused, never passed on.
+        object.__setattr__(self, "overflow", OverflowPolicy.parse(self.overflow))  # ConfigError names it
+        if self.format is not None:
+            try:
+                object.__setattr__(self, "format", WireFormat.parse(self.format))
+            except ValueError as exc:
+                raise ConfigError(f"format: {exc}") from None
+        for key, kind in (("retry", RetryPolicy), ("circuit", CircuitPolicy), ("filter", Filter)):
+            if not isinstance(getattr(self, key), kind):
+                raise ConfigError(f"{key} must be a {kind.__name__}, got {type(getattr(self, key)).__name__}"
+                                  f" (in a URL or table, use the {key}_* keys)")
+        if isinstance(self.topics, str) or not all(isinstance(t, str) for t in self.topics):
+            raise ConfigError(f"topics must be a sequence of strings, got {self.topics!r}")
+        object.__setattr__(self, "topics", tuple(self.topics))
+        if not isinstance(self.durable, bool):
+            raise ConfigError(f"durable must be true or false, got {self.durable!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError("options must be a mapping of option names to strings")
         check_number("spool_max_messages", self.spool_max_messages, kind=int, minimum=1)
         check_number("queue_size", self.queue_size, kind=int, minimum=1)
         if self.batch_size is not None:
@@ -86,7 +107,18 @@ class TransportConfig:
         base = _strip_query(url, set(keys))
         config = _transport_from_table(table | {"url": base}, where=parsed.redacted, coerce_strings=True)
         config = replace(config, options=options)
-        return replace(config, **overrides) if overrides else config
+        if not overrides:
+            return config
+        fields = set(cls.__dataclass_fields__)
+        for key in overrides:
+            if key in NotifierConfig.__dataclass_fields__ and key not in fields:
+                raise ConfigError(f"{key!r} is a Notifier-wide setting, not a transport's: set it in NotifierConfig"
+                                  f" (Notifier.from_config) or at the top level of the TOML file")
+            if key not in fields:
+                raise ConfigError(f"unknown keyword {key!r} for a transport ({parsed.redacted}); allowed:"
+                                  f" {', '.join(sorted(fields - {'url'}))}")
+        with _located(parsed.redacted):
+            return replace(config, **overrides)
 
 
 def _strip_query(url: str, core_keys: set[str]) -> str:
