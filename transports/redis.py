@@ -209,8 +209,6 @@ class RedisTransport(Transport):
             return PermanentError(message)
         if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
             return TransientError(f"{message} (no answer within command_timeout={self.options.command_timeout:g}s)")
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return PermanentError(message)
         if isinstance(exc, redis.exceptions.ResponseError):
             code = _code(exc)
             if code in _PERMANENT_CODES:

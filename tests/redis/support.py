@@ -3,10 +3,13 @@ redis-server of the test's own (free loopback port, own data directory, stopped 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -141,3 +144,38 @@ class RedisServer:
 
     def client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis(host=HOST, port=self.port, password=self._password(), socket_timeout=10)
+
+
+class TlsProxy:
+    """A TLS listener on a free loopback port that forwards the plain bytes to a Redis: a real
+    TLS handshake for ``rediss://`` (Debian's redis-server is built without TLS)."""
+
+    def __init__(self, context: ssl.SSLContext, target_port: int) -> None:
+        self.context = context
+        self.target_port = target_port
+        self.port = 0
+        self.handshakes = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TlsProxy:
+        self._server = await asyncio.start_server(self._serve, HOST, 0, ssl=self.context)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection(HOST, self.target_port)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer), return_exceptions=True)
