@@ -216,9 +216,10 @@ class BackupConfig:
             if isinstance(value, dict) and key != "store_options":
                 raise BackupConfigError(f"{str(path)!r}: {where}{key} must be a value, not a table")
             try:
-                checked[key] = cls._coerce(key, value)
+                cls._coerce(key, value)  # checked here to name the file; coerced in load()
             except BackupConfigError as exc:
                 raise BackupConfigError(f"{str(path)!r}: {exc}") from None
+            checked[key] = value
         options = checked.get("store_options", {})
         nested = sorted(k for k, v in options.items() if isinstance(v, dict | list))
         if nested:
