@@ -6,6 +6,7 @@ __all__ = [
     "BackupError",
     "BackupNotFoundError",
     "BackupConfigError",
+    "CatalogLockedError",
     "CorruptBackupError",
     "DependentBackupsError",
     "InvalidStatusTransitionError",
@@ -31,6 +32,10 @@ class BackupConfigError(BackupError, ValueError):
 
 class BackupNotFoundError(BackupError, LookupError):
     """No backup with that id in the catalog."""
+
+
+class CatalogLockedError(BackupError):
+    """Another process held the catalog's lock for longer than this call would wait."""
 
 
 class InvalidStatusTransitionError(BackupError):

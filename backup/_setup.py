@@ -51,15 +51,16 @@ class PosixBackupDriver(ChunkedBackupDriver):
 
 
 @asynccontextmanager
-async def open_backup_service(config: BackupConfig, notifier: SupportsNotify,
-                              clock: Clock | None = None) -> AsyncIterator[BackupService]:
-    """The service with its catalog and object store open for the ``async with``."""
+async def open_backup_service(config: BackupConfig, notifier: SupportsNotify, clock: Clock | None = None, *,
+                              catalog: BackupCatalog | None = None) -> AsyncIterator[BackupService]:
+    """The service with its catalog and object store open for the ``async with``; ``catalog``
+    (not opened yet) instead of the one ``config`` names, e.g. a WatchedCatalog around it."""
     async with AsyncExitStack() as stack:
         store = build_store(config)
         await store.open()
         stack.push_async_callback(store.aclose)
         driver = build_driver(config, store)
-        catalog = await stack.enter_async_context(build_catalog(config))
-        yield BackupService(catalog, driver, notifier, host=config.host,
+        opened = await stack.enter_async_context(catalog if catalog is not None else build_catalog(config))
+        yield BackupService(opened, driver, notifier, host=config.host,
                             availability_zone=config.availability_zone, project_id=config.project_id,
                             user_id=config.user_id, progress=config.progress_policy(), clock=clock)

@@ -3,9 +3,11 @@
 One file in WAL mode, so readers (``list``, ``show``) never wait for a writer; one
 connection, used from worker threads one call at a time, so the event loop never blocks on
 the database. The schema is versioned (``PRAGMA user_version``); opening an older catalog
-migrates it. A path that is not a catalog (a directory, another file, another program's
-database) is refused before a byte is written. The API and its rules are QueryCatalog's
-(backup/_catalog.py); PostgresCatalog (backup/_postgres.py) is the backend several hosts share.
+migrates it. Another process's lock is waited for in short steps (``_BUSY_STEP``), the
+caller's cancellation checked between them, so Ctrl-C acts at once even then. A path that is
+not a catalog (a directory, another file, another program's database) is refused before a
+byte is written. The API and its rules are QueryCatalog's (backup/_catalog.py);
+PostgresCatalog (backup/_postgres.py) is the backend several hosts share.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
+import anyio.from_thread
 import anyio.to_thread
 
 from ._catalog import (
@@ -35,9 +39,9 @@ from ._catalog import (
     list_filter,
     refuse_lost_race,
 )
-from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
+from ._errors import BackupError, BackupNotFoundError, CatalogLockedError, InvalidStatusTransitionError
 
-__all__ = ["SCHEMA_VERSION", "SQLiteCatalog"]
+__all__ = ["LOCK_TIMEOUT", "SCHEMA_VERSION", "SQLiteCatalog"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -90,6 +94,27 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
     ]),
 ]
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+#: How long one call waits for another process's lock on the file before giving up.
+LOCK_TIMEOUT = 30.0
+# SQLite's own busy wait per try; between tries the caller's cancellation is checked.
+_BUSY_STEP = 0.1
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock this statement needs (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _check_cancelled() -> None:
+    """The host task's cancellation, raised in its worker thread (nothing outside one)."""
+    try:
+        anyio.from_thread.check_cancelled()
+    except anyio.NoEventLoopError:
+        pass
 
 
 def _param(value: Any) -> Any:
@@ -259,7 +284,7 @@ def in_worker_thread(query: Callable[Concatenate[sqlite3.Connection, _P], _T]
     async def run(catalog: SQLiteCatalog, conn: sqlite3.Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         def locked() -> _T:
             with catalog._lock:
-                return query(conn, *args, **kwargs)
+                return catalog._waiting_for_lock(lambda: query(conn, *args, **kwargs))
 
         return await anyio.to_thread.run_sync(locked)
 
@@ -269,10 +294,48 @@ def in_worker_thread(query: Callable[Concatenate[sqlite3.Connection, _P], _T]
 class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
     """One SQLite file, one connection used from worker threads, one call at a time."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        #: Lock waits that ended because the caller was cancelled (the CLI says so after Ctrl-C).
+        self.interrupted_lock_waits = 0
+        #: Called (in a worker thread) once per wait for another process's lock, as it starts.
+        self.on_lock_wait: Callable[[], None] | None = None
+        self._give_up_at: float | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+
+    def give_up_lock_waits(self, after: float = 0.0) -> None:
+        """Let every wait for another process's lock, now or later, end ``after`` seconds
+        from now with CatalogLockedError, even a shielded one (an interrupted command's
+        error report must not hold Ctrl-C up for the whole lock_timeout)."""
+        deadline = time.monotonic() + after
+        self._give_up_at = deadline if self._give_up_at is None else min(self._give_up_at, deadline)
+
+    def _waiting_for_lock(self, work: Callable[[], _T]) -> _T:
+        """``work`` (one whole transaction, rolled back when it fails) in this worker thread,
+        tried again while another process holds the file's lock: up to lock_timeout, and
+        only while the caller is not cancelled (checked every _BUSY_STEP)."""
+        started = time.monotonic()
+        told = False
+        while True:
+            try:
+                return work()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+            if not told and self.on_lock_wait is not None:
+                told = True
+                self.on_lock_wait()
+            now = time.monotonic()
+            if now - started >= self.lock_timeout or (self._give_up_at is not None and now >= self._give_up_at):
+                raise CatalogLockedError(f"backup catalog {str(self.path)!r} is locked by another process"
+                                         f" (waited {now - started:.1f} s)")
+            try:
+                _check_cancelled()
+            except BaseException:
+                self.interrupted_lock_waits += 1
+                raise
 
     def __repr__(self) -> str:
         return f"SQLiteCatalog({str(self.path)!r})"
@@ -283,13 +346,11 @@ class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
         _refuse_a_foreign_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_STEP)
         except (OSError, sqlite3.Error) as exc:
             raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(conn)
+            self._waiting_for_lock(lambda: self._prepare(conn))
         except sqlite3.Error as exc:
             conn.close()
             raise BackupError(f"cannot open backup catalog {str(self.path)!r}: {exc}") from None
@@ -297,6 +358,11 @@ class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
             conn.close()
             raise
         self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate(conn)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the schema to SCHEMA_VERSION in one transaction (two processes opening an

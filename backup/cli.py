@@ -30,7 +30,9 @@ from ._catalog import BackupRecord
 from ._compression import COMPRESSIONS
 from ._config import BackupConfig, parse_size
 from ._errors import BackupError
-from ._setup import open_backup_service
+from ._interrupt import WatchedCatalog, interruption_message
+from ._setup import build_catalog, open_backup_service
+from ._sqlite import SQLiteCatalog
 from ._text import display_text
 
 __all__ = ["main"]
@@ -118,45 +120,75 @@ def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 
+class Interruption:
+    """What a signal handler needs to reach while a command runs: the catalog it uses."""
+
+    def __init__(self) -> None:
+        self.catalog: WatchedCatalog | None = None
+
+
+# After a signal, the interrupted operation's error report may wait this long for another
+# process's catalog lock; then it gives up, so the command ends within a second.
+_LOCK_GRACE = 0.5
+
+
 async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
     """run_command, stopped by SIGTERM or Ctrl-C (SIGINT): the operation ends as an error event
     and status, and the Notifier drains within its close_timeout (a durable transport keeps the
-    rest in its spool). Exit status 143 (SIGTERM) or 130 (SIGINT).
+    rest in its spool). Exit status 143 (SIGTERM) or 130 (SIGINT), and one line that says what
+    the catalog holds because of it (interruption_message).
 
     Both signals cancel the command's task group rather than relying on asyncio's one-shot
     cancellation of the main task, which a cancel scope finishing at the same moment can absorb:
-    a scope's cancellation is level-triggered and cannot be lost."""
+    a scope's cancellation is level-triggered and cannot be lost. Every wait is cancellable:
+    a lock on the SQLite catalog held by another process is waited for in short steps."""
     stopped_by: list[int] = []
+    interruption = Interruption()
     try:
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
-                        if signum == signal.SIGINT:
-                            err.write("notifykit-backup: interrupted; the operation was recorded as failed\n")
-                        else:
-                            err.write("notifykit-backup: SIGTERM: stopping; the operation is recorded as failed\n")
                         stopped_by.append(signum)
+                        if interruption.catalog is not None:
+                            interruption.catalog.give_up_lock_waits(_LOCK_GRACE)
                         tg.cancel_scope.cancel()
                         return
 
             tg.start_soon(watch)
-            result = await run_command(args, config, out, err)
+            result = await run_command(args, config, out, err, interruption)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # the task group wraps the command's own error: unwrap it
-        if len(group.exceptions) == 1:
+        if stopped_by:  # an error the stop itself caused (e.g. a lock wait given up): the line below says it
+            pass
+        elif len(group.exceptions) == 1:
             raise group.exceptions[0] from None
-        raise
+        else:
+            raise
     if stopped_by:
+        name = signal.Signals(stopped_by[0]).name
+        err.write(f"notifykit-backup: {interruption_message(name, interruption.catalog)}\n")
         return 130 if stopped_by[0] == signal.SIGINT else 143
     return result
 
 
-async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
+async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO,
+                      interruption: Interruption | None = None) -> int:
     if args.command == "demo":
         return await run_demo(config, parse_size(args.size, "--size"), out, err, keep=args.keep)
-    async with build_notifier(config) as notifier, open_backup_service(config, notifier) as service:
+    inner = build_catalog(config)
+    if isinstance(inner, SQLiteCatalog):
+        def waiting() -> None:
+            err.write(f"notifykit-backup: waiting for the catalog lock ({str(inner.path)!r} is locked by another"
+                      f" process; up to {inner.lock_timeout:.0f} s, Ctrl-C stops)\n")
+            err.flush()
+
+        inner.on_lock_wait = waiting
+    catalog = WatchedCatalog(inner)
+    if interruption is not None:
+        interruption.catalog = catalog
+    async with build_notifier(config) as notifier, open_backup_service(config, notifier, catalog=catalog) as service:
         if args.command == "create":
             display = ProgressDisplay("create", err)
             record = await service.create_backup(args.path, name=args.name, volume_id=args.volume_id,
@@ -377,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"notifykit-backup: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("notifykit-backup: interrupted; the operation was recorded as failed", file=sys.stderr)
+    except KeyboardInterrupt:  # before the command could watch for signals, or a second Ctrl-C
+        print("notifykit-backup: interrupted; see notifykit-backup list for what was recorded", file=sys.stderr)
         return 130
 
 

@@ -147,7 +147,7 @@ def test_progress_display_plain_lines_once_per_ten_percent(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
-                                                      (signal.SIGTERM, 143, "SIGTERM: stopping")])
+                                                      (signal.SIGTERM, 143, "stopped by SIGTERM")])
 def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code: int, said: str) -> None:
     """Ctrl-C or SIGTERM during ``create``: error exit, ``backup.create.error`` emitted, status error."""
     volume = tmp_path / "big.img"
@@ -173,6 +173,7 @@ def test_signal_ends_in_error_event_and_status(tmp_path: Path, signum: int, code
             proc.wait()
     assert proc.returncode == code, err
     assert said in err and "Traceback" not in err
+    assert err.endswith("is recorded as error (cancelled before completion)\n"), err  # what really happened
     events = lines(log)
     assert [e["event_type"] for e in events if "progress" not in str(e["event_type"])] == [
         "backup.create.start", "backup.create.error"]
