@@ -1,0 +1,151 @@
+"""Prometheus metrics of a Notifier, for the application's own ``prometheus_client`` registry.
+
+``notifykit status --prometheus`` renders a status file; a process that already serves
+``/metrics`` wants the same numbers in its own registry instead, with HELP and TYPE::
+
+    from prometheus_client import REGISTRY
+    from notifykit.metrics import NotifykitCollector
+
+    REGISTRY.register(NotifykitCollector(notifier))
+
+Every scrape reads ``notifier.stats()`` and ``notifier.background_tasks()``; nothing is
+counted twice and nothing runs between scrapes. The counters are read from
+:class:`~notifykit.TransportStats`' own fields, so a counter added there is exported
+without a change here. Needs the ``notifykit[prometheus]`` extra; only this module
+imports ``prometheus_client``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import fields
+from typing import Protocol, get_type_hints
+
+from ._errors import MissingDependencyError
+from ._stats import _GAUGES, TransportStats
+from ._supervisor import TaskHealth, TaskState
+
+try:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
+    raise MissingDependencyError("notifykit.metrics needs prometheus_client: pip install 'notifykit[prometheus]'") from exc
+
+__all__ = ["NotifykitCollector", "SupportsStats"]
+
+NOTIFICATIONS = "notifykit_notifications"  # exposed as notifykit_notifications_total (a counter)
+
+#: HELP of the level (gauge) fields; a new one gets a generic text until it is described here.
+_GAUGE_HELP = {
+    "queue_depth": "Notifications waiting in the transport's in-memory queue.",
+    "in_flight": "Notifications taken from the queue and not yet sent, dead-lettered or spooled.",
+    "spooled": "Notifications held in the durable spool for this transport.",
+    "degraded": "1 while the transport's spool is degraded (a disk fault; the reason is in the status file), else 0.",
+}
+#: Text fields that are no flag: the label, and the last error (its text is in the status file).
+_TEXT = ("name", "last_error")
+
+
+class SupportsStats(Protocol):
+    """What the collector reads: a :class:`~notifykit.Notifier` has both."""
+
+    def stats(self) -> Mapping[str, TransportStats]: ...
+
+    def background_tasks(self) -> Mapping[str, TaskHealth]: ...
+
+
+def _classify() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[str, type[enum.Enum]], ...]]:
+    """TransportStats' fields as (counters, gauges, flags, enum-valued states), from its type
+    hints: an ``int`` field is a counter unless it is one of the levels ``render_prometheus``
+    exports as gauges; an optional text (a reason, set while a condition lasts) is a 0/1 flag."""
+    hints = get_type_hints(TransportStats)
+    counters: list[str] = []
+    gauges: list[str] = []
+    flags: list[str] = []
+    states: list[tuple[str, type[enum.Enum]]] = []
+    for field in fields(TransportStats):
+        hint = hints[field.name]
+        if hint is int:
+            (gauges if field.name in _GAUGES else counters).append(field.name)
+        elif hint == str | None and field.name not in _TEXT:
+            flags.append(field.name)
+        elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+            states.append((field.name, hint))
+    return tuple(counters), tuple(gauges), tuple(flags), tuple(states)
+
+
+COUNTERS, GAUGES, FLAGS, STATES = _classify()
+
+
+class NotifykitCollector:
+    """A ``prometheus_client`` custom collector over one Notifier's :meth:`~notifykit.Notifier.stats`
+    and :meth:`~notifykit.Notifier.background_tasks`.
+
+    Families: ``notifykit_notifications_total{transport,outcome}`` (one ``outcome`` per
+    counter of :class:`~notifykit.TransportStats`: enqueued, sent, retried, dropped,
+    dead_lettered, filtered, refused, …), one gauge per level (``notifykit_queue_depth``,
+    ``notifykit_in_flight``, ``notifykit_spooled``, labelled ``transport``),
+    ``notifykit_transport_state{transport,state}`` (1 for the current state, 0 for the
+    others), and per background task ``notifykit_background_task_failures_total{task}``
+    and ``notifykit_background_task_state{task,state}``.
+
+    The scrape runs in prometheus_client's thread: each value is exact, but values read
+    while notifications move may be a few notifications apart from each other.
+    """
+
+    def __init__(self, notifier: SupportsStats) -> None:
+        self.notifier = notifier
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so registering does not read the Notifier."""
+        return self._families({}, {})
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.notifier.stats(), self.notifier.background_tasks())
+
+    def _families(self, stats: Mapping[str, TransportStats], tasks: Mapping[str, TaskHealth]) -> Iterator[Metric]:
+        notifications = CounterMetricFamily(
+            NOTIFICATIONS, "Notifications per transport and outcome, one outcome per counter of notifykit.TransportStats"
+            f" ({', '.join(COUNTERS)}); filtered and refused ones were never enqueued.",
+            labels=("transport", "outcome"))
+        for name, row in stats.items():
+            for counter in COUNTERS:
+                notifications.add_metric((name, counter), getattr(row, counter))
+        yield notifications
+        for gauge in GAUGES:
+            family = GaugeMetricFamily(f"notifykit_{gauge}", _GAUGE_HELP.get(gauge, f"TransportStats.{gauge} of each transport."),
+                                       labels=("transport",))
+            for name, row in stats.items():
+                family.add_metric((name,), getattr(row, gauge))
+            yield family
+        for flag in FLAGS:
+            family = GaugeMetricFamily(f"notifykit_{flag}", _GAUGE_HELP.get(flag, f"1 while TransportStats.{flag} is set, else 0."),
+                                       labels=("transport",))
+            for name, row in stats.items():
+                family.add_metric((name,), 1 if getattr(row, flag) else 0)
+            yield family
+        for field, kind in STATES:
+            members = ", ".join(str(m.value) for m in kind)
+            family = GaugeMetricFamily(f"notifykit_transport_{field}",
+                                       f"1 for the transport's current {field}, 0 for the others ({members}).",
+                                       labels=("transport", field))
+            for name, row in stats.items():
+                current = getattr(row, field)
+                for member in kind:
+                    family.add_metric((name, str(member.value)), 1 if member is current else 0)
+            yield family
+        yield from self._task_families(tasks)
+
+    @staticmethod
+    def _task_families(tasks: Mapping[str, TaskHealth]) -> Iterator[Metric]:
+        failures = CounterMetricFamily("notifykit_background_task_failures",
+                                       "Failures of a supervised background task (worker:NAME per transport, status, ...);"
+                                       " each is logged and the task restarted after a backoff.", labels=("task",))
+        state = GaugeMetricFamily("notifykit_background_task_state",
+                                  "1 for the background task's current state, 0 for the others"
+                                  f" ({', '.join(s.value for s in TaskState)}).", labels=("task", "state"))
+        for name, health in tasks.items():
+            failures.add_metric((name,), health.failures)
+            for member in TaskState:
+                state.add_metric((name, member.value), 1 if member is health.state else 0)
+        yield from (failures, state)
