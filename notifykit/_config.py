@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,21 +130,16 @@ def _strip_query(url: str, core_keys: set[str]) -> str:
     return f"{head}?{'&'.join(kept)}" if kept else head
 
 
-_URL_KEYS = {
-    "name", "format", "topic", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
-    "event_types", "min_priority", "retry_initial_delay", "retry_max_delay", "retry_multiplier",
-    "retry_max_elapsed", "retry_max_attempts", "circuit_failure_threshold", "circuit_reset_timeout",
-    "durable", "spool_max_messages",
-}
+# The keys each form accepts, read from the dataclasses' own fields (one source of truth: a
+# field added to a config object is a TOML key and, if it is a scalar, a URL key at once).
+_RETRY_KEYS = {f.name for f in fields(RetryPolicy)}
+_CIRCUIT_KEYS = {f.name for f in fields(CircuitPolicy)}
+_FILTER_KEYS = {f.name for f in fields(Filter)}
+_TABLE_KEYS = {f.name for f in fields(TransportConfig)}
+# URL query: TransportConfig's scalar fields, the filter's, retry_*/circuit_* and "topic" (one of topics)
+_URL_KEYS = ((_TABLE_KEYS - {"url", "options", "filter", "retry", "circuit"}) | {"topic"} | _FILTER_KEYS
+             | {f"retry_{key}" for key in _RETRY_KEYS} | {f"circuit_{key}" for key in _CIRCUIT_KEYS})
 _LIST_KEYS = {"topic", "topics", "event_types"}
-_TABLE_KEYS = {"url", "name", "format", "topics", "queue_size", "overflow", "block_timeout", "batch_size",
-               "filter", "retry", "circuit", "options", "durable", "spool_max_messages"}
-_RETRY_KEYS = {"initial_delay", "max_delay", "multiplier", "max_elapsed", "max_attempts"}
-_CIRCUIT_KEYS = {"failure_threshold", "reset_timeout"}
-_FILTER_KEYS = {"event_types", "min_priority"}
-_NOTIFIER_KEYS = {"publisher_id", "max_payload_bytes", "dead_letter_path", "dead_letter_max_bytes", "close_timeout",
-                  "transports",
-                  "spool_path", "spool_sync", "spool_max_bytes", "status_path", "status_interval"}
 
 
 def _number(value: Any, key: str, where: str, kind: type[int] | type[float], *, none_ok: bool = False) -> Any:
@@ -385,3 +380,6 @@ class NotifierConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid TOML in {str(path)!r}: {exc}") from None
         return cls.from_mapping(data, where=str(path))
+
+
+_NOTIFIER_KEYS = {f.name for f in fields(NotifierConfig)}

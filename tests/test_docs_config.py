@@ -40,6 +40,8 @@ MINIMAL_URLS = {
     "https": ["https://127.0.0.1:9/hook"],
     "kafka": ["kafka://127.0.0.1:9092/"],
     "kafka+ssl": ["kafka+ssl://127.0.0.1:9093/"],
+    "nats": ["nats://127.0.0.1:4222/"],
+    "nats+tls": ["nats+tls://127.0.0.1:4222/"],
     "redis": ["redis://127.0.0.1:6379/0"],
     "rediss": ["rediss://127.0.0.1:6380/0"],
 }

@@ -12,9 +12,9 @@ from notifykit.transport import Tailable, Transport, load_transport_class
 
 SCHEMES = sorted({ep.name for ep in entry_points(group="notifykit.transports") if ep.value.startswith("notifykit.transports.")})
 TLS_SCHEMES = {"amqps": "amqps://127.0.0.1:5671/", "https": "https://127.0.0.1:9/hook",
-               "kafka+ssl": "kafka+ssl://127.0.0.1:9093/"}
+               "kafka+ssl": "kafka+ssl://127.0.0.1:9093/", "nats+tls": "nats+tls://127.0.0.1:4222/"}
 PLAIN_SCHEMES = {"amqp": "amqp://127.0.0.1:5672/", "http": "http://127.0.0.1:9/hook",
-                 "kafka": "kafka://127.0.0.1:9092/"}
+                 "kafka": "kafka://127.0.0.1:9092/", "nats": "nats://127.0.0.1:4222/"}
 TLS_SCHEMES["rediss"] = "rediss://127.0.0.1:6380/0"
 PLAIN_SCHEMES["redis"] = "redis://127.0.0.1:6379/0"
 
@@ -36,7 +36,7 @@ def test_every_transport_has_the_one_shape(scheme: str) -> None:
 
 def test_tail_is_its_own_capability() -> None:
     tailable = {scheme for scheme in SCHEMES if isinstance(load_transport_class(scheme), Tailable)}
-    assert tailable == {"amqp", "amqps", "kafka", "kafka+ssl", "redis", "rediss"}
+    assert tailable == {"amqp", "amqps", "kafka", "kafka+ssl", "nats", "nats+tls", "redis", "rediss"}
     assert not hasattr(Transport, "tail")
 
 
