@@ -39,7 +39,12 @@ lint: $(VENV)/.installed-dev
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict -p notifykit
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy --strict examples/*.py examples/plugin/notifykit_syslog
 
+# mkdocstrings (griffe) cannot follow the package-dir mapping either: it reads its own link tree.
 docs: $(VENV)/.installed-dev
+	rm -rf build/apidoc && mkdir -p build/apidoc/notifykit
+	ln -s $(CURDIR)/notifykit/*.py $(CURDIR)/notifykit/py.typed build/apidoc/notifykit/
+	ln -s $(CURDIR)/transports build/apidoc/notifykit/transports
+	ln -s $(CURDIR)/backup build/apidoc/notifykit/backup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.installed-dev

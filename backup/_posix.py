@@ -45,7 +45,6 @@ class PosixObjectStore:
         if settings.host not in (None, "", "localhost"):
             raise BackupConfigError(f"file store URLs name a local directory (file:///DIR), not host {settings.host!r}")
         fsync = settings.take_bool("fsync", True)
-        settings.finish()
         if not settings.path:
             raise BackupConfigError("file store: the URL names no directory (file:///DIR)")
         return cls(os.path.expanduser(settings.path), fsync=fsync)

@@ -13,7 +13,7 @@ is checked against its ETag too, and the chunked driver checks each chunk's sha2
 metadata object on restore. The payload is sent unsigned (``UNSIGNED-PAYLOAD``: the ETag
 check covers the body, so the client does not hash every chunk once more to sign it).
 MD5 runs in worker threads. 5xx, throttling (SlowDown, 503, 429), timeouts and lost
-connections are retried by the store's ``RetryPolicy``; 403, NoSuchBucket and other 4xx fail
+connections are retried by the stores' one retry loop, ``StoreRetry``; 403, NoSuchBucket and other 4xx fail
 at once. Credentials (URL, ``store_options`` or the AWS environment variables) never appear
 in reprs, logs or errors.
 """
@@ -43,7 +43,7 @@ from ._errors import (
     TransientObjectStoreError,
 )
 from ._objectstore import validate_name
-from ._retry import RetryPolicy
+from ._retry import StoreRetry
 from ._stores import StoreSettings
 
 __all__ = ["S3ObjectStore", "S3Options"]
@@ -54,7 +54,7 @@ _T = TypeVar("_T")
 SCHEMES = {"s3": "https", "s3+https": "https", "s3+http": "http"}
 # S3 throttles with 503 SlowDown under load and a gateway restart takes seconds: more tries
 # than Swift's, the same capped backoff.
-DEFAULT_RETRY = RetryPolicy(attempts=5, backoff=0.5, max_backoff=8.0)
+DEFAULT_RETRY = StoreRetry(attempts=5, backoff=0.5, max_backoff=8.0)
 DEFAULT_UPLOADS = 4
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _STATUS = re.compile(r"status code: (\d{3})(?: ([^:<\n]*))?")
@@ -78,7 +78,7 @@ class S3Options:
     uploads: int = DEFAULT_UPLOADS
     create_bucket: bool = False
     virtual_hosted: bool = False
-    retry: RetryPolicy = DEFAULT_RETRY
+    retry: StoreRetry = DEFAULT_RETRY
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -97,31 +97,25 @@ class S3Options:
         """``s3[+http]://[ACCESS:SECRET@]HOST[:PORT]/BUCKET[/PREFIX][?region=…&prefix=…&uploads=N&…]``."""
         scheme = SCHEMES.get(settings.scheme)
         bucket, _, path_prefix = settings.path.strip("/").partition("/")
-        if scheme is None or not settings.host or not bucket:
+        one_host = settings.url is not None and len(settings.url.hosts) == 1
+        if scheme is None or not one_host or not bucket:
             raise BackupConfigError(f"s3 store URL must look like s3://HOST[:PORT]/BUCKET, got {settings.location}")
         env = settings.env
         prefix = settings.take_str("prefix", path_prefix) or ""
-        options = cls(
+        return cls(
             endpoint=f"{scheme}://{settings.netloc}",
             bucket=bucket,
             access_key=settings.take_str("access_key", settings.username or env.get("AWS_ACCESS_KEY_ID")) or "",
-            secret_key=settings.take_str("secret_key", settings.password or env.get("AWS_SECRET_ACCESS_KEY")) or "",
-            session_token=settings.take_str("session_token", env.get("AWS_SESSION_TOKEN")),
+            secret_key=settings.take_secret("secret_key", settings.password or env.get("AWS_SECRET_ACCESS_KEY")) or "",
+            session_token=settings.take_secret("session_token", env.get("AWS_SESSION_TOKEN")),
             region=settings.take_str("region", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")) or "us-east-1",
             prefix=f"{prefix.strip('/')}/" if prefix.strip("/") else "",
             uploads=settings.take_int("uploads", DEFAULT_UPLOADS),
             create_bucket=settings.take_bool("create_bucket", False),
             virtual_hosted=settings.take_bool("virtual_hosted", False),
-            retry=RetryPolicy(settings.take_int("retry_attempts", DEFAULT_RETRY.attempts),
-                              settings.take_float("retry_backoff", DEFAULT_RETRY.backoff)),
-            timeout=settings.take_float("timeout", 60.0),
+            retry=settings.take_retry(DEFAULT_RETRY),
+            timeout=settings.take_float("timeout", 60.0, minimum=0, above=True),
         )
-        settings.finish()
-        return options
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way worth trying again."""
 
 
 def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
@@ -190,7 +184,7 @@ class S3ObjectStore:
             config["session_token"] = opts.session_token
         client = {"allow_http": opts.endpoint.startswith("http://"), "timeout": timedelta(seconds=opts.timeout),
                   "connect_timeout": timedelta(seconds=min(opts.timeout, 10.0))}
-        # max_retries 0: our RetryPolicy retries, so attempts, waits and give-up reasons are ours.
+        # max_retries 0: StoreRetry retries, so attempts, waits and give-up reasons are ours.
         self._store = S3Store(opts.bucket, config=config, client_options=client,  # type: ignore[arg-type]
                               retry_config={"max_retries": 0})
 
@@ -210,9 +204,10 @@ class S3ObjectStore:
             return f"{self.options.prefix}{container}/"
         return f"{self.options.prefix}{container}/{validate_name('object', name)}"
 
-    def _failure(self, exc: BaseException, action: str, what: str) -> ObjectStoreError | _Retryable:
+    def _failure(self, exc: Exception, where: str) -> ObjectStoreError:
+        """obstore's and botocore's errors, mapped by status and S3 error code (never by message text
+        that could hold the request); TransientObjectStoreError is what the retry loop tries again."""
         status, code, reason = _describe(exc)
-        where = f"s3: cannot {action} {what}"
         bucket = self.options.bucket
         if code == "NoSuchBucket":
             return PermanentObjectStoreError(f"{where}: bucket {bucket!r} does not exist at {self.options.endpoint}"
@@ -225,29 +220,12 @@ class S3ObjectStore:
         if code in _FULL_CODES or status == 507:
             return ObjectStoreFullError(f"{where}: the store is full or the object too large ({reason})")
         if status is None or status >= 500 or status in (408, 429) or code in _RETRY_CODES:
-            return _Retryable(reason)
+            return TransientObjectStoreError(reason)
         return PermanentObjectStoreError(f"{where}: {reason}")
 
     async def _call(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """``attempt()`` under the retry policy; failures mapped to the ObjectStoreError family."""
-        policy = self.options.retry
-        for n in range(1, policy.attempts + 1):
-            try:
-                return await attempt()
-            except (ObjectStoreError, anyio.get_cancelled_exc_class()):
-                raise
-            except Exception as exc:
-                failure = exc if isinstance(exc, _Retryable) else self._failure(exc, action, what)
-                if isinstance(failure, ObjectStoreError):
-                    raise failure from None
-                if n == policy.attempts:
-                    raise TransientObjectStoreError(f"s3: cannot {action} {what}: {failure}"
-                                                    f" (gave up after {policy.attempts} attempt(s))") from None
-                delay = policy.delay(n)
-                log.warning("s3: %s %s failed (%s); attempt %d of %d in %.2fs", action, what, failure, n + 1,
-                            policy.attempts, delay)
-                await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+        """``attempt()`` under the store's retry policy; failures mapped to the ObjectStoreError family."""
+        return await self.options.retry.call("s3", action, what, attempt, classify=self._failure)
 
     # -- the bucket (botocore: obstore does not create buckets) ---------------------------
 
@@ -308,7 +286,7 @@ class S3ObjectStore:
                                              use_multipart=False)
             etag = (result.get("e_tag") or "").strip('"')
             if etag != md5:  # what arrived is not what we sent: send it again
-                raise _Retryable(f"ETag {etag!r} of the stored object is not the MD5 {md5!r} of the body sent")
+                raise TransientObjectStoreError(f"ETag {etag!r} of the stored object is not the MD5 {md5!r} of the body sent")
 
         await self._call("store object", f"{self.options.bucket}/{key}", once)
 

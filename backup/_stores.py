@@ -1,8 +1,11 @@
-"""Object stores by URL: the ``notifykit.backup.stores`` entry points, like the core's transports.
+"""Object stores by URL: the ``notifykit.backup.stores`` entry points, built with the core's plugin toolkit.
 
-The URL's scheme names the store (a plain path means ``file``, the posix store); the
-store class parses and validates its own options from a ``StoreSettings``. Installing a
-distribution that declares an entry point in this group is all it takes to add a store:
+The URL's scheme names the store (a plain path means ``file``, the posix store). Stores are
+plugins exactly as transports are (``notifykit.plugin``): the same loader (install hint from
+the store's own distribution), the same URL parser and the same option vocabulary and
+checks; the store's ``from_settings`` takes its options and the core then calls
+``settings.finish()``. Installing a distribution that declares an entry point in this group
+is all it takes to add a store:
 
     [project.entry-points."notifykit.backup.stores"]
     mystore = "my_package:MyObjectStore"      # a class with from_settings(settings)
@@ -11,21 +14,19 @@ distribution that declares an entry point in this group is all it takes to add a
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import Any, Protocol, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any, ClassVar, Protocol, cast
 
-from notifykit import redact_url
+from notifykit.plugin import ConfigError, ParsedURL, PluginSettings, installed_plugins, load_plugin, parse_url
 
 from ._errors import BackupConfigError, UnknownStoreError
 from ._objectstore import ObjectStore
+from ._retry import StoreRetry
 
 __all__ = ["NAMESPACE", "StoreFactory", "StoreSettings", "installed_stores", "load_store_class", "store_from_url"]
 
 NAMESPACE = "notifykit.backup.stores"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class StoreFactory(Protocol):
@@ -33,56 +34,75 @@ class StoreFactory(Protocol):
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> ObjectStore:
-        """The store for ``settings`` (no I/O yet: ``open()`` connects); options it does not
-        take make ``settings.finish()`` raise."""
+        """The store for ``settings`` (no I/O yet: ``open()`` connects). Take every option
+        with ``settings.take_*``; the core calls ``settings.finish()`` afterwards."""
         ...
 
 
 @dataclass(slots=True)
-class StoreSettings:
+class StoreSettings(PluginSettings):
     """A store URL taken apart, with its options (the URL query, then the TOML
     ``store_options`` table over it). Secrets (``password``, options) stay out of the repr."""
 
+    error: ClassVar[type[Exception]] = BackupConfigError
+
     scheme: str
-    host: str | None
-    port: int | None
-    path: str
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-    options: dict[str, str] = field(default_factory=dict, repr=False)
+    url: ParsedURL | None = field(default=None, repr=False)  # None for a plain directory path
+    path: str = ""
+    options: dict[str, list[str]] = field(default_factory=dict, repr=False)
     env: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
     taken: set[str] = field(default_factory=set, repr=False)
+    reserved: frozenset[str] = field(default=frozenset(), repr=False)
+    secrets: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def parse(cls, url: str, options: Mapping[str, Any] | None = None,
               env: Mapping[str, str] | None = None) -> StoreSettings:
-        """``SCHEME://[USER[:SECRET]@]HOST[:PORT][/PATH][?k=v&…]``, or a plain path (``file``)."""
+        """``SCHEME://[USER[:SECRET]@]HOST[:PORT][,HOST2…][/PATH][?k=v&…]``, or a plain path (``file``)."""
         env = os.environ if env is None else env
         if "://" not in url:
-            settings = cls("file", None, None, url, env=env)
+            settings = cls("file", None, url, env=env)
         else:
             try:
-                parts = urlsplit(url)
-                port = parts.port
-            except ValueError:
-                raise BackupConfigError(f"store URL is not a valid URL ({redact_url(url)})") from None
-            settings = cls(parts.scheme.lower(), parts.hostname, port, unquote(parts.path),
-                           unquote(parts.username) if parts.username is not None else None,
-                           unquote(parts.password) if parts.password is not None else None, env=env)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True):
-                settings.options[key] = value
+                parsed = parse_url(url)
+            except ConfigError as exc:
+                raise BackupConfigError(f"store URL: {exc}") from None
+            settings = cls(parsed.scheme, parsed, parsed.path, env=env)
+            for key, value in parsed.query:
+                settings.options.setdefault(key, []).append(value)
         for key, value in (options or {}).items():
             if value is not None:
-                settings.options[str(key)] = value if isinstance(value, str) else _toml_text(key, value)
+                settings.options[str(key)] = _toml_values(key, value)
         return settings
 
     @property
+    def name(self) -> str:
+        """The store's scheme: what the errors name it by."""
+        return self.scheme
+
+    @property
+    def host(self) -> str | None:
+        return self.url.host if self.url else None
+
+    @property
+    def port(self) -> int | None:
+        return self.url.port if self.url else None
+
+    @property
+    def username(self) -> str | None:
+        return self.url.username if self.url else None
+
+    @property
+    def password(self) -> str | None:
+        return self.url.password if self.url else None
+
+    @property
     def netloc(self) -> str:
-        """``host[:port]`` without credentials."""
-        if not self.host:
+        """``host[:port][,host2[:port]…]`` without credentials."""
+        if self.url is None:
             return ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}" if self.port else host
+        return ",".join((f"[{h.host}]" if ":" in h.host else h.host) + (f":{h.port}" if h.port else "")
+                        for h in self.url.hosts)
 
     @property
     def location(self) -> str:
@@ -91,77 +111,49 @@ class StoreSettings:
             return self.path
         return f"{self.scheme}://{self.netloc}{self.path}"
 
-    # -- typed option access (every key asked for counts as allowed) ----------------------
+    def _where(self, key: str) -> str:
+        return f"{self.scheme} store: {key}"
 
-    def take_str(self, key: str, default: str | None = None) -> str | None:
-        self.taken.add(key)
-        value = self.options.get(key)
-        return default if value is None or value == "" else value
-
-    def take_int(self, key: str, default: int) -> int:
-        raw = self.take_str(key)
-        if raw is None:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise BackupConfigError(f"{self.scheme} store: {key} must be an integer, got {raw!r}") from None
-
-    def take_float(self, key: str, default: float) -> float:
-        raw = self.take_str(key)
-        if raw is None:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise BackupConfigError(f"{self.scheme} store: {key} must be a number, got {raw!r}") from None
-
-    def take_bool(self, key: str, default: bool) -> bool:
-        raw = self.take_str(key)
-        if raw is None:
-            return default
-        if raw.strip().lower() in _TRUE:
-            return True
-        if raw.strip().lower() in _FALSE:
-            return False
-        raise BackupConfigError(f"{self.scheme} store: {key} must be true or false, got {raw!r}")
-
-    def finish(self) -> None:
-        """One clear error for options no ``take_*`` asked for, naming the allowed ones."""
-        unknown = sorted(set(self.options) - self.taken)
-        if unknown:
-            raise BackupConfigError(
-                f"{self.scheme} store: unknown option(s) {', '.join(map(repr, unknown))}"
+    def _unknown(self, unknown: Sequence[str]) -> str:
+        return (f"{self.scheme} store: unknown option(s) {', '.join(map(repr, unknown))}"
                 f" (allowed: {', '.join(sorted(self.taken)) or 'none'})")
 
+    def take_retry(self, defaults: StoreRetry) -> StoreRetry:
+        """The store's retry policy: ``retry_attempts`` (>= 1) and ``retry_backoff`` (seconds,
+        finite, >= 0) over the store's own defaults."""
+        return StoreRetry(self.take_int("retry_attempts", defaults.attempts, minimum=1),
+                          self.take_duration("retry_backoff", defaults.backoff), defaults.max_backoff)
 
-def _toml_text(key: object, value: object) -> str:
+
+def _toml_values(key: object, value: object) -> list[str]:
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
+        return ["true" if value else "false"]
+    if isinstance(value, str | int | float):
+        return [str(value)]
     raise BackupConfigError(f"store_options.{key} must be a string, number or boolean, got {value!r}")
 
 
 def installed_stores() -> list[str]:
     """Every registered store scheme, whether or not its dependencies import."""
-    return sorted({ep.name for ep in entry_points(group=NAMESPACE)})
+    return installed_plugins(NAMESPACE)
 
 
 def load_store_class(scheme: str) -> StoreFactory:
-    """The factory registered for ``scheme``, or UnknownStoreError listing what is installed."""
-    matches = [ep for ep in entry_points(group=NAMESPACE) if ep.name == scheme]
-    if not matches:
-        raise UnknownStoreError(scheme, installed_stores())
-    try:
-        factory = matches[0].load()
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        raise BackupConfigError(f"object store {scheme!r} is installed but cannot import {missing!r}"
-                                f" (pip install 'notifykit[backup]')") from None
+    """The factory registered for ``scheme``, or UnknownStoreError listing what is installed; a
+    store whose dependency is missing says how to install it (from its distribution's metadata)."""
+    factory = load_plugin(NAMESPACE, scheme, kind="object store", unknown=UnknownStoreError,
+                          error=BackupConfigError, missing=BackupConfigError)
     if not callable(getattr(factory, "from_settings", None)):
         raise BackupConfigError(f"entry point {scheme!r} in {NAMESPACE} has no from_settings(settings)")
     return cast(StoreFactory, factory)
+
+
+def build_from_settings(settings: StoreSettings) -> ObjectStore:
+    """What the core does with a store's settings, as for a transport's: the store's own
+    ``from_settings``, then ``settings.finish()`` refusing any option it did not take."""
+    store = load_store_class(settings.scheme).from_settings(settings)
+    settings.finish()
+    return store
 
 
 def store_from_url(url: str, options: Mapping[str, Any] | None = None,
@@ -169,5 +161,4 @@ def store_from_url(url: str, options: Mapping[str, Any] | None = None,
     """The store a URL (or plain path) names, built and validated but not opened yet."""
     if not url:
         raise BackupConfigError("store must not be empty: give a directory or a store URL")
-    settings = StoreSettings.parse(url, options, env)
-    return load_store_class(settings.scheme).from_settings(settings)
+    return build_from_settings(StoreSettings.parse(url, options, env))

@@ -9,8 +9,8 @@ backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
 Every PUT carries the object's MD5 as ``ETag`` (Swift refuses a body that does not match,
 and its answer is checked too) and the sha256 of the stored bytes as
 ``X-Object-Meta-Sha256``; every GET is checked against both. Hashing runs in worker
-threads. 5xx answers, timeouts and connection failures are retried by a small
-``RetryPolicy`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
+threads. 5xx answers, timeouts and connection failures are retried by the stores' one
+retry loop, ``StoreRetry`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
 permanent errors with a message fit for ``fail_reason``. Credentials never appear in
 reprs, logs or error messages.
 """
@@ -18,7 +18,6 @@ reprs, logs or error messages.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,18 +37,17 @@ from ._errors import (
     TransientObjectStoreError,
 )
 from ._objectstore import validate_name
-from ._retry import RetryPolicy
+from ._retry import StoreRetry
 from ._stores import StoreSettings
 
 __all__ = ["SwiftObjectStore", "SwiftOptions"]
 
-log = logging.getLogger("backup.swift")
 _T = TypeVar("_T")
 
 SCHEMES = {"swift": "http", "swift+http": "http", "swift+https": "https"}
 _AUTH_VERSIONS = ("1", "3")
 # Swift's own retry defaults: a proxy restart takes a few seconds.
-DEFAULT_RETRY = RetryPolicy(attempts=3, backoff=0.5)
+DEFAULT_RETRY = StoreRetry(attempts=3, backoff=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +64,7 @@ class SwiftOptions:
     user_domain: str = "Default"
     region: str | None = None
     interface: str = "public"
-    retry: RetryPolicy = DEFAULT_RETRY
+    retry: StoreRetry = DEFAULT_RETRY
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
@@ -93,19 +91,17 @@ class SwiftOptions:
         options (from the TOML ``store_options`` table) win over the URL's.
         """
         scheme = SCHEMES.get(settings.scheme)
-        if scheme is None or not settings.host:
-            raise BackupConfigError(f"swift store URL must look like swift://USER:KEY@HOST:PORT/auth/v1.0,"
-                                    f" got {settings.location}")
+        if scheme is None or not settings.host or settings.url is None or len(settings.url.hosts) != 1:
+            raise BackupConfigError(f"swift store URL must look like swift://USER:KEY@HOST:PORT/auth/v1.0"
+                                    f" (one host), got {settings.location}")
         path = settings.path.rstrip("/")
         version = settings.take_str("auth_version", "3" if path.endswith("/v3") else "1") or "1"
         if not path:
             path = "/v3" if version == "3" else "/auth/v1.0"
-        retry = RetryPolicy(settings.take_int("retry_attempts", DEFAULT_RETRY.attempts),
-                            settings.take_float("retry_backoff", DEFAULT_RETRY.backoff))
-        options = cls(
+        return cls(
             auth_url=f"{scheme}://{settings.netloc}{path}",
             user=settings.take_str("user", settings.username) or "",
-            key=settings.take_str("key", settings.password) or "",
+            key=settings.take_secret("key", settings.password) or "",
             auth_version=version,
             container=settings.take_str("container"),
             project=settings.take_str("project"),
@@ -113,20 +109,17 @@ class SwiftOptions:
             user_domain=settings.take_str("user_domain", "Default") or "Default",
             region=settings.take_str("region"),
             interface=settings.take_str("interface", "public") or "public",
-            retry=retry,
-            timeout=settings.take_float("timeout", 30.0),
+            retry=settings.take_retry(DEFAULT_RETRY),
+            timeout=settings.take_float("timeout", 30.0, minimum=0, above=True),
         )
-        settings.finish()
-        return options
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> SwiftOptions:
         """The options a ``swift://`` URL names, ``options`` over its query."""
-        return cls.from_settings(StoreSettings.parse(url, options))
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way worth trying again (5xx, timeout, lost connection)."""
+        settings = StoreSettings.parse(url, options)
+        swift = cls.from_settings(settings)
+        settings.finish()
+        return swift
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +234,7 @@ class SwiftObjectStore:
 
     def _check_auth(self, resp: httpx.Response) -> None:
         if resp.status_code >= 500:
-            raise _Retryable(f"{resp.status_code} {resp.reason_phrase}")
+            raise TransientObjectStoreError(f"{resp.status_code} {resp.reason_phrase}")
         if resp.status_code in (401, 403):
             raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed for user "
                                    f"{self.options.user!r}: {resp.status_code} {resp.reason_phrase} (check the key)")
@@ -267,26 +260,8 @@ class SwiftObjectStore:
         raise PermanentObjectStoreError(f"keystone at {opts.auth_url}: no {opts.interface} object-store endpoint{region}")
 
     async def _with_retries(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``attempt()`` under the retry policy; the last failure becomes an ObjectStoreError."""
-        policy = self.options.retry
-        for n in range(1, policy.attempts + 1):
-            try:
-                return await attempt()
-            except httpx.InvalidURL as exc:
-                raise PermanentObjectStoreError(f"swift: cannot {action} {what}: invalid URL ({exc})") from None
-            except (_Retryable, httpx.HTTPError) as exc:
-                reason = _describe(exc)
-                if isinstance(exc, httpx.HTTPError) and not isinstance(exc, httpx.TransportError):
-                    # a body that cannot be decoded, a redirect: trying again will not help
-                    raise PermanentObjectStoreError(f"swift: cannot {action} {what}: {reason}") from None
-                if n == policy.attempts:
-                    raise TransientObjectStoreError(f"swift: cannot {action} {what}: {reason}"
-                                           f" (gave up after {policy.attempts} attempt(s))") from None
-                delay = policy.delay(n)
-                log.warning("swift: %s %s failed (%s); attempt %d of %d in %.2fs", action, what, reason, n + 1,
-                            policy.attempts, delay)
-                await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+        """Run ``attempt()`` under the store's retry policy; the last failure becomes an ObjectStoreError."""
+        return await self.options.retry.call("swift", action, what, attempt, classify=_classify)
 
     async def _request(self, method: str, action: str, container: str, obj: str | None = None, *,
                        headers: Mapping[str, str] | None = None, content: bytes | None = None,
@@ -323,9 +298,9 @@ class SwiftObjectStore:
                 raise ObjectStoreFullError(f"swift refused {method} {what}: 413 Request Entity Too Large (the object"
                                        f" exceeds the cluster's max_file_size or a quota is exhausted): {_body(resp)}")
             if status == 422:
-                raise _Retryable("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
+                raise TransientObjectStoreError("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
             if status >= 500:
-                raise _Retryable(f"{status} {resp.reason_phrase}")
+                raise TransientObjectStoreError(f"{status} {resp.reason_phrase}")
             raise PermanentObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
 
         return await self._with_retries(action, what, once)
@@ -414,6 +389,17 @@ class SwiftObjectStore:
 
     async def sync_container(self, container: str) -> None:
         """Nothing to do: Swift answers 201 only once the object is durably written."""
+
+
+def _classify(exc: Exception, where: str) -> ObjectStoreError | None:
+    """httpx's failures: a lost connection or a timeout may pass, a bad URL or body will not."""
+    if isinstance(exc, httpx.InvalidURL):
+        return PermanentObjectStoreError(f"{where}: invalid URL ({exc})")
+    if isinstance(exc, httpx.TransportError):
+        return TransientObjectStoreError(_describe(exc))
+    if isinstance(exc, httpx.HTTPError):  # a body that cannot be decoded, a redirect: trying again will not help
+        return PermanentObjectStoreError(f"{where}: {_describe(exc)}")
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from notifykit import ContextLike, Notification, Priority
-from notifykit.backup import BackupService, ChunkedBackupDriver, ObjectStore, SQLiteCatalog
+from notifykit.backup import BackupService
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._sqlite import SQLiteCatalog
+from notifykit.backup.plugin import ObjectStore
 from tests._servers import load_script
 
 __all__ = ["MIB", "NoopNotifier", "backup_once", "load_script", "write_volume"]

@@ -41,12 +41,9 @@ from _backup_helpers import NoopNotifier, write_volume
 from _goals import goal
 
 from notifykit import ContextLike, Notification, Notifier, Priority
-from notifykit.backup import (
-    BackupService,
-    PosixBackupDriver,
-    ProgressPolicy,
-    SQLiteCatalog,
-)
+from notifykit.backup import BackupService, ProgressPolicy
+from notifykit.backup._setup import PosixBackupDriver
+from notifykit.backup._sqlite import SQLiteCatalog
 from notifykit.testing import MemoryTransport
 
 MIB = 1024 * 1024

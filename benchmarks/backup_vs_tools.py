@@ -55,7 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from notifykit import Notifier  # noqa: E402
-from notifykit.backup import BackupService, PosixBackupDriver, ProgressPolicy, SQLiteCatalog  # noqa: E402
+from notifykit.backup import BackupService, ProgressPolicy  # noqa: E402
+from notifykit.backup._setup import PosixBackupDriver  # noqa: E402
+from notifykit.backup._sqlite import SQLiteCatalog  # noqa: E402
 
 MIB = 1024 * 1024
 CHANGE_EVERY = 16 * 4 * MIB  # 4 KiB rewritten at the start of every 16th 4 MiB region

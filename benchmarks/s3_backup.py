@@ -38,7 +38,8 @@ import anyio.to_thread
 from _backup_helpers import backup_once, load_script, write_volume
 from _goals import goal, median, rotated
 
-from notifykit.backup import S3ObjectStore, store_from_url
+from notifykit.backup._s3 import S3ObjectStore
+from notifykit.backup.plugin import store_from_url
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256

@@ -41,11 +41,8 @@ import anyio.to_thread
 from _backup_helpers import backup_once, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
-from notifykit.backup import (
-    PosixBackupDriver,
-    SwiftObjectStore,
-    SwiftOptions,
-)
+from notifykit.backup._setup import PosixBackupDriver
+from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 
 MIB = 1024 * 1024
 SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 
 from notifykit import Notifier, UnknownTransportError
+from notifykit._loading import install_hint
 from notifykit.transport import installed_schemes, load_transport_class
 
 
@@ -110,3 +112,76 @@ def test_a_builtin_transports_hint_names_its_extra() -> None:
     assert install_hint(amqp, "aio_pika") == "; install it with: pip install 'notifykit[amqp]'"
     [kafka] = [ep for ep in entry_points(group="notifykit.transports") if ep.name == "kafka"]
     assert install_hint(kafka, "aiokafka.producer") == "; install it with: pip install 'notifykit[kafka]'"
+
+
+def test_a_plugin_option_named_like_a_core_key_is_refused_at_load(tmp_path: Path) -> None:
+    """Reproduction: a transport taking ``batch_size`` never received it (the core consumes
+    ``?batch_size=`` from the URL itself) and silently ran with its own default."""
+    write_plugin(tmp_path, "clash_transport", "clash", "clash_transport", """
+        from dataclasses import dataclass
+        from notifykit.transport import Transport
+
+        @dataclass(frozen=True)
+        class Options:
+            batch_size: int
+
+            @classmethod
+            def from_settings(cls, settings):
+                return cls(settings.take_int("batch_size", 10))
+
+        class Transport_(Transport):
+            Options = Options
+
+            async def send(self, batch):
+                pass
+    """)
+    result = run_python("""
+        import notifykit
+        try:
+            notifykit.Notifier.from_url("clash://h?batch_size=5", publisher_id="x")
+        except notifykit.ConfigError as exc:
+            print(exc)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("option 'batch_size' of transport 'clash' (clash://h) is named like a core"
+                                     " setting the plugin never receives; the plugin must call it something else")
+
+
+def test_the_core_url_keys_are_the_config_dataclasses_fields() -> None:
+    """One source of truth: the keys the core takes from a URL (and so reserves) come from the
+    fields of TransportConfig and its policies, not from a list kept by hand."""
+    from dataclasses import fields
+
+    from notifykit import CircuitPolicy, Filter, RetryPolicy, TransportConfig
+    from notifykit._loading import CORE_URL_KEYS
+
+    scalars = {f.name for f in fields(TransportConfig)} - {"url", "options", "filter", "retry", "circuit"}
+    assert CORE_URL_KEYS == (scalars | {"topic"} | {f.name for f in fields(Filter)}
+                             | {f"retry_{f.name}" for f in fields(RetryPolicy)}
+                             | {f"circuit_{f.name}" for f in fields(CircuitPolicy)})
+    assert "batch_size" in CORE_URL_KEYS and "retry_max_elapsed" in CORE_URL_KEYS
+
+
+def test_an_extra_named_like_the_plugin_wins_the_install_hint(tmp_path: Path) -> None:
+    """httpx comes with notifykit's webhook extra and its swift extra: the swift store's hint names swift."""
+    from importlib.metadata import PathDistribution
+
+    info = tmp_path / "notifykit-9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: notifykit\nVersion: 9\n"
+                                   'Requires-Dist: httpx[http2]>=0.27; extra == "webhook"\n'
+                                   'Requires-Dist: notifykit[backup]; extra == "swift"\n'
+                                   'Requires-Dist: httpx>=0.27; extra == "swift"\n'
+                                   'Requires-Dist: obstore>=0.8; extra == "s3"\n')
+    dist = PathDistribution(info)
+
+    def hint(name: str, value: str, group: str, missing: str) -> str:
+        ep = EntryPoint(name, value, group)._for(dist)  # type: ignore[attr-defined]
+        return install_hint(ep, missing)
+
+    assert hint("swift+https", "notifykit.backup._swift:SwiftObjectStore", "notifykit.backup.stores", "httpx") \
+        == "; install it with: pip install 'notifykit[swift]'"
+    assert hint("https", "notifykit.transports.webhook:WebhookTransport", "notifykit.transports", "httpx") \
+        == "; install it with: pip install 'notifykit[webhook]'"
+    assert hint("s3", "notifykit.backup._s3:S3ObjectStore", "notifykit.backup.stores", "obstore.store") \
+        == "; install it with: pip install 'notifykit[s3]'"

@@ -13,7 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from notifykit.backup import BackupCatalog, PostgresCatalog, SQLiteCatalog
+from notifykit.backup._postgres import PostgresCatalog
+from notifykit.backup._sqlite import SQLiteCatalog
+from notifykit.backup.plugin import BackupCatalog
 
 from ..helpers import require_tcp
 

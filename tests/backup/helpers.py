@@ -15,7 +15,11 @@ from typing import Any
 import anyio
 
 from notifykit import Notification, Notifier
-from notifykit.backup import BackupCatalog, BackupService, ChunkedBackupDriver, ObjectStore, PosixObjectStore, ProgressPolicy, SQLiteCatalog
+from notifykit.backup import BackupService, ProgressPolicy
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._posix import PosixObjectStore
+from notifykit.backup._sqlite import SQLiteCatalog
+from notifykit.backup.plugin import BackupCatalog, ObjectStore
 from notifykit.testing import MemoryTransport
 
 CHUNK = 4096

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from notifykit.backup import BLOCK_SIZE, BackupStatus, CorruptBackupError, DependentBackupsError, ObjectNotFoundError
+from notifykit.backup import BackupStatus, CorruptBackupError, DependentBackupsError
+from notifykit.backup._chunked import BLOCK_SIZE
+from notifykit.backup.plugin import ObjectNotFoundError
 
 from .helpers import Env, volume_bytes
 

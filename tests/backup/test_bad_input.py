@@ -12,7 +12,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from notifykit.backup import BackupConfig, BackupConfigError, get_compressor
+from notifykit.backup import BackupConfig, BackupConfigError
+from notifykit.backup._compression import get_compressor
 from notifykit.backup.cli import main
 
 from .test_cli import lines, settings  # noqa: F401  (fixture)

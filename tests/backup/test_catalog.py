@@ -13,10 +13,6 @@ import anyio
 import pytest
 
 from notifykit.backup import (
-    GIB,
-    SCHEMA_VERSION,
-    TRANSITIONS,
-    BackupCatalog,
     BackupConfig,
     BackupConfigError,
     BackupError,
@@ -24,12 +20,12 @@ from notifykit.backup import (
     BackupRecord,
     BackupStatus,
     InvalidStatusTransitionError,
-    PostgresCatalog,
-    SQLiteCatalog,
-    build_catalog,
-    size_in_gib,
 )
-from notifykit.backup._postgres import PG_SCHEMA_VERSION
+from notifykit.backup._catalog import GIB, TRANSITIONS, size_in_gib
+from notifykit.backup._postgres import PG_SCHEMA_VERSION, PostgresCatalog
+from notifykit.backup._setup import build_catalog
+from notifykit.backup._sqlite import SCHEMA_VERSION, SQLiteCatalog
+from notifykit.backup.plugin import BackupCatalog
 
 from .catalogs import CatalogBackend
 

@@ -15,18 +15,17 @@ import pytest
 
 from notifykit import Notification, Priority
 from notifykit.backup import (
-    PAYLOAD_FIELDS,
-    PAYLOAD_VERSION,
     BackupNotFoundError,
     BackupStatus,
     CorruptBackupError,
     InvalidStatusTransitionError,
     ObjectStoreError,
-    PosixObjectStore,
     ProgressPolicy,
     RestoreTargetError,
     VolumeError,
 )
+from notifykit.backup._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION
+from notifykit.backup._posix import PosixObjectStore
 
 from .helpers import CHUNK, CTX, PUBLISHER, FullStore, GatedStore, backup_env
 

@@ -12,14 +12,8 @@ import jsonschema
 import pytest
 
 from notifykit import Notification
-from notifykit.backup import (
-    BackupNotFoundError,
-    InvalidStatusTransitionError,
-    ObjectStoreError,
-    PosixObjectStore,
-    ProgressPolicy,
-    RestoreTargetError,
-)
+from notifykit.backup import BackupNotFoundError, InvalidStatusTransitionError, ObjectStoreError, ProgressPolicy, RestoreTargetError
+from notifykit.backup._posix import PosixObjectStore
 
 from .helpers import CHUNK, CTX, FullStore, backup_env
 

@@ -9,7 +9,8 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from notifykit.backup import BackupConfigError, ProgressPolicy, ProgressTracker
+from notifykit.backup import BackupConfigError, ProgressPolicy
+from notifykit.backup._progress import ProgressTracker
 
 from .helpers import CHUNK, GatedStore, ManualClock, backup_env
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from notifykit.backup import COMPRESSIONS, BackupStatus, PosixBackupDriver, ProgressPolicy
+from notifykit.backup import BackupStatus, ProgressPolicy
+from notifykit.backup._compression import COMPRESSIONS
+from notifykit.backup._setup import PosixBackupDriver
 
 from .helpers import CHUNK, backup_env
 
@@ -74,7 +76,8 @@ async def test_posix_driver_with_default_chunks_round_trips(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("compression", ["zlib", "zstd"])
 def test_codecs_refuse_damaged_streams_with_a_clear_error(compression: str) -> None:
-    from notifykit.backup import CorruptBackupError, get_compressor
+    from notifykit.backup import CorruptBackupError
+    from notifykit.backup._compression import get_compressor
 
     codec = get_compressor(compression)
     packed = codec.compress(b"x" * 10_000)

@@ -10,15 +10,10 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from notifykit.backup import (
-    BackupConfig,
-    BackupConfigError,
-    BackupStatus,
-    S3ObjectStore,
-    TransientObjectStoreError,
-    build_driver,
-    store_from_url,
-)
+from notifykit.backup import BackupConfig, BackupConfigError, BackupStatus
+from notifykit.backup._s3 import S3ObjectStore
+from notifykit.backup._setup import build_driver
+from notifykit.backup.plugin import TransientObjectStoreError, store_from_url
 
 from .helpers import CHUNK, backup_env
 

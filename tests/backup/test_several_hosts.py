@@ -16,18 +16,12 @@ import anyio
 import pytest
 
 from notifykit import Notifier
-from notifykit.backup import (
-    BackupCatalog,
-    BackupRecord,
-    BackupService,
-    BackupStatus,
-    ChunkedBackupDriver,
-    InvalidStatusTransitionError,
-    PosixObjectStore,
-    PostgresCatalog,
-    ProgressPolicy,
-)
+from notifykit.backup import BackupRecord, BackupService, BackupStatus, InvalidStatusTransitionError, ProgressPolicy
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._posix import PosixObjectStore
+from notifykit.backup._postgres import PostgresCatalog
 from notifykit.backup.cli import main
+from notifykit.backup.plugin import BackupCatalog
 from notifykit.transports.memory import MemoryTransport
 
 from .catalogs import CatalogBackend

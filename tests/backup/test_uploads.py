@@ -7,7 +7,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from notifykit.backup import BackupConfigError, ChunkedBackupDriver, PosixObjectStore
+from notifykit.backup import BackupConfigError
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._posix import PosixObjectStore
 
 from .helpers import CHUNK, backup_env
 

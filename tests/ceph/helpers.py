@@ -13,7 +13,8 @@ import anyio.to_thread
 import botocore.session
 from botocore.config import Config
 
-from notifykit.backup import S3ObjectStore, store_from_url
+from notifykit.backup._s3 import S3ObjectStore
+from notifykit.backup.plugin import store_from_url
 
 from ..backup.helpers import Env, backup_env
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from notifykit.backup import BackupStatus, ObjectStoreError, ProgressPolicy, SwiftOptions
+from notifykit.backup import BackupStatus, ObjectStoreError, ProgressPolicy
+from notifykit.backup._swift import SwiftOptions
 
 from ..backup.helpers import CHUNK
 from ..swift.helpers import SwiftAPI, swift_env

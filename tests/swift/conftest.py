@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from notifykit.backup import SwiftOptions
+from notifykit.backup._swift import SwiftOptions
 
 from ..helpers import script_server
 

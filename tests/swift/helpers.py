@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from notifykit.backup import SwiftObjectStore, SwiftOptions
+from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 
 from ..backup.helpers import Env, backup_env
 

@@ -10,15 +10,11 @@ from typing import Any
 
 import pytest
 
-from notifykit.backup import (
-    BackupConfig,
-    BackupConfigError,
-    ChunkedBackupDriver,
-    PosixObjectStore,
-    SwiftObjectStore,
-    SwiftOptions,
-    build_driver,
-)
+from notifykit.backup import BackupConfig, BackupConfigError
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._posix import PosixObjectStore
+from notifykit.backup._setup import build_driver
+from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 from notifykit.backup.cli import main
 
 from ..backup.helpers import write_volume

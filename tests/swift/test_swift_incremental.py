@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from notifykit.backup import SwiftOptions
+from notifykit.backup._swift import SwiftOptions
 
 from ..backup import incremental_cases as cases
 from .helpers import SwiftAPI, swift_env

@@ -9,7 +9,8 @@ import json
 import httpx
 import pytest
 
-from notifykit.backup import ObjectStoreError, SwiftObjectStore, SwiftOptions
+from notifykit.backup import ObjectStoreError
+from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,7 +12,8 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from notifykit.backup import BackupStatus, CorruptBackupError, ObjectStoreError, ProgressPolicy, SwiftObjectStore, SwiftOptions
+from notifykit.backup import BackupStatus, CorruptBackupError, ObjectStoreError, ProgressPolicy
+from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 
 from ..backup.helpers import CHUNK, backup_env
 from .helpers import SwiftAPI, swift_env
