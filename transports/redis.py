@@ -134,19 +134,20 @@ class RedisOptions:
         )
 
 
-def entry_fields(n: Notification, fmt: WireFormat, body: bytes) -> dict[Any, Any]:
-    """The fields of one stream entry: the envelope, so consumers route without parsing, and the body."""
-    fields: dict[Any, Any] = {
-        "message_id": n.message_id,
-        "event_type": n.event_type,
-        "priority": _PRIORITY[n.priority],
-        "publisher_id": n.publisher_id,
-        "timestamp": n.iso_timestamp,
-        "content-type": _CONTENT_TYPE[fmt],
-    }
+def entry_fields(n: Notification, fmt: WireFormat, body: bytes) -> list[str | bytes]:
+    """The fields of one stream entry, flat (field, value, field, value…) as XADD takes them:
+    the envelope, so consumers route without parsing, then the body."""
+    fields: list[str | bytes] = [
+        "message_id", n.message_id,
+        "event_type", n.event_type,
+        "priority", _PRIORITY[n.priority],
+        "publisher_id", n.publisher_id,
+        "timestamp", n.iso_timestamp,
+        "content-type", _CONTENT_TYPE[fmt],
+    ]
     if n.context.traceparent:
-        fields["traceparent"] = n.context.traceparent
-    fields["body"] = body
+        fields += ("traceparent", n.context.traceparent)
+    fields += ("body", body)
     return fields
 
 
@@ -184,6 +185,9 @@ class RedisTransport(Transport):
         super().__init__(settings, options)
         self._client: redis.asyncio.Redis | None = None
         self._redactor = Redactor([options.password])
+        trim = ("MAXLEN", "~" if options.maxlen_approximate else "=", str(options.maxlen)) if options.maxlen else ()
+        #: (stream, the XADD arguments before the fields) per stream: built once.
+        self._heads = [(stream, ("XADD", stream, *trim, "*")) for stream in options.streams]
 
     @property
     def _where(self) -> str:
@@ -231,7 +235,8 @@ class RedisTransport(Transport):
         o = self.options
         kwargs: dict[str, Any] = dict(
             host=o.host, port=o.port, db=o.db, username=o.username, password=o.password,
-            socket_connect_timeout=o.connect_timeout, socket_timeout=o.command_timeout,
+            # No socket_timeout: one deadline per pipeline (command_timeout), not a timer per reply.
+            socket_connect_timeout=o.connect_timeout, socket_timeout=None,
             client_name=o.client_name, retry=Retry(NoBackoff(), 0),  # the dispatcher retries, not redis-py
         )
         if o.tls.enabled:
@@ -240,10 +245,11 @@ class RedisTransport(Transport):
             pool = ConnectionPool(**kwargs)
         client = redis.asyncio.Redis(connection_pool=pool)
         try:
-            await client.ping()
+            with anyio.fail_after(o.connect_timeout + o.command_timeout):
+                await client.ping()
         except BaseException as exc:
             await _close(client)
-            if isinstance(exc, redis.exceptions.RedisError | OSError):
+            if isinstance(exc, redis.exceptions.RedisError | OSError):  # TimeoutError is an OSError
                 raise self.classify(exc) from None
             raise
         return client
@@ -255,26 +261,28 @@ class RedisTransport(Transport):
         if self._client is None:
             self._client = await self._connect()
         fmt = self.format
-        streams = self.options.streams
-        maxlen, approximate = self.options.maxlen, self.options.maxlen_approximate
+        heads = self._heads
         failures: dict[int, TransientError | PermanentError] = {}
         sent: list[tuple[int, str]] = []
         pipe = self._client.pipeline(transaction=False)
+        add = pipe.execute_command  # XADD as we spell it, without xadd()'s per-call argument checks
         for index, n in enumerate(batch):
             try:
                 fields = entry_fields(n, fmt, n.encode(fmt))
             except Exception as exc:
                 failures[index] = PermanentError(f"cannot encode as {fmt}: {type(exc).__name__}: {exc}")
                 continue
-            for stream in streams:
-                pipe.xadd(stream, fields, maxlen=maxlen, approximate=approximate)
+            for stream, head in heads:
+                add(*head, *fields)
                 sent.append((index, stream))
         if sent:
             try:
-                replies = await pipe.execute(raise_on_error=False)
-            except (redis.exceptions.RedisError, OSError) as exc:
-                # The connection broke: which entries Redis appended is unknown, so the whole
-                # batch is retried (at-least-once; consumers de-duplicate on message_id).
+                with anyio.fail_after(self.options.command_timeout):
+                    replies = await pipe.execute(raise_on_error=False)
+            except (redis.exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
+                # The connection broke or hung: which entries Redis appended is unknown, so the
+                # whole batch is retried (at-least-once; consumers de-duplicate on message_id).
+                await self._client.connection_pool.disconnect()
                 raise self.classify(exc) from None
             readonly = False
             for (index, stream), reply in zip(sent, replies, strict=True):
@@ -312,7 +320,8 @@ class RedisTransport(Transport):
                 positions[stream] = last[0][0] if last else "0-0"
             block_ms = max(1, int(min(1.0, transport.options.command_timeout / 2) * 1000))
             while True:
-                answer: Any = await client.xread(positions, block=block_ms, count=500)
+                with anyio.fail_after(block_ms / 1000 + transport.options.command_timeout):
+                    answer: Any = await client.xread(positions, block=block_ms, count=500)
                 for stream, entries in answer or []:
                     for entry_id, fields in entries:
                         positions[stream] = entry_id
