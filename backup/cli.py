@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, __version__, redact_text
-from notifykit.cli import plain_help
+from notifykit.cli import LogLines, own_log_lines, plain_help
 
 from ._audit import audit_period
 from ._catalog import BackupRecord
@@ -390,7 +390,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on success, 1 when the operation or its settings fail, 2 for a bad argument,
-    130/143 when interrupted; every error is one ``notifykit-backup: error:`` line."""
+    130/143 when interrupted; every error is one ``notifykit-backup: error:`` line (the
+    service's log line saying the same is not printed as well; library logs are not shown)."""
+    with own_log_lines(("notifykit", "backup")) as log_lines:
+        return _main(argv, log_lines)
+
+
+def _main(argv: Sequence[str] | None, log_lines: LogLines | None) -> int:
     try:
         args = _parser().parse_args(argv)
     except _UsageError as exc:
@@ -401,8 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config, catalog_path=args.catalog_path, store=args.store, chunk_size=args.chunk_size,
             compression=args.compression, notifier_url=args.notifier_url, notifier_config=args.notifier_config,
             host=args.host)
-        return anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
+        code = anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
+        if code in (130, 143) and log_lines is not None:
+            log_lines.show_held(drop=True)  # the interruption's one line said what happened
+        return code
     except (BackupError, NotifyKitError) as exc:
+        if log_lines is not None:
+            log_lines.show_held(str(exc))
         print(f"notifykit-backup: error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the demo's sample volume on a full disk

@@ -357,7 +357,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-class _LogLines(logging.StreamHandler):  # type: ignore[type-arg]
+class LogLines(logging.StreamHandler):  # type: ignore[type-arg]
     """notifykit's log records on stderr. Warnings show at once; error records are held until
     the command ends or another record shows, so one that repeats the error the command fails
     with (a transport logs a refused login, then raises it) is not printed twice: the
@@ -374,25 +374,27 @@ class _LogLines(logging.StreamHandler):  # type: ignore[type-arg]
         self.show_held()
         super().emit(record)
 
-    def show_held(self, failure: str | None = None) -> None:
-        """Print the held records, but those that only repeat ``failure``."""
+    def show_held(self, failure: str | None = None, *, drop: bool = False) -> None:
+        """Print the held records, but those that only repeat ``failure`` (all of them with
+        ``drop``: the command's last line already says what happened)."""
         held, self.held = self.held, []
         for record in held:
-            if not failure or failure not in record.getMessage():
+            if not drop and (not failure or failure not in record.getMessage()):
                 super().emit(record)
 
 
 @contextlib.contextmanager
-def _own_log_lines() -> Iterator[_LogLines | None]:
-    """Show notifykit's warnings on stderr, not the client libraries' (a refused connection
-    is already our one error line). Only when nobody configured logging (a test, an app)."""
+def own_log_lines(names: Sequence[str] = ("notifykit",)) -> Iterator[LogLines | None]:
+    """Show the warnings of the loggers ``names`` (and their children) on stderr, not the
+    client libraries' (a refused connection is already our one error line). Only when
+    nobody configured logging (a test, an app)."""
     root = logging.getLogger()
     if root.handlers:
         yield None
         return
-    handler = _LogLines()
+    handler = LogLines()
     handler.setLevel(logging.WARNING)
-    handler.addFilter(lambda record: record.name == "notifykit" or record.name.startswith("notifykit."))
+    handler.addFilter(lambda record: any(record.name == n or record.name.startswith(n + ".") for n in names))
     root.addHandler(handler)
     try:
         yield handler
@@ -449,11 +451,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with _own_log_lines() as log_lines:
+    with own_log_lines() as log_lines:
         return _main(argv, log_lines)
 
 
-def _main(argv: Sequence[str] | None, log_lines: _LogLines | None = None) -> int:
+def _main(argv: Sequence[str] | None, log_lines: LogLines | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "tail":

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,16 @@ def test_tail_with_a_wrong_amqp_password_is_one_error_line() -> None:
     assert done.stderr.startswith("notifykit: error: AMQP broker refused the connection"), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr  # not a log line saying it first
     assert "not-the-password" not in done.stderr
+
+
+def test_a_failed_backup_operation_is_one_error_line(tmp_path: Path) -> None:
+    """The service logs the failure on the ``backup`` logger; run as an operator runs it (no
+    logging configured) the CLI printed that line and then the same error again."""
+    env = {**os.environ, "NOTIFYKIT_BACKUP_CATALOG_PATH": str(tmp_path / "c.db"),
+           "NOTIFYKIT_BACKUP_STORE": str(tmp_path / "objects"),
+           "NOTIFYKIT_BACKUP_NOTIFIER_URL": f"log://{tmp_path / 'n.jsonl'}"}
+    env.pop("NOTIFYKIT_BACKUP_CONFIG", None)
+    done = subprocess.run([sys.executable, "-m", "notifykit.backup.cli", "create", str(tmp_path / "missing.img")],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr == f"notifykit-backup: error: volume {str(tmp_path / 'missing.img')!r} does not exist\n"
