@@ -18,6 +18,7 @@ TransientError so the core's backoff, circuit breaker and spool take over.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -243,6 +244,11 @@ class NatsTransport(Transport):
     # -- connection and stream ----------------------------------------------------------
 
     async def _connect(self) -> Client:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio: nats-py's tasks, futures and streams are asyncio's
+            raise PermanentError(f"nats {self.settings.url.redacted}: nats-py runs only under asyncio; "
+                                 "run the Notifier on anyio's asyncio backend") from None
         options = self.options
         tls: ssl.SSLContext | None = None
         if options.tls.enabled:
