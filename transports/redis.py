@@ -18,6 +18,7 @@ connection pool) on the next ``send()``. Sentinel and Cluster are not supported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -232,6 +233,11 @@ class RedisTransport(Transport):
 
     async def _connect(self) -> redis.asyncio.Redis:
         """A client whose pool connects on demand; PING once, so a refused login is seen here."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio: redis.asyncio's streams, futures and timeouts are asyncio's
+            raise PermanentError(f"{self._where}: redis-py's client runs only under asyncio; "
+                                 "run the Notifier on anyio's asyncio backend") from None
         o = self.options
         kwargs: dict[str, Any] = dict(
             host=o.host, port=o.port, db=o.db, username=o.username, password=o.password,

@@ -86,3 +86,11 @@ def test_client_side_failures_are_transient_and_never_show_the_password() -> Non
     assert isinstance(refused, TransientError) and "topsecret" not in str(refused) and "Error 111" in str(refused)
     timeout = transport.classify(redis.exceptions.TimeoutError("Timeout reading from socket"))
     assert isinstance(timeout, TransientError) and "command_timeout=2s" in str(timeout)
+
+
+def test_outside_asyncio_open_is_a_clear_permanent_error() -> None:
+    """Under trio (any loop but asyncio's) redis.asyncio cannot run: one clear error, not a traceback."""
+    coroutine = build("redis://:topsecret@127.0.0.1:6379/0").open()
+    with pytest.raises(PermanentError, match=r"^redis redis://:\*\*\*@127.0.0.1:6379/0: redis-py's client runs only "
+                                             r"under asyncio; run the Notifier on anyio's asyncio backend$"):
+        coroutine.send(None)  # driven by hand, with no event loop running
