@@ -12,7 +12,11 @@ from typing import Any
 from ._catalog import BackupCatalog, BackupRecord, BackupStatus
 from ._errors import BackupError
 
-__all__ = ["WatchedCatalog", "interruption_message"]
+__all__ = ["LOCK_GRACE", "Interruption", "WatchedCatalog", "interruption_message"]
+
+# After a signal, the interrupted operation's error report may wait this long for another
+# process's catalog lock; then it gives up, so the command ends within a second.
+LOCK_GRACE = 0.5
 
 # Statuses an operation leaves behind only while it runs: a record still in one after an
 # interruption means its failure could not be recorded.
@@ -82,6 +86,13 @@ class WatchedCatalog(BackupCatalog):
         updated = await self.inner.update(backup_id, **changes)
         self.written[updated.id] = updated
         return updated
+
+
+class Interruption:
+    """What a signal handler needs to reach while a command runs: the catalog it uses."""
+
+    def __init__(self) -> None:
+        self.catalog: WatchedCatalog | None = None
 
 
 def interruption_message(signal_name: str, catalog: WatchedCatalog | None) -> str:

@@ -1,4 +1,4 @@
-"""``notifykit-backup``: create, restore, delete, list and show backups, audit usage, or run the demo.
+"""``notifykit-backup``: create, restore, verify, delete, list and show backups, audit usage, or run the demo.
 
 Settings come from options, ``NOTIFYKIT_BACKUP_*`` environment variables and a TOML file
 (``--config`` or ``NOTIFYKIT_BACKUP_CONFIG``); notifications go to ``log://stderr`` unless
@@ -25,15 +25,17 @@ import anyio.to_thread
 from notifykit import ContextLike, Notification, Notifier, NotifyKitError, Priority, __version__, redact_text
 from notifykit.cli import LogLines, own_log_lines, plain_help
 
+from ._asyncapi import backup_asyncapi
 from ._audit import audit_period
 from ._catalog import BackupRecord
 from ._compression import COMPRESSIONS
 from ._config import BackupConfig, parse_size
 from ._errors import BackupError
-from ._interrupt import WatchedCatalog, interruption_message
+from ._interrupt import LOCK_GRACE, Interruption, WatchedCatalog, interruption_message
 from ._setup import build_catalog, open_backup_service
 from ._sqlite import SQLiteCatalog
 from ._text import display_text
+from ._verify import verify_backup
 
 __all__ = ["main"]
 
@@ -120,18 +122,6 @@ def _print_table(records: Sequence[BackupRecord], out: TextIO) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 
-class Interruption:
-    """What a signal handler needs to reach while a command runs: the catalog it uses."""
-
-    def __init__(self) -> None:
-        self.catalog: WatchedCatalog | None = None
-
-
-# After a signal, the interrupted operation's error report may wait this long for another
-# process's catalog lock; then it gives up, so the command ends within a second.
-_LOCK_GRACE = 0.5
-
-
 async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out: TextIO, err: TextIO) -> int:
     """run_command, stopped by SIGTERM or Ctrl-C (SIGINT): the operation ends as an error event
     and status, and the Notifier drains within its close_timeout (a durable transport keeps the
@@ -152,7 +142,7 @@ async def run_until_sigterm(args: argparse.Namespace, config: BackupConfig, out:
                     async for signum in signals:
                         stopped_by.append(signum)
                         if interruption.catalog is not None:
-                            interruption.catalog.give_up_lock_waits(_LOCK_GRACE)
+                            interruption.catalog.give_up_lock_waits(LOCK_GRACE)
                         tg.cancel_scope.cancel()
                         return
 
@@ -177,6 +167,9 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
                       interruption: Interruption | None = None) -> int:
     if args.command == "demo":
         return await run_demo(config, parse_size(args.size, "--size"), out, err, keep=args.keep)
+    if args.command == "asyncapi":  # a document only: no catalog, no store, no notifier
+        out.write(json.dumps(backup_asyncapi(config), indent=2) + "\n")
+        return 0
     inner = build_catalog(config)
     if isinstance(inner, SQLiteCatalog):
         def waiting() -> None:
@@ -203,6 +196,12 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
             await service.restore_backup(args.id, args.target, overwrite=args.overwrite, on_progress=display)
             display.finish()
             out.write(f"restored {args.id} to {display_text(args.target)}\n")
+        elif args.command == "verify":
+            display = ProgressDisplay("verify", err)
+            report = await verify_backup(service, args.id, on_progress=display)
+            display.finish()
+            out.write(f"verified {report.backup_id}: {report.objects} objects ({report.stored_bytes} bytes stored)"
+                      f" of {report.backups} backup(s) for {report.volume_bytes} volume bytes, every block matches\n")
         elif args.command == "delete":
             await service.delete_backup(args.id)
             out.write(f"deleted {args.id}\n")
@@ -368,6 +367,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("id")
     r.add_argument("target")
     r.add_argument("--overwrite", action="store_true", help="replace an existing file or write a block device")
+    v = sub.add_parser("verify", parents=[common],
+                       help="read every object of a backup and its parents, check every block; write nothing")
+    v.add_argument("id")
     d = sub.add_parser("delete", parents=[common], help="delete a backup's objects")
     d.add_argument("id")
     ls = sub.add_parser("list", parents=[common], help="list backups")
@@ -385,6 +387,8 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", parents=[common], help="back up, restore, verify and delete a sample volume")
     dm.add_argument("--size", default="256MiB", help="sample volume size (default 256MiB)")
     dm.add_argument("--keep", action="store_true", help="keep the demo's work directory")
+    sub.add_parser("asyncapi", parents=[common], help="print the AsyncAPI 3.0 document of the backup notifications"
+                   " (channels of --notifier / --notifier-config)")
     return parser
 
 

@@ -1,0 +1,85 @@
+"""``verify``: read every object of a backup and of its chain of parents and check it
+against the metadata and every block against the block list, writing nothing.
+
+It is what a restore checks, without a target: the metadata's owner, sizes and parent
+against the catalog record, the block list against its sha256, each object's stored size,
+compression and length, and every block of every object (not only the blocks a restore
+would take from it) against the block list of the backup the object belongs to. The first
+problem, in chain order (the full backup first), is one CorruptBackupError naming the object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from ._catalog import BackupStatus
+from ._chunked import ChunkedBackupDriver
+from ._errors import BackupError, CorruptBackupError, InvalidStatusTransitionError, ObjectNotFoundError
+from ._service import BackupService, ProgressObserver
+
+__all__ = ["VerifyReport", "verify_backup"]
+
+# A backup in these statuses is being written or removed, or is gone: nothing to verify.
+_UNVERIFIABLE = frozenset({BackupStatus.CREATING, BackupStatus.DELETING, BackupStatus.DELETED})
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What a passed verification read."""
+
+    backup_id: str
+    backups: int  # the backup and its parents
+    objects: int
+    stored_bytes: int
+    volume_bytes: int
+
+
+async def verify_backup(service: BackupService, backup_id: str, *,
+                        on_progress: ProgressObserver | None = None) -> VerifyReport:
+    """Check the backup ``backup_id`` whole (see the module); raises CorruptBackupError
+    naming the first bad object, or InvalidStatusTransitionError while it is in flux."""
+    record = await service.catalog.get(backup_id)
+    if record.status in _UNVERIFIABLE:
+        raise InvalidStatusTransitionError(f"backup {record.id!r} is {record.status.value}: only a finished"
+                                           " backup can be verified")
+    service.check_store(record)
+    driver = service.driver
+    if not isinstance(driver, ChunkedBackupDriver):
+        raise BackupError(f"the {driver.service} driver cannot verify backups")
+    parents = await service._parents(record)
+    layers = await driver._chain(record, parents)
+    driver._plan(layers)  # every block of the volume is held by some backup of the chain
+    total = sum(int(entry["stored_length"]) for layer in layers for entry in layer.objects)
+    done = objects = 0
+    for layer in layers:
+        container = str(layer.record.container)
+        block_size = int(layer.meta.get("block_size", 1))
+        for entry in layer.objects:
+            where = f"object {container}/{entry['name']}"
+            try:
+                stored = await driver.store.get_object(container, entry["name"])
+            except ObjectNotFoundError:
+                raise CorruptBackupError(f"{where} (object {entry['index']} of backup {layer.record.id}) is missing"
+                                         " from the object store") from None
+
+            await anyio.to_thread.run_sync(_check_object, driver, container, entry, stored, layer.digests,
+                                           block_size)
+            objects += 1
+            done += len(stored)
+            if on_progress is not None:
+                on_progress(done, total)
+    newest = layers[-1]
+    return VerifyReport(record.id, len(layers), objects, done, int(newest.meta["volume_size"]))
+
+
+def _check_object(driver: ChunkedBackupDriver, container: str, entry: dict[str, Any], stored: bytes,
+                  digests: bytes | None, block_size: int) -> None:
+    """One object's sizes and compression, then each of its blocks against its backup's
+    block list (a version 1 backup: its sha256), in a worker thread."""
+    data = driver._unpack(container, entry, stored)
+    if digests is not None:
+        driver._verify_blocks(f"object {container}/{entry['name']}", data, 0, len(data), int(entry["offset"]),
+                              block_size, digests)
