@@ -36,7 +36,8 @@ from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
 from ._objectstore import ObjectStore
-from ._volume import open_restore_target, open_volume, read_exactly, volume_size
+from ._target import RestoreTarget, open_restore_target
+from ._volume import open_volume, read_exactly, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
            "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for", "check_pipeline"]
@@ -360,6 +361,7 @@ class ChunkedBackupDriver(BackupDriver):
         try:
             meta = await anyio.to_thread.run_sync(json.loads, raw)
             version = int(meta.get("version", 1))
+            owner = (meta.get("backup_id"), meta.get("volume_id"))
             size = int(meta["volume_size"])
             objects = [{key: (str if key in ("name", "compression") else int)(o[key]) for key in _ENTRY_KEYS}
                        | ({"sha256": str(o["sha256"])} if version == 1 else {}) for o in meta["objects"]]
@@ -372,6 +374,9 @@ class ChunkedBackupDriver(BackupDriver):
             raise CorruptBackupError(f"{where} is unreadable: {exc!r}") from None
         if version not in (1, METADATA_VERSION):
             raise CorruptBackupError(f"{where} has version {version}; this notifykit reads versions 1 and 2")
+        if owner != (record.id, record.volume_id):  # another backup's objects copied in
+            raise CorruptBackupError(f"{where} is of backup {owner[0]!r} (volume {owner[1]!r}), the catalog's record"
+                                     f" is backup {record.id!r} (volume {record.volume_id!r}): refusing to restore it")
         if size != record.size_bytes:
             raise CorruptBackupError(f"{where}: metadata says {size} bytes, catalog says {record.size_bytes}")
         for i, entry in enumerate(objects):
@@ -486,11 +491,11 @@ class ChunkedBackupDriver(BackupDriver):
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
         block_size = int(newest.meta.get("block_size", 1))
-        fh, path, in_place = await anyio.to_thread.run_sync(
-            lambda: open_restore_target(target, overwrite=overwrite))
+        out: RestoreTarget = await anyio.to_thread.run_sync(
+            lambda: open_restore_target(target, overwrite=overwrite, operation=record.id))
         written = 0
         try:
-            fd = fh.fileno()
+            fd, path = out.fd, out.written_path
 
             def place(layer: _Layer, entry: dict[str, Any], ranges: list[tuple[int, int]], stored: bytes) -> int:
                 container = str(layer.record.container)
@@ -534,10 +539,10 @@ class ChunkedBackupDriver(BackupDriver):
                 raise first_error(group) from None
             if written != size:
                 raise CorruptBackupError(f"restored {written} bytes, the backup holds {size}")
-            await anyio.to_thread.run_sync(_finish_target, fh, path, target, in_place, written)
+            await anyio.to_thread.run_sync(out.finish, written)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_discard_target, fh, path, in_place)
+                await anyio.to_thread.run_sync(out.discard)
             raise
         return written
 
@@ -574,34 +579,12 @@ def _check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, con
         raise CorruptBackupError(f"{where}: objects cover {expected} bytes, the volume is {size}")
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: os.PathLike[str]) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: str) -> None:
     view = memoryview(data)
     try:
         while view:
             done = os.pwrite(fd, view, offset)
             view, offset = view[done:], offset + done
     except OSError as exc:
-        raise BackupError(f"cannot write restore target {os.fspath(path)!r}: {exc.strerror or exc}") from None
+        raise BackupError(f"cannot write restore target {path!r}: {exc.strerror or exc}") from None
 
-
-def _finish_target(fh: BinaryIO, path: os.PathLike[str], target: str | os.PathLike[str], in_place: bool,
-                   size: int) -> None:
-    """Sync and close; a regular-file restore is renamed into place only now, when complete."""
-    try:
-        if not in_place:
-            os.ftruncate(fh.fileno(), size)
-        os.fsync(fh.fileno())
-        fh.close()
-        if not in_place:
-            os.replace(path, target)
-    except OSError as exc:
-        raise BackupError(f"cannot finish restore target {os.fspath(target)!r}: {exc.strerror or exc}") from None
-
-
-def _discard_target(fh: BinaryIO, path: os.PathLike[str], in_place: bool) -> None:
-    fh.close()
-    if not in_place:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass

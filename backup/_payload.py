@@ -71,6 +71,9 @@ def utf8_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {key: utf8_text(value) if isinstance(value, str) else value for key, value in payload.items()}
 
 
-def progress_payload(record: BackupRecord, *, bytes_done: int, objects_done: int, percentage: float) -> dict[str, Any]:
-    """Lifecycle payload plus how far the operation is; constant size, whatever the progress."""
-    return usage_from_backup(record, bytes_done=bytes_done, objects_done=objects_done, percentage=percentage)
+def progress_payload(record: BackupRecord, *, bytes_done: int, objects_done: int, percentage: float,
+                     backup_percent: int) -> dict[str, Any]:
+    """Lifecycle payload plus how far the operation is; constant size, whatever the progress.
+    ``backup_percent`` is the field Cinder's chunked driver sends (an int, 100 at the end)."""
+    return usage_from_backup(record, bytes_done=bytes_done, objects_done=objects_done, percentage=percentage,
+                             backup_percent=backup_percent)

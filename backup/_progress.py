@@ -3,7 +3,9 @@
 Cinder emits a progress event every ``backup_object_number_per_notification`` objects and,
 with ``backup_enable_progress_timer``, every ``backup_timer_interval`` seconds. Unlike
 Cinder, the percentage here is computed from bytes (not a chunk count over a byte size),
-never goes backwards, and the last event says 100.
+never goes backwards, and the last event says 100. Each update carries it twice: as
+``percentage`` (two decimals) and as Cinder's ``backup_percent`` (a whole number, rounded
+down, so it says 100 only on the last one).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ProgressUpdate:
     bytes_done: int
     objects_done: int
     percentage: float
+    backup_percent: int = 0
 
 
 class ProgressTracker:
@@ -57,6 +60,7 @@ class ProgressTracker:
         self.objects_done = 0
         self._objects_at_last = 0
         self._last_percentage = 0.0
+        self._last_backup_percent = 0
         self._last_emit = clock.now()
         self.final_sent = False
 
@@ -71,10 +75,16 @@ class ProgressTracker:
         self._last_percentage = value
         return value
 
+    def _backup_percent(self) -> int:
+        """Cinder's whole-number field: floor of the byte ratio, so 100 only when complete."""
+        value = 100 if self.total_bytes <= 0 else min(100, self.bytes_done * 100 // self.total_bytes)
+        self._last_backup_percent = max(value, self._last_backup_percent)
+        return self._last_backup_percent
+
     def _snapshot(self) -> ProgressUpdate:
         self._objects_at_last = self.objects_done
         self._last_emit = self._clock.now()
-        update = ProgressUpdate(self.bytes_done, self.objects_done, self._percentage())
+        update = ProgressUpdate(self.bytes_done, self.objects_done, self._percentage(), self._backup_percent())
         if update.percentage >= 100.0:
             self.final_sent = True
         return update

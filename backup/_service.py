@@ -28,11 +28,18 @@ from notifykit import Clock, ContextLike, EventLoopClock, Priority, RequestConte
 
 from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
 from ._driver import BackupDriver, ObjectCallback
-from ._errors import BackupConfigError, BackupError, BackupNotFoundError, InvalidStatusTransitionError, WrongStoreError
+from ._errors import (
+    BackupConfigError,
+    BackupError,
+    BackupNotFoundError,
+    InvalidStatusTransitionError,
+    RestoreTargetError,
+    WrongStoreError,
+)
 from ._liveness import current_process, process_alive
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup, utf8_payload
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
-from ._volume import partial_path
+from ._target import RestoreTargetBusyError, TargetLock, lock_restore_target, remove_restore_leftovers
 
 __all__ = ["BackupService", "ProgressObserver", "describe_failure"]
 
@@ -127,7 +134,8 @@ class BackupService:
                              update: ProgressUpdate | None) -> None:
         if update is not None:
             await self._emit(ctx, f"backup.{op}progress", progress_payload(
-                record, bytes_done=update.bytes_done, objects_done=update.objects_done, percentage=update.percentage))
+                record, bytes_done=update.bytes_done, objects_done=update.objects_done, percentage=update.percentage,
+                backup_percent=update.backup_percent))
 
     async def _fail(self, ctx: RequestContext, op: str, record: BackupRecord, exc: BaseException,
                     *, expect: BackupRecord | None = None) -> bool:
@@ -244,20 +252,58 @@ class BackupService:
         ctx: ContextLike = None,
         on_progress: ProgressObserver | None = None,
     ) -> BackupRecord:
-        """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``)."""
+        """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``).
+
+        The target is locked first: while another restore writes it, this one is refused
+        (``RestoreTargetBusyError`` naming that restore, a ``.error`` event, no status change)."""
         context = self._context(ctx)
-        record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING,
-                                   restore_target=os.fspath(target))
+        where = await anyio.to_thread.run_sync(os.path.abspath, target)
+        lock = await self._lock_target(context, backup_id, where)
         try:
-            parents = await self._parents(record)
-            record = await self._run_with_progress(
-                context, "restore", record, record.size_bytes, on_progress,
-                lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite,
-                                                      parents=parents))
-        except BaseException as exc:
-            await self._guarded(context, "restore", record, exc)
-            raise
+            record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING, restore_target=where)
+            try:
+                parents = await self._parents(record)
+                record = await self._run_with_progress(
+                    context, "restore", record, record.size_bytes, on_progress,
+                    lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite,
+                                                          parents=parents))
+            except BaseException as exc:
+                await self._guarded(context, "restore", record, exc)
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lock.release)
         return record
+
+    async def _lock_target(self, context: RequestContext, backup_id: str, where: str) -> TargetLock:
+        """Take the restore target, or refuse the request naming the restore that has it."""
+        pid, _ = current_process()
+        try:
+            try:
+                return await anyio.to_thread.run_sync(
+                    lock_restore_target, where, {"backup_id": backup_id, "pid": pid, "host": self.host})
+            except RestoreTargetBusyError as exc:
+                if exc.holder:
+                    raise
+                # A locked device holds no note of who locked it: the catalog knows.
+                running = [r for r in await self.catalog.list()
+                           if r.status is BackupStatus.RESTORING and r.restore_target == where]
+                if not running:
+                    raise
+                holder = running[0]
+                raise RestoreTargetBusyError(
+                    f"restore target {where!r} is in use by the restore of backup {holder.id} (process"
+                    f" {holder.worker_pid} on {holder.worker_host}); wait for it to finish or choose another target",
+                    {"backup_id": holder.id, "pid": holder.worker_pid, "host": holder.worker_host}) from None
+        except RestoreTargetError as exc:
+            record: BackupRecord | None = None
+            try:
+                record = await self.catalog.get(backup_id)
+            except BackupNotFoundError:
+                pass
+            log.error("backup %s: restore refused: %s", backup_id, exc)
+            await self._reject(context, "restore", backup_id, exc, record)
+            raise
 
     async def delete_backup(self, backup_id: str, *, ctx: ContextLike = None) -> BackupRecord:
         """Remove every object and the container; the record stays, as ``deleted``."""
@@ -276,7 +322,8 @@ class BackupService:
         """Fail this host's operations left in a working status by a process that died
         (SIGKILL, power loss), as Cinder does at service start: ``creating`` → ``error``,
         ``restoring`` → ``error_restoring``, ``deleting`` → ``error_deleting``, each with its
-        ``.error`` event, and remove the hidden partial file a killed restore left.
+        ``.error`` event, and remove the hidden partial file (and unheld lock file) a killed
+        restore left.
 
         An operation whose process still runs (its pid and start time, recorded in the
         catalog, match a live process) is left alone, so recover is safe at any time."""
@@ -291,7 +338,7 @@ class BackupService:
                 log.info("backup %s: %s still running in process %s; left alone", record.id, op, record.worker_pid)
                 continue
             if op == "restore" and record.restore_target is not None:
-                await anyio.to_thread.run_sync(_remove_partial, record.restore_target)
+                await anyio.to_thread.run_sync(_remove_leftovers, record.restore_target, record.id)
             if await self._fail(context, op, record, BackupError(
                     f"interrupted: the process running this {op} stopped before it finished"), expect=record):
                 recovered.append(await self.catalog.get(record.id))
@@ -425,12 +472,10 @@ def _volume_id_for(host: str, path: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
-def _remove_partial(target: str) -> None:
-    """Remove the hidden partial file of a restore to ``target`` (a regular file only)."""
-    partial = partial_path(target)
+def _remove_leftovers(target: str, backup_id: str) -> None:
+    """Remove the hidden files a killed restore of ``backup_id`` to ``target`` left."""
     try:
-        if partial.is_file() and not partial.is_symlink():
-            partial.unlink()
-            log.info("removed %s left by an interrupted restore", partial)
+        for name in remove_restore_leftovers(target, backup_id):
+            log.info("removed %s left by an interrupted restore", os.path.join(os.path.dirname(target), name))
     except OSError as exc:
-        log.warning("could not remove %s left by an interrupted restore: %s", partial, exc.strerror or exc)
+        log.warning("could not remove what an interrupted restore to %s left: %s", target, exc.strerror or exc)

@@ -1,4 +1,4 @@
-"""Reading and writing volumes: a regular file or a block device.
+"""Reading volumes: a regular file or a block device (restore targets: ``_target``).
 
 Opening checks the kind first, so a FIFO or a directory is a clear VolumeError instead
 of a hang or an IsADirectoryError traceback. Everything here blocks; callers run it in
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO
 
-from ._errors import RestoreTargetError, VolumeError
+from ._errors import VolumeError
 
-__all__ = ["open_restore_target", "open_volume", "partial_path", "read_exactly", "volume_size"]
+__all__ = ["open_volume", "read_exactly", "volume_size"]
 
 
 def _describe(mode: int) -> str:
@@ -81,42 +80,3 @@ def read_exactly(fh: BinaryIO, length: int, where: str, offset: int) -> bytes:
     except OSError as exc:
         raise VolumeError(f"volume {where!r}: read error at byte {offset + length - want}: {_os_reason(exc)}") from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def partial_path(target: str | os.PathLike[str]) -> Path:
-    """The hidden file a regular-file restore writes before renaming it to ``target``."""
-    final = Path(target)
-    return final.with_name(f".{final.name}.partial")
-
-
-def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool) -> tuple[BinaryIO, Path, bool]:
-    """Open where a restore writes: ``(file, path_written, is_block_device)``.
-
-    A regular-file target is written to a hidden partial file next to it and renamed into
-    place only when every chunk is verified, so a failed restore leaves no wrong data under
-    the target name. A block device is written in place (``overwrite`` required).
-    """
-    final = Path(target)
-    try:
-        st = os.stat(final)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise RestoreTargetError(f"restore target {str(final)!r}: {_os_reason(exc)}") from None
-    if st is not None:
-        if stat.S_ISBLK(st.st_mode):
-            if not overwrite:
-                raise RestoreTargetError(f"restore target {str(final)!r} is a block device; pass overwrite to write it")
-            try:
-                return open(final, "r+b", buffering=0), final, True
-            except OSError as exc:
-                raise RestoreTargetError(f"restore target {str(final)!r} cannot be opened: {_os_reason(exc)}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise RestoreTargetError(f"restore target {str(final)!r} is {_describe(st.st_mode)}")
-        if not overwrite:
-            raise RestoreTargetError(f"restore target {str(final)!r} already exists; pass overwrite to replace it")
-    partial = partial_path(final)
-    try:
-        return open(partial, "wb", buffering=0), partial, False
-    except OSError as exc:
-        raise RestoreTargetError(f"restore target {str(final)!r} cannot be written: {_os_reason(exc)}") from None

@@ -90,14 +90,15 @@ def test_recover_removes_what_a_killed_restore_left(tmp_path: Path, monkeypatch:
     last.unlink()
     os.mkfifo(last)
     target = tmp_path / "restored.img"
-    partial = tmp_path / ".restored.img.partial"
     proc = subprocess.Popen([sys.executable, "-m", "notifykit.backup.cli", "restore", backup_id, str(target),
                              "--chunk-size", "16KiB", "--notifier", f"log://{log}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         assert proc.stderr.readline().startswith("restore: ")  # the partial file exists by now
-        assert partial.exists() and not target.exists()
+        # Named for this operation (backup id + random part), beside the target's lock file.
+        [partial] = tmp_path.glob(f".restored.img.{backup_id}.*.partial")
+        assert (tmp_path / ".restored.img.restore.lock").exists() and not target.exists()
         proc.send_signal(signal.SIGKILL)
         _kill(proc)
     finally:
