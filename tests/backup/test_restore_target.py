@@ -300,3 +300,34 @@ async def test_metadata_of_another_volume_is_refused(tmp_path: Path) -> None:
         with pytest.raises(CorruptBackupError, match="volume 'another-volume'"):
             await env.service.restore_backup(record.id, tmp_path / "out.img")
     assert store.chunks_read == [] and not (tmp_path / "out.img").exists()
+
+
+async def test_a_long_or_relative_target_name_works_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hidden names of a 250-byte target name would pass NAME_MAX: they use a digest."""
+    long_name = "v" * 246 + ".img"
+    monkeypatch.chdir(tmp_path)
+    async with backup_env(tmp_path) as env:
+        volume = env.volume(3 * CHUNK)
+        record = await env.service.create_backup(volume)
+        await env.service.restore_backup(record.id, long_name)
+        await env.service.restore_backup(record.id, "relative.img")
+    assert (tmp_path / long_name).read_bytes() == (tmp_path / "relative.img").read_bytes() == volume.read_bytes()
+    assert hidden(tmp_path) == []
+
+
+async def test_recover_cleanup_removes_only_plain_files_of_that_backup_and_an_unheld_lock(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(VICTIM)
+    (tmp_path / ".t.img.B1.abc.partial").write_bytes(b"left by a killed restore of B1")
+    (tmp_path / ".t.img.B2.abc.partial").write_bytes(b"another backup's")
+    os.symlink(victim, tmp_path / ".t.img.B1.planted.partial")
+    lock = _target.lock_restore_target(tmp_path / "t.img", {"backup_id": "B3", "pid": 1, "host": "h"})
+    try:
+        assert _target.remove_restore_leftovers(tmp_path / "t.img", "B1") == [".t.img.B1.abc.partial"]
+    finally:
+        lock.release()
+    assert hidden(tmp_path) == [".t.img.B1.planted.partial", ".t.img.B2.abc.partial"]  # the held lock went with release
+    (tmp_path / ".t.img.restore.lock").write_bytes(b"{}")  # stale: nobody holds it
+    assert _target.remove_restore_leftovers(tmp_path / "t.img", "B1") == [".t.img.restore.lock"]
+    assert victim.read_bytes() == VICTIM
