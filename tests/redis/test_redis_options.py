@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import redis.exceptions
 
@@ -94,3 +98,19 @@ def test_outside_asyncio_open_is_a_clear_permanent_error() -> None:
     with pytest.raises(PermanentError, match=r"^redis redis://:\*\*\*@127.0.0.1:6379/0: redis-py's client runs only "
                                              r"under asyncio; run the Notifier on anyio's asyncio backend$"):
         coroutine.send(None)  # driven by hand, with no event loop running
+
+
+def test_without_redis_py_the_error_says_which_extra_to_install() -> None:
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["redis"] = None  # as if redis-py were not installed
+        from notifykit import ConfigError, Notifier
+        try:
+            Notifier.from_url("redis://:pw-never-shown@127.0.0.1:6379/0", publisher_id="p")
+        except ConfigError as exc:
+            print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("transport 'redis' is installed but cannot import 'redis.asyncio'; "
+                                     "install it with: pip install 'notifykit[redis]'")
