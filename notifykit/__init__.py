@@ -23,6 +23,7 @@ from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._redact import redact_text, redact_url
 from ._stats import TransportState, TransportStats, render_prometheus
 from ._supervisor import TaskHealth, TaskState
+from .asyncapi import EventCatalogue, EventType
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,9 @@ __all__ = [
     "Clock",
     "ConfigError",
     "ContextLike",
+    "EventCatalogue",
     "EventLoopClock",
+    "EventType",
     "Filter",
     "InvalidNotificationError",
     "MissingDependencyError",
