@@ -2,9 +2,9 @@
 
 One ``XADD`` per notification and stream, a whole batch written as one pipeline (no
 MULTI: one round trip, answered in order), so a stream holds the batch in the order the
-dispatcher gave it. An entry carries the envelope as fields (``message_id``,
-``event_type``, ``priority``, ``publisher_id``, ``timestamp``, ``content-type``,
-``traceparent``) and the encoded wire format in ``body``; a notification counts as sent
+dispatcher gave it. An entry carries the routing envelope as fields (``message_id``,
+``event_type``, ``priority``, ``content-type``, ``traceparent``: the headers the Kafka and
+NATS transports set) and the encoded wire format in ``body``; a notification counts as sent
 once Redis answered its ``XADD`` with an entry id.
 
 A Redis that refuses a write answers with an error code and a sentence; ``classify()``
@@ -137,13 +137,13 @@ class RedisOptions:
 
 def entry_fields(n: Notification, fmt: WireFormat, body: bytes) -> list[str | bytes]:
     """The fields of one stream entry, flat (field, value, field, value…) as XADD takes them:
-    the envelope, so consumers route without parsing, then the body."""
+    the envelope (the Kafka and NATS transports' headers), so consumers route without
+    parsing, then the body. Publisher and timestamp are in the body; the entry id is the
+    time Redis appended it."""
     fields: list[str | bytes] = [
         "message_id", n.message_id,
         "event_type", n.event_type,
         "priority", _PRIORITY[n.priority],
-        "publisher_id", n.publisher_id,
-        "timestamp", n.iso_timestamp,
         "content-type", _CONTENT_TYPE[fmt],
     ]
     if n.context.traceparent:
