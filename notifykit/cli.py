@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
@@ -17,8 +18,9 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -238,7 +240,7 @@ def deadletters_purge(path: Path, transport: str | None, yes: bool, out: TextIO)
 
 #: Far above any real status file (a few KiB per transport): a bigger "status file" is something else.
 STATUS_MAX_BYTES = 16 * 1024 * 1024
-_TEXT_FIELDS = ("name", "state", "last_error")
+_TEXT_FIELDS = ("name", "state", "last_error", "degraded")  # degraded: a reason while a spool is degraded
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -304,14 +306,20 @@ def _spool_line(info: SpoolInfo) -> str:
     return f"spool {info.path}: {counts} ({info.segments} segment(s), {info.bytes} bytes{bad})"
 
 
-def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, out: TextIO) -> None:
+def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, out: TextIO,
+           as_json: bool = False) -> None:
     """Print a status file and/or what a spool holds. Both are only read: the spool with
     :meth:`Spool.inspect`, so a path that is not a spool (another program's SQLite file, say)
-    is refused untouched. Everything is checked before anything is printed."""
+    is refused untouched. Everything is checked before anything is printed. ``as_json``:
+    one line ``{"status": DOCUMENT, "spool": {...}}`` (null for what was not asked)."""
     if status_file is None and spool_file is None:
         raise ConfigError("status needs --file STATUS_JSON (a Notifier's status_path) and/or --spool SPOOL")
     document = read_status(status_file) if status_file is not None else None
     info = Spool.inspect(spool_file) if spool_file is not None else None
+    if as_json:
+        spool = None if info is None else {**asdict(info), "path": str(info.path)}
+        out.write(json.dumps({"status": document, "spool": spool}, ensure_ascii=False) + "\n")
+        return
     if document is not None:
         transports = document.get("transports", {})
         if prometheus:
@@ -334,6 +342,32 @@ def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, 
         out.write(_spool_line(info) + "\n")
 
 
+def watch_status(status_file: Path | None, spool_file: Path | None, prometheus: bool, as_json: bool,
+                 interval: float, out: TextIO, frames: int | None = None) -> None:
+    """``status --watch``: print the status again every ``interval`` seconds until Ctrl-C
+    (``frames``: stop after that many). On a terminal each frame replaces the last; JSON is
+    one line per frame. A source that fails later (a file being replaced, say) shows its
+    error in the frame and is read again; one that fails at once is the command's error."""
+    shown = 0
+    while frames is None or shown < frames:
+        frame = io.StringIO()
+        try:
+            status(status_file, spool_file, prometheus, frame, as_json)
+        except NotifyKitError as exc:
+            if not shown:
+                raise
+            frame.write(f"notifykit: error: {redact_text(str(exc))}\n")
+        if out.isatty():
+            out.write("\x1b[H\x1b[2J")  # cursor home, clear screen
+        if not as_json:
+            out.write(f"# {datetime.now(UTC).isoformat(timespec='seconds')}, every {interval:g} s (Ctrl-C stops)\n")
+        out.write(frame.getvalue())
+        out.flush()
+        shown += 1
+        if frames is None or shown < frames:
+            time.sleep(interval)
+
+
 class _UsageError(Exception):
     """A bad argument: main() prints it as one ``notifykit: error:`` line and exits 2."""
 
@@ -354,6 +388,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (stop after N notifications), got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -446,7 +490,11 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="counters and state of a Notifier (its status_path file) and its spool")
     st.add_argument("--file", type=Path, default=None, help="status JSON written by a Notifier (status_path)")
     st.add_argument("--spool", type=Path, default=None, help=f"spool file (e.g. {default_spool_path()})")
-    st.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
+    shape = st.add_mutually_exclusive_group()
+    shape.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
+    shape.add_argument("--json", dest="as_json", action="store_true", help="one JSON line: the status document and the spool")
+    st.add_argument("--watch", action="store_true", help="print it again every --interval seconds until Ctrl-C")
+    st.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default 1)")
     return parser
 
 
@@ -472,8 +520,13 @@ def _main(argv: Sequence[str] | None, log_lines: LogLines | None = None) -> int:
                 return 1 if failed else 0
             else:
                 deadletters_purge(path, args.transport, args.yes, sys.stdout)
+        elif args.command == "status" and args.watch:
+            try:
+                watch_status(args.file, args.spool, args.prometheus, args.as_json, args.interval, sys.stdout)
+            except KeyboardInterrupt:  # how a watch ends
+                return 0
         elif args.command == "status":
-            status(args.file, args.spool, args.prometheus, sys.stdout)
+            status(args.file, args.spool, args.prometheus, sys.stdout, args.as_json)
     except (NotifyKitError, _UsageError) as exc:
         if log_lines is not None:
             log_lines.show_held(str(exc))
