@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,20 @@ class RedisOptions:
             maxlen_approximate=settings.take_bool("maxlen_approximate", True),
             connect_timeout=settings.take_float("connect_timeout", 5.0, minimum=0.001) or 5.0,
             command_timeout=settings.take_float("command_timeout", 30.0, minimum=0.001) or 30.0,
-            client_name=settings.take_str("client_name", f"notifykit-{settings.name}") or settings.name,
+            client_name=_client_name(settings, where),
             tail_from=settings.take_choice("tail_from", ("latest", "earliest"), "latest"),
             tls=settings.take_tls(enabled=url.scheme == "rediss"),
         )
+
+
+def _client_name(settings: TransportSettings, where: str) -> str:
+    """CLIENT SETNAME's argument: printable ASCII without spaces (Redis refuses others at every connect)."""
+    name = settings.take_str("client_name")
+    if name is None:
+        return "notifykit-" + re.sub(r"[^!-~]", "-", settings.name)
+    if not name or re.search(r"[^!-~]", name):
+        raise ConfigError(f"option 'client_name' of {where} must be printable ASCII without spaces, got {name!r}")
+    return name
 
 
 def entry_fields(n: Notification, fmt: WireFormat, body: bytes) -> list[str | bytes]:

@@ -40,10 +40,16 @@ def test_defaults_and_the_url_parts() -> None:
     ("redis://h/0", {"tail_from": "middle"}, r"option 'tail_from' .* must be one of latest, earliest"),
     ("redis://h/0", {"cert_file": __file__}, r"option\(s\) cert_file .* need a TLS URL"),
     ("redis://h/0", {"streams": "x"}, r"unknown option\(s\) streams"),
+    ("redis://h/0", {"client_name": "my app"}, r"option 'client_name' .* must be printable ASCII without spaces"),
 ])
 def test_bad_options_are_one_clear_error(url: str, options: dict[str, str], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         build(url, **options)
+
+
+def test_the_default_client_name_is_one_redis_accepts() -> None:
+    settings = TransportSettings.build("my redis", parse_url("redis://h/0"), WireFormat.JSON, ("notifications",), {})
+    assert RedisTransport.from_settings(settings).options.client_name == "notifykit-my-redis"
 
 
 def test_stream_and_topic_together_are_refused() -> None:
