@@ -7,6 +7,7 @@ other's trouble.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from ._deadletter import DeadLetterSink, DeadLetterWriter
 from ._errors import BatchError, PermanentError, TransientError, TransportError
 from ._message import Notification
 from ._policies import OverflowPolicy
-from ._spool import Spool, SpoolFullError, SpoolSync
+from ._spool import SPOOL_TASK, Spool, SpoolFaultError, SpoolFullError, SpoolSync
 from ._stats import TransportState, TransportStats
 from ._supervisor import Supervisor, describe
 from ._transport import Transport
@@ -168,6 +169,10 @@ class Dispatcher:
         if spool is not None and (self.durable or self._spilling):
             if not self._closed and self._append_now(spool, notification):
                 return True
+            if (not spool.writable and not self._closed and not self._reserved and not self._blocked
+                    and self._try_enqueue(notification)):
+                self.stats.unspooled += 1  # degraded spool: kept in memory, counted in queue_depth
+                return True
             self._reserved += 1  # until put() has stored it, the worker must not stop spilling
             return False
         if self._blocked or self._closed:
@@ -221,10 +226,14 @@ class Dispatcher:
         if not self.waits:
             assert self._spool is not None
             try:
-                await self._spool_put(self._spool, notification)
+                return await self._spool_put(self._spool, notification, started=started)
             finally:
                 self._reserved -= 1
-            return True
+        return await self._wait_for_room(notification, started)
+
+    async def _wait_for_room(self, notification: Notification, started: float | None) -> bool:
+        """``block``: enqueue when the queue has room, else wait for it up to block_timeout
+        (counted from ``started``) behind earlier waiters; False when refused."""
         if not self._blocked and self._try_enqueue(notification):
             return True
         timeout = self.config.block_timeout
@@ -279,7 +288,7 @@ class Dispatcher:
             return
         try:
             first = spool.append_many(self.name, [*flying, *queued])
-        except (SpoolFullError, OSError):
+        except (SpoolFullError, SpoolFaultError, OSError):
             for notification in queued:  # they fit: they were there a moment ago
                 self._send.send_nowait(notification)
             return
@@ -314,7 +323,7 @@ class Dispatcher:
             return False
         try:
             seq = spool.append(self.name, notification)
-        except (SpoolFullError, OSError):
+        except (SpoolFullError, SpoolFaultError, OSError):
             return False
         self.stats.enqueued += 1
         self._spooled += 1
@@ -332,14 +341,16 @@ class Dispatcher:
         self._on_committed(seq, notification)
 
     async def _spool_put(self, spool: Spool, notification: Notification, *, new: bool = True,
-                         closing: bool = False) -> None:
+                         closing: bool = False, started: float | None = None) -> bool:
         """Store before returning (and fsync under ``spool_sync = fsync``). When the spool is
         full (``spool_max_messages`` or ``spool_max_bytes``) the overflow policy applies:
         ``block`` waits up to ``block_timeout`` for room, then dead-letters; ``drop_*``
-        drop it; ``spill`` dead-letters it. Each is counted as ``spool_full`` too.
-        ``new=False``: already counted as enqueued; ``closing``: a leftover at close, never waits."""
+        drop it; ``spill`` dead-letters it. Each is counted as ``spool_full`` too. When the
+        spool's disk is failing (degraded) it is kept in memory instead (:meth:`_keep_in_memory`).
+        ``new=False``: already counted as enqueued; ``closing``: a leftover at close, never waits.
+        False: refused (``block`` past block_timeout, counted ``refused``)."""
         self.stats.enqueued += new  # taken on: spooled, dropped or dead-lettered below
-        if self.durable and self._cache_full() and not closing and self.stats.state in (
+        if self.durable and spool.writable and self._cache_full() and not closing and self.stats.state in (
                 TransportState.STARTING, TransportState.CONNECTED):
             # A healthy worker drains the in-memory copy faster than the log can be read back:
             # wait a moment for it; a stalled one leaves the backlog to the log. (spill never
@@ -363,18 +374,16 @@ class Dispatcher:
                 except SpoolFullError as exc:
                     if not released:  # confirmed segments may be waiting for deletion: free them first
                         released = True
-                        await spool.release()
+                        await spool.make_room()
                         continue
                     reason, bytes_full = f"spool full: {exc}", True
-                except OSError as exc:
-                    log.error("notifykit transport %r could not write to %r: %s", self.name, spool, exc)
-                    await self._dead_letter([notification], f"spool write failed: {exc}")
-                    return
+                except (SpoolFaultError, OSError):
+                    return await self._keep_in_memory(spool, notification, new=new, closing=closing, started=started)
                 else:
                     self._appended(seq, notification, new=False)
                     if spool.sync is SpoolSync.FSYNC:
                         await spool.synced(seq)
-                    return
+                    return True
             else:
                 reason = f"spool full: {cap} notifications already waiting"
             if self.overflow is OverflowPolicy.BLOCK and not closing:
@@ -389,9 +398,44 @@ class Dispatcher:
             self.stats.spool_full += 1
             if self.overflow in (OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST) and not closing:
                 self._count_drop()
-                return
+                return True
             await self._dead_letter([notification], reason)
-            return
+            return True
+
+    async def _keep_in_memory(self, spool: Spool, notification: Notification, *, new: bool, closing: bool,
+                              started: float | None) -> bool:
+        """The spool's disk is failing (see ``Spool.fault``; logged once, by the spool): the
+        notification is kept in memory, in the queue (counted ``unspooled``, shown in
+        queue_depth, never as spooled), and once the queue is full the overflow policy
+        applies as to any in-memory transport: ``block`` waits for room (then refuses),
+        ``drop_*`` drop, ``spill`` dead-letters it (there is no disk to spill to). At close
+        it is dead-lettered: nothing in memory outlives the process."""
+        fault = spool.fault.describe() if spool.fault is not None else "not writable"
+        if closing:
+            await self._dead_letter([notification], f"not kept: the spool is degraded ({fault})")
+            return True
+        self.stats.enqueued -= new  # counted again below, where it is taken on (or not: refused)
+        if not self._blocked and self._try_enqueue(notification):
+            self.stats.unspooled += 1
+            return True
+        if self.overflow is OverflowPolicy.BLOCK:
+            if await self._wait_for_room(notification, started):
+                self.stats.unspooled += 1
+                return True
+            return False
+        self.stats.enqueued += 1
+        if self.overflow is OverflowPolicy.DROP_OLDEST:
+            with contextlib.suppress(anyio.WouldBlock):
+                self._receive.receive_nowait()
+            self._send.send_nowait(notification)
+            self.stats.unspooled += 1
+            self._count_drop()
+        elif self.overflow is OverflowPolicy.DROP_NEWEST:
+            self._count_drop()
+        else:
+            await self._dead_letter([notification], f"the spool is degraded ({fault}) and the queue is full"
+                                                    f" ({self.config.queue_size})")
+        return True
 
     async def _drop_oldest(self, spool: Spool, *, bytes_full: bool) -> int:
         """``overflow = drop_oldest`` on a full spool: drop this transport's oldest waiting
@@ -462,8 +506,10 @@ class Dispatcher:
 
     def snapshot(self) -> TransportStats:
         in_flight = len(self._in_flight) + self._letters.pending + self._putting_away
+        spool = self._spool
+        degraded = spool.fault.describe() if spool is not None and spool.fault is not None else None
         return replace(self.stats, queue_depth=self.queue_depth, in_flight=in_flight,
-                       spooled=self._spooled - self._in_flight_spooled)
+                       spooled=self._spooled - self._in_flight_spooled, degraded=degraded)
 
     # -- worker side -------------------------------------------------------------------
 
@@ -477,6 +523,8 @@ class Dispatcher:
         the task group) and shielded from the caller's cancellation: a caller cancelled
         inside ``async with notifier`` still gets its queue drained by aclose() (within
         close_timeout), which alone stops the worker, through :meth:`stop`."""
+        if self._spool is not None:  # its degraded state shows in the spool task's health too
+            self._spool.attach_health(supervisor.register(SPOOL_TASK))
         try:
             with anyio.CancelScope(shield=True) as scope:
                 self._scope = scope
@@ -615,11 +663,28 @@ class Dispatcher:
             return
         try:
             spool.append_many(self.name, kept)
-        except (SpoolFullError, OSError) as exc:
+        except (SpoolFullError, SpoolFaultError, OSError) as exc:
             log.warning("notifykit transport %r: could not append %d unwritten dead letter(s) to %r again (%s);"
                         " the next Notifier re-sends from the first of them", self.name, len(kept), spool, exc)
             return
         self._letters.close_floor = None
+
+    async def _dead_letter_unsaved(self, spool: Spool) -> None:
+        """At close, the spool's directory deleted and not recreated: what waits in it is not
+        on disk (only readable through the descriptors this process holds), so it is read
+        and dead-lettered rather than reported as kept for the next Notifier."""
+        fault = spool.fault.describe() if spool.fault is not None else "deleted"
+        while self._spooled > 0:
+            read = await spool.read(self.name, self._after, 1000)
+            if not read.rows and read.through <= self._after:
+                break
+            self._spooled -= len(read.rows) + read.quarantined
+            self._after = read.through
+            self._cache.clear()
+            self._cache_complete = False
+            await self._dead_letter([row.notification for row in read.rows],
+                                    f"not kept: the spool directory is gone ({fault})")
+            self._ack_delivered()
 
     def _kept_in_spool(self, count: int) -> None:
         """Dead letters that could not be written stay in the spool: counted spooled again."""
@@ -813,11 +878,21 @@ class Dispatcher:
         self._send.close()
         self._receive.close()
         before = self.stats.dead_lettered
-        if self._spool is not None:
+        spool = self._spool
+        if spool is not None:
+            await spool.check()  # a deleted directory is recreated (or reported) before anything counts as kept
+            if not spool.on_disk:
+                await self._dead_letter_unsaved(spool)
             self._putting_away = len(leftovers)
-            for notification in leftovers:
+            for index, notification in enumerate(leftovers):
+                if not spool.writable:  # degraded: the rest at once, not one dead-letter write each
+                    rest = leftovers[index:]
+                    self._putting_away -= len(rest)
+                    fault = spool.fault.describe() if spool.fault is not None else "not writable"
+                    await self._dead_letter(rest, f"{reason}; not kept: the spool is degraded ({fault})")
+                    break
                 self._putting_away -= 1  # _spool_put counts it before its first await
-                await self._spool_put(self._spool, notification, new=False, closing=True)
+                await self._spool_put(spool, notification, new=False, closing=True)
         else:
             await self._dead_letter(leftovers, reason)
         await self._letters.retry(final=True)  # the kept ones: one last attempt

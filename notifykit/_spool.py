@@ -22,6 +22,7 @@ import base64
 import contextlib
 import ctypes
 import enum
+import errno
 import fcntl
 import json
 import logging
@@ -32,13 +33,14 @@ import sqlite3
 import struct
 import tempfile
 import threading
+import time
 import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -69,10 +71,11 @@ from ._log import (
 )
 from ._message import Notification
 from ._paths import state_file
+from ._supervisor import TaskHealth, TaskState
 
 __all__ = [
-    "DEFAULT_SPOOL_MAX_BYTES", "SPOOL_TASK", "Spool", "SpoolFullError", "SpoolInfo", "SpoolRead", "SpoolSync",
-    "SpooledRow", "default_spool_path",
+    "DEFAULT_SPOOL_MAX_BYTES", "SPOOL_TASK", "DiskFault", "Spool", "SpoolFaultError", "SpoolFullError", "SpoolInfo",
+    "SpoolRead", "SpoolSync", "SpooledRow", "default_spool_path",
 ]
 
 log = logging.getLogger("notifykit")
@@ -91,6 +94,10 @@ QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
 _PACK_HEADER = HEADER.pack
 _crc32 = zlib.crc32
 LOCK = "lock"
+#: While the spool's disk is failing it is tried again this often (seconds); while it works,
+#: the directory is checked this often (an ``rm -rf`` of it is noticed and repaired).
+PROBE_INTERVAL = 1.0
+CHECK_INTERVAL = 1.0
 #: madvise(2) advice that write-faults a range in (Linux 5.14 and later).
 _MADV_POPULATE_WRITE = 23
 
@@ -122,6 +129,35 @@ class SpoolSync(enum.StrEnum):
 
 class SpoolFullError(NotifyKitError):
     """The spool reached ``spool_max_bytes``; the transport's overflow policy decides."""
+
+
+class SpoolFaultError(NotifyKitError):
+    """The spool's disk cannot take a record now (see :attr:`Spool.fault`): the directory was
+    deleted and could not be recreated, the disk is full, read-only or failing."""
+
+
+@dataclass(slots=True)
+class DiskFault:
+    """Why the spool runs degraded: ``kind`` is ``deleted``, ``disk_full``, ``read_only`` or
+    ``io_error``; ``error`` says what failed, in one line; ``since`` is a ``time.time()``."""
+
+    kind: str
+    error: str
+    since: float
+
+    def describe(self) -> str:
+        return f"{self.kind}: {self.error}"
+
+
+def fault_kind(exc: OSError) -> str:
+    """The degraded state an OSError puts the spool in."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "read_only"
+    if exc.errno == errno.ENOENT:
+        return "deleted"
+    return "io_error"
 
 
 def default_spool_path() -> Path:
@@ -166,6 +202,9 @@ class _Segment:
     size: int  # bytes written (the file may be longer: a preallocated tail of zeros)
     last: dict[str, int] = field(default_factory=dict)  # highest record seq per transport
     allocated: int = 0  # on disk, when more than size (an active segment's tail not given back)
+    #: Kept open while the segment lives: records are read through it, so a segment whose
+    #: file was deleted from under us (``rm -rf``) is still readable and can be written back.
+    fd: int | None = None
 
 
 @dataclass(slots=True)
@@ -219,10 +258,130 @@ class _Recovered:
     dropped: dict[str, list[tuple[int, int]]]
 
 
+_T = TypeVar("_T")
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _directory_gone(path: Path, lock_fd: int, identity: tuple[int, int] | None) -> str | None:
+    """Why the spool directory is no longer the one we locked, or None (worker thread)."""
+    try:
+        if _identity(path) != identity:
+            return f"the spool directory {str(path)!r} was deleted and replaced"
+    except FileNotFoundError:
+        return f"the spool directory {str(path)!r} was deleted"
+    except OSError:  # unreadable now: the operations that fail say why
+        return None
+    if os.fstat(lock_fd).st_nlink == 0:
+        return f"the files of the spool directory {str(path)!r} were deleted"
+    return None
+
+
+def _pread_all(fd: int, size: int, offset: int = 0) -> bytes:
+    """``size`` bytes from ``offset`` (fewer only at the end of the file)."""
+    parts: list[bytes] = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _truncate_fd(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
+
+
+def _touch(fd: int | None) -> None:
+    """A write to the spool's file system that needs no room (refused when it is read-only)."""
+    if fd is not None:
+        os.utime(fd)
+
+
+def _read_blocking(quarantine: Callable[[dict[str, object], bytes], bool], transport: str, reader: _Reader,
+                   limit: int, snapshot: list[tuple[int, int, int]], dropped: list[tuple[int, int]]
+                   ) -> tuple[SpoolRead, _Reader, list[bool]]:
+    """Worker thread: up to ``limit`` rows after ``reader``; uses only its arguments (the
+    reader is handed over and back). Returns whether each quarantined record was copied."""
+    rows: list[SpooledRow] = []
+    through = reader.after
+    copied: list[bool] = []
+    while len(rows) < limit:
+        if not reader.rows and not _fill(reader, transport, snapshot, dropped):
+            break
+        record = reader.rows.popleft()
+        seq = through = reader.after = record.seq
+        if any(a < seq <= b for a, b in dropped):
+            continue
+        try:
+            rows.append(SpooledRow(seq, record.notification()))
+        except (ValueError, TypeError, InvalidNotificationError) as exc:
+            copied.append(quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"},
+                                     record.body))
+    return SpoolRead(rows, through, len(copied)), reader, copied
+
+
+def _fill(reader: _Reader, transport: str, snapshot: list[tuple[int, int, int]], dropped: list[tuple[int, int]]) -> bool:
+    """Buffer the transport's next records (the rest of one segment); False at the end."""
+    for number, fd, size in snapshot:
+        if number < reader.segment or (number == reader.segment and reader.offset >= size):
+            continue
+        if number != reader.segment:
+            reader.segment, reader.offset = number, 0
+        buf = _pread_all(fd, size - reader.offset, reader.offset)
+        reader.offset = size
+        for item in scan(buf):
+            if isinstance(item, BadRegion):
+                continue
+            record = decode_body(item[1])
+            if (isinstance(record, Record) and record.transport == transport and record.seq > reader.after
+                    and not any(a < record.seq <= b for a, b in dropped)):
+                reader.rows.append(record)
+        if reader.rows:
+            return True
+    return False
+
+
+def _close_blocking(spare: _Spare | None, paths: list[Path], fds: list[int], lock_fd: int | None) -> None:
+    """Worker thread, at close: discard the spare, delete ``paths`` (nothing waits in them),
+    close the descriptors and the lock."""
+    if spare is not None:
+        spare.discard()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    for fd in [*fds, *([lock_fd] if lock_fd is not None else [])]:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+
 class Spool:
     """The log shared by the durable / spill transports of one Notifier.
 
-    One process at a time: the spool directory is locked (``flock``) while open.
+    One process at a time: the spool directory is locked (``flock``) while open. The event
+    loop owns every attribute; worker threads get snapshots and return results that the
+    loop applies.
+
+    The cap is an invariant: our files never hold more than ``max_bytes`` on disk.
+    :attr:`size` counts the segments (the active one with its whole preallocation), a spare
+    segment ready or being made, and segments being deleted until their unlink returned;
+    a segment starts only within what is left.
+
+    A disk fault (the directory deleted, the disk full, read-only, an I/O error) is a state,
+    :attr:`fault`, entered with one log line and left with one; the maintenance task
+    (:meth:`keep_spare_segment`) tries the disk again every PROBE_INTERVAL meanwhile.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, sync: SpoolSync | str = SpoolSync.WRITE,
@@ -236,8 +395,13 @@ class Spool:
         self.segment_bytes = max(1024, min(segment_bytes, max_bytes // 8))
         self.quarantined = 0  # records or regions skipped for good (copied to quarantine.jsonl if it has room)
         self.quarantine_not_copied = 0  # of those, the ones quarantine.jsonl had no room (or no disk) for
+        #: The disk fault the spool is degraded by, None while it works (see DiskFault).
+        self.fault: DiskFault | None = None
+        self.faults = 0  # degraded episodes so far
+        self._health: TaskHealth | None = None
         self._opened = False
         self._lock_fd: int | None = None
+        self._dir_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory we locked
         # The active segment: preallocated to _capacity bytes and mapped (MAP_SHARED) at _map;
         # a record is copied into the mapping, i.e. into the kernel's page cache of the file.
         self._fd: int | None = None
@@ -250,7 +414,13 @@ class Spool:
         self._spare: _Spare | None = None  # the next segment, ready (see keep_spare_segment)
         self._spare_bytes = 0  # on disk for the spare, or reserved while it is made
         self._spare_number: int | None = None  # the spare's segment number, ready or being made
+        self._spare_done: anyio.Event | None = None  # set once the spare being made is there (or failed)
         self._spare_wanted: anyio.Event | None = None
+        self._deleting_bytes = 0  # segments being deleted: still on disk until the unlink returned
+        self._deletions: set[anyio.Event] = set()  # one per deletion running in a worker thread
+        self._rescuing = False  # the directory is being recreated: no segment starts, none is deleted
+        self._fd_users = 0  # worker threads using segment file descriptors (they are closed only at 0)
+        self._fds_to_close: list[int] = []
         self._next_seq = 1
         self._acked: dict[str, int] = {}
         self._acked_on_disk: dict[str, int] = {}
@@ -262,24 +432,25 @@ class Spool:
         self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: notification_head()
         self._readers: dict[str, _Reader] = {}
         self._quarantine_lock = threading.Lock()
-        self._release_failures = 0
         # fsync group commit
         self._written = 0
         self._synced = 0
         self._syncing: anyio.Event | None = None
-        self._retired_fds: list[int] = []
+        self._retired_fds: list[int] = []  # closed segments' descriptors the next fsync covers
         self._dir_dirty = False
-        self._sync_failures = 0
 
     # -- opening, recovery, migration (worker thread) -----------------------------------
 
     async def open(self) -> None:
         """Lock the spool, recover what a previous process left (quarantining bad bytes),
-        migrate a pre-log SQLite spool, and start a new segment."""
+        migrate a pre-log SQLite spool, and start a new segment. A disk that cannot take a
+        new segment (full, read-only) is no error: the spool opens degraded (:attr:`fault`),
+        what is there is replayed, and the disk is tried again in the background."""
         if not self._opened:
             self._spare_wanted = anyio.Event()
             await anyio.to_thread.run_sync(self._open_blocking)
             self._opened = True
+            self._sync_health()
 
     def pending_counts(self) -> dict[str, int]:
         """Notifications per transport a previous process left (after :meth:`open`)."""
@@ -309,18 +480,25 @@ class Spool:
             raise ConfigError(f"spool {str(path)!r} is in use by another Notifier; give each process"
                               " its own spool_path") from None
         self._lock_fd = lock_fd
+        # Nothing else uses the spool until open() returns: this thread may change its state.
         try:
+            self._dir_id = _identity(path)
             recovered = _recover(path)
             for segment, region, data in recovered.bad:
-                self._quarantine({"segment": segment.path.name, "offset": region.start,
-                                  "length": region.end - region.start, "reason": "not a valid record"}, data)
-            for segment in recovered.segments:  # a crashed writer's preallocated, unwritten tail
-                if segment.allocated:
+                self._count_quarantined(self._quarantine(
+                    {"segment": segment.path.name, "offset": region.start, "length": region.end - region.start,
+                     "reason": "not a valid record"}, data))
+            for segment in list(recovered.segments):
+                if segment.allocated:  # a crashed writer's preallocated, unwritten tail
                     try:
                         os.truncate(segment.path, segment.size)
                         segment.allocated = 0
                     except OSError:  # kept (and counted) until the segment is deleted
                         pass
+                try:
+                    segment.fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    recovered.segments.remove(segment)
             self._segments = recovered.segments
             self._acked = dict(recovered.acked)
             self._acked_on_disk = dict(recovered.acked)
@@ -328,11 +506,12 @@ class Spool:
             self._next_seq = recovered.next_seq
             self._pending = dict(recovered.pending)
             self._bytes = sum(max(s.size, s.allocated) for s in self._segments)
-            self._start_segment()
-            try:
-                self._delete_blocking(self._take_deletable())
-            except OSError as exc:  # kept, retried at the next release
-                log.error("notifykit spool %r: could not delete confirmed segments: %s", str(path), exc)
+            doomed = self._take_deletable()  # first: what they free is room for the new segment
+            error = self._deleted(doomed, self._delete_blocking([s.path for s in doomed]))
+            if error is not None:  # kept, retried by the maintenance task
+                self._fail(error, "deleting confirmed segments")
+            with contextlib.suppress(SpoolFaultError):  # degraded from the start: reported, tried again
+                self._start_segment()
             for suffix in _LEGACY_SUFFIXES:
                 legacy = path.with_name(path.name + suffix)
                 if legacy.is_file() and _is_legacy_spool(legacy):
@@ -341,32 +520,46 @@ class Spool:
             self._close()
             raise
 
+    # -- segments (event loop) ----------------------------------------------------------
+
     def _start_segment(self, need: int = 0) -> None:
         """Close the active segment (cut to what it holds) and begin the next: the spare when
         it is ready and fits, else one made here, preallocated (so that a full disk fails
-        here, with an error, not later in the mapping) and mapped. Its size fits within
-        ``max_bytes`` with the other segments; SpoolFullError when not even ``need`` more
-        bytes would."""
+        here, with an error, not later in the mapping) and mapped. It fits within
+        ``max_bytes`` with everything else on disk (see :attr:`size`): SpoolFullError when
+        not even ``need`` more bytes would; SpoolFaultError when the disk refused it (the
+        spool is then degraded, without an active segment)."""
+        if self._rescuing:
+            raise SpoolFaultError(f"spool {str(self.path)!r} is being recreated")
         checkpoint = frame_checkpoint(self._next_seq, self._acked, self._dropped)
-        spare = self._take_spare()
-        active = self._active
-        others = self._bytes - (self._capacity - active.size if active is not None else 0)
         want = len(checkpoint) + need
-        capacity = min(max(self.segment_bytes, want), self.max_bytes - others)
         number = self._segments[-1].number + 1 if self._segments else 1
-        if spare is not None and (spare.number, spare.capacity) == (number, capacity) and capacity >= want:
-            fd, mapping = spare.fd, spare.mapping
+        active = self._active
+        tail = self._capacity - active.size if active is not None else 0
+        spare = self._take_spare()  # no longer counted as a spare: it serves below, or is discarded
+        room = self.max_bytes - (self._bytes - tail) - self._spare_bytes - self._deleting_bytes
+        if spare is not None and spare.number == number and want <= spare.capacity <= room:
+            self._retire_active()
+            fd, mapping, capacity = spare.fd, spare.mapping, spare.capacity
         else:
             if spare is not None:  # made for another size: its number is free again
                 spare.discard()
             elif self._spare_number == number:  # a worker thread is making that one: leave it (it is discarded)
                 number += 1
+            capacity = min(max(self.segment_bytes, want), room)
             if capacity < want:
                 raise SpoolFullError(f"spool {str(self.path)!r} is full ({self.max_bytes} bytes, spool_max_bytes)")
-            fd, mapping = self._make_segment(number, capacity)
-        segment = _Segment(number, self.path / segment_name(number), len(checkpoint))
+            self._retire_active()  # first: its unwritten tail goes back before the next is allocated
+            capacity = min(capacity, self.max_bytes - self.size)  # less if the tail could not be given back
+            if capacity < want:
+                raise SpoolFaultError(f"spool {str(self.path)!r}: {self.fault.describe() if self.fault else 'no room'}")
+            try:
+                fd, mapping = self._make_segment(number, capacity)
+            except OSError as exc:
+                self._fail(exc, f"starting {segment_name(number)}")
+                raise SpoolFaultError(f"spool {str(self.path)!r} is degraded: {exc.strerror or exc}") from None
+        segment = _Segment(number, self.path / segment_name(number), len(checkpoint), fd=fd)
         mapping[:len(checkpoint)] = checkpoint
-        self._retire_active()
         self._fd, self._map, self._capacity, self._active = fd, mapping, capacity, segment
         self._check_at = capacity // 2  # half full: time to make the next one ready
         self._bytes += capacity
@@ -394,31 +587,48 @@ class Spool:
         return fd, mapping
 
     async def keep_spare_segment(self) -> None:
-        """Background task (supervised by the Notifier): whenever the active segment is half
-        full, make the next one ready in a worker thread, when the spool has room for it
-        (``max_bytes`` counts it). A failure (a full disk) leaves it to the event loop,
-        which reports it."""
+        """Background task (supervised by the Notifier), the spool's maintenance: whenever
+        the active segment is half full, make the next one ready in a worker thread (when
+        ``max_bytes`` has room for it); every CHECK_INTERVAL, check that the directory is
+        still ours (a deleted one is recreated, :meth:`check`); while degraded, try the
+        disk again every PROBE_INTERVAL and leave the degraded state once it works."""
         while True:
             wanted = self._spare_wanted
             assert wanted is not None, "keep_spare_segment() needs an open spool"
-            await wanted.wait()
-            self._spare_wanted = anyio.Event()
-            if self._spare is not None or self._active is None or self._bytes + self.segment_bytes > self.max_bytes:
-                continue
-            number, capacity = self._segments[-1].number + 1, self.segment_bytes
-            self._spare_bytes, self._spare_number = capacity, number
-            try:
-                with anyio.CancelScope(shield=True):  # a few ms; what it makes must not leak
-                    spare = await anyio.to_thread.run_sync(self._make_spare, number, capacity)
-            except OSError as exc:
-                self._spare_bytes, self._spare_number = 0, None
-                log.debug("notifykit spool %r: no spare segment (%s); the next one starts when needed", str(self.path), exc)
-                continue
-            if self._active is None or self._segments[-1].number + 1 != number:  # closed, or moved on meanwhile
-                self._spare_bytes, self._spare_number = 0, None
-                spare.discard()
-                continue
-            self._spare = spare
+            with anyio.move_on_after(PROBE_INTERVAL if self.fault is not None else CHECK_INTERVAL):
+                await wanted.wait()
+            if wanted.is_set():
+                self._spare_wanted = anyio.Event()
+            await self.check()
+            if self.fault is not None:
+                await self._probe()
+            elif wanted.is_set():
+                await self._make_spare_now()
+
+    async def _make_spare_now(self) -> bool:
+        """Make the next segment ready in a worker thread; False when the disk refused it."""
+        if (self._spare is not None or self._spare_number is not None or self._active is None
+                or self.size + self.segment_bytes > self.max_bytes):
+            return True
+        number, capacity = self._segments[-1].number + 1, self.segment_bytes
+        self._spare_bytes, self._spare_number = capacity, number  # reserved from here: the file is being made
+        done = self._spare_done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):  # a few ms; what it makes must not leak
+                spare = await anyio.to_thread.run_sync(self._make_spare, number, capacity)
+        except OSError as exc:
+            self._spare_bytes, self._spare_number = 0, None
+            self._fail(exc, f"preparing {segment_name(number)}")
+            return False
+        finally:
+            self._spare_done = None
+            done.set()
+        if self._active is None or self._segments[-1].number + 1 != number:  # closed, or moved on meanwhile
+            spare.discard()
+            self._spare_bytes, self._spare_number = 0, None
+            return True
+        self._spare = spare
+        return True
 
     def _make_spare(self, number: int, capacity: int) -> _Spare:
         fd, mapping = self._make_segment(number, capacity)
@@ -438,26 +648,233 @@ class Spool:
         if spare is not None:
             spare.discard()
 
-    def _retire_active(self, *, close: bool = False) -> None:
+    def _retire_active(self) -> None:
         """Unmap the active segment and give its unwritten tail back to the disk. Its file
-        descriptor is closed, or kept for the next fsync under ``sync = fsync``."""
+        descriptor stays the segment's (records are read through it); under ``sync =
+        fsync`` the next fsync covers it."""
         active, fd, mapping = self._active, self._fd, self._map
         self._active, self._fd, self._map = None, None, None
+        self._heads.clear()  # append() finds no segment: _head() says why
         if mapping is not None:
             mapping.close()  # the written pages stay in the page cache, dirty: nothing is lost
         if active is None or fd is None:
             return
+        capacity, self._capacity = self._capacity, 0
         try:
             os.ftruncate(fd, active.size)
-            self._bytes -= self._capacity - active.size
+            self._bytes -= capacity - active.size
         except OSError as exc:  # the tail stays allocated (and counted) until the segment goes
-            log.warning("notifykit spool %r: could not trim %s: %s", str(self.path), active.path.name, exc)
-            active.allocated = self._capacity
-        self._capacity = 0
-        if self.sync is SpoolSync.FSYNC and not close:
-            self._retired_fds.append(fd)  # closed by the next fsync, which covers it
+            active.allocated = capacity
+            self._fail(exc, f"trimming {active.path.name}")
+        if self.sync is SpoolSync.FSYNC:
+            self._retired_fds.append(fd)
+
+    def _release_fd(self, segment: _Segment) -> None:
+        """Close a deleted segment's descriptor once no worker thread may be using it."""
+        fd, segment.fd = segment.fd, None
+        if fd is not None:
+            if fd in self._retired_fds:
+                self._retired_fds.remove(fd)
+            self._fds_to_close.append(fd)
+            self._close_unused_fds()
+
+    def _close_unused_fds(self) -> None:
+        if not self._fd_users:
+            fds, self._fds_to_close = self._fds_to_close, []
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    async def _in_thread(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run ``function`` in a worker thread that may use segment descriptors (none is
+        closed meanwhile); shielded, so that what it does is always applied."""
+        self._fd_users += 1
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await anyio.to_thread.run_sync(function, *args)
+            return result
+        finally:
+            self._fd_users -= 1
+            self._close_unused_fds()
+
+    # -- disk faults: states, not per-record errors ---------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """A record can be written now (there is an active segment)."""
+        return self._active is not None
+
+    @property
+    def on_disk(self) -> bool:
+        """What the spool holds is on disk: False only while its directory is deleted and
+        could not be recreated (the records are then readable through our descriptors only)."""
+        return self.fault is None or self.fault.kind != "deleted"
+
+    def attach_health(self, health: TaskHealth) -> None:
+        """Show the degraded state in this TaskHealth too (the ``spool`` background task's)."""
+        self._health = health
+        self._sync_health()
+
+    def _sync_health(self) -> None:
+        health, fault = self._health, self.fault
+        if health is None:
+            return
+        if fault is not None:
+            health.state = TaskState.RETRYING
+            health.last_error = f"degraded ({fault.kind}): {fault.error}"
+        elif health.state is TaskState.RETRYING and (health.last_error or "").startswith("degraded ("):
+            health.state = TaskState.RUNNING
+
+    def _fail(self, exc: OSError | str, doing: str, kind: str | None = None) -> None:
+        """Enter the degraded state (one log line), or note the latest error while in it."""
+        reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+        error = f"{doing}: {reason}"
+        if self.fault is not None:
+            self.fault.error = error
+            return
+        kind = kind or (fault_kind(exc) if isinstance(exc, OSError) else "io_error")
+        self.fault = DiskFault(kind, error, time.time())
+        self.faults += 1
+        if self._health is not None:
+            self._health.failures += 1
+        self._sync_health()
+        if kind == "deleted" and self._spare_wanted is not None:
+            self._spare_wanted.set()  # the maintenance task checks the directory now
+        if kind == "deleted":
+            then = "recreating it and writing back the segments it held (read through our open descriptors)"
         else:
-            os.close(fd)
+            then = (f"records go to the spool while its active segment has room; then durable notifications are kept"
+                    f" in memory (up to queue_size, under the overflow policy); tried again every {PROBE_INTERVAL}s")
+        log.error("notifykit spool %r degraded (%s): %s; %s", str(self.path), kind, error, then)
+
+    def _recovered(self, how: str) -> None:
+        fault, self.fault = self.fault, None
+        if fault is None:
+            return
+        self._sync_health()
+        log.warning("notifykit spool %r works again, %.1fs after the %s fault: %s", str(self.path),
+                    time.time() - fault.since, fault.kind, how)
+
+    async def check(self) -> None:
+        """Is the directory still ours? One deleted (``rm -rf``) or replaced under us is
+        recreated and every live segment written back into it, read through the descriptors
+        we keep (nothing is lost); if that fails the spool stays degraded (``deleted``) and
+        :attr:`on_disk` is False."""
+        if not self._opened or self._lock_fd is None or self._rescuing:
+            return
+        gone = await anyio.to_thread.run_sync(_directory_gone, self.path, self._lock_fd, self._dir_id)
+        if gone is not None:
+            self._fail(gone, "checking the spool directory", kind="deleted")
+            await self._rescue()
+
+    async def _rescue(self) -> None:
+        active = self._active
+        closed = [(s.number, s.fd, s.size) for s in self._segments if s is not active and s.fd is not None]
+        head = bytes(self._map[:active.size]) if active is not None and self._map is not None else None
+        self._rescuing = True
+        try:
+            result = await self._in_thread(self._rescue_blocking, closed,
+                                           None if active is None or head is None else (active.number, head, self._capacity))
+        except OSError as exc:
+            self._fail(exc, f"recreating {str(self.path)!r}")
+            self._retire_active()  # a file that is not on disk takes no more records
+            return
+        finally:
+            self._rescuing = False
+        lock_fd, dir_id, fds, made = result
+        if self._lock_fd is not None:
+            self._fds_to_close.append(self._lock_fd)
+        self._lock_fd, self._dir_id = lock_fd, dir_id
+        for segment in self._segments:
+            if segment.number in fds and segment is not active:
+                self._release_fd(segment)
+                segment.fd = fds[segment.number]
+        if made is not None and active is not None:
+            fd, mapping, copied = made
+            if self._active is active and self._map is not None:  # records appended meanwhile: copied too
+                mapping[copied:active.size] = self._map[copied:active.size]
+                self._map.close()
+                self._release_fd(active)
+                self._map, self._fd, active.fd = mapping, fd, fd
+            else:  # retired meanwhile (cannot happen while rescuing; kept simple): the copy serves reads
+                mapping.close()
+                self._release_fd(active)
+                active.fd = fd
+        self._close_unused_fds()
+        self._dir_dirty = True
+        if self._active is None:  # retired by the fault: appends need a segment again
+            try:
+                self._start_segment()
+            except (SpoolFullError, SpoolFaultError):
+                return  # still degraded: the maintenance task tries again
+        self._recovered(f"{str(self.path)!r} recreated, {len(self._segments)} segment(s) written back")
+
+    def _rescue_blocking(self, closed: list[tuple[int, int, int]], active: tuple[int, bytes, int] | None
+                         ) -> tuple[int, tuple[int, int], dict[int, int], tuple[int, mmap.mmap, int] | None]:
+        path = self.path
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fds: dict[int, int] = {}
+        made: tuple[int, mmap.mmap, int] | None = None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for number, old, size in closed:
+                data = _pread_all(old, size)
+                fd = fds[number] = os.open(path / segment_name(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                           0o600)
+                _write_all(fd, data)
+            if active is not None:
+                number, head, capacity = active
+                fd = os.open(path / segment_name(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fds[number] = fd
+                os.posix_fallocate(fd, 0, capacity)
+                mapping = mmap.mmap(fd, capacity)
+                mapping[:len(head)] = head
+                made = (fd, mapping, len(head))
+                del fds[number]
+            return lock_fd, _identity(path), fds, made
+        except BaseException:
+            for fd in [lock_fd, *fds.values(), *([made[0]] if made else [])]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if made is not None:
+                made[1].close()
+            raise
+
+    async def _probe(self) -> None:
+        """Degraded: try every operation the fault may have stopped; leave the state once
+        all of them work (a new segment, trimming, deleting, recording confirmations, a
+        real write, an fsync)."""
+        if not self.on_disk:
+            await self._rescue()
+            return
+        if not await self.release():  # first: what confirmed segments free is room for the next
+            return
+        if self._active is None:
+            try:
+                self._start_segment()
+            except (SpoolFullError, SpoolFaultError):
+                return
+        trims = [(s, s.fd) for s in self._segments if s is not self._active and s.allocated and s.fd is not None]
+        for segment, fd in trims:
+            try:
+                await self._in_thread(_truncate_fd, fd, segment.size)
+            except OSError as exc:
+                self._fail(exc, f"trimming {segment.path.name}")
+                return
+            self._bytes -= segment.allocated - segment.size
+            segment.allocated = 0
+        try:
+            await anyio.to_thread.run_sync(_touch, self._lock_fd)
+            if self.fsync and self._fd is not None:
+                await self._in_thread(os.fdatasync, self._fd)
+        except OSError as exc:
+            self._fail(exc, "writing to the spool")
+            return
+        if not await self._make_spare_now():
+            return
+        self._recovered("segments are started, written and deleted again")
+
 
     def _migrate(self, legacy: Path) -> None:
         """Append the rows of a pre-log SQLite spool to the log, then keep the file as ``.migrated``."""
@@ -471,45 +888,50 @@ class Spool:
             try:
                 notification = Notification.from_json(body)
             except (ValueError, TypeError, InvalidNotificationError) as exc:
-                self._quarantine({"source": legacy.name, "row_id": row_id, "transport": str(transport),
-                                  "reason": f"not a notification: {exc}"}, str(body).encode(errors="replace"))
+                self._count_quarantined(self._quarantine(
+                    {"source": legacy.name, "row_id": row_id, "transport": str(transport),
+                     "reason": f"not a notification: {exc}"}, str(body).encode(errors="replace")))
                 continue
             self._write(str(transport), notification)
             self._pending[str(transport)] = self._pending.get(str(transport), 0) + 1
             moved += 1
-        assert self._fd is not None
+        if self._fd is None:  # degraded: no segment to write them to; the file is kept and read again
+            raise SpoolFaultError(f"cannot migrate {str(legacy)!r}: spool {str(self.path)!r} is degraded")
         os.fsync(self._fd)
         _move_sqlite(legacy, legacy.with_name(legacy.name + ".migrated"))
         log.warning("notifykit spool: migrated %d notification(s) from the SQLite spool %r into %r;"
                     " the old file is kept as %r (delete it once replayed)", moved, str(legacy),
                     str(self.path), legacy.name + ".migrated")
 
-    def _quarantine(self, what: dict[str, object], data: bytes) -> None:
+    def _count_quarantined(self, copied: bool) -> None:
+        self.quarantined += 1
+        self.quarantine_not_copied += not copied
+
+    def _quarantine(self, what: dict[str, object], data: bytes) -> bool:
         """Skip bad bytes for good, keeping a copy in quarantine.jsonl while it has room
         (QUARANTINE_MAX_BYTES); past that, or when the copy cannot be written, the region
-        is only logged (segment, offset, length) and counted."""
+        is only logged (segment, offset, length). Returns whether it was copied; the caller
+        counts it (any thread: this touches only the quarantine file)."""
         line = json.dumps({**what, "data_base64": base64.b64encode(data).decode()}) + "\n"
         where = ", ".join(f"{k}={v}" for k, v in what.items())
         path = self.path / QUARANTINE
         with self._quarantine_lock:
-            self.quarantined += 1
             try:
                 size = path.stat().st_size if path.exists() else 0
                 if size + len(line) > QUARANTINE_MAX_BYTES:
-                    self.quarantine_not_copied += 1
                     log.error("notifykit spool %r: skipped %s; not copied, %s is full (%d bytes,"
                               " the bound): move it away to keep later copies", str(self.path), where,
                               QUARANTINE, QUARANTINE_MAX_BYTES)
-                    return
+                    return False
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # it holds payloads
                 with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.write(line)
             except OSError as exc:
-                self.quarantine_not_copied += 1
                 log.error("notifykit spool %r: skipped %s; could not copy it to %s: %s", str(self.path), where,
                           QUARANTINE, exc.strerror or exc)
-                return
+                return False
         log.error("notifykit spool %r: quarantined %s to %s", str(self.path), where, QUARANTINE)
+        return True
 
     # -- appending (event loop) ---------------------------------------------------------
 
@@ -549,7 +971,7 @@ class Spool:
 
     def _head(self, transport: str) -> tuple[struct.Struct, int, bytes]:
         if self._active is None:
-            raise NotifyKitError("the spool is not open")
+            self._no_segment()
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
         head = self._heads[transport] = (notification_head(name), len(name), name)
@@ -574,10 +996,16 @@ class Spool:
         self._active.last[transport] = self._written = last
         return first
 
+    def _no_segment(self) -> NoReturn:
+        """No active segment: say why (degraded, or not open)."""
+        if self.fault is not None:
+            raise SpoolFaultError(f"spool {str(self.path)!r} is degraded ({self.fault.describe()})")
+        raise NotifyKitError("the spool is not open")
+
     def _put(self, data: bytes) -> None:
         """Copy frames into the active segment, starting the next one if they do not fit."""
         if self._active is None or self._map is None:
-            raise NotifyKitError("the spool is not open")
+            self._no_segment()
         if self._active.size + len(data) > self._capacity:
             self._start_segment(len(data))
         elif self._active.size + len(data) > self._check_at:
@@ -601,91 +1029,45 @@ class Spool:
             self._retired_fds = []
             dir_dirty, self._dir_dirty = self._dir_dirty, False
             try:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._fsync_blocking, fds, retired, dir_dirty)
-            except OSError as exc:
-                self._sync_failures += 1
-                if self._sync_failures == 1 or self._sync_failures % 1000 == 0:
-                    log.error("notifykit spool %r: fsync failed (%d time(s)): %s; the notifications are"
-                              " safe from a crash of this process, not from a power loss", str(self.path),
-                              self._sync_failures, exc)
+                await self._in_thread(self._fsync_blocking, fds, retired, dir_dirty)
+            except OSError as exc:  # the records are in the kernel: safe from a crash, not from a power loss
+                self._fail(exc, "fsync")
             finally:
                 self._synced = max(self._synced, target)
                 self._syncing = None
                 done.set()
 
     def _fsync_blocking(self, fds: list[int | None], retired: list[int], dir_dirty: bool) -> None:
-        try:
-            for fd in [*retired, *fds]:
-                if fd is not None:
-                    os.fdatasync(fd)
-            if dir_dirty:
-                dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        finally:
-            for fd in retired:
-                os.close(fd)
+        for fd in [*retired, *fds]:
+            if fd is not None:
+                os.fdatasync(fd)
+        if dir_dirty:
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     # -- reading back (worker thread) ---------------------------------------------------
 
     async def read(self, transport: str, after: int, limit: int) -> SpoolRead:
         """The next records of ``transport`` after sequence ``after``, in order (replay, or a
-        backlog larger than the in-memory queue). Undecodable records are quarantined."""
-        snapshot = [(s.number, s.path, s.size) for s in self._segments]
+        backlog larger than the in-memory queue), read through the segments' descriptors
+        (so a deleted file is still read). Undecodable records are quarantined."""
         after = max(after, self._acked.get(transport, 0))  # confirmed ones are done, whatever is on disk
-        return await anyio.to_thread.run_sync(self._read_blocking, transport, after, limit, snapshot)
-
-    def _read_blocking(self, transport: str, after: int, limit: int,
-                       snapshot: list[tuple[int, Path, int]]) -> SpoolRead:
-        reader = self._readers.get(transport)
-        if reader is None or reader.after != after:
-            reader = self._readers[transport] = _Reader(after=after)
-        rows: list[SpooledRow] = []
-        through = after
-        quarantined = 0
-        while len(rows) < limit:
-            if not reader.rows and not self._fill(reader, transport, snapshot):
-                break
-            record = reader.rows.popleft()
-            seq = through = reader.after = record.seq
-            if self._is_dropped(transport, seq):  # dropped after it was buffered
-                continue
-            try:
-                rows.append(SpooledRow(seq, record.notification()))
-            except (ValueError, TypeError, InvalidNotificationError) as exc:
-                quarantined += 1
-                self._quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"},
-                                 record.body)
-        return SpoolRead(rows, through, quarantined)
-
-    def _fill(self, reader: _Reader, transport: str, snapshot: list[tuple[int, Path, int]]) -> bool:
-        """Buffer the transport's next records (the rest of one segment); False at the end."""
-        for number, path, size in snapshot:
-            if number < reader.segment or (number == reader.segment and reader.offset >= size):
-                continue
-            if number != reader.segment:
-                reader.segment, reader.offset = number, 0
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(reader.offset)
-                    buf = fh.read(size - reader.offset)
-            except FileNotFoundError:  # confirmed and deleted meanwhile
-                reader.offset = size
-                continue
-            reader.offset += len(buf)
-            for item in scan(buf):
-                if isinstance(item, BadRegion):
-                    continue
-                record = decode_body(item[1])
-                if (isinstance(record, Record) and record.transport == transport and record.seq > reader.after
-                        and not self._is_dropped(transport, record.seq)):
-                    reader.rows.append(record)
-            if reader.rows:
-                return True
-        return False
+        kept = self._readers.pop(transport, None)
+        reader = kept if kept is not None and kept.after == after else _Reader(after=after)
+        snapshot = [(s.number, s.fd, s.size) for s in self._segments if s.fd is not None]
+        dropped = list(self._dropped.get(transport, ()))
+        read, reader, copied = await self._in_thread(_read_blocking, self._quarantine, transport, reader, limit,
+                                                     snapshot, dropped)
+        self._readers[transport] = reader
+        for was_copied in copied:
+            self._count_quarantined(was_copied)
+        if transport in self._dropped:  # dropped while the thread read: skipped here
+            read = SpoolRead([row for row in read.rows if not self._is_dropped(transport, row.row_id)],
+                             read.through, read.quarantined)
+        return read
 
     # -- confirming and deleting ----------------------------------------------------------
 
@@ -758,10 +1140,8 @@ class Spool:
                 merged.append((a, b))
         self._dropped[transport] = merged
         self._absorb(transport)
-        try:
+        with contextlib.suppress(SpoolFullError, SpoolFaultError):  # the next checkpoint records it
             self._put(frame_drop(after, through, self._names.get(transport) or transport.encode()))
-        except (SpoolFullError, OSError):
-            pass
 
     async def count(self, transport: str, after: int, through: int) -> int:
         """How many records of ``transport`` in ``(after, through]`` are waiting (neither
@@ -774,20 +1154,15 @@ class Spool:
         return found[0] if found else None
 
     async def _waiting(self, transport: str, after: int, through: int, limit: int | None) -> list[int]:
-        snapshot = [(s.path, s.size) for s, spans in self._spans()
-                    if transport in spans and spans[transport][1] > after and spans[transport][0] < through]
+        snapshot = [(s.fd, s.size) for s, spans in self._spans() if s.fd is not None
+                    and transport in spans and spans[transport][1] > after and spans[transport][0] < through]
         mark = max(after, self._acked.get(transport, 0))
         dropped = list(self._dropped.get(transport, ()))
 
         def reading() -> list[int]:
             found: list[int] = []
-            for path, size in snapshot:
-                try:
-                    with open(path, "rb") as fh:
-                        buf = fh.read(size)
-                except FileNotFoundError:
-                    continue
-                for item in scan(buf):
+            for fd, size in snapshot:
+                for item in scan(_pread_all(fd, size)):
                     if isinstance(item, BadRegion):
                         continue
                     record = decode_body(item[1])
@@ -798,95 +1173,132 @@ class Spool:
                             return found
             return found
 
-        return await anyio.to_thread.run_sync(reading)
+        return await self._in_thread(reading)
 
-    async def release(self) -> None:
+    async def release(self) -> bool:
         """Write the acknowledgements not yet in the log, then delete the segments whose
-        records are all confirmed (in a worker thread). A failure is logged and retried at
-        the next release; appending is not affected."""
+        records are all confirmed (in a worker thread). A failure makes the spool degraded
+        (retried by the maintenance task) and returns False; appending is not affected."""
+        for transport, seq in list(self._acked.items()):
+            if seq > self._acked_on_disk.get(transport, 0) and self._active is not None:
+                try:
+                    self._put(frame_ack(seq, self._names.get(transport) or transport.encode()))
+                except (SpoolFullError, SpoolFaultError):
+                    break  # recorded by the next segment's checkpoint, once deletions made room
+                self._acked_on_disk[transport] = max(seq, self._acked_on_disk.get(transport, 0))
+        if self._rescuing:
+            return True
+        doomed = self._take_deletable()
+        if not doomed:
+            return True
+        done = anyio.Event()
+        self._deletions.add(done)
         try:
-            for transport, seq in list(self._acked.items()):
-                if seq > self._acked_on_disk.get(transport, 0) and self._active is not None:
-                    try:
-                        self._put(frame_ack(seq, self._names.get(transport) or transport.encode()))
-                    except SpoolFullError:
-                        break  # recorded by the next segment's checkpoint, once deletions made room
-                    self._acked_on_disk[transport] = max(seq, self._acked_on_disk.get(transport, 0))
-            doomed = self._take_deletable()
-            if doomed:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._delete_blocking, doomed)
-        except OSError as exc:
-            self._release_failures += 1
-            if self._release_failures == 1 or self._release_failures % 100 == 0:
-                log.error("notifykit spool %r: could not record confirmations or delete confirmed"
-                          " segments (%d time(s)): %s; retried later", str(self.path), self._release_failures, exc)
+            with anyio.CancelScope(shield=True):
+                failed = await anyio.to_thread.run_sync(self._delete_blocking, [s.path for s in doomed])
+        except BaseException:  # pragma: no cover - _delete_blocking returns its errors
+            failed = dict.fromkeys(range(len(doomed)), OSError(errno.EIO, "deletion failed"))
+            raise
+        finally:
+            self._deletions.discard(done)
+            done.set()
+            error = self._deleted(doomed, failed)
+        if error is not None:
+            self._fail(error, "deleting confirmed segments")
+            return False
+        return True
+
+    async def make_room(self) -> None:
+        """Delete what is confirmed and wait for the deletions and the spare segment being
+        made meanwhile: after this, what is free on disk is free for a new segment."""
+        await self.release()
+        for done in list(self._deletions):
+            await done.wait()
+        if self._spare_done is not None:
+            await self._spare_done.wait()
 
     def _take_deletable(self) -> list[_Segment]:
+        """The closed segments whose records are all done, out of the log: their bytes count
+        as being deleted (still on disk) until :meth:`_deleted` applies the unlinks."""
         doomed = [s for s, spans in self._spans() if s is not self._active
                   and all(self._done(t, lo, hi) for t, (lo, hi) in spans.items())]
         for segment in doomed:
             self._segments.remove(segment)
-            self._bytes -= max(segment.size, segment.allocated)
+            freed = max(segment.size, segment.allocated)
+            self._bytes -= freed
+            self._deleting_bytes += freed
         return doomed
 
-    def _delete_blocking(self, doomed: list[_Segment]) -> None:
-        failed: OSError | None = None
-        for segment in doomed:
+    def _deleted(self, doomed: list[_Segment], failed: dict[int, OSError]) -> OSError | None:
+        """Apply a deletion's results: the deleted segments' bytes are free and their
+        descriptors closed; the ones that failed are kept (retried later). The last error."""
+        error: OSError | None = None
+        for index, segment in enumerate(doomed):
+            freed = max(segment.size, segment.allocated)
+            self._deleting_bytes -= freed
+            if index in failed:
+                error = failed[index]
+                self._segments.append(segment)
+                self._bytes += freed
+            else:
+                self._release_fd(segment)
+        if error is not None:
+            self._segments.sort(key=lambda s: s.number)
+        return error
+
+    @staticmethod
+    def _delete_blocking(paths: list[Path]) -> dict[int, OSError]:
+        """Unlink ``paths`` (worker thread); returns the errors by index, changing nothing else."""
+        failed: dict[int, OSError] = {}
+        for index, path in enumerate(paths):
             try:
-                segment.path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             except OSError as exc:
-                failed = exc
-                self._segments.append(segment)  # kept; retried at the next release
-                self._segments.sort(key=lambda s: s.number)
-                self._bytes += max(segment.size, segment.allocated)
-        if failed is not None:
-            raise failed
+                failed[index] = exc
+        return failed
 
     @property
     def size(self) -> int:
-        """Bytes on disk now (a spare segment included)."""
-        return self._bytes + self._spare_bytes
+        """Bytes our files may hold on disk now: never more than ``max_bytes`` (the segments,
+        a spare ready or being made, segments being deleted)."""
+        return self._bytes + self._spare_bytes + self._deleting_bytes
 
     # -- closing and inspecting -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Write the last confirmations, delete what they free, fsync and close."""
+        """Check the directory, write the last confirmations, delete what they free, fsync
+        and close."""
         if self._opened:
+            await self.check()
             await self.release()
-            if self.sync is SpoolSync.FSYNC:
+            if self.sync is SpoolSync.FSYNC and self._active is not None:
                 await self.synced(self._written)
-            self._heads.clear()  # append() refuses from here on
-            self._retire_active(close=True)  # on the loop: nothing may write to a mapping being unmapped
+            self._retire_active()  # on the loop: nothing may write to a mapping being unmapped
             spare = self._take_spare()  # discarded in the worker thread (unlinking its pages takes a while)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._close_blocking, spare)
-            self._opened = False
-
-    def _close_blocking(self, spare: _Spare | None) -> None:
-        if spare is not None:
-            spare.discard()
-        if all(self._done(t, lo, hi) for _, spans in self._spans() for t, (lo, hi) in spans.items()):
-            # Nothing waits: leave an empty spool (the next start begins a fresh log).
+            empty = all(self._done(t, lo, hi) for _, spans in self._spans() for t, (lo, hi) in spans.items())
+            paths = [s.path for s in self._segments] if empty else []  # nothing waits: a fresh log next time
+            fds = [s.fd for s in self._segments if s.fd is not None] + self._fds_to_close
             for segment in self._segments:
-                segment.path.unlink(missing_ok=True)
-            self._segments = []
-        for fd in self._retired_fds:
-            os.close(fd)
-        self._retired_fds = []
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+                segment.fd = None
+            if empty:
+                self._segments = []
+            lock_fd, self._lock_fd, self._fds_to_close, self._retired_fds = self._lock_fd, None, [], []
+            await self._in_thread(_close_blocking, spare, paths, fds, lock_fd)
+            self._opened = False
 
     def _close(self) -> None:
         """Close the files without writing anything more (after a failed start, in tests)."""
         self._drop_spare()
         if self._map is not None:
             self._map.close()
-        for fd in [*self._retired_fds, self._fd, self._lock_fd]:
+        fds = {s.fd for s in self._segments if s.fd is not None} | {self._fd, self._lock_fd} | set(self._fds_to_close)
+        for fd in fds:
             if fd is not None:
-                os.close(fd)
-        self._retired_fds, self._fd, self._lock_fd, self._active, self._map = [], None, None, None, None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for segment in self._segments:
+            segment.fd = None
+        self._retired_fds, self._fds_to_close, self._fd, self._lock_fd, self._active, self._map = [], [], None, None, None, None
         self._heads.clear()
         self._opened = False
 

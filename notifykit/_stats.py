@@ -47,11 +47,13 @@ class TransportStats:
     dead_letter_failed: int = 0
     spool_full: int = 0
     replayed: int = 0
+    unspooled: int = 0
     queue_depth: int = 0
     in_flight: int = 0
     spooled: int = 0
     state: TransportState = TransportState.STARTING
     last_error: str | None = None
+    degraded: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,7 +68,7 @@ class TransportStats:
 
 
 _COUNTERS = ("enqueued", "sent", "retried", "dropped", "dead_lettered", "filtered", "refused", "dead_letter_failed",
-             "spool_full", "replayed")
+             "spool_full", "replayed", "unspooled")
 _GAUGES = ("queue_depth", "in_flight", "spooled")
 
 
@@ -80,6 +82,8 @@ def render_prometheus(stats: Mapping[str, TransportStats] | Mapping[str, Mapping
     for gauge in _GAUGES:
         lines.append(f"# TYPE notifykit_{gauge} gauge")
         lines.extend(f'notifykit_{gauge}{{transport="{_label(n)}"}} {int(r.get(gauge, 0))}' for n, r in rows.items())
+    lines.append("# TYPE notifykit_degraded gauge")  # 1 while the transport's spool is degraded (a disk fault)
+    lines.extend(f'notifykit_degraded{{transport="{_label(n)}"}} {1 if r.get("degraded") else 0}' for n, r in rows.items())
     lines.append("# TYPE notifykit_transport_state gauge")
     for name, row in rows.items():
         for state in TransportState:

@@ -9,7 +9,6 @@ import sqlite3
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -288,17 +287,14 @@ async def test_repro_failed_delete_does_not_break_later_appends(tmp_path: Path, 
     calls = 0
     original = Spool._delete_blocking
 
-    def fails_once(self: Spool, doomed: list[Any]) -> None:
+    def fails_once(paths: list[Path]) -> dict[int, OSError]:
         nonlocal calls
-        calls += bool(doomed)
-        if calls == 1 and doomed:
-            self._segments.extend(doomed)  # as a failed unlink leaves them
-            self._segments.sort(key=lambda s: s.number)
-            self._bytes += sum(s.size for s in doomed)
-            raise OSError(errno.EIO, "Input/output error")
-        original(self, doomed)
+        calls += bool(paths)
+        if calls == 1 and paths:  # as failed unlinks leave them
+            return dict.fromkeys(range(len(paths)), OSError(errno.EIO, "Input/output error"))
+        return original(paths)
 
-    monkeypatch.setattr(Spool, "_delete_blocking", fails_once)
+    monkeypatch.setattr(Spool, "_delete_blocking", staticmethod(fails_once))
     config = {"spool_path": str(spool), "spool_max_bytes": 16384,
               "transports": {"events": {"url": "memory://", "durable": True, "batch_size": 10}}}
     async with Notifier.from_config(config, publisher_id="t", dead_letters=dead_letter_path) as n:
@@ -310,7 +306,7 @@ async def test_repro_failed_delete_does_not_break_later_appends(tmp_path: Path, 
     assert calls > 2
     assert (stats.enqueued, stats.sent, stats.dead_lettered) == (600, 600, 0)
     assert [m.payload["i"] for m in memory(n, "events").messages] == list(range(600))
-    assert "could not record confirmations or delete confirmed segments" in caplog.text
+    assert "degraded (io_error): deleting confirmed segments: Input/output error" in caplog.text
     assert spool_counts(spool) == {} and segments(spool) == []
 
 
