@@ -218,6 +218,7 @@ class NatsTransport(Transport):
         self._flight: _Flight | None = None
         self._stream_ready = False
         self._warned: set[str] = set()
+        self._last_error: Exception | None = None  # what nats-py last reported (why a connection failed)
         self._redactor = Redactor([options.password, options.token])
         self._redactor.add_basic(options.user or "", options.password)
         #: PubAcks that said "duplicate": the server dropped a re-sent message id.
@@ -269,11 +270,14 @@ class NatsTransport(Transport):
         if options.nkey_seed:
             kwargs["nkeys_seed"] = options.nkey_seed
         client = Client()
+        self._last_error = None
         try:
             await client.connect(**kwargs)
         except Exception as exc:
+            # "no servers available" says nothing: report why the last attempt failed.
+            cause = self._last_error if isinstance(exc, nats.errors.NoServersError) and self._last_error else exc
             await _close_quietly(client)
-            raise self.classify(exc) from None
+            raise self.classify(cause) from None
         # Once connected, nats-py reconnects on its own, for as long as it takes (send() reports
         # TransientError meanwhile); the options dict is read at each disconnect.
         client.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
@@ -371,6 +375,7 @@ class NatsTransport(Transport):
                                                                                           self._nc.connected_url)))
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         text = self._describe(exc)
         flight = self._flight
         if "permissions violation for publish" in text.lower() and flight is not None and flight.waiting:
