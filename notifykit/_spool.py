@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, NoReturn, TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -510,7 +510,9 @@ class Spool:
             error = self._deleted(doomed, self._delete_blocking([s.path for s in doomed]))
             if error is not None:  # kept, retried by the maintenance task
                 self._fail(error, "deleting confirmed segments")
-            with contextlib.suppress(SpoolFaultError):  # degraded from the start: reported, tried again
+            # Degraded from the start (reported, tried again), or full (the next append starts
+            # a segment once deletions made room): the spool opens all the same and is replayed.
+            with contextlib.suppress(SpoolFaultError, SpoolFullError):
                 self._start_segment()
             for suffix in _LEGACY_SUFFIXES:
                 legacy = path.with_name(path.name + suffix)
@@ -972,6 +974,7 @@ class Spool:
     def _head(self, transport: str) -> tuple[struct.Struct, int, bytes]:
         if self._active is None:
             self._no_segment()
+            self._start_segment()
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
         head = self._heads[transport] = (notification_head(name), len(name), name)
@@ -996,17 +999,20 @@ class Spool:
         self._active.last[transport] = self._written = last
         return first
 
-    def _no_segment(self) -> NoReturn:
-        """No active segment: say why (degraded, or not open)."""
+    def _no_segment(self) -> None:
+        """No active segment: say why (degraded, or not open); returns when one may be
+        started now (the spool was full at open: SpoolFullError until deletions made room)."""
         if self.fault is not None:
             raise SpoolFaultError(f"spool {str(self.path)!r} is degraded ({self.fault.describe()})")
-        raise NotifyKitError("the spool is not open")
+        if self._lock_fd is None:
+            raise NotifyKitError("the spool is not open")
 
     def _put(self, data: bytes) -> None:
         """Copy frames into the active segment, starting the next one if they do not fit."""
         if self._active is None or self._map is None:
             self._no_segment()
-        if self._active.size + len(data) > self._capacity:
+            self._start_segment(len(data))
+        elif self._active.size + len(data) > self._capacity:
             self._start_segment(len(data))
         elif self._active.size + len(data) > self._check_at:
             self._ask_for_spare()
