@@ -5,7 +5,8 @@
 * ``log://stderr`` or ``log://stdout`` — straight to the stream;
 * ``log:///path/file.jsonl`` — appended to a file (``fsync=true`` to sync each batch).
 
-Writes happen in a worker thread so a slow disk or a full pipe never blocks the loop.
+Writes happen in a worker thread, in every mode (a logging handler may write to a slow
+disk, a full pipe or the network), so that they never block the event loop.
 """
 
 from __future__ import annotations
@@ -108,10 +109,15 @@ class LogTransport(Transport):
             directory = os.path.dirname(self.path) or "."
             await anyio.to_thread.run_sync(lambda: os.makedirs(directory, exist_ok=True))
 
+    def _log_lines(self, lines: list[tuple[int, str]]) -> None:
+        assert self.logger is not None
+        for level, line in lines:
+            self.logger.log(level, "%s", line)
+
     async def send(self, batch: Sequence[Notification]) -> None:
         if self.logger is not None:
-            for n in batch:
-                self.logger.log(_LEVELS[n.priority], "%s", n.encode(self.format).decode())
+            lines = [(_LEVELS[n.priority], n.encode(self.format).decode()) for n in batch]
+            await anyio.to_thread.run_sync(self._log_lines, lines)
             return
         text = "".join(n.encode(self.format).decode() + "\n" for n in batch)
         try:
