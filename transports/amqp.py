@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -36,6 +37,7 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.exceptions
+import anyio
 import anyio.to_thread
 import pamqp.commands
 import pamqp.exceptions
@@ -418,24 +420,21 @@ class AmqpTransport(Transport):
                 assert self._connection is not None
                 await self._declare(self._connection, sorted(keys - self._declared))
         failures: dict[int, TransientError | PermanentError] = {}
-        tasks = self._publish_all(batch, failures)
-        try:
-            _, pending = await asyncio.wait([task for _, task in tasks], timeout=self.options.confirm_timeout)
-        except BaseException:  # cancelled: stop publishing, the dispatcher owns the batch again
-            for _, task in tasks:
-                task.cancel()
-            raise
-        if pending:
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-        self._outcomes(tasks, pending, failures)
+        publishes = self._publishes(batch, failures)
+        outcomes: list[BaseException | _Pending | None] = [_PENDING] * len(publishes)
+        # Every publish is a child of this task group: a deadline or the caller's cancellation
+        # cancels them and waits for them, so none outlives send() (the dispatcher owns the batch).
+        with anyio.move_on_after(self.options.confirm_timeout) as deadline:
+            async with anyio.create_task_group() as tg:
+                for slot, (_, publish) in enumerate(publishes):
+                    tg.start_soon(_publish_one, publish, outcomes, slot)
+        self._outcomes([index for index, _ in publishes], outcomes, deadline.cancelled_caught, failures)
         if failures:
             raise BatchError(failures)
 
-    def _publish_all(self, batch: Sequence[Notification],
-                     failures: dict[int, TransientError | PermanentError]) -> list[tuple[int, asyncio.Task[Any]]]:
-        """Start one publish per (notification, topic): writes pipelined, confirms awaited later.
+    def _publishes(self, batch: Sequence[Notification], failures: dict[int, TransientError | PermanentError]
+                   ) -> list[tuple[int, Callable[[], Awaitable[Any]]]]:
+        """One publish per (notification, topic), to run pipelined: writes first, confirms awaited later.
 
         Every body is encoded before the first publish starts, so an encoding error is a
         per-message failure and never leaves publishes running behind an exception.
@@ -451,44 +450,42 @@ class AmqpTransport(Transport):
         mandatory = self.options.mandatory
         delivery_mode = _PERSISTENT if self.options.persistent else _TRANSIENT
         content_type = fmt.content_type
-        create_task = asyncio.get_running_loop().create_task
-        tasks: list[tuple[int, asyncio.Task[Any]]] = []
+        publishes: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
         for index, n, body in bodies:
             properties = aiormq.spec.Basic.Properties(
                 content_type=content_type, delivery_mode=delivery_mode, message_id=n.message_id, timestamp=n.timestamp,
             )
             suffix = _PRIORITY_SUFFIX[n.priority]
             for topic, channel in self._channels:
-                tasks.append((index, create_task(channel.basic_publish(
-                    body, exchange=exchange, routing_key=topic + suffix, properties=properties, mandatory=mandatory,
+                publishes.append((index, functools.partial(
+                    channel.basic_publish, body, exchange=exchange, routing_key=topic + suffix, properties=properties,
+                    mandatory=mandatory,
                     wait=False,  # the confirm is what counts; not waiting for each socket drain halves the wake-ups
-                ))))
-        return tasks
+                )))
+        return publishes
 
-    def _outcomes(self, tasks: list[tuple[int, asyncio.Task[Any]]], timed_out: set[asyncio.Task[Any]],
+    def _outcomes(self, indexes: list[int], outcomes: list[BaseException | _Pending | None], timed_out: bool,
                   failures: dict[int, TransientError | PermanentError]) -> None:
         """Record per-index failures (a permanent one wins); drop the connection if it lost messages,
         replace the channels if the broker nacked (and the connection if it nacks again)."""
         broken = False
         nacked = 0
-        for index, task in tasks:
-            if task in timed_out:
-                error: TransientError | PermanentError = TransientError(
-                    f"not confirmed within confirm_timeout={self.options.confirm_timeout}s")
-                broken = True
-            elif task.cancelled():
-                error = TransientError("publish cancelled")
-                broken = True
-            elif (exc := task.exception()) is None:
+        for index, outcome in zip(indexes, outcomes, strict=True):
+            if outcome is None:
                 continue
-            elif isinstance(exc, aiormq.exceptions.PublishError):
+            if isinstance(outcome, _Pending):  # cancelled: by the deadline, or aiormq cancelled its confirm
+                error: TransientError | PermanentError = TransientError(
+                    f"not confirmed within confirm_timeout={self.options.confirm_timeout}s" if timed_out
+                    else "publish cancelled")
+                broken = True
+            elif isinstance(outcome, aiormq.exceptions.PublishError):
                 error = PermanentError(f"unroutable: no queue bound to exchange {self.options.exchange!r} "
-                                       f"for routing key {_routing_key(exc)!r} (mandatory)")
-            elif isinstance(exc, aiormq.exceptions.DeliveryError):
+                                       f"for routing key {_routing_key(outcome)!r} (mandatory)")
+            elif isinstance(outcome, aiormq.exceptions.DeliveryError):
                 error = TransientError("nacked by the broker")
                 nacked += 1
             else:
-                error = TransientError(f"connection lost before confirm: {self._describe(exc)}")
+                error = TransientError(f"connection lost before confirm: {self._describe(outcome)}")
                 broken = True
             if index not in failures or isinstance(error, PermanentError):
                 failures[index] = error
@@ -538,6 +535,25 @@ class AmqpTransport(Transport):
 
 
 _PRIORITY_SUFFIX = {p: "." + p.value for p in Priority}
+
+
+class _Pending:
+    """A publish that did not finish (its task was cancelled)."""
+
+
+_PENDING = _Pending()
+
+
+async def _publish_one(publish: Callable[[], Awaitable[Any]], outcomes: list[BaseException | _Pending | None],
+                       slot: int) -> None:
+    """A child of send()'s task group: its outcome in ``outcomes[slot]`` (None: confirmed).
+    Cancellation is not caught: the slot stays pending."""
+    try:
+        await publish()
+    except Exception as exc:
+        outcomes[slot] = exc
+    else:
+        outcomes[slot] = None
 
 
 def _routing_key(exc: aiormq.exceptions.PublishError) -> str:
