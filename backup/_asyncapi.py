@@ -38,6 +38,11 @@ EVENTS: tuple[tuple[str, Priority, str | None, str], ...] = (
     ("backup.delete.end", INFO, "deleted", "objects and container removed; status deleted"),
     ("backup.delete.error", ERROR, None, "delete failed or was cancelled (status error_deleting), or the request was"
      " refused; fail_reason set"),
+    ("backup.reset_status.start", INFO, None, "reset-status accepted the request (before its verify); the status"
+     " before the reset"),
+    ("backup.reset_status.end", INFO, None, "the status was forced to available or error; reset_* fields recorded"),
+    ("backup.reset_status.error", ERROR, None, "the verify failed or the request was refused; status unchanged,"
+     " fail_reason set"),
     ("backup.exists", INFO, None, "notifykit-backup audit: once per backup that existed during the audit period"),
 )
 _PROGRESS = {"required": ["bytes_done"]}  # the payload schema's dependentRequired brings the other fields

@@ -9,6 +9,9 @@ are applied by the backend atomically, inside one transaction per call, and ever
 change is a conditional update (compare-and-set on the status it was checked against), so
 of two processes racing for the same backup exactly one wins.
 
+``reset_status`` is the one change outside TRANSITIONS (Cinder's ``reset_status``, an
+operator's repair): it forces ``available`` or ``error``, still as a compare-and-set on the
+record as read, and records who did it, from which status, and when (``reset_*`` fields).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
@@ -35,6 +38,7 @@ __all__ = [
     "BackupRecord",
     "BackupStatus",
     "QueryCatalog",
+    "RESET_STATUSES",
     "new_backup_id",
     "size_in_gib",
 ]
@@ -74,6 +78,8 @@ TRANSITIONS: Mapping[BackupStatus, frozenset[BackupStatus]] = {
 }
 # A parent must be in one of these for an increment to be started on it.
 PARENT_STATUSES = frozenset({S.AVAILABLE, S.RESTORING})
+# The statuses reset_status may force (Cinder's backup-reset-state allows these two).
+RESET_STATUSES = frozenset({S.AVAILABLE, S.ERROR})
 
 
 def _now() -> datetime:
@@ -119,6 +125,12 @@ class BackupRecord:
     restore_target: str | None = None
     # The host running the current operation (any host may restore or delete any backup).
     worker_host: str | None = None
+    # The last forced status change (reset_status): the status it replaced, who asked (the
+    # user, on which host) and when. None until a reset.
+    reset_from: str | None = None
+    reset_user: str | None = None
+    reset_host: str | None = None
+    reset_at: datetime | None = None
 
     @property
     def size(self) -> int:
@@ -217,6 +229,14 @@ class BackupCatalog(ABC):
     async def update(self, backup_id: str, **changes: Any) -> BackupRecord:
         """Change fields other than the status (only UPDATABLE_FIELDS)."""
 
+    async def reset_status(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord, user: str, host: str,
+                           fail_reason: str | None) -> BackupRecord:
+        """Force status ``to`` (one of RESET_STATUSES) whatever TRANSITIONS says, if the record
+        still has ``expect``'s status and worker (else InvalidStatusTransitionError); clears the
+        running-operation fields and records ``reset_from``, ``reset_user``, ``reset_host`` and
+        ``reset_at``. A ``deleted`` backup is never reset. Backends without it refuse."""
+        raise BackupError(f"the {type(self).__name__} catalog cannot reset a backup's status")
+
     @staticmethod
     def check_fields(changes: Mapping[str, Any]) -> None:
         unknown = set(changes) - UPDATABLE_FIELDS
@@ -233,6 +253,20 @@ def refuse_lost_race(current: BackupRecord, expect: BackupRecord, to: BackupStat
     goal = f"cannot become {to.value}" if to is not None else "not updated"
     raise InvalidStatusTransitionError(
         f"backup {current.id!r} is {current.status.value}{by}: {goal}; another operation changed it since it was read")
+
+
+def reset_record(current: BackupRecord, expect: BackupRecord, to: BackupStatus, *, user: str, host: str,
+                 fail_reason: str | None, now: datetime) -> BackupRecord:
+    """The record ``reset_status`` writes, for every backend, after checking that ``to`` may be
+    forced and that nobody changed the record since ``expect`` was read."""
+    if to not in RESET_STATUSES:
+        raise InvalidStatusTransitionError(f"backup {current.id!r}: a reset sets available or error, not {to.value}")
+    if current.status is BackupStatus.DELETED:
+        raise InvalidStatusTransitionError(f"backup {current.id!r} is deleted: its objects are gone, it cannot be reset")
+    refuse_lost_race(current, expect, to)
+    return replace(current, status=to, fail_reason=fail_reason, updated_at=now, worker_host=None, worker_pid=None,
+                   worker_token=None, restore_target=None, reset_from=current.status.value, reset_user=user,
+                   reset_host=host, reset_at=now)
 
 
 def check_transition(current: BackupRecord, to: BackupStatus, dependents: Callable[[], Sequence[str]]) -> None:
@@ -312,6 +346,10 @@ class QueryCatalog(BackupCatalog, Generic[_C]):
     async def _update(self, conn: _C, /, backup_id: str, to: BackupStatus | None, changes: dict[str, Any],
                       expect: BackupRecord | None) -> BackupRecord: ...
 
+    @abstractmethod
+    async def _reset(self, conn: _C, /, backup_id: str, to: BackupStatus, expect: BackupRecord, user: str, host: str,
+                     fail_reason: str | None) -> BackupRecord: ...
+
     # -- BackupCatalog -------------------------------------------------------------------
 
     async def add(self, record: BackupRecord) -> BackupRecord:
@@ -340,10 +378,15 @@ class QueryCatalog(BackupCatalog, Generic[_C]):
         self.check_fields(changes)
         return await self._run(self._update, backup_id, None, changes, None)
 
+    async def reset_status(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord, user: str, host: str,
+                           fail_reason: str | None) -> BackupRecord:
+        return await self._run(self._reset, backup_id, to, expect, user, host, fail_reason)
+
 # -- rows, as every backend stores them -----------------------------------------------------
 
 _COLUMNS = [f.name for f in fields(BackupRecord)]
-_DATETIMES = frozenset({"created_at", "updated_at", "deleted_at"})
+_DATETIMES = frozenset({"created_at", "updated_at", "deleted_at", "reset_at"})
+_NULLABLE_DATETIMES = frozenset({"deleted_at", "reset_at"})
 
 def _from_row(row: Sequence[Any]) -> BackupRecord:
     """A record from a row; a damaged row (unknown status, bad timestamp) still loads, as
@@ -358,7 +401,7 @@ def _from_row(row: Sequence[Any]) -> BackupRecord:
         data["status"] = BackupStatus.ERROR
     for name in _DATETIMES:
         value = data[name]
-        if value is None and name == "deleted_at":
+        if value is None and name in _NULLABLE_DATETIMES:
             continue
         try:
             data[name] = datetime.fromisoformat(str(value))

@@ -87,6 +87,11 @@ class WatchedCatalog(BackupCatalog):
         self.written[updated.id] = updated
         return updated
 
+    async def reset_status(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord, user: str, host: str,
+                           fail_reason: str | None) -> BackupRecord:
+        return await self.inner.reset_status(backup_id, to, expect=expect, user=user, host=host,
+                                             fail_reason=fail_reason)
+
 
 class Interruption:
     """What a signal handler needs to reach while a command runs: the catalog it uses."""

@@ -42,6 +42,7 @@ from ._catalog import (
     check_transition,
     list_filter,
     refuse_lost_race,
+    reset_record,
 )
 from ._errors import BackupError, BackupNotFoundError, InvalidStatusTransitionError
 
@@ -50,7 +51,7 @@ __all__ = ["PG_SCHEMA_VERSION", "PostgresCatalog", "redact_url"]
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _LOCK_KEY = 0x6E6B6261636B7570  # "nkbackup": the advisory lock migrations run under
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 _MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE IF NOT EXISTS backups (
@@ -88,12 +89,18 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX IF NOT EXISTS backups_volume ON backups (volume_id, created_at)",
         "CREATE INDEX IF NOT EXISTS backups_status ON backups (status)",
     ]),
+    (2, [  # reset_status: the status it replaced, who (user, host) and when
+        "ALTER TABLE backups ADD COLUMN reset_from TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_user TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_host TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_at TIMESTAMPTZ",
+    ]),
 ]
 assert _MIGRATIONS[-1][0] == PG_SCHEMA_VERSION
 _TEXT_COLUMNS = frozenset({"id", "project_id", "user_id", "availability_zone", "host", "display_name", "volume_id",
                            "volume_path", "service", "service_metadata", "container", "fail_reason", "parent_id",
                            "snapshot_id", "store_kind", "store_location", "worker_token", "restore_target",
-                           "worker_host"})
+                           "worker_host", "reset_from", "reset_user", "reset_host"})
 _SELECT = f"SELECT {', '.join(_COLUMNS)}, raw_text FROM backups"
 
 
@@ -149,7 +156,7 @@ def _record(row: Sequence[Any]) -> BackupRecord:
     for name, hexed in (raw or {}).items():
         if name in data:
             data[name] = bytes.fromhex(hexed).decode("utf-8", "surrogateescape")
-    for name in ("created_at", "updated_at", "deleted_at"):
+    for name in ("created_at", "updated_at", "deleted_at", "reset_at"):
         if isinstance(data[name], datetime):
             data[name] = data[name].isoformat()
     return _from_row([data[name] for name in _COLUMNS])
@@ -206,7 +213,8 @@ class PostgresCatalog(QueryCatalog[Any]):
                 if step > version:
                     for statement in statements:
                         await conn.execute(statement)
-                    await conn.execute("INSERT INTO notifykit_schema (version) VALUES (%s)", (step,))
+            if version < PG_SCHEMA_VERSION:  # one row per migration run: the version it reached
+                await conn.execute("INSERT INTO notifykit_schema (version) VALUES (%s)", (PG_SCHEMA_VERSION,))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -317,6 +325,24 @@ class PostgresCatalog(QueryCatalog[Any]):
                 await conn.execute(
                     "UPDATE backups SET num_dependent_backups = GREATEST(0, num_dependent_backups - 1),"
                     " updated_at = %s WHERE id = %s", [now, current.parent_id])
+            return updated
+
+    @classmethod
+    async def _reset(cls, conn: Any, backup_id: str, to: BackupStatus, expect: BackupRecord, user: str, host: str,
+                     fail_reason: str | None) -> BackupRecord:
+        async with conn.transaction():
+            stored = await (await conn.execute("SELECT status FROM backups WHERE id = %s", [backup_id])).fetchone()
+            current = await cls._select(conn, backup_id)
+            updated = reset_record(current, expect, to, user=user, host=host, fail_reason=fail_reason, now=_now())
+            values, raw = _params(updated)
+            sets = ", ".join(f"{name} = %s" for name in _COLUMNS if name != "id")
+            guard = " AND status = %s" + "".join(f" AND {name} IS NOT DISTINCT FROM %s" for name in WORKER_FIELDS)
+            cursor = await conn.execute(
+                f"UPDATE backups SET {sets}, raw_text = %s WHERE id = %s{guard}",
+                [*values[1:], json.dumps(raw) if raw else None, backup_id, stored[0],
+                 *(getattr(expect, name) for name in WORKER_FIELDS)])
+            if cursor.rowcount != 1:  # another host changed it between our read and our write
+                raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being reset")
             return updated
 
 

@@ -38,6 +38,7 @@ from ._catalog import (
     check_transition,
     list_filter,
     refuse_lost_race,
+    reset_record,
 )
 from ._errors import BackupError, BackupNotFoundError, CatalogLockedError, InvalidStatusTransitionError
 
@@ -46,7 +47,7 @@ __all__ = ["LOCK_TIMEOUT", "SCHEMA_VERSION", "SQLiteCatalog"]
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Each step takes the schema from the version before it to its own; a fresh catalog runs
 # them all. Version 1 is the schema before versioning (user_version 0, same table).
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -91,6 +92,12 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE backups ADD COLUMN worker_host TEXT",
         # Before worker_host, only the creating host ran (and recovered) a backup's operations.
         "UPDATE backups SET worker_host = host WHERE worker_pid IS NOT NULL",
+    ]),
+    (4, [  # reset_status: the status it replaced, who (user, host) and when
+        "ALTER TABLE backups ADD COLUMN reset_from TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_user TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_host TEXT",
+        "ALTER TABLE backups ADD COLUMN reset_at TEXT",
     ]),
 ]
 assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
@@ -276,6 +283,23 @@ def _sqlite_update(conn: sqlite3.Connection, backup_id: str, to: BackupStatus | 
         raise
 
 
+def _sqlite_reset(conn: sqlite3.Connection, backup_id: str, to: BackupStatus, expect: BackupRecord, user: str,
+                  host: str, fail_reason: str | None) -> BackupRecord:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        stored = conn.execute("SELECT status FROM backups WHERE id = ?", [backup_id]).fetchone()
+        current = _sqlite_select(conn, backup_id)
+        updated = reset_record(current, expect, to, user=user, host=host, fail_reason=fail_reason, now=_now())
+        guard = " AND status = ?" + "".join(f" AND {name} IS ?" for name in WORKER_FIELDS)
+        if _sqlite_write(conn, updated, guard, [stored[0], *(getattr(expect, f) for f in WORKER_FIELDS)]) != 1:
+            raise InvalidStatusTransitionError(f"backup {backup_id!r} changed while it was being reset")
+        conn.execute("COMMIT")
+        return updated
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def in_worker_thread(query: Callable[Concatenate[sqlite3.Connection, _P], _T]
                      ) -> Callable[Concatenate[SQLiteCatalog, sqlite3.Connection, _P], Coroutine[Any, Any, _T]]:
     """A blocking SQLite query in QueryCatalog's shape: it runs in a worker thread (the event
@@ -411,3 +435,4 @@ class SQLiteCatalog(QueryCatalog[sqlite3.Connection]):
     _dependents = in_worker_thread(_sqlite_dependents)
     _existed_between = in_worker_thread(_sqlite_existed_between)
     _update = in_worker_thread(_sqlite_update)
+    _reset = in_worker_thread(_sqlite_reset)

@@ -4,8 +4,10 @@ against the metadata and every block against the block list, writing nothing.
 It is what a restore checks, without a target: the metadata's owner, sizes and parent
 against the catalog record, the block list against its sha256, each object's stored size,
 compression and length, and every block of every object (not only the blocks a restore
-would take from it) against the block list of the backup the object belongs to. The first
-problem, in chain order (the full backup first), is one CorruptBackupError naming the object.
+would take from it) against the block list of the backup the object belongs to, and each
+run of zero blocks (stored as nothing) against that block list too: a zero block's entry must
+be the sha256 of zeros. The first problem, in chain order (the full backup first), is one
+CorruptBackupError naming the object or the run.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from typing import Any
 
 import anyio.to_thread
 
-from ._catalog import BackupStatus
+from ._catalog import BackupRecord, BackupStatus
 from ._chunked import ChunkedBackupDriver
 from ._errors import BackupError, CorruptBackupError, InvalidStatusTransitionError, ObjectNotFoundError
 from ._service import BackupService, ProgressObserver
 
-__all__ = ["VerifyReport", "verify_backup"]
+__all__ = ["VerifyReport", "verify_backup", "verify_record"]
 
 # A backup in these statuses is being written or removed, or is gone: nothing to verify.
 _UNVERIFIABLE = frozenset({BackupStatus.CREATING, BackupStatus.DELETING, BackupStatus.DELETED})
@@ -35,6 +37,7 @@ class VerifyReport:
     objects: int
     stored_bytes: int
     volume_bytes: int
+    zero_blocks: int = 0  # blocks of the chain's backups stored as nothing (checked in their block lists)
 
 
 async def verify_backup(service: BackupService, backup_id: str, *,
@@ -45,6 +48,14 @@ async def verify_backup(service: BackupService, backup_id: str, *,
     if record.status in _UNVERIFIABLE:
         raise InvalidStatusTransitionError(f"backup {record.id!r} is {record.status.value}: only a finished"
                                            " backup can be verified")
+    return await verify_record(service, record, on_progress=on_progress)
+
+
+async def verify_record(service: BackupService, record: BackupRecord, *,
+                        on_progress: ProgressObserver | None = None) -> VerifyReport:
+    """Check ``record`` whole, whatever its status, its parents taken from the catalog:
+    reset-status verifies a backup before forcing it ``available``, import-record one that
+    is not in the catalog yet."""
     service.check_store(record)
     driver = service.driver
     if not isinstance(driver, ChunkedBackupDriver):
@@ -52,6 +63,8 @@ async def verify_backup(service: BackupService, backup_id: str, *,
     parents = await service._parents(record)
     layers = await driver._chain(record, parents)
     driver._plan(layers)  # every block of the volume is held by some backup of the chain
+    # driver._layer has checked every layer's zero runs against its block list.
+    zero_blocks = sum(count for layer in layers for _, count in layer.zeros)
     total = sum(int(entry["stored_length"]) for layer in layers for entry in layer.objects)
     done = objects = 0
     for layer in layers:
@@ -72,7 +85,7 @@ async def verify_backup(service: BackupService, backup_id: str, *,
             if on_progress is not None:
                 on_progress(done, total)
     newest = layers[-1]
-    return VerifyReport(record.id, len(layers), objects, done, int(newest.meta["volume_size"]))
+    return VerifyReport(record.id, len(layers), objects, done, int(newest.meta["volume_size"]), zero_blocks)
 
 
 def _check_object(driver: ChunkedBackupDriver, container: str, entry: dict[str, Any], stored: bytes,

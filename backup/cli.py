@@ -1,4 +1,5 @@
-"""``notifykit-backup``: create, restore, verify, delete, list and show backups, audit usage, or run the demo.
+"""``notifykit-backup``: create, restore, verify, delete, list and show backups, reset a
+status, export or import a record, audit usage, or run the demo.
 
 Settings come from options, ``NOTIFYKIT_BACKUP_*`` environment variables and a TOML file
 (``--config`` or ``NOTIFYKIT_BACKUP_CONFIG``); notifications go to ``log://stderr`` unless
@@ -8,7 +9,9 @@ Settings come from options, ``NOTIFYKIT_BACKUP_*`` environment variables and a T
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,12 +31,22 @@ from ._console import ProgressDisplay, build_notifier
 from ._demo import run_demo
 from ._errors import BackupError
 from ._interrupt import LOCK_GRACE, Interruption, WatchedCatalog, interruption_message
+from ._records import export_record, import_record
+from ._reset import reset_status
 from ._setup import build_catalog, open_backup_service
 from ._sqlite import SQLiteCatalog
 from ._text import display_text
 from ._verify import verify_backup
 
 __all__ = ["ProgressDisplay", "build_notifier", "main"]
+
+
+def _login_name() -> str:
+    """Who runs the command, recorded by reset-status."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER
+        return f"uid {os.getuid()}"
 
 
 def _print_record(record: BackupRecord, out: TextIO, as_json: bool) -> None:
@@ -135,6 +148,20 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
             display.finish()
             out.write(f"verified {report.backup_id}: {report.objects} objects ({report.stored_bytes} bytes stored)"
                       f" of {report.backups} backup(s) for {report.volume_bytes} volume bytes, every block matches\n")
+        elif args.command == "reset-status":
+            display = ProgressDisplay("verify", err)  # shown only while --state available verifies
+            record = await reset_status(service, args.id, args.state, user=_login_name(), on_progress=display)
+            display.finish()
+            out.write(f"{record.id}: status reset from {record.reset_from} to {record.status.value}\n")
+        elif args.command == "export-record":
+            exported = await export_record(service, args.id)
+            out.write(json.dumps(exported.as_dict(), indent=2) + "\n" if args.json else
+                      f"backup_service {exported.backup_service}\nbackup_url     {exported.backup_url}\n")
+        elif args.command == "import-record":
+            display = ProgressDisplay("verify", err)
+            record = await import_record(service, args.service, args.url, on_progress=display)
+            display.finish()
+            out.write(f"imported {record.id}: {record.status.value}\n")
         elif args.command == "delete":
             await service.delete_backup(args.id)
             out.write(f"deleted {args.id}\n")
@@ -205,6 +232,18 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", parents=[common],
                        help="read every object of a backup and its parents, check every block; write nothing")
     v.add_argument("id")
+    rs = sub.add_parser("reset-status", parents=[common], help="force a backup's status: error always; available"
+                        " after a verify passes (or from restoring)")
+    rs.add_argument("id")
+    rs.add_argument("--state", required=True, choices=("available", "error"), help="the status to set")
+    ex = sub.add_parser("export-record", parents=[common],
+                        help="print backup_service and backup_url: what import-record needs (no secrets)")
+    ex.add_argument("id")
+    ex.add_argument("--json", action="store_true")
+    im = sub.add_parser("import-record", parents=[common], help="register an exported backup in this catalog"
+                        " (its store given by --store), verify it, make it available")
+    im.add_argument("service", help="backup_service, as export-record printed it")
+    im.add_argument("url", help="backup_url, as export-record printed it")
     d = sub.add_parser("delete", parents=[common], help="delete a backup's objects")
     d.add_argument("id")
     ls = sub.add_parser("list", parents=[common], help="list backups")
