@@ -89,8 +89,10 @@ class WatchedCatalog(BackupCatalog):
 
     async def reset_status(self, backup_id: str, to: BackupStatus, *, expect: BackupRecord, user: str, host: str,
                            fail_reason: str | None) -> BackupRecord:
-        return await self.inner.reset_status(backup_id, to, expect=expect, user=user, host=host,
-                                             fail_reason=fail_reason)
+        updated = await self.inner.reset_status(backup_id, to, expect=expect, user=user, host=host,
+                                                fail_reason=fail_reason)
+        self.written[updated.id] = updated
+        return updated
 
 
 class Interruption:

@@ -21,6 +21,7 @@ import pytest
 from notifykit.backup import InvalidStatusTransitionError
 from notifykit.backup._catalog import BackupRecord, BackupStatus
 from notifykit.backup._liveness import current_process
+from notifykit.backup._posix import PosixObjectStore
 from notifykit.backup._postgres import _MIGRATIONS as PG_MIGRATIONS
 from notifykit.backup._postgres import PG_SCHEMA_VERSION
 from notifykit.backup._reset import reset_status
@@ -277,6 +278,41 @@ async def test_the_api_refuses_other_states_and_emits_nothing_else(tmp_path: Pat
         assert await env.catalog.get(made.id) == reset
     kinds = [n.event_type for n in env.memory.messages if "reset_status" in n.event_type]
     assert kinds == ["backup.reset_status.error", "backup.reset_status.start", "backup.reset_status.end"]
+
+
+class SlowReads(PosixObjectStore):
+    """A posix store whose data-object reads wait for ``gate`` once ``block`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fsync=False)
+        self.block = False
+        self.reading = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def get_object(self, container: str, name: str) -> bytes:
+        if self.block and name[-5:].isdigit():
+            self.reading.set()
+            await self.gate.wait()
+        return await super().get_object(container, name)
+
+
+@pytest.mark.asyncio
+async def test_a_verify_cancelled_midway_changes_nothing_and_reports_the_error(tmp_path: Path) -> None:
+    store = SlowReads(tmp_path / "store")
+    async with backup_env(tmp_path, store=store) as env:
+        made = await env.service.create_backup(env.volume(20_000), ctx=CTX)
+        before = await reset_status(env.service, made.id, "error", ctx=CTX)
+        store.block = True
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: reset_status(env.service, made.id, "available", ctx=CTX))
+                await store.reading.wait()
+                tg.cancel_scope.cancel()
+        assert await env.catalog.get(made.id) == before  # still error, the first reset's record
+    last = env.memory.messages[-2:]
+    assert [n.event_type for n in last] == ["backup.reset_status.start", "backup.reset_status.error"]
+    assert last[1].payload["fail_reason"] == "not reset to available: cancelled before completion"
+    assert last[1].payload["status"] == "error"
 
 
 def test_the_reset_events_are_in_the_catalogue_of_docs_backup_md() -> None:
