@@ -18,30 +18,21 @@ counted; it never stops the replay. See :mod:`notifykit._log` for the format.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import ctypes
 import enum
 import errno
 import fcntl
-import json
 import logging
 import mmap
 import os
-import shutil
 import sqlite3
 import struct
-import tempfile
 import threading
 import time
 import zlib
-from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
-from urllib.parse import quote
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -50,15 +41,10 @@ from ._choices import parse_choice
 from ._errors import ConfigError, InvalidNotificationError, NotifyKitError
 from ._formats import json_context
 from ._log import (
-    FORMAT,
     HEADER,
     MAGIC,
-    Ack,
     BadRegion,
-    Checkpoint,
-    Drop,
     Record,
-    data_end,
     decode_body,
     frame_ack,
     frame_checkpoint,
@@ -67,10 +53,38 @@ from ._log import (
     notification_head,
     scan,
     segment_name,
-    segment_number,
 )
 from ._message import Notification
 from ._paths import state_file
+from ._spool_recovery import (
+    LEGACY_SUFFIXES,
+    LOCK,
+    SpoolInfo,
+    inspect_spool,
+    is_legacy_spool,
+    is_ours,
+    move_sqlite,
+    recover,
+    write_quarantine,
+)
+from ._spool_segments import (
+    DiskFault,
+    Reader,
+    Segment,
+    Spare,
+    SpooledRow,
+    SpoolRead,
+    close_files,
+    directory_gone,
+    fault_in,
+    fault_kind,
+    identity,
+    pread_all,
+    read_records,
+    touch,
+    truncate_fd,
+    write_all,
+)
 from ._supervisor import TaskHealth, TaskState
 
 __all__ = [
@@ -85,35 +99,13 @@ DEFAULT_SPOOL_MAX_BYTES = 1024**3
 SPOOL_TASK = "spool"
 #: A segment is closed past this size; the cap on the whole spool may make it smaller.
 SEGMENT_BYTES = 8 * 1024 * 1024
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
-QUARANTINE = "quarantine.jsonl"
-#: quarantine.jsonl grows to at most this many bytes; a bad region that would pass the bound
-#: is still skipped and counted, only logged instead of copied.
-QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
 _PACK_HEADER = HEADER.pack
 _crc32 = zlib.crc32
-LOCK = "lock"
 #: While the spool's disk is failing it is tried again this often (seconds); while it works,
 #: the directory is checked this often (an ``rm -rf`` of it is noticed and repaired).
 PROBE_INTERVAL = 1.0
 CHECK_INTERVAL = 1.0
-#: madvise(2) advice that write-faults a range in (Linux 5.14 and later).
-_MADV_POPULATE_WRITE = 23
-
-def _libc_madvise() -> Callable[[int, int, int], int] | None:
-    """libc's madvise through ctypes (which releases the GIL around the call); None where the
-    C library offers none, and spare segments are then made without faulting their pages in."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_madvise = _libc_madvise()
+_T = TypeVar("_T")
 
 
 class SpoolSync(enum.StrEnum):
@@ -136,234 +128,11 @@ class SpoolFaultError(NotifyKitError):
     deleted and could not be recreated, the disk is full, read-only or failing."""
 
 
-@dataclass(slots=True)
-class DiskFault:
-    """Why the spool runs degraded: ``kind`` is ``deleted``, ``disk_full``, ``read_only`` or
-    ``io_error``; ``error`` says what failed, in one line; ``since`` is a ``time.time()``."""
-
-    kind: str
-    error: str
-    since: float
-
-    def describe(self) -> str:
-        return f"{self.kind}: {self.error}"
-
-
-def fault_kind(exc: OSError) -> str:
-    """The degraded state an OSError puts the spool in."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "disk_full"
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "read_only"
-    if exc.errno == errno.ENOENT:
-        return "deleted"
-    return "io_error"
-
-
 def default_spool_path() -> Path:
     """``$NOTIFYKIT_SPOOL``, else ``$XDG_STATE_HOME/notifykit/spool`` (a directory)."""
     return state_file("NOTIFYKIT_SPOOL", "spool")
 
 
-class SpooledRow(NamedTuple):
-    """A record read back: a tuple, as cheap as the ``(seq, notification)`` pairs of the
-    dispatcher's in-memory copy."""
-
-    row_id: int  # the record's sequence number in the log
-    notification: Notification
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolRead:
-    """What one read of the log returned: rows in order, and how far it got (``through``,
-    a sequence number the caller may acknowledge even when every row was quarantined)."""
-
-    rows: list[SpooledRow]
-    through: int
-    quarantined: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolInfo:
-    """A read-only look at a spool (``notifykit status --spool``): nothing is written."""
-
-    path: Path
-    counts: dict[str, int]  # notifications waiting, per transport
-    bytes: int  # on disk, segments included
-    segments: int
-    bad_bytes: int  # torn or garbage bytes the next start will quarantine
-    format: str  # "log" or "sqlite" (a pre-log spool, migrated by the next start)
-
-
-@dataclass(slots=True)
-class _Segment:
-    number: int
-    path: Path
-    size: int  # bytes written (the file may be longer: a preallocated tail of zeros)
-    last: dict[str, int] = field(default_factory=dict)  # highest record seq per transport
-    allocated: int = 0  # on disk, when more than size (an active segment's tail not given back)
-    #: Kept open while the segment lives: records are read through it, so a segment whose
-    #: file was deleted from under us (``rm -rf``) is still readable and can be written back.
-    fd: int | None = None
-
-
-@dataclass(slots=True)
-class _Spare:
-    """The next segment, made ready in a worker thread while the active one fills: created,
-    preallocated, mapped and its pages faulted in, so that neither starting it nor copying
-    records into it makes a system call or takes a page fault on the event loop."""
-
-    number: int
-    path: Path
-    fd: int
-    mapping: mmap.mmap
-    capacity: int
-
-    def discard(self) -> None:
-        self.mapping.close()
-        os.close(self.fd)
-        self.path.unlink(missing_ok=True)
-
-
-def _fault_in(mapping: mmap.mmap) -> None:
-    """Write-fault every page of ``mapping`` now (MADV_POPULATE_WRITE), through ctypes so that
-    the GIL is released meanwhile. Best effort: an older kernel refuses it, and the event
-    loop's copies then take the page faults."""
-    if _madvise is None:
-        return
-    view = (ctypes.c_char * len(mapping)).from_buffer(mapping)
-    try:
-        _madvise(ctypes.addressof(view), len(mapping), _MADV_POPULATE_WRITE)
-    finally:
-        del view  # the buffer export ends here: the mapping can be closed
-
-
-@dataclass(slots=True)
-class _Reader:
-    """Where a transport's read of the log is: one segment buffered at a time."""
-
-    after: int = 0
-    segment: int = -1
-    offset: int = 0
-    rows: deque[Record] = field(default_factory=deque)
-
-
-@dataclass(slots=True)
-class _Recovered:
-    segments: list[_Segment]
-    acked: dict[str, int]
-    next_seq: int
-    pending: dict[str, int]
-    bad: list[tuple[_Segment, BadRegion, bytes]]
-    dropped: dict[str, list[tuple[int, int]]]
-
-
-_T = TypeVar("_T")
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
-
-
-def _directory_gone(path: Path, lock_fd: int, identity: tuple[int, int] | None) -> str | None:
-    """Why the spool directory is no longer the one we locked, or None (worker thread)."""
-    try:
-        if _identity(path) != identity:
-            return f"the spool directory {str(path)!r} was deleted and replaced"
-    except FileNotFoundError:
-        return f"the spool directory {str(path)!r} was deleted"
-    except OSError:  # unreadable now: the operations that fail say why
-        return None
-    if os.fstat(lock_fd).st_nlink == 0:
-        return f"the files of the spool directory {str(path)!r} were deleted"
-    return None
-
-
-def _pread_all(fd: int, size: int, offset: int = 0) -> bytes:
-    """``size`` bytes from ``offset`` (fewer only at the end of the file)."""
-    parts: list[bytes] = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _truncate_fd(fd: int, size: int) -> None:
-    os.ftruncate(fd, size)
-
-
-def _touch(fd: int | None) -> None:
-    """A write to the spool's file system that needs no room (refused when it is read-only)."""
-    if fd is not None:
-        os.utime(fd)
-
-
-def _read_blocking(quarantine: Callable[[dict[str, object], bytes], bool], transport: str, reader: _Reader,
-                   limit: int, snapshot: list[tuple[int, int, int]], dropped: list[tuple[int, int]]
-                   ) -> tuple[SpoolRead, _Reader, list[bool]]:
-    """Worker thread: up to ``limit`` rows after ``reader``; uses only its arguments (the
-    reader is handed over and back). Returns whether each quarantined record was copied."""
-    rows: list[SpooledRow] = []
-    through = reader.after
-    copied: list[bool] = []
-    while len(rows) < limit:
-        if not reader.rows and not _fill(reader, transport, snapshot, dropped):
-            break
-        record = reader.rows.popleft()
-        seq = through = reader.after = record.seq
-        if any(a < seq <= b for a, b in dropped):
-            continue
-        try:
-            rows.append(SpooledRow(seq, record.notification()))
-        except (ValueError, TypeError, InvalidNotificationError) as exc:
-            copied.append(quarantine({"transport": transport, "seq": seq, "reason": f"not a notification: {exc}"},
-                                     record.body))
-    return SpoolRead(rows, through, len(copied)), reader, copied
-
-
-def _fill(reader: _Reader, transport: str, snapshot: list[tuple[int, int, int]], dropped: list[tuple[int, int]]) -> bool:
-    """Buffer the transport's next records (the rest of one segment); False at the end."""
-    for number, fd, size in snapshot:
-        if number < reader.segment or (number == reader.segment and reader.offset >= size):
-            continue
-        if number != reader.segment:
-            reader.segment, reader.offset = number, 0
-        buf = _pread_all(fd, size - reader.offset, reader.offset)
-        reader.offset = size
-        for item in scan(buf):
-            if isinstance(item, BadRegion):
-                continue
-            record = decode_body(item[1])
-            if (isinstance(record, Record) and record.transport == transport and record.seq > reader.after
-                    and not any(a < record.seq <= b for a, b in dropped)):
-                reader.rows.append(record)
-        if reader.rows:
-            return True
-    return False
-
-
-def _close_blocking(spare: _Spare | None, paths: list[Path], fds: list[int], lock_fd: int | None) -> None:
-    """Worker thread, at close: discard the spare, delete ``paths`` (nothing waits in them),
-    close the descriptors and the lock."""
-    if spare is not None:
-        spare.discard()
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-    for fd in [*fds, *([lock_fd] if lock_fd is not None else [])]:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 
@@ -408,10 +177,10 @@ class Spool:
         self._map: mmap.mmap | None = None
         self._capacity = 0
         self._check_at = 0  # append() looks further past this offset: the capacity, or half of it (ask for the spare)
-        self._segments: list[_Segment] = []
-        self._active: _Segment | None = None
+        self._segments: list[Segment] = []
+        self._active: Segment | None = None
         self._bytes = 0  # on disk: the closed segments, and the active one's whole capacity
-        self._spare: _Spare | None = None  # the next segment, ready (see keep_spare_segment)
+        self._spare: Spare | None = None  # the next segment, ready (see keep_spare_segment)
         self._spare_bytes = 0  # on disk for the spare, or reserved while it is made
         self._spare_number: int | None = None  # the spare's segment number, ready or being made
         self._spare_done: anyio.Event | None = None  # set once the spare being made is there (or failed)
@@ -430,7 +199,7 @@ class Spool:
         self._pending: dict[str, int] = {}
         self._names: dict[str, bytes] = {}
         self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: notification_head()
-        self._readers: dict[str, _Reader] = {}
+        self._readers: dict[str, Reader] = {}
         self._quarantine_lock = threading.Lock()
         # fsync group commit
         self._written = 0
@@ -459,15 +228,15 @@ class Spool:
     def _open_blocking(self) -> None:
         path = self.path
         if path.is_dir():
-            strangers = [p.name for p in path.iterdir() if not _is_ours(p)]
+            strangers = [p.name for p in path.iterdir() if not is_ours(p)]
             if strangers:
                 raise ConfigError(f"spool path {str(path)!r} is a directory that is not a notifykit spool"
                                   f" (it holds {', '.join(sorted(strangers)[:3])}); name a directory of its own")
         elif path.exists():
-            if not _is_legacy_spool(path):
+            if not is_legacy_spool(path):
                 raise ConfigError(f"spool path {str(path)!r} is a file that is not a notifykit spool;"
                                   " spool_path names a directory")
-            _move_sqlite(path, path.with_name(path.name + ".pre-log"))
+            move_sqlite(path, path.with_name(path.name + ".pre-log"))
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -482,8 +251,8 @@ class Spool:
         self._lock_fd = lock_fd
         # Nothing else uses the spool until open() returns: this thread may change its state.
         try:
-            self._dir_id = _identity(path)
-            recovered = _recover(path)
+            self._dir_id = identity(path)
+            recovered = recover(path)
             for segment, region, data in recovered.bad:
                 self._count_quarantined(self._quarantine(
                     {"segment": segment.path.name, "offset": region.start, "length": region.end - region.start,
@@ -514,9 +283,9 @@ class Spool:
             # a segment once deletions made room): the spool opens all the same and is replayed.
             with contextlib.suppress(SpoolFaultError, SpoolFullError):
                 self._start_segment()
-            for suffix in _LEGACY_SUFFIXES:
+            for suffix in LEGACY_SUFFIXES:
                 legacy = path.with_name(path.name + suffix)
-                if legacy.is_file() and _is_legacy_spool(legacy):
+                if legacy.is_file() and is_legacy_spool(legacy):
                     self._migrate(legacy)
         except BaseException:
             self._close()
@@ -560,7 +329,7 @@ class Spool:
             except OSError as exc:
                 self._fail(exc, f"starting {segment_name(number)}")
                 raise SpoolFaultError(f"spool {str(self.path)!r} is degraded: {exc.strerror or exc}") from None
-        segment = _Segment(number, self.path / segment_name(number), len(checkpoint), fd=fd)
+        segment = Segment(number, self.path / segment_name(number), len(checkpoint), fd=fd)
         mapping[:len(checkpoint)] = checkpoint
         self._fd, self._map, self._capacity, self._active = fd, mapping, capacity, segment
         self._check_at = capacity // 2  # half full: time to make the next one ready
@@ -632,12 +401,12 @@ class Spool:
         self._spare = spare
         return True
 
-    def _make_spare(self, number: int, capacity: int) -> _Spare:
+    def _make_spare(self, number: int, capacity: int) -> Spare:
         fd, mapping = self._make_segment(number, capacity)
-        _fault_in(mapping)
-        return _Spare(number, self.path / segment_name(number), fd, mapping, capacity)
+        fault_in(mapping)
+        return Spare(number, self.path / segment_name(number), fd, mapping, capacity)
 
-    def _take_spare(self) -> _Spare | None:
+    def _take_spare(self) -> Spare | None:
         """The ready spare, no longer counted as one (None when there is none; one a worker
         thread is still making keeps its number and bytes reserved)."""
         spare, self._spare = self._spare, None
@@ -671,7 +440,7 @@ class Spool:
         if self.sync is SpoolSync.FSYNC:
             self._retired_fds.append(fd)
 
-    def _release_fd(self, segment: _Segment) -> None:
+    def _release_fd(self, segment: Segment) -> None:
         """Close a deleted segment's descriptor once no worker thread may be using it."""
         fd, segment.fd = segment.fd, None
         if fd is not None:
@@ -764,7 +533,7 @@ class Spool:
         :attr:`on_disk` is False."""
         if not self._opened or self._lock_fd is None or self._rescuing:
             return
-        gone = await anyio.to_thread.run_sync(_directory_gone, self.path, self._lock_fd, self._dir_id)
+        gone = await anyio.to_thread.run_sync(directory_gone, self.path, self._lock_fd, self._dir_id)
         if gone is not None:
             self._fail(gone, "checking the spool directory", kind="deleted")
             await self._rescue()
@@ -821,10 +590,10 @@ class Spool:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             for number, old, size in closed:
-                data = _pread_all(old, size)
+                data = pread_all(old, size)
                 fd = fds[number] = os.open(path / segment_name(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                                            0o600)
-                _write_all(fd, data)
+                write_all(fd, data)
             if active is not None:
                 number, head, capacity = active
                 fd = os.open(path / segment_name(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -834,7 +603,7 @@ class Spool:
                 mapping[:len(head)] = head
                 made = (fd, mapping, len(head))
                 del fds[number]
-            return lock_fd, _identity(path), fds, made
+            return lock_fd, identity(path), fds, made
         except BaseException:
             for fd in [lock_fd, *fds.values(), *([made[0]] if made else [])]:
                 with contextlib.suppress(OSError):
@@ -860,14 +629,14 @@ class Spool:
         trims = [(s, s.fd) for s in self._segments if s is not self._active and s.allocated and s.fd is not None]
         for segment, fd in trims:
             try:
-                await self._in_thread(_truncate_fd, fd, segment.size)
+                await self._in_thread(truncate_fd, fd, segment.size)
             except OSError as exc:
                 self._fail(exc, f"trimming {segment.path.name}")
                 return
             self._bytes -= segment.allocated - segment.size
             segment.allocated = 0
         try:
-            await anyio.to_thread.run_sync(_touch, self._lock_fd)
+            await anyio.to_thread.run_sync(touch, self._lock_fd)
             if self.fsync and self._fd is not None:
                 await self._in_thread(os.fdatasync, self._fd)
         except OSError as exc:
@@ -900,40 +669,19 @@ class Spool:
         if self._fd is None:  # degraded: no segment to write them to; the file is kept and read again
             raise SpoolFaultError(f"cannot migrate {str(legacy)!r}: spool {str(self.path)!r} is degraded")
         os.fsync(self._fd)
-        _move_sqlite(legacy, legacy.with_name(legacy.name + ".migrated"))
+        move_sqlite(legacy, legacy.with_name(legacy.name + ".migrated"))
         log.warning("notifykit spool: migrated %d notification(s) from the SQLite spool %r into %r;"
                     " the old file is kept as %r (delete it once replayed)", moved, str(legacy),
                     str(self.path), legacy.name + ".migrated")
+
+    def _quarantine(self, what: dict[str, object], data: bytes) -> bool:
+        """Copy bad bytes to quarantine.jsonl (any thread); returns whether it was copied."""
+        return write_quarantine(self.path, self._quarantine_lock, what, data)
 
     def _count_quarantined(self, copied: bool) -> None:
         self.quarantined += 1
         self.quarantine_not_copied += not copied
 
-    def _quarantine(self, what: dict[str, object], data: bytes) -> bool:
-        """Skip bad bytes for good, keeping a copy in quarantine.jsonl while it has room
-        (QUARANTINE_MAX_BYTES); past that, or when the copy cannot be written, the region
-        is only logged (segment, offset, length). Returns whether it was copied; the caller
-        counts it (any thread: this touches only the quarantine file)."""
-        line = json.dumps({**what, "data_base64": base64.b64encode(data).decode()}) + "\n"
-        where = ", ".join(f"{k}={v}" for k, v in what.items())
-        path = self.path / QUARANTINE
-        with self._quarantine_lock:
-            try:
-                size = path.stat().st_size if path.exists() else 0
-                if size + len(line) > QUARANTINE_MAX_BYTES:
-                    log.error("notifykit spool %r: skipped %s; not copied, %s is full (%d bytes,"
-                              " the bound): move it away to keep later copies", str(self.path), where,
-                              QUARANTINE, QUARANTINE_MAX_BYTES)
-                    return False
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # it holds payloads
-                with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                    fh.write(line)
-            except OSError as exc:
-                log.error("notifykit spool %r: skipped %s; could not copy it to %s: %s", str(self.path), where,
-                          QUARANTINE, exc.strerror or exc)
-                return False
-        log.error("notifykit spool %r: quarantined %s to %s", str(self.path), where, QUARANTINE)
-        return True
 
     # -- appending (event loop) ---------------------------------------------------------
 
@@ -1062,10 +810,10 @@ class Spool:
         (so a deleted file is still read). Undecodable records are quarantined."""
         after = max(after, self._acked.get(transport, 0))  # confirmed ones are done, whatever is on disk
         kept = self._readers.pop(transport, None)
-        reader = kept if kept is not None and kept.after == after else _Reader(after=after)
+        reader = kept if kept is not None and kept.after == after else Reader(after=after)
         snapshot = [(s.number, s.fd, s.size) for s in self._segments if s.fd is not None]
         dropped = list(self._dropped.get(transport, ()))
-        read, reader, copied = await self._in_thread(_read_blocking, self._quarantine, transport, reader, limit,
+        read, reader, copied = await self._in_thread(read_records, self._quarantine, transport, reader, limit,
                                                      snapshot, dropped)
         self._readers[transport] = reader
         for was_copied in copied:
@@ -1114,7 +862,7 @@ class Spool:
                 return last
         return None
 
-    def _spans(self) -> Iterator[tuple[_Segment, dict[str, tuple[int, int]]]]:
+    def _spans(self) -> Iterator[tuple[Segment, dict[str, tuple[int, int]]]]:
         """Each segment, oldest first, with the seq interval ``(lo, hi]`` that holds each
         transport's records in it."""
         before: dict[str, int] = {}
@@ -1168,7 +916,7 @@ class Spool:
         def reading() -> list[int]:
             found: list[int] = []
             for fd, size in snapshot:
-                for item in scan(_pread_all(fd, size)):
+                for item in scan(pread_all(fd, size)):
                     if isinstance(item, BadRegion):
                         continue
                     record = decode_body(item[1])
@@ -1223,7 +971,7 @@ class Spool:
         if self._spare_done is not None:
             await self._spare_done.wait()
 
-    def _take_deletable(self) -> list[_Segment]:
+    def _take_deletable(self) -> list[Segment]:
         """The closed segments whose records are all done, out of the log: their bytes count
         as being deleted (still on disk) until :meth:`_deleted` applies the unlinks."""
         doomed = [s for s, spans in self._spans() if s is not self._active
@@ -1235,7 +983,7 @@ class Spool:
             self._deleting_bytes += freed
         return doomed
 
-    def _deleted(self, doomed: list[_Segment], failed: dict[int, OSError]) -> OSError | None:
+    def _deleted(self, doomed: list[Segment], failed: dict[int, OSError]) -> OSError | None:
         """Apply a deletion's results: the deleted segments' bytes are free and their
         descriptors closed; the ones that failed are kept (retried later). The last error."""
         error: OSError | None = None
@@ -1289,7 +1037,7 @@ class Spool:
             if empty:
                 self._segments = []
             lock_fd, self._lock_fd, self._fds_to_close, self._retired_fds = self._lock_fd, None, [], []
-            await self._in_thread(_close_blocking, spare, paths, fds, lock_fd)
+            await self._in_thread(close_files, spare, paths, fds, lock_fd)
             self._opened = False
 
     def _close(self) -> None:
@@ -1310,24 +1058,8 @@ class Spool:
 
     @staticmethod
     def inspect(path: str | os.PathLike[str]) -> SpoolInfo:
-        """What a spool holds, read-only: no lock, no recovery, nothing created or written, not
-        even next to an old SQLite spool (read in place, or from a copy when it has a WAL).
-        Anything that is not a spool, or cannot be read, is one ConfigError naming the path."""
-        path = Path(path)
-        try:
-            if path.is_dir():
-                return _inspect_log(path)
-            if not path.exists():
-                raise ConfigError(f"no spool at {str(path)!r}")
-            if not path.is_file():
-                raise ConfigError(f"{str(path)!r} is not a notifykit spool (not a directory or a regular file)")
-            with open(path, "rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
-            if head != _SQLITE_MAGIC:
-                raise ConfigError(f"{str(path)!r} is a file that is not a notifykit spool (a spool is a directory)")
-            return _inspect_sqlite(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read spool {str(path)!r}: {exc.strerror or exc}") from None
+        """What a spool holds, read-only (see :func:`~notifykit._spool_recovery.inspect_spool`)."""
+        return inspect_spool(path)
 
     def counts_blocking(self) -> dict[str, int]:
         """Notifications waiting per transport (read-only; for ``notifykit status`` and tests)."""
@@ -1336,162 +1068,4 @@ class Spool:
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
 
-
-def _recover(path: Path, *, read_only: bool = False) -> _Recovered:
-    """Read every segment: the watermarks, the next sequence number, what is pending, and
-    the bad regions (with their bytes, to quarantine)."""
-    segments: list[_Segment] = []
-    seqs: list[dict[str, array[int]]] = []
-    acked: dict[str, int] = {}
-    holes: dict[str, list[tuple[int, int]]] = {}
-    next_seq = 1
-    bad: list[tuple[_Segment, BadRegion, bytes]] = []
-    numbered = sorted((n, p) for p in path.iterdir() if (n := segment_number(p)) is not None)
-    for number, segment_path in numbered:
-        try:
-            with open(segment_path, "rb") as fh:
-                buf = fh.read()
-        except FileNotFoundError:
-            continue
-        segment = _Segment(number, segment_path, data_end(buf))
-        by_transport: dict[str, array[int]] = {}
-        for item in scan(buf):
-            if isinstance(item, BadRegion):
-                bad.append((segment, item, buf[item.start:item.end]))
-                continue
-            offset, body = item
-            segment.size = max(segment.size, offset + HEADER.size + len(body))  # a frame may end in zeros
-            record = decode_body(body)
-            if isinstance(record, Record):
-                by_transport.setdefault(record.transport, array("Q")).append(record.seq)
-                segment.last[record.transport] = max(record.seq, segment.last.get(record.transport, 0))
-                next_seq = max(next_seq, record.seq + 1)
-            elif isinstance(record, Ack):
-                acked[record.transport] = max(acked.get(record.transport, 0), record.seq)
-            elif isinstance(record, Drop):
-                holes.setdefault(record.transport, []).append((record.after, record.through))
-            elif isinstance(record, Checkpoint):
-                if record.format > FORMAT:
-                    raise ConfigError(f"spool {str(path)!r} was written by a newer notifykit (log format"
-                                      f" {record.format}); open it with that version")
-                next_seq = max(next_seq, record.next_seq)
-                for transport, seq in record.acked.items():
-                    acked[transport] = max(acked.get(transport, 0), seq)
-                for transport, ranges in record.dropped.items():
-                    holes.setdefault(transport, []).extend(ranges)
-            else:
-                bad.append((segment, BadRegion(offset, offset + len(body)), body))
-        if len(buf) > segment.size:  # a crashed writer's preallocated tail, never written
-            segment.allocated = len(buf)
-        segments.append(segment)
-        seqs.append(by_transport)
-    dropped: dict[str, list[tuple[int, int]]] = {}
-    for transport, ranges in holes.items():  # merged, and absorbed by the watermark they reach
-        merged: list[tuple[int, int]] = []
-        for a, b in sorted(ranges):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        mark = acked.get(transport, 0)
-        while merged and merged[0][0] <= mark:
-            mark = max(mark, merged.pop(0)[1])
-        if mark:
-            acked[transport] = mark
-        if merged:
-            dropped[transport] = merged
-    pending: dict[str, int] = {}
-    for by_transport in seqs:
-        for transport, values in by_transport.items():
-            mark = acked.get(transport, 0)
-            ranges = dropped.get(transport, [])
-            waiting = sum(1 for seq in values if seq > mark and not any(a < seq <= b for a, b in ranges))
-            if waiting:
-                pending[transport] = pending.get(transport, 0) + waiting
-    del read_only
-    return _Recovered(segments, acked, next_seq, pending, bad, dropped)
-
-
-def _inspect_log(path: Path) -> SpoolInfo:
-    names = [p.name for p in path.iterdir()]
-    strangers = sorted(name for name in names if not _is_ours(path / name))
-    if strangers:
-        raise ConfigError(f"{str(path)!r} is a directory that is not a notifykit spool"
-                          f" (it holds {', '.join(strangers[:3])})")
-    if not names:  # a Notifier's spool always holds its lock file
-        raise ConfigError(f"{str(path)!r} is an empty directory, not a notifykit spool")
-    recovered = _recover(path, read_only=True)
-    return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
-                     sum(max(s.size, s.allocated) for s in recovered.segments), len(recovered.segments),
-                     sum(r.end - r.start for _, r, _ in recovered.bad), "log")
-
-
-def _inspect_sqlite(path: Path) -> SpoolInfo:
-    """Count a pre-log spool's rows without a byte written (see :func:`_read_only_sqlite`)."""
-    with _read_only_sqlite(path) as uri:
-        counts = _count_outbox(str(path), uri)
-    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
-
-
-@contextlib.contextmanager
-def _read_only_sqlite(path: Path) -> Iterator[str]:
-    """A URI reading ``path`` as it is, rows committed to its WAL included, with nothing
-    written beside it: ``immutable`` when there is no WAL, else a private copy of the file
-    and its WAL (SQLite would create or write -shm/-wal files next to the original). A
-    spool the old version left at a crash may hold even its table only in the WAL."""
-    wal = path.with_name(path.name + "-wal")
-    if wal.is_file() and wal.stat().st_size > 0:
-        with tempfile.TemporaryDirectory(prefix="notifykit-inspect-") as tmp:
-            copy = Path(tmp) / "spool.sqlite"
-            shutil.copyfile(path, copy)
-            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            yield f"file:{quote(str(copy))}?mode=ro"
-    else:
-        yield f"file:{quote(str(path.resolve()))}?immutable=1"
-
-
-def _count_outbox(name: str, uri: str) -> dict[str, int]:
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-            if not {"id", "transport", "body"} <= columns:
-                raise ConfigError(f"{name!r} is a SQLite database that is not a notifykit spool"
-                                  " (it has no outbox table)")
-            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot read the SQLite file {name!r}: {exc}") from None
-    return {str(t): int(n) for t, n in rows}
-
-
-def _is_ours(path: Path) -> bool:
-    return path.name in (LOCK, QUARANTINE) or segment_number(path) is not None
-
-
-def _is_legacy_spool(path: Path) -> bool:
-    """A SQLite file with the pre-log spool's ``outbox`` table (checked without writing)."""
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-                return False
-        with _read_only_sqlite(path) as uri:
-            db = sqlite3.connect(uri, uri=True)
-            try:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-            finally:
-                db.close()
-    except (OSError, sqlite3.Error):
-        return False
-    return {"id", "transport", "body"} <= columns
-
-
-def _move_sqlite(source: Path, target: Path) -> None:
-    """Rename a SQLite file with its -wal and -shm companions (the WAL may hold committed rows)."""
-    for suffix in ("-wal", "-shm"):
-        companion = source.with_name(source.name + suffix)
-        if companion.exists():
-            companion.rename(target.with_name(target.name + suffix))
-    source.rename(target)
 

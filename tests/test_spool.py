@@ -466,7 +466,7 @@ async def test_quarantine_file_is_bounded(tmp_path: Path, dead_letter_path: Path
                                           caplog: pytest.LogCaptureFixture) -> None:
     """quarantine.jsonl had no size bound: every bad region was appended to it. Past
     QUARANTINE_MAX_BYTES a region is still skipped and counted, but only logged."""
-    monkeypatch.setattr("notifykit._spool.QUARANTINE_MAX_BYTES", 2048, raising=False)
+    monkeypatch.setattr("notifykit._spool_recovery.QUARANTINE_MAX_BYTES", 2048)
     spool = tmp_path / "spool"
     await leave_in_spool(spool, dead_letter_path, 40)
     (segment,) = segments(spool)
@@ -642,7 +642,7 @@ async def test_without_madvise_the_spare_is_made_all_the_same(tmp_path: Path, de
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the C library has no madvise (or the kernel refuses MADV_POPULATE_WRITE), the
     spare segment is made without faulting its pages in: it still takes over, nothing lost."""
-    monkeypatch.setattr("notifykit._spool._madvise", None)
+    monkeypatch.setattr("notifykit._spool_segments._madvise", None)
     spool = tmp_path / "spool"
     config = {"spool_path": str(spool), "spool_max_bytes": 1 << 20,
               "transports": {"events": {"url": "memory://", "durable": True}}}

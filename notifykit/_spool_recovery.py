@@ -1,0 +1,278 @@
+"""Recovery of a spool at start, read-only inspection, and quarantine: what a previous
+process left is read segment by segment (watermarks, holes, the next sequence number, what
+waits per transport), bad regions are copied to ``quarantine.jsonl``, and the pre-log
+SQLite spool of an earlier version is recognised (migrated by :class:`~notifykit._spool.Spool`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from ._errors import ConfigError
+from ._log import FORMAT, HEADER, Ack, BadRegion, Checkpoint, Drop, Record, data_end, decode_body, scan, segment_number
+from ._spool_segments import Segment
+
+__all__ = [
+    "LEGACY_SUFFIXES", "LOCK", "QUARANTINE", "QUARANTINE_MAX_BYTES", "SQLITE_MAGIC", "Recovered", "SpoolInfo",
+    "inspect_spool", "is_legacy_spool", "is_ours", "move_sqlite", "read_only_sqlite", "recover", "write_quarantine",
+]
+
+log = logging.getLogger("notifykit")
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
+
+
+QUARANTINE = "quarantine.jsonl"
+
+
+#: quarantine.jsonl grows to at most this many bytes; a bad region that would pass the bound
+#: is still skipped and counted, only logged instead of copied.
+QUARANTINE_MAX_BYTES = 16 * 1024 * 1024
+
+
+LOCK = "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolInfo:
+    """A read-only look at a spool (``notifykit status --spool``): nothing is written."""
+
+    path: Path
+    counts: dict[str, int]  # notifications waiting, per transport
+    bytes: int  # on disk, segments included
+    segments: int
+    bad_bytes: int  # torn or garbage bytes the next start will quarantine
+    format: str  # "log" or "sqlite" (a pre-log spool, migrated by the next start)
+
+
+@dataclass(slots=True)
+class Recovered:
+    segments: list[Segment]
+    acked: dict[str, int]
+    next_seq: int
+    pending: dict[str, int]
+    bad: list[tuple[Segment, BadRegion, bytes]]
+    dropped: dict[str, list[tuple[int, int]]]
+
+
+def recover(path: Path, *, read_only: bool = False) -> Recovered:
+    """Read every segment: the watermarks, the next sequence number, what is pending, and
+    the bad regions (with their bytes, to quarantine)."""
+    segments: list[Segment] = []
+    seqs: list[dict[str, array[int]]] = []
+    acked: dict[str, int] = {}
+    holes: dict[str, list[tuple[int, int]]] = {}
+    next_seq = 1
+    bad: list[tuple[Segment, BadRegion, bytes]] = []
+    numbered = sorted((n, p) for p in path.iterdir() if (n := segment_number(p)) is not None)
+    for number, segment_path in numbered:
+        try:
+            with open(segment_path, "rb") as fh:
+                buf = fh.read()
+        except FileNotFoundError:
+            continue
+        segment = Segment(number, segment_path, data_end(buf))
+        by_transport: dict[str, array[int]] = {}
+        for item in scan(buf):
+            if isinstance(item, BadRegion):
+                bad.append((segment, item, buf[item.start:item.end]))
+                continue
+            offset, body = item
+            segment.size = max(segment.size, offset + HEADER.size + len(body))  # a frame may end in zeros
+            record = decode_body(body)
+            if isinstance(record, Record):
+                by_transport.setdefault(record.transport, array("Q")).append(record.seq)
+                segment.last[record.transport] = max(record.seq, segment.last.get(record.transport, 0))
+                next_seq = max(next_seq, record.seq + 1)
+            elif isinstance(record, Ack):
+                acked[record.transport] = max(acked.get(record.transport, 0), record.seq)
+            elif isinstance(record, Drop):
+                holes.setdefault(record.transport, []).append((record.after, record.through))
+            elif isinstance(record, Checkpoint):
+                if record.format > FORMAT:
+                    raise ConfigError(f"spool {str(path)!r} was written by a newer notifykit (log format"
+                                      f" {record.format}); open it with that version")
+                next_seq = max(next_seq, record.next_seq)
+                for transport, seq in record.acked.items():
+                    acked[transport] = max(acked.get(transport, 0), seq)
+                for transport, ranges in record.dropped.items():
+                    holes.setdefault(transport, []).extend(ranges)
+            else:
+                bad.append((segment, BadRegion(offset, offset + len(body)), body))
+        if len(buf) > segment.size:  # a crashed writer's preallocated tail, never written
+            segment.allocated = len(buf)
+        segments.append(segment)
+        seqs.append(by_transport)
+    dropped: dict[str, list[tuple[int, int]]] = {}
+    for transport, ranges in holes.items():  # merged, and absorbed by the watermark they reach
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(ranges):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        mark = acked.get(transport, 0)
+        while merged and merged[0][0] <= mark:
+            mark = max(mark, merged.pop(0)[1])
+        if mark:
+            acked[transport] = mark
+        if merged:
+            dropped[transport] = merged
+    pending: dict[str, int] = {}
+    for by_transport in seqs:
+        for transport, values in by_transport.items():
+            mark = acked.get(transport, 0)
+            ranges = dropped.get(transport, [])
+            waiting = sum(1 for seq in values if seq > mark and not any(a < seq <= b for a, b in ranges))
+            if waiting:
+                pending[transport] = pending.get(transport, 0) + waiting
+    del read_only
+    return Recovered(segments, acked, next_seq, pending, bad, dropped)
+
+
+def _inspect_log(path: Path) -> SpoolInfo:
+    names = [p.name for p in path.iterdir()]
+    strangers = sorted(name for name in names if not is_ours(path / name))
+    if strangers:
+        raise ConfigError(f"{str(path)!r} is a directory that is not a notifykit spool"
+                          f" (it holds {', '.join(strangers[:3])})")
+    if not names:  # a Notifier's spool always holds its lock file
+        raise ConfigError(f"{str(path)!r} is an empty directory, not a notifykit spool")
+    recovered = recover(path, read_only=True)
+    return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
+                     sum(max(s.size, s.allocated) for s in recovered.segments), len(recovered.segments),
+                     sum(r.end - r.start for _, r, _ in recovered.bad), "log")
+
+
+def _inspect_sqlite(path: Path) -> SpoolInfo:
+    """Count a pre-log spool's rows without a byte written (see :func:`read_only_sqlite`)."""
+    with read_only_sqlite(path) as uri:
+        counts = count_outbox(str(path), uri)
+    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
+
+
+@contextlib.contextmanager
+def read_only_sqlite(path: Path) -> Iterator[str]:
+    """A URI reading ``path`` as it is, rows committed to its WAL included, with nothing
+    written beside it: ``immutable`` when there is no WAL, else a private copy of the file
+    and its WAL (SQLite would create or write -shm/-wal files next to the original). A
+    spool the old version left at a crash may hold even its table only in the WAL."""
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        with tempfile.TemporaryDirectory(prefix="notifykit-inspect-") as tmp:
+            copy = Path(tmp) / "spool.sqlite"
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            yield f"file:{quote(str(copy))}?mode=ro"
+    else:
+        yield f"file:{quote(str(path.resolve()))}?immutable=1"
+
+
+def count_outbox(name: str, uri: str) -> dict[str, int]:
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            if not {"id", "transport", "body"} <= columns:
+                raise ConfigError(f"{name!r} is a SQLite database that is not a notifykit spool"
+                                  " (it has no outbox table)")
+            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the SQLite file {name!r}: {exc}") from None
+    return {str(t): int(n) for t, n in rows}
+
+
+def is_ours(path: Path) -> bool:
+    return path.name in (LOCK, QUARANTINE) or segment_number(path) is not None
+
+
+def is_legacy_spool(path: Path) -> bool:
+    """A SQLite file with the pre-log spool's ``outbox`` table (checked without writing)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                return False
+        with read_only_sqlite(path) as uri:
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            finally:
+                db.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return {"id", "transport", "body"} <= columns
+
+
+def move_sqlite(source: Path, target: Path) -> None:
+    """Rename a SQLite file with its -wal and -shm companions (the WAL may hold committed rows)."""
+    for suffix in ("-wal", "-shm"):
+        companion = source.with_name(source.name + suffix)
+        if companion.exists():
+            companion.rename(target.with_name(target.name + suffix))
+    source.rename(target)
+
+
+def write_quarantine(spool: Path, lock: threading.Lock, what: dict[str, object], data: bytes) -> bool:
+    """Skip bad bytes for good, keeping a copy in quarantine.jsonl while it has room
+    (QUARANTINE_MAX_BYTES); past that, or when the copy cannot be written, the region
+    is only logged (segment, offset, length). Returns whether it was copied; the caller
+    counts it (any thread: this touches only the quarantine file)."""
+    line = json.dumps({**what, "data_base64": base64.b64encode(data).decode()}) + "\n"
+    where = ", ".join(f"{k}={v}" for k, v in what.items())
+    path = spool / QUARANTINE
+    with lock:
+        try:
+            size = path.stat().st_size if path.exists() else 0
+            if size + len(line) > QUARANTINE_MAX_BYTES:
+                log.error("notifykit spool %r: skipped %s; not copied, %s is full (%d bytes,"
+                          " the bound): move it away to keep later copies", str(spool), where,
+                          QUARANTINE, QUARANTINE_MAX_BYTES)
+                return False
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # it holds payloads
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(line)
+        except OSError as exc:
+            log.error("notifykit spool %r: skipped %s; could not copy it to %s: %s", str(spool), where,
+                      QUARANTINE, exc.strerror or exc)
+            return False
+    log.error("notifykit spool %r: quarantined %s to %s", str(spool), where, QUARANTINE)
+    return True
+
+
+def inspect_spool(path: str | os.PathLike[str]) -> SpoolInfo:
+    """What a spool holds, read-only: no lock, no recovery, nothing created or written, not
+    even next to an old SQLite spool (read in place, or from a copy when it has a WAL).
+    Anything that is not a spool, or cannot be read, is one ConfigError naming the path."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return _inspect_log(path)
+        if not path.exists():
+            raise ConfigError(f"no spool at {str(path)!r}")
+        if not path.is_file():
+            raise ConfigError(f"{str(path)!r} is not a notifykit spool (not a directory or a regular file)")
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head != SQLITE_MAGIC:
+            raise ConfigError(f"{str(path)!r} is a file that is not a notifykit spool (a spool is a directory)")
+        return _inspect_sqlite(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read spool {str(path)!r}: {exc.strerror or exc}") from None
