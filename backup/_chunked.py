@@ -14,6 +14,12 @@ incremental backup compares each block with its parent's list and stores only th
 changed blocks; restore walks the chain from the full backup, takes each block from the
 newest backup that holds it, and checks every block against the newest list. The
 metadata object, written last, lists every object with its place, sizes and compression.
+
+Zero blocks (version 3): an all-zero block — a hole of a sparse file, never read, or zeros
+read — is stored as nothing and listed in the metadata's ``zero_blocks`` runs; its entry in
+the block list is the sha256 of zeros, so increments compare it like any other block.
+Restore leaves zero blocks as holes in the file it creates, and punches or writes them on a
+block device (``_sparse``).
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
 from ._objectstore import ObjectStore
+from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, pwrite_all, zero_digest, zero_digests, zero_range
 from ._target import RestoreTarget, open_restore_target
-from ._volume import open_volume, read_exactly, volume_size
+from ._volume import open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
            "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for", "check_pipeline"]
@@ -55,7 +62,8 @@ DEFAULT_UPLOADS = 2
 BLOCK_SIZE = 32 * 1024
 DIGEST_SIZE = 32
 # 1: one sha256 per chunk, no block list (read only). 2: the block list, increments.
-METADATA_VERSION = 2
+# 3: zero blocks stored as nothing, listed as runs in ``zero_blocks``.
+METADATA_VERSION = 3
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
 # A chunk whose samples (4 x 16 KiB, spread over it) do not shrink by 3 % is stored raw
 # without compressing it whole: on random, compressed or encrypted data, zstd costs as
@@ -86,7 +94,8 @@ def check_pipeline(chunk_size: int, workers: int | None, uploads: int | None) ->
 class _Raw:
     index: int
     offset: int
-    data: bytes
+    length: int
+    data: bytes | bytearray | None  # None: wholly in a hole, not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,7 @@ class _Packed:
     length: int
     digests: bytes
     pieces: tuple[_Piece, ...]
+    zeros: tuple[tuple[int, int], ...]  # runs of zero blocks: (first block, count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +126,7 @@ class _Layer:
     meta: dict[str, Any]
     objects: list[dict[str, Any]]
     digests: bytes | None  # None: a version 1 backup (a sha256 per chunk instead)
+    zeros: ZeroRuns  # runs of zero blocks, held by no object (version 3)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -137,7 +148,7 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def block_digests(data: bytes, block_size: int) -> bytes:
+def block_digests(data: bytes | bytearray, block_size: int) -> bytes:
     """The sha256 of each ``block_size`` block of ``data``, concatenated (worker thread)."""
     view = memoryview(data)
     sha = hashlib.sha256
@@ -208,7 +219,7 @@ class ChunkedBackupDriver(BackupDriver):
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         return await anyio.to_thread.run_sync(volume_size, volume_path)
 
-    def _looks_incompressible(self, data: bytes | memoryview) -> bool:
+    def _looks_incompressible(self, data: bytes | bytearray | memoryview) -> bool:
         if self.compressor.name == "none" or len(data) < 4 * _SAMPLES * _SAMPLE_SIZE:
             return False
         view = memoryview(data)
@@ -216,7 +227,7 @@ class ChunkedBackupDriver(BackupDriver):
         packed = sum(len(self.compressor.compress(view[i * step:i * step + _SAMPLE_SIZE])) for i in range(_SAMPLES))
         return packed >= _INCOMPRESSIBLE * _SAMPLES * _SAMPLE_SIZE
 
-    def _stored(self, data: bytes | memoryview) -> tuple[str, bytes]:
+    def _stored(self, data: bytes | bytearray | memoryview) -> tuple[str, bytes]:
         if self._looks_incompressible(data):
             return "none", data if isinstance(data, bytes) else bytes(data)
         stored = self.compressor.compress(data)
@@ -225,30 +236,43 @@ class ChunkedBackupDriver(BackupDriver):
         return self.compressor.name, stored
 
     def _pack(self, raw: _Raw, prefix: str, block_size: int, parent: bytes | None) -> _Packed:
-        """CPU work for one chunk (worker thread): block digests, then the whole chunk (full
-        backup) or each run of blocks that differ from the parent's (increment), compressed."""
-        digests = block_digests(raw.data, block_size)
-        view = memoryview(raw.data)
-        if parent is None:
-            compression, stored = self._stored(raw.data)
-            return _Packed(raw.index, len(view), digests,
-                           (_Piece(self.object_name(prefix, raw.index), raw.offset, len(view), compression, stored),))
+        """CPU work for one chunk (worker thread): block digests, then each run of non-zero
+        blocks (that differ from the parent's, in an increment) compressed into an object,
+        and the runs of zero blocks (that differ from the parent's) listed, stored as nothing."""
         first = raw.offset // block_size
+        data = raw.data
+        digests = zero_digests(raw.length, block_size) if data is None else block_digests(data, block_size)
         nblocks = len(digests) // DIGEST_SIZE
+        if parent is not None and parent[first * DIGEST_SIZE:(first + nblocks) * DIGEST_SIZE] == digests:
+            return _Packed(raw.index, raw.length, digests, (), ())
+        if data is None and parent is None:
+            return _Packed(raw.index, raw.length, digests, (), ((first, nblocks),))
+        zero = zero_digest(block_size)
+        kinds = bytearray(nblocks)  # 0: as in the parent, 1: data to store, 2: a zero block
+        for i in range(nblocks):
+            d = digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+            if parent is not None and parent[(first + i) * DIGEST_SIZE:(first + i + 1) * DIGEST_SIZE] == d:
+                continue
+            zero_here = d == zero or d == zero_digest(min(block_size, raw.length - i * block_size))
+            kinds[i] = 2 if data is None or zero_here else 1
         pieces: list[_Piece] = []
-        start: int | None = None
-        for i in range(nblocks + 1):
-            k = (first + i) * DIGEST_SIZE
-            changed = i < nblocks and parent[k:k + DIGEST_SIZE] != digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
-            if changed and start is None:
-                start = i
-            elif not changed and start is not None:
-                data = view[start * block_size:i * block_size]
-                compression, stored = self._stored(data)
-                pieces.append(_Piece(self.piece_name(prefix, raw.index, start), raw.offset + start * block_size,
-                                     len(data), compression, stored))
-                start = None
-        return _Packed(raw.index, len(view), digests, tuple(pieces))
+        zeros: list[tuple[int, int]] = []
+        i = 0
+        while i < nblocks:
+            kind, j = kinds[i], i + 1
+            while j < nblocks and kinds[j] == kind:
+                j += 1
+            if kind == 2:
+                zeros.append((first + i, j - i))
+            elif kind == 1 and data is not None:
+                whole = i == 0 and j == nblocks
+                part = data if whole else memoryview(data)[i * block_size:j * block_size]
+                compression, stored = self._stored(part)
+                name = self.object_name(prefix, raw.index) if whole and parent is None else \
+                    self.piece_name(prefix, raw.index, i)
+                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored))
+            i = j
+        return _Packed(raw.index, raw.length, digests, tuple(pieces), tuple(zeros))
 
     async def _parent_geometry(self, parent: BackupRecord) -> tuple[int, int, bytes]:
         """(chunk_size, block_size, block digests) of the backup an increment is based on."""
@@ -267,7 +291,7 @@ class ChunkedBackupDriver(BackupDriver):
         fh, size = await anyio.to_thread.run_sync(open_volume, record.volume_path)
         try:
             await self.store.create_container(container)
-            entries, digests = await self._run_backup_pipeline(
+            entries, digests, zeros = await self._run_backup_pipeline(
                 fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests)
         finally:
             await anyio.to_thread.run_sync(fh.close)
@@ -286,6 +310,7 @@ class ChunkedBackupDriver(BackupDriver):
             "sha256file": {"name": sha_name, "blocks": len(digests) // DIGEST_SIZE,
                            "sha256": await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest())},
             "objects": entries,
+            "zero_blocks": [list(run) for run in zeros],
         }
         encoded = await anyio.to_thread.run_sync(lambda: json.dumps(metadata, indent=1).encode())
         await self.store.put_object(container, self.metadata_name(prefix), encoded)
@@ -295,23 +320,37 @@ class ChunkedBackupDriver(BackupDriver):
 
     async def _run_backup_pipeline(self, fh: BinaryIO, size: int, where: str, container: str, prefix: str,
                                    on_object: ObjectCallback, chunk_size: int, block_size: int,
-                                   parent: bytes | None) -> tuple[list[dict[str, Any]], bytes]:
+                                   parent: bytes | None) -> tuple[list[dict[str, Any]], bytes, ZeroRuns]:
         entries: list[dict[str, Any]] = []
         digests: dict[int, bytes] = {}
+        zeros: ZeroRuns = []
         count = math.ceil(size / chunk_size)
+        fd = fh.fileno()
+        sparse = await anyio.to_thread.run_sync(is_sparse_capable, fd)
 
         async def read(out: MemoryObjectSendStream[_Raw]) -> None:
+            """Each chunk, in order; one holding no data (a hole) goes on unread."""
             async with out:
-                for index in range(count):
-                    offset = index * chunk_size
-                    length = min(chunk_size, size - offset)
-                    data = await anyio.to_thread.run_sync(read_exactly, fh, length, where, offset)
-                    await out.send(_Raw(index, offset, data))
+                index = 0
+                while index < count:
+                    at, data = await anyio.to_thread.run_sync(
+                        data_chunk, fd, index * chunk_size, chunk_size, size, where, sparse)
+                    for hole in range(index, count if data is None else at // chunk_size):
+                        offset = hole * chunk_size
+                        await out.send(_Raw(hole, offset, min(chunk_size, size - offset), None))
+                    if data is None:
+                        break
+                    index = at // chunk_size
+                    await out.send(_Raw(index, at, len(data), data))
+                    index += 1
 
         async def pack(inp: MemoryObjectReceiveStream[_Raw], out: MemoryObjectSendStream[_Packed]) -> None:
             async with inp, out:
                 async for raw in inp:
-                    await out.send(await anyio.to_thread.run_sync(self._pack, raw, prefix, block_size, parent))
+                    if raw.data is None:  # digests are constants: no thread needed
+                        await out.send(self._pack(raw, prefix, block_size, parent))
+                    else:
+                        await out.send(await anyio.to_thread.run_sync(self._pack, raw, prefix, block_size, parent))
 
         async def write(inp: MemoryObjectReceiveStream[_Packed]) -> None:
             async with inp:
@@ -321,6 +360,7 @@ class ChunkedBackupDriver(BackupDriver):
                         entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
                                         "stored_length": len(piece.stored), "compression": piece.compression})
                     digests[packed.index] = packed.digests
+                    zeros.extend(packed.zeros)
                     await on_object(packed.length)
 
         raw_send, raw_recv = anyio.create_memory_object_stream[_Raw](self.workers)
@@ -338,7 +378,7 @@ class ChunkedBackupDriver(BackupDriver):
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         entries.sort(key=lambda e: int(e["offset"]))
-        return entries, b"".join(digests[i] for i in range(count))
+        return entries, b"".join(digests[i] for i in range(count)), _merge_runs(zeros)
 
     # -- reading a backup's metadata ---------------------------------------------------
 
@@ -370,10 +410,12 @@ class ChunkedBackupDriver(BackupDriver):
                 sha_info = meta["sha256file"]
                 sha_name, blocks, sha_hex = str(sha_info["name"]), int(sha_info["blocks"]), str(sha_info["sha256"])
                 parent_id = meta.get("parent_id")
+            zeros: ZeroRuns = [(int(a), int(n)) for a, n in meta["zero_blocks"]] if version >= 3 else []
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptBackupError(f"{where} is unreadable: {exc!r}") from None
-        if version not in (1, METADATA_VERSION):
-            raise CorruptBackupError(f"{where} has version {version}; this notifykit reads versions 1 and 2")
+        if version not in range(1, METADATA_VERSION + 1):
+            raise CorruptBackupError(f"{where} has version {version}; this notifykit reads versions 1 to"
+                                     f" {METADATA_VERSION}")
         if owner != (record.id, record.volume_id):  # another backup's objects copied in
             raise CorruptBackupError(f"{where} is of backup {owner[0]!r} (volume {owner[1]!r}), the catalog's record"
                                      f" is backup {record.id!r} (volume {record.volume_id!r}): refusing to restore it")
@@ -389,12 +431,20 @@ class ChunkedBackupDriver(BackupDriver):
                 raise CorruptBackupError(f"{where}: parent {parent_id!r}, catalog says {record.parent_id!r}")
             if block_size < 1 or blocks != math.ceil(size / block_size):
                 raise CorruptBackupError(f"{where}: {blocks} blocks of {block_size} bytes cannot hold {size} bytes")
-            _check_coverage(objects, size, where, contiguous=record.parent_id is None, block_size=block_size)
+            runs = [{"name": f"zero blocks {a} to {a + n - 1}", "offset": a * block_size,
+                     "length": min(n * block_size, size - a * block_size) if 0 < n and (a + n - 1) * block_size < size
+                     else 0} for a, n in zeros]
+            _check_coverage(sorted(objects + runs, key=lambda e: int(e["offset"])), size, where,
+                            contiguous=record.parent_id is None, block_size=block_size)
             digests = await self._get(record, sha_name, "block list")
             if len(digests) != blocks * DIGEST_SIZE or \
                     await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest()) != sha_hex:
                 raise CorruptBackupError(f"block list {record.container}/{sha_name} does not match its metadata")
-        return _Layer(record, dict(meta), objects, digests)
+            for a, n in zeros:  # a zero block is zero in the block list too (verify relies on it)
+                if digests[a * DIGEST_SIZE:(a + n) * DIGEST_SIZE] != _zero_run_digests(a, n, block_size, size):
+                    raise CorruptBackupError(f"{where}: zero blocks {a} to {a + n - 1} are not zero in the block"
+                                             f" list {record.container}/{sha_name}")
+        return _Layer(record, dict(meta), objects, digests, zeros)
 
     # -- restore -----------------------------------------------------------------------
 
@@ -448,21 +498,41 @@ class ChunkedBackupDriver(BackupDriver):
         return layers
 
     @staticmethod
-    def _plan(layers: list[_Layer]) -> list[tuple[_Layer, dict[str, Any], list[tuple[int, int]]]]:
+    def _plan(layers: list[_Layer]) -> tuple[list[tuple[_Layer, dict[str, Any], list[tuple[int, int]]]],
+                                             list[tuple[int, int]]]:
         """Which object gives each block: the newest backup holding it. Returns, per object
-        that gives any, the byte ranges (within the object) to write."""
+        that gives any, the byte ranges (within the object) to write, and the volume's byte
+        ranges that are zero blocks (checked against the newest block list)."""
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
         block_size = int(newest.meta.get("block_size", size or 1))
         if len(layers) == 1:  # a full backup: every object, whole
-            return [(newest, entry, [(0, entry["length"])]) for entry in newest.objects]
+            return ([(newest, entry, [(0, entry["length"])]) for entry in newest.objects],
+                    [(a * block_size, min(n * block_size, size - a * block_size)) for a, n in newest.zeros])
         nblocks = math.ceil(size / block_size)
         owner = [-1] * nblocks
+        zero = bytearray(nblocks)  # 1: the block's newest holder lists it as a zero block
         for n, layer in enumerate(layers):
             for entry in layer.objects:
                 first = entry["offset"] // block_size
                 last = min(nblocks, math.ceil((entry["offset"] + entry["length"]) / block_size))
                 owner[first:last] = [n] * max(0, last - first)
+                zero[first:last] = bytes(max(0, last - first))
+            for first, count in layer.zeros:
+                last = min(nblocks, first + count)
+                owner[first:last] = [n] * max(0, last - first)
+                zero[first:last] = b"\x01" * max(0, last - first)
+        zeros: list[tuple[int, int]] = []
+        k = zero.find(1)
+        while k >= 0:
+            end = zero.find(0, k)
+            end = nblocks if end < 0 else end
+            assert newest.digests is not None  # a chain's layers all have block lists
+            if newest.digests[k * DIGEST_SIZE:end * DIGEST_SIZE] != _zero_run_digests(k, end - k, block_size, size):
+                raise CorruptBackupError(f"backup {newest.record.id}: blocks {k} to {end - 1} are zero blocks of an"
+                                         " older backup but not zero in its block list")
+            zeros.append((k * block_size, min(end * block_size, size) - k * block_size))
+            k = zero.find(1, end)
         if -1 in owner:
             block = owner.index(-1)
             raise CorruptBackupError(f"backup {newest.record.id}: no backup in its chain holds block {block}")
@@ -482,12 +552,12 @@ class ChunkedBackupDriver(BackupDriver):
                         ranges.append((start, stop))
                 if ranges:
                     plan.append((layer, entry, ranges))
-        return plan
+        return plan, zeros
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
                       *, overwrite: bool = False, parents: Sequence[BackupRecord] = ()) -> int:
         layers = await self._chain(record, parents)
-        plan = self._plan(layers)
+        plan, zeros = self._plan(layers)
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
         block_size = int(newest.meta.get("block_size", 1))
@@ -496,16 +566,31 @@ class ChunkedBackupDriver(BackupDriver):
         written = 0
         try:
             fd, path = out.fd, out.written_path
+            # A file the restore creates is all holes up to its size: zero blocks stay
+            # holes. A device written in place gets its zero ranges punched or written.
+            fresh = not out.in_place
+            zero_bytes = sum(length for _, length in zeros)
+            if fresh:
+                await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+            elif zeros:
+                await anyio.to_thread.run_sync(lambda: [zero_range(fd, at, n, path) for at, n in zeros])
+            if zero_bytes:
+                written += zero_bytes
+                await on_object(zero_bytes)
 
             def place(layer: _Layer, entry: dict[str, Any], ranges: list[tuple[int, int]], stored: bytes) -> int:
                 container = str(layer.record.container)
                 data = self._unpack(container, entry, stored)
                 done = 0
                 for start, stop in ranges:
+                    parts = [(start, stop)]
                     if newest.digests is not None:
                         self._verify_blocks(f"object {container}/{entry['name']}", data, start, stop,
                                             entry["offset"], block_size, newest.digests)
-                    _pwrite_all(fd, memoryview(data)[start:stop], entry["offset"] + start, path)
+                        if fresh:  # zeros a version 2 backup stored need no writing
+                            parts = _data_ranges(start, stop, entry["offset"], block_size, newest.digests, size)
+                    for a, b in parts:
+                        pwrite_all(fd, memoryview(data)[a:b], entry["offset"] + a, path)
                     done += stop - start
                 return done
 
@@ -565,6 +650,45 @@ class ChunkedBackupDriver(BackupDriver):
             pass
 
 
+def _data_ranges(start: int, stop: int, offset: int, block_size: int, digests: bytes,
+                 size: int) -> list[tuple[int, int]]:
+    """The parts of ``start:stop`` (bytes of an object at volume ``offset``) that are not
+    zero blocks in the block list."""
+    zero = zero_digest(block_size)
+    if zero not in digests:  # the usual case, at C speed (a short last block is checked below)
+        last = (size - 1) // block_size
+        if (offset + stop - 1) // block_size != last or size % block_size == 0:
+            return [(start, stop)]
+    parts: list[tuple[int, int]] = []
+    for i in range(start, stop, block_size):
+        k = (offset + i) // block_size
+        end = min(i + block_size, stop)
+        if digests[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE] in (zero, zero_digest(end - i)):
+            continue
+        if parts and parts[-1][1] == i:
+            parts[-1] = (parts[-1][0], end)
+        else:
+            parts.append((i, end))
+    return parts
+
+
+def _merge_runs(runs: ZeroRuns) -> ZeroRuns:
+    """Runs of blocks in order, touching runs joined."""
+    merged: ZeroRuns = []
+    for first, count in sorted(runs):
+        if merged and merged[-1][0] + merged[-1][1] == first:
+            merged[-1] = (merged[-1][0], merged[-1][1] + count)
+        else:
+            merged.append((first, count))
+    return merged
+
+
+def _zero_run_digests(first: int, count: int, block_size: int, size: int) -> bytes:
+    """What the block list holds for a run of zero blocks (the volume's last block may be short)."""
+    end = min(size, (first + count) * block_size)
+    return zero_digests(end - first * block_size, block_size)
+
+
 def _check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, contiguous: bool,
                     block_size: int) -> None:
     """Objects in offset order, not overlapping, inside the volume, on block boundaries; a
@@ -577,14 +701,3 @@ def _check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, con
         expected = offset + length
     if expected > size or (contiguous and expected != size):
         raise CorruptBackupError(f"{where}: objects cover {expected} bytes, the volume is {size}")
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: str) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            done = os.pwrite(fd, view, offset)
-            view, offset = view[done:], offset + done
-    except OSError as exc:
-        raise BackupError(f"cannot write restore target {path!r}: {exc.strerror or exc}") from None
-

@@ -37,7 +37,7 @@ def check_level(name: str, level: int | None) -> int | None:
 class Compressor(Protocol):
     name: str
 
-    def compress(self, data: bytes | memoryview) -> bytes: ...
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes: ...
 
     def decompress(self, data: bytes, expected_size: int) -> bytes: ...
 
@@ -45,7 +45,7 @@ class Compressor(Protocol):
 class NoCompression:
     name = "none"
 
-    def compress(self, data: bytes | memoryview) -> bytes:
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         return data if isinstance(data, bytes) else bytes(data)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
@@ -58,7 +58,7 @@ class ZlibCompression:
     def __init__(self, level: int = 6) -> None:
         self.level = level
 
-    def compress(self, data: bytes | memoryview) -> bytes:
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         return zlib.compress(data, self.level)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
@@ -82,7 +82,7 @@ class ZstdCompression:
         self._zstd = zstandard
         self.level = level
 
-    def compress(self, data: bytes | memoryview) -> bytes:
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         return self._zstd.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
