@@ -16,12 +16,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# scripts/link-ceph-bindings: Debian's python3-rados/python3-rbd (not on PyPI) into the venv, when installed.
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/python scripts/link-ceph-bindings
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python scripts/link-ceph-bindings
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo
