@@ -2,12 +2,22 @@
 posix backup driver. Objects are written to a temporary file and renamed into place, so
 a crash never leaves a half-written object under its real name. All disk I/O runs in
 worker threads. URL: a plain directory path, or ``file:///DIR[?fsync=false]``.
+
+Durability: an object is durable once ``sync_container`` returned, not at ``put_object``.
+Puts write and rename without syncing and remember the name; ``sync_container`` (called
+once per backup, after the metadata object and before the catalog says ``available``)
+fsyncs every object remembered for that container and then the directory. One sync per
+backup instead of one per object lets the kernel write back in the background while the
+backup runs. A crash before the final sync may leave objects empty or missing, but the
+backup is still ``creating`` in the catalog then, so ``recover`` marks it failed and
+nothing ever restores from it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -29,7 +39,8 @@ _TMP_PREFIX = ".tmp-"
 
 
 class PosixObjectStore:
-    """Objects as files under ``root/<container>/``; ``fsync`` makes each put durable."""
+    """Objects as files under ``root/<container>/``; with ``fsync``, ``sync_container`` makes
+    every put of that container durable (see the module)."""
 
     name = "posix"
     # Objects written at once: enough to overlap one fsync with the next write.
@@ -38,6 +49,8 @@ class PosixObjectStore:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self._unsynced: dict[str, set[str]] = {}  # container -> objects put since its last sync
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> PosixObjectStore:
@@ -106,10 +119,10 @@ class PosixObjectStore:
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
             os.replace(tmp, final)
+            if self.fsync:
+                with self._lock:
+                    self._unsynced.setdefault(container, set()).add(name)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
@@ -137,15 +150,27 @@ class PosixObjectStore:
             raise self._error("list container", repr(container), exc) from None
 
     def _sync_container(self, container: str) -> None:
-        """Make the renames durable (directory entries) once a backup is complete."""
+        """Make every object put since the last sync durable, then the directory entries."""
         if not self.fsync:
             return
+        with self._lock:
+            names = sorted(self._unsynced.pop(container, ()))
         try:
-            fd = os.open(self._container(container), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for name in names:
+                try:
+                    fd = os.open(self._object(container, name), os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # deleted since: nothing to make durable
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for directory in (self._container(container), self.root):  # the entries, the container's own
+                fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             raise self._error("sync container", repr(container), exc) from None
 
