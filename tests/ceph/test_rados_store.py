@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from typing import Any
 import anyio
 import pytest
 
-from notifykit.backup import BackupStatus, ObjectStoreError
+from notifykit.backup import BackupConfigError, BackupStatus, ObjectStoreError
 from notifykit.backup._rados import RadosObjectStore
 from notifykit.backup.cli import main
 from notifykit.backup.plugin import PermanentObjectStoreError, TransientObjectStoreError, store_from_url
@@ -291,3 +292,62 @@ async def test_osd_down_gives_up_within_the_op_timeout_bound(tmp_path: Path, pri
     assert record.fail_reason.startswith(f"rados: cannot store object {private_pool.name}/backup_"), record.fail_reason
     assert "timed out" in record.fail_reason
     assert any("attempt 2 of 2" in r.getMessage() for r in caplog.records)
+
+
+# -- the store URL (no cluster needed) ---------------------------------------------------------
+
+
+def test_url_rules_name_the_option_and_never_print_the_key() -> None:
+    secret = "AQBsecretsecretsecretsecretsecretsecret=="
+    with pytest.raises(BackupConfigError, match=r"unknown option\(s\) 'colour' \(allowed: conf, id, key, keyring,"):
+        store_from_url(f"rados://backups?colour=red&key={secret}")
+    for url, problem in [(f"rados://backups?id=client.backup&key={secret}", "as `rados --id` takes it"),
+                         (f"rados://backups?rados_osd_op_timeout=soon&key={secret}", "rados_osd_op_timeout must be"),
+                         (f"rados://admin:{secret}@backups", "takes no USER:KEY@"),
+                         (f"rados://backups:6789?key={secret}", "must look like rados://POOL"),
+                         (f"rados://a,b?key={secret}", "must look like rados://POOL")]:
+        with pytest.raises(BackupConfigError, match=problem) as failed:
+            store_from_url(url)
+        assert secret not in str(failed.value), url
+    store = store_from_url("rados://backups/cinder?conf=/etc/ceph/ceph.conf&id=backup&rados_osd_op_timeout=2.5s",
+                           {"key": secret, "uploads": 3})
+    assert isinstance(store, RadosObjectStore) and secret not in repr(store) + repr(store.options)
+    assert store.location == "rados://backups/cinder" and store.default_uploads == 3
+    assert store.options.client_conf()["rados_osd_op_timeout"] == "3"  # Ceph takes whole seconds
+
+
+def test_without_python3_rados_the_error_says_how_to_install_it(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['rados'] = None\n"
+            "from notifykit.backup.plugin import store_from_url\n"
+            "try:\n    store_from_url('rados://backups')\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.stdout.startswith("BackupConfigError ") and "apt-get install python3-rados" in done.stdout, done
+
+
+@pytest.mark.asyncio
+async def test_a_client_confined_to_its_namespaces_backs_up_there_and_nowhere_else(tmp_path: Path, pool: Pool) -> None:
+    """Namespaces per backup let a cephx cap fence the backup client in: ``namespace=PREFIX/*``."""
+    client = f"nk-fenced-{uuid.uuid4().hex[:6]}"
+    keyring = Path(pool.aio.root) / "keys" / f"client.{client}.keyring"
+    await in_thread(lambda: pool.aio.ceph("auth", "get-or-create", f"client.{client}", "mon", "allow r", "osd",
+                                          f"allow rw pool={pool.name} namespace=fenced/*", "-o", str(keyring)))
+    fenced = Pool(pool.aio, pool.name, client, keyring)
+    try:
+        async with rados_env(tmp_path, rados_store(fenced, prefix="fenced")) as env:
+            volume = env.volume(5 * CHUNK)
+            record = await env.service.create_backup(volume)
+            await env.service.restore_backup(record.id, tmp_path / "out.img")
+            await env.service.delete_backup(record.id)
+        outside = rados_store(fenced, prefix="elsewhere")
+        await outside.open()
+        try:
+            with pytest.raises(PermanentObjectStoreError, match="access denied") as denied:
+                await outside.put_object("backup_x", "chunk", b"data")
+        finally:
+            await outside.aclose()
+    finally:
+        await in_thread(lambda: pool.aio.ceph("auth", "del", f"client.{client}"))
+    assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
+    assert await in_thread(pool_objects, pool, "fenced/") == []
+    assert f"client.{client}" in str(denied.value) and "elsewhere/backup_x" in str(denied.value)
