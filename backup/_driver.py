@@ -45,6 +45,13 @@ class BackupDriver(ABC):
         """(kind, location) of the store this driver writes to, the location redacted (no
         credentials): recorded with every backup, compared before a restore or delete."""
 
+    @property
+    def auth_identity(self) -> dict[str, str]:
+        """The user and project ids the store authenticated as, when it knows them (Keystone):
+        the service puts them in the notifications' context. Empty by default."""
+        identity = getattr(getattr(self, "store", None), "identity", None)
+        return dict(identity) if isinstance(identity, dict) else {}
+
     @abstractmethod
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         """The volume's size in bytes; VolumeError if it cannot be read."""

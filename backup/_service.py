@@ -111,8 +111,9 @@ class BackupService:
         """The caller's context, with a request_id and the default project/user filled in."""
         fields: dict[str, Any] = dict(RequestContext.coerce(ctx).as_dict())
         fields.setdefault("request_id", f"req-{uuid.uuid4()}")
-        fields.setdefault("project_id", self.project_id)
-        fields.setdefault("user_id", self.user_id)
+        identity = self.driver.auth_identity  # Keystone's ids, when the store authenticated there
+        fields.setdefault("project_id", identity.get("project_id") or self.project_id)
+        fields.setdefault("user_id", identity.get("user_id") or self.user_id)
         return RequestContext.coerce(fields)
 
     async def _emit(self, ctx: RequestContext, event_type: str, payload: Mapping[str, Any],

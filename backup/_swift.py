@@ -1,8 +1,9 @@
 """``swift`` object store: OpenStack Swift's object API over httpx, like Cinder's Swift driver.
 
 Authentication is TempAuth (v1: ``GET /auth/v1.0`` with ``X-Auth-User``/``X-Auth-Key``) or
-Keystone v3 password auth (the ``object-store`` endpoint from the token's catalog). The
-token is fetched on first use and again when Swift answers 401. Each backup gets its own
+Keystone through keystoneauth1 (``_keystone.py``: password, application credential or
+token; the ``object-store`` endpoint from the catalog). The token is fetched on first use
+and renewed once when Swift answers 401. Each backup gets its own
 container ``backup_<id>``, or, with ``container`` set, one shared container in which each
 backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
 
@@ -36,6 +37,7 @@ from ._errors import (
     PermanentObjectStoreError,
     TransientObjectStoreError,
 )
+from ._keystone import KeystoneCredentials, KeystoneSession
 from ._objectstore import validate_name
 from ._retry import StoreRetry
 from ._stores import StoreSettings
@@ -58,23 +60,21 @@ class SwiftOptions:
     user: str
     key: str = field(repr=False)
     auth_version: str = "1"
+    keystone: KeystoneCredentials | None = None
     container: str | None = None
-    project: str | None = None
-    project_domain: str = "Default"
-    user_domain: str = "Default"
-    region: str | None = None
-    interface: str = "public"
     retry: StoreRetry = DEFAULT_RETRY
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.auth_version not in _AUTH_VERSIONS:
             raise BackupConfigError(f"swift store: auth_version must be 1 (TempAuth) or 3 (Keystone), got {self.auth_version!r}")
-        if not self.user or not self.key:
+        if self.auth_version == "1" and (not self.user or not self.key):
             raise BackupConfigError("swift store needs a user and a key (USER:KEY@ in the URL, or user/key in"
                                     " store_options)")
-        if self.auth_version == "3" and not self.project:
-            raise BackupConfigError("swift store: auth_version 3 (Keystone) needs the project option")
+        if self.auth_version == "3":
+            if self.keystone is None:
+                raise BackupConfigError("swift store: auth_version 3 (Keystone) needs credentials")
+            self.keystone.check()
         if self.container is not None:
             try:
                 validate_name("container", self.container)
@@ -88,27 +88,52 @@ class SwiftOptions:
         """``swift[+https]://[USER[:KEY]@]HOST[:PORT][/AUTH_PATH][?container=…&auth_version=3&…]``.
 
         USER may hold ``%3A`` for TempAuth's ``account:user``; the ``user`` and ``key``
-        options (from the TOML ``store_options`` table) win over the URL's.
+        options (from the TOML ``store_options`` table) win over the URL's. A path ending
+        in ``/v3`` is Keystone. ``swift://`` without a host takes Keystone credentials from
+        the ``cloud`` option or ``OS_CLOUD`` (clouds.yaml), else from the ``OS_*`` variables.
         """
         scheme = SCHEMES.get(settings.scheme)
-        if scheme is None or not settings.host or settings.url is None or len(settings.url.hosts) != 1:
+        if scheme is None or settings.url is None or (settings.host and len(settings.url.hosts) != 1):
             raise BackupConfigError(f"swift store URL must look like swift://USER:KEY@HOST:PORT/auth/v1.0"
                                     f" (one host), got {settings.location}")
         path = settings.path.rstrip("/")
-        version = settings.take_str("auth_version", "3" if path.endswith("/v3") else "1") or "1"
+        version = settings.take_str("auth_version", "3" if path.endswith("/v3") or not settings.host else "1") or "1"
         if not path:
             path = "/v3" if version == "3" else "/auth/v1.0"
+        user = settings.take_str("user", settings.username) or ""
+        key = settings.take_secret("key", settings.password) or ""
+        keystone: dict[str, str | None] = {
+            "project_name": settings.take_str("project"), "project_id": settings.take_str("project_id"),
+            "project_domain_name": settings.take_str("project_domain"),
+            "user_domain_name": settings.take_str("user_domain"), "user_id": settings.take_str("user_id"),
+            "application_credential_id": settings.take_str("application_credential_id"),
+            "application_credential_name": settings.take_str("application_credential_name"),
+            "application_credential_secret": settings.take_secret("application_credential_secret"),
+            "token": settings.take_secret("token"),
+        }
+        cloud = settings.take_str("cloud")
+        region, interface = settings.take_str("region"), settings.take_str("interface")
+        credentials = None
+        if version == "3":
+            if cloud:
+                credentials = KeystoneCredentials.from_cloud(cloud, settings.env)
+            elif settings.host:
+                credentials = KeystoneCredentials.from_mapping(
+                    {**keystone, "auth_url": f"{scheme}://{settings.netloc}{path}", "username": user or None,
+                     "password": key or None}, f"the store URL {settings.location}")
+            else:
+                credentials = KeystoneCredentials.from_env(settings.env)
+                if credentials is None:
+                    raise BackupConfigError("swift store without a host needs Keystone credentials: the cloud"
+                                            " option, OS_CLOUD, or OS_AUTH_URL and the other OS_* variables")
+            credentials = credentials.with_overrides(region_name=region, interface=interface)
         return cls(
-            auth_url=f"{scheme}://{settings.netloc}{path}",
-            user=settings.take_str("user", settings.username) or "",
-            key=settings.take_secret("key", settings.password) or "",
+            auth_url=credentials.auth_url if credentials else f"{scheme}://{settings.netloc}{path}",
+            user=user or (credentials.who if credentials else ""),
+            key=key,
             auth_version=version,
+            keystone=credentials,
             container=settings.take_str("container"),
-            project=settings.take_str("project"),
-            project_domain=settings.take_str("project_domain", "Default") or "Default",
-            user_domain=settings.take_str("user_domain", "Default") or "Default",
-            region=settings.take_str("region"),
-            interface=settings.take_str("interface", "public") or "public",
             retry=settings.take_retry(DEFAULT_RETRY),
             timeout=settings.take_float("timeout", 30.0, minimum=0, above=True),
         )
@@ -144,7 +169,10 @@ class SwiftObjectStore:
         return cls(SwiftOptions.from_settings(settings))
 
     async def open(self) -> None:
-        """Nothing yet: the token is fetched with the first request (and again on 401)."""
+        """Keystone: authenticate now, so the notifications' context can carry the user and
+        project ids. TempAuth: nothing yet, the token comes with the first request."""
+        if self._keystone is not None:
+            await self._authenticate(None)
 
     def __init__(self, options: SwiftOptions, *, max_connections: int = 16,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -154,6 +182,14 @@ class SwiftObjectStore:
         self._client: httpx.AsyncClient | None = None
         self._session: _Session | None = None
         self._auth_lock: anyio.Lock | None = None
+        self._keystone = KeystoneSession(options.keystone, options.timeout) if options.keystone else None
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """The Keystone user and project ids once authenticated (for the notifications' context)."""
+        if self._keystone is None or not self._keystone.user_id:
+            return {}
+        return {"user_id": self._keystone.user_id, "project_id": self._keystone.project_id or ""}
 
     def __repr__(self) -> str:
         shared = f", container={self.options.container!r}" if self.options.container else ""
@@ -211,25 +247,14 @@ class SwiftObjectStore:
 
     async def _auth_once(self) -> _Session:
         opts = self.options
-        client = self._http()
-        if opts.auth_version == "1":
-            resp = await client.get(opts.auth_url, headers={"X-Auth-User": opts.user, "X-Auth-Key": opts.key})
-            self._check_auth(resp)
-            url, token = resp.headers.get("X-Storage-Url"), resp.headers.get("X-Auth-Token")
-            if not url or not token:
-                raise PermanentObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
-        else:
-            body = {"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": opts.user, "domain": {"name": opts.user_domain}, "password": opts.key}}},
-                "scope": {"project": {"name": opts.project, "domain": {"name": opts.project_domain}}},
-            }}
-            resp = await client.post(f"{opts.auth_url}/auth/tokens", json=body)
-            self._check_auth(resp)
-            token = resp.headers.get("X-Subject-Token")
-            url = self._catalog_endpoint(resp)
-            if not token:
-                raise PermanentObjectStoreError(f"keystone at {opts.auth_url} answered without X-Subject-Token")
+        if self._keystone is not None:
+            token, url = await self._keystone.authenticate(renew=self._session is not None)
+            return _Session(url, token)
+        resp = await self._http().get(opts.auth_url, headers={"X-Auth-User": opts.user, "X-Auth-Key": opts.key})
+        self._check_auth(resp)
+        url, token = resp.headers.get("X-Storage-Url"), resp.headers.get("X-Auth-Token")
+        if not url or not token:
+            raise PermanentObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
         return _Session(url, token)
 
     def _check_auth(self, resp: httpx.Response) -> None:
@@ -241,23 +266,6 @@ class SwiftObjectStore:
         if resp.status_code >= 300:
             raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed:"
                                    f" {resp.status_code} {resp.reason_phrase}")
-
-    def _catalog_endpoint(self, resp: httpx.Response) -> str:
-        """The object-store endpoint for our interface (and region) from a Keystone v3 token."""
-        opts = self.options
-        try:
-            catalog = resp.json()["token"]["catalog"]
-            for service in catalog:
-                if service.get("type") != "object-store":
-                    continue
-                for endpoint in service.get("endpoints", []):
-                    region_ok = opts.region is None or opts.region in (endpoint.get("region"), endpoint.get("region_id"))
-                    if endpoint.get("interface") == opts.interface and region_ok:
-                        return str(endpoint["url"])
-        except (ValueError, KeyError, TypeError):
-            raise PermanentObjectStoreError(f"keystone at {opts.auth_url} answered with an unreadable token body") from None
-        region = f" in region {opts.region!r}" if opts.region else ""
-        raise PermanentObjectStoreError(f"keystone at {opts.auth_url}: no {opts.interface} object-store endpoint{region}")
 
     async def _with_retries(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``attempt()`` under the store's retry policy; the last failure becomes an ObjectStoreError."""
@@ -301,6 +309,9 @@ class SwiftObjectStore:
                 raise TransientObjectStoreError("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
             if status >= 500:
                 raise TransientObjectStoreError(f"{status} {resp.reason_phrase}")
+            if status == 403:
+                raise PermanentObjectStoreError(f"swift refused {method} {what} for {self.options.user}: 403 Forbidden"
+                                                " (no Swift operator role in this project, or an ACL denies it)")
             raise PermanentObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
 
         return await self._with_retries(action, what, once)

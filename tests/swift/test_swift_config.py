@@ -70,15 +70,18 @@ def test_keystone_v3_options() -> None:
     options = SwiftOptions.from_url("swift+https://alice:pw@keystone.example:5000/v3",
                                     {"project": "backups", "region": "RegionTwo"})
     assert options.auth_version == "3" and options.auth_url == "https://keystone.example:5000/v3"
-    assert (options.project, options.project_domain, options.user_domain, options.region) == (
-        "backups", "Default", "Default", "RegionTwo")
+    keystone = options.keystone
+    assert keystone is not None and keystone.method == "password"
+    assert (keystone.username, keystone.project_name, keystone.project_domain_name, keystone.user_domain_name,
+            keystone.region_name) == ("alice", "backups", "Default", "Default", "RegionTwo")
+    assert "pw" not in repr(options)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"store": "swift://127.0.0.1:8080/auth/v1.0"}, "needs a user and a key"),
-    ({"store": URL + "?colour=blue"}, r"swift store: unknown option\(s\) 'colour' \(allowed: auth_version, container,"),
+    ({"store": URL + "?colour=blue"}, r"swift store: unknown option\(s\) 'colour' \(allowed: application_credential_id, "),
     ({"store": URL + "?auth_version=2"}, "auth_version must be 1"),
-    ({"store": "swift://u:k@keystone:5000/v3"}, "needs the project option"),
+    ({"store": "swift://u:k@keystone:5000/v3"}, "password auth needs a project"),
     ({"store": URL, "store_options": {"container": "no/slash"}}, "invalid container name"),
     ({"store": URL, "store_options": {"retry_attempts": "0"}}, "retry_attempts must be >= 1"),
     ({"store": URL, "store_options": {"timeout": "soon"}}, "timeout must be a number"),

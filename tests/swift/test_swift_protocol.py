@@ -1,10 +1,8 @@
-"""What a real Swift all-in-one cannot show: Keystone v3 auth and a 507 answer. These use
-httpx.MockTransport as the server (no traffic at all), so they check the requests the store
-builds and how it reads the answers -- not interoperability with a real Keystone."""
+"""What a real Swift all-in-one cannot show: a 507 answer. These use httpx.MockTransport as
+the server (no traffic at all), so they check how the store reads the answers. Keystone is
+tested against a real one (tests/keystone)."""
 
 from __future__ import annotations
-
-import json
 
 import httpx
 import pytest
@@ -23,46 +21,6 @@ CATALOG = [
         {"interface": "public", "region": "RegionTwo", "url": "http://127.0.0.1:8083/v1/AUTH_p1"},
     ]},
 ]
-
-
-async def test_keystone_v3_password_auth_request_and_catalog_endpoint() -> None:
-    seen: list[httpx.Request] = []
-
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if request.url.path == "/v3/auth/tokens":
-            return httpx.Response(201, headers={"X-Subject-Token": "tok-1"}, json={"token": {"catalog": CATALOG}})
-        return httpx.Response(201)
-
-    options = SwiftOptions.from_url(KEYSTONE, {"project": "backups", "region": "RegionTwo",
-                                               "user_domain": "users"})
-    store = SwiftObjectStore(options, transport=httpx.MockTransport(server))
-    try:
-        await store.create_container("backup_1")
-    finally:
-        await store.aclose()
-    auth, put = seen
-    assert (auth.method, str(auth.url)) == ("POST", "http://127.0.0.1:5000/v3/auth/tokens")
-    assert json.loads(auth.content) == {"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": "alice", "domain": {"name": "users"}, "password": "pw-s3cret"}}},
-        "scope": {"project": {"name": "backups", "domain": {"name": "Default"}}},
-    }}
-    assert (put.method, str(put.url)) == ("PUT", "http://127.0.0.1:8083/v1/AUTH_p1/backup_1")
-    assert put.headers["X-Auth-Token"] == "tok-1"
-
-
-async def test_keystone_catalog_without_object_store_is_a_clear_error() -> None:
-    def server(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(201, headers={"X-Subject-Token": "t"}, json={"token": {"catalog": CATALOG[:1]}})
-
-    store = SwiftObjectStore(SwiftOptions.from_url(KEYSTONE, {"project": "p"}), transport=httpx.MockTransport(server))
-    try:
-        with pytest.raises(ObjectStoreError, match="no public object-store endpoint") as raised:
-            await store.create_container("backup_1")
-    finally:
-        await store.aclose()
-    assert "pw-s3cret" not in str(raised.value)
 
 
 async def test_507_is_permanent_and_not_retried() -> None:
