@@ -381,6 +381,8 @@ class DeadLetterWriter:
         self.retry_at = 0.0
         self._delay = RETRY_FIRST
         self._burst = False  # failing since the last successful write
+        #: Why the sink refuses letters, while it does (a degraded state, shown in the stats).
+        self.failing: str | None = None
         self._overflow_logged = False
 
     @property
@@ -438,6 +440,7 @@ class DeadLetterWriter:
             if self._burst and not self.held:
                 log.warning("notifykit transport %r: dead letters are written to %r again", self.transport, self.sink)
                 self._burst, self._overflow_logged, self._delay = False, False, RETRY_FIRST
+                self.failing = None
             return
         rest = entries[written:]
         if final:
@@ -454,6 +457,7 @@ class DeadLetterWriter:
                             " (up to %d) and written again with backoff", self.transport, len(entries), self.sink,
                             _describe(error), self.held_max)
             self._burst = True
+            self.failing = _describe(error)
             self.retry_at = anyio.current_time() + self._delay
             self._delay = min(self._delay * 2, RETRY_MAX)
         if entries[room:]:

@@ -506,8 +506,9 @@ class Dispatcher:
 
     def snapshot(self) -> TransportStats:
         in_flight = len(self._in_flight) + self._letters.pending + self._putting_away
-        spool = self._spool
-        degraded = spool.fault.describe() if spool is not None and spool.fault is not None else None
+        spool, letters = self._spool, self._letters.failing
+        degraded = (spool.fault.describe() if spool is not None and spool.fault is not None
+                    else f"dead_letters: {letters}" if letters is not None else None)
         return replace(self.stats, queue_depth=self.queue_depth, in_flight=in_flight,
                        spooled=self._spooled - self._in_flight_spooled, degraded=degraded)
 

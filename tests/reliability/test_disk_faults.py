@@ -314,3 +314,29 @@ async def test_eio_is_a_state_shown_in_stats_status_prometheus_and_task_health(
     started, ended = degraded_lines(caplog)
     assert len(started) == 1 and len(ended) == 1
     assert len(warnings_of(caplog)) <= 3
+
+
+async def test_a_dead_letter_file_on_a_full_disk_is_a_degraded_state_too(tmp_path: Path, disks: Callable[..., Path],
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The dead-letter file's disk full: the letters are kept (in flight) and written again;
+    the transport shows it (``degraded = "dead_letters: …"``, the Prometheus gauge) while it
+    lasts, with one line when it starts and one when it ends."""
+    disk = disks(1 << 20)
+    dead = disk / "deadletters.jsonl"
+    filler = fill(disk)
+    n = Notifier.from_url("memory://?name=events", publisher_id="t", dead_letters=dead, close_timeout=5)
+    async with n:
+        memory(n, "events").fail_next(10**6, permanent=True)
+        for i in range(200):
+            await n.info({}, "e.v", {"i": i})
+        await until(lambda: n.stats()["events"].degraded is not None)
+        stats = n.stats()["events"]
+        assert stats.degraded is not None and stats.degraded.startswith("dead_letters: ")
+        assert "No space left" in stats.degraded and stats.dead_lettered == 0 and stats.unaccounted() == 0
+        assert 'notifykit_degraded{transport="events"} 1' in render_prometheus(n.stats())
+        filler.unlink()
+        await until(lambda: n.stats()["events"].dead_lettered == 200, timeout=30)
+        assert n.stats()["events"].degraded is None
+    assert len(list(read_dead_letters(dead))) == 200
+    lines = warnings_of(caplog)
+    assert len([m for m in lines if "could not write" in m]) == 1 and len([m for m in lines if "written to" in m]) == 1
