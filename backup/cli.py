@@ -20,7 +20,7 @@ from typing import NoReturn, TextIO
 import anyio
 
 from notifykit import NotifyKitError, __version__, redact_text
-from notifykit.cli import LogLines, own_log_lines, plain_help
+from notifykit._console import LogLines, own_log_lines, plain_help
 
 from ._asyncapi import backup_asyncapi
 from ._audit import audit_period
