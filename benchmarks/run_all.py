@@ -99,6 +99,12 @@ NOTES = """\
 - **s3_backup**: the S3 store (obstore) against a boto3 thread-pool upload of the same chunks
   to the same single-node Ceph RGW; `ratio_obstore_vs_aiobotocore` is why the store uses
   obstore (aiobotocore signs the payload and writes through aiohttp on the event loop).
+- **rados_backup**: the rados store (librados, python3-rados in worker threads) against a
+  python-rados `write_full` thread pool writing the same 4 MiB chunks with the same
+  concurrency, and against the S3 store's backup through RGW on the same single-node Ceph;
+  `rados_store_put_loop` is the store's own `put_object` without the driver, so the store's
+  cost and the driver's (reading the file, sha256 of every block and chunk) show apart;
+  `client_cpu_s_median` is the benchmark process's CPU time per run.
 - **durable_cost**: in durable mode `notify()` returns once the notification is written to the
   spool's append-only log (copied on the event loop into a shared mapping of the segment: in
   the kernel's page cache, safe from a crash of the process, without a system call; the worker
@@ -166,6 +172,7 @@ INFORMATION: dict[str, list[str]] = {
                            "durable_cost.log_write_us"],
     "swift_backup": ["ratio_swift_vs_posix_fsync"],
     "s3_backup": ["ratio_backup_zstd_vs_boto3", "ratio_obstore_vs_aiobotocore"],
+    "rados_backup": ["ratio_rados_backup_zstd_vs_python_rados"],
 }
 
 
