@@ -173,7 +173,13 @@ class RadosObjectStore:
         self._cluster: _Cluster | None = None
         self._ioctxs: dict[str, _Ioctx] = {}
         self._ioctx_lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(MAX_THREADS)
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop that uses it
+
+    @property
+    def _threads(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(MAX_THREADS)
+        return self._limiter
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> RadosObjectStore:
@@ -249,7 +255,7 @@ class RadosObjectStore:
     async def open(self) -> None:
         await self.options.retry.call(
             "rados", "connect", f"to pool {self.options.pool!r} as {self._who}",
-            lambda: anyio.to_thread.run_sync(self._connect_blocking, limiter=self._limiter),
+            lambda: anyio.to_thread.run_sync(self._connect_blocking, limiter=self._threads),
             classify=self._failure)
 
     def _close_blocking(self) -> None:
@@ -262,7 +268,8 @@ class RadosObjectStore:
             cluster.shutdown()
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._close_blocking, limiter=self._limiter)
+        await anyio.to_thread.run_sync(self._close_blocking, limiter=self._threads)
+        self._limiter = None
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class RadosObjectStore:
     async def _call(self, action: str, what: str, fn: Callable[[], _T]) -> _T:
         """``fn()`` in a worker thread under the store's retry policy, failures mapped."""
         return await self.options.retry.call(
-            "rados", action, what, lambda: anyio.to_thread.run_sync(fn, limiter=self._limiter),
+            "rados", action, what, lambda: anyio.to_thread.run_sync(fn, limiter=self._threads),
             classify=self._failure)
 
     def _where(self, container: str, name: str | None = None) -> str:
@@ -350,7 +357,7 @@ class RadosObjectStore:
         left = await self.list_objects(container)
         if left:
             raise PermanentObjectStoreError(f"rados: cannot delete {self._where(container)}: {len(left)} object(s) left")
-        await anyio.to_thread.run_sync(self._forget, container, limiter=self._limiter)
+        await anyio.to_thread.run_sync(self._forget, container, limiter=self._threads)
 
     async def put_object(self, container: str, name: str, data: bytes) -> None:
         validate_name("object", name)
