@@ -17,6 +17,8 @@ PLAIN_SCHEMES = {"amqp": "amqp://127.0.0.1:5672/", "http": "http://127.0.0.1:9/h
                  "kafka": "kafka://127.0.0.1:9092/", "nats": "nats://127.0.0.1:4222/"}
 TLS_SCHEMES["rediss"] = "rediss://127.0.0.1:6380/0"
 PLAIN_SCHEMES["redis"] = "redis://127.0.0.1:6379/0"
+TLS_SCHEMES["mqtts"] = "mqtts://127.0.0.1:8883/"
+PLAIN_SCHEMES["mqtt"] = "mqtt://127.0.0.1:1883/"
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -36,7 +38,7 @@ def test_every_transport_has_the_one_shape(scheme: str) -> None:
 
 def test_tail_is_its_own_capability() -> None:
     tailable = {scheme for scheme in SCHEMES if isinstance(load_transport_class(scheme), Tailable)}
-    assert tailable == {"amqp", "amqps", "kafka", "kafka+ssl", "nats", "nats+tls", "redis", "rediss"}
+    assert tailable == {"amqp", "amqps", "kafka", "kafka+ssl", "nats", "nats+tls", "redis", "rediss", "mqtt", "mqtts"}
     assert not hasattr(Transport, "tail")
 
 
