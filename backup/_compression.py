@@ -83,7 +83,10 @@ class ZstdCompression:
         self.level = level
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        return self._zstd.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
+        # No frame checksum (xxhash64): every block is checked against the block list's
+        # sha256 after decompression, so it would only cost CPU on both ends (frames that
+        # carry one, from older backups, are still checked by zstd on restore).
+        return self._zstd.ZstdCompressor(level=self.level, write_checksum=False).compress(data)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         try:

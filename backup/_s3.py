@@ -12,10 +12,12 @@ RGW and S3 compute of what they received) must equal the MD5 of what was sent; e
 is checked against its ETag too, and the chunked driver checks each chunk's sha256 from the
 metadata object on restore. The payload is sent unsigned (``UNSIGNED-PAYLOAD``: the ETag
 check covers the body, so the client does not hash every chunk once more to sign it).
-MD5 runs in worker threads. 5xx, throttling (SlowDown, 503, 429), timeouts and lost
-connections are retried by the stores' one retry loop, ``StoreRetry``; 403, NoSuchBucket and other 4xx fail
-at once. Credentials (URL, ``store_options`` or the AWS environment variables) never appear
-in reprs, logs or errors.
+The chunked driver hands each chunk's MD5 over with it (``object_digests``: computed once,
+in the worker that packs the chunk); other objects are hashed here, in a worker thread.
+5xx, throttling (SlowDown, 503, 429), timeouts and lost connections are retried by the
+stores' one retry loop, ``StoreRetry``; 403, NoSuchBucket and other 4xx fail at once.
+Credentials (URL, ``store_options`` or the AWS environment variables) never appear in
+reprs, logs or errors.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ._errors import (
     PermanentObjectStoreError,
     TransientObjectStoreError,
 )
-from ._objectstore import validate_name
+from ._objectstore import ObjectDigests, validate_name
 from ._retry import StoreRetry
 from ._stores import StoreSettings
 
@@ -149,6 +151,8 @@ class S3ObjectStore:
     """The ObjectStore protocol on one S3 bucket; used between ``open()`` and ``aclose()``."""
 
     name = "s3"
+    # The ETag check's MD5: taken from the driver, which hashes each chunk once.
+    object_digests = ("md5",)
 
     def __init__(self, options: S3Options) -> None:
         self.options = options
@@ -277,9 +281,12 @@ class S3ObjectStore:
         if left:
             raise PermanentObjectStoreError(f"s3: cannot delete {self._key(container)}: {len(left)} object(s) left")
 
-    async def put_object(self, container: str, name: str, data: bytes) -> None:
+    async def put_object(self, container: str, name: str, data: bytes, *,
+                         digests: ObjectDigests | None = None) -> None:
+        """``digests``: the MD5 of ``data`` when the caller computed it (the chunked driver
+        does, in the worker that packs the chunk); else hashed here."""
         key = self._key(container, name)
-        md5 = await anyio.to_thread.run_sync(_md5, data)
+        md5 = digests.md5 if digests is not None and digests.md5 else await anyio.to_thread.run_sync(_md5, data)
 
         async def once() -> None:
             result = await obstore.put_async(self._s3(), key, data, attributes={"Content-Type": "application/octet-stream"},

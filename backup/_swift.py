@@ -9,11 +9,13 @@ backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
 
 Every PUT carries the object's MD5 as ``ETag`` (Swift refuses a body that does not match,
 and its answer is checked too) and the sha256 of the stored bytes as
-``X-Object-Meta-Sha256``; every GET is checked against both. Hashing runs in worker
-threads. 5xx answers, timeouts and connection failures are retried by the stores' one
-retry loop, ``StoreRetry`` (bounded attempts, exponential backoff with jitter); 507 and 413 are
-permanent errors with a message fit for ``fail_reason``. Credentials never appear in
-reprs, logs or error messages.
+``X-Object-Meta-Sha256``; every GET is checked against both. Both digests come with the
+object from the chunked driver (``object_digests``: computed once, in the worker that packs
+the chunk); other callers' objects are hashed here, in a worker thread. 5xx answers,
+timeouts and connection failures are retried by the stores' one retry loop, ``StoreRetry``
+(bounded attempts, exponential backoff with jitter); 507 and 413 are permanent errors
+with a message fit for ``fail_reason``. Credentials never appear in reprs, logs or error
+messages.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ._errors import (
     TransientObjectStoreError,
 )
 from ._keystone import KeystoneCredentials, KeystoneSession
-from ._objectstore import validate_name
+from ._objectstore import ObjectDigests, validate_name
 from ._retry import StoreRetry
 from ._stores import StoreSettings
 
@@ -163,6 +165,8 @@ class SwiftObjectStore:
     name = "swift"
     # Each chunk upload is a network round trip, so more overlap pays.
     default_uploads = 4
+    # ETag (MD5) and X-Object-Meta-Sha256: taken from the driver, which hashes each chunk once.
+    object_digests = ("md5", "sha256")
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> SwiftObjectStore:
@@ -336,9 +340,15 @@ class SwiftObjectStore:
         if resp.status_code == 404:
             raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
 
-    async def put_object(self, container: str, name: str, data: bytes) -> None:
+    async def put_object(self, container: str, name: str, data: bytes, *,
+                         digests: ObjectDigests | None = None) -> None:
+        """``digests``: the MD5 and sha256 of ``data`` when the caller computed them (the
+        chunked driver does, in the worker that packs the chunk); else hashed here."""
         swift_container, obj = self._path(container, name)
-        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
+        if digests is not None and digests.md5 and digests.sha256:
+            md5, sha256 = digests.md5, digests.sha256
+        else:
+            md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
         headers = {"ETag": md5, "X-Object-Meta-Sha256": sha256, "Content-Type": "application/octet-stream"}
         resp = await self._request("PUT", "store object", swift_container, obj, headers=headers, content=data,
                                    ok=(201,))
