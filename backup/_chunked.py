@@ -37,14 +37,15 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._blockplan import planned_digests
 from ._catalog import BackupRecord
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
-from ._objectstore import ObjectDigests, ObjectStore, compute_digests, put_object, wanted_digests
-from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, pwrite_all, zero_digest, zero_digests, zero_range
+from ._objectstore import ObjectStore
+from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, zero_digest, zero_digests
 from ._target import RestoreTarget, open_restore_target
-from ._volume import open_volume, volume_size
+from ._volume import is_rbd_url, open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
            "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for", "check_pipeline"]
@@ -96,6 +97,7 @@ class _Raw:
     offset: int
     length: int
     data: bytes | bytearray | None  # None: wholly in a hole, not read
+    plan: bytes | None = None  # per block READ/ZERO/PARENT (_blockplan); None: hash data whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,6 @@ class _Piece:
     length: int
     compression: str
     stored: bytes
-    digests: ObjectDigests | None = None  # what the store checks it by (object_digests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,6 @@ class ChunkedBackupDriver(BackupDriver):
                  uploads: int = DEFAULT_UPLOADS) -> None:
         check_pipeline(chunk_size, workers, uploads)
         self.store = store
-        self._digests = wanted_digests(store)  # hashed with the chunk in its pack worker
         self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
@@ -243,7 +243,10 @@ class ChunkedBackupDriver(BackupDriver):
         and the runs of zero blocks (that differ from the parent's) listed, stored as nothing."""
         first = raw.offset // block_size
         data = raw.data
-        digests = zero_digests(raw.length, block_size) if data is None else block_digests(data, block_size)
+        if raw.plan is not None:  # a reader that knows which blocks it read (an RBD diff)
+            digests = planned_digests(data, raw.plan, raw.offset, raw.length, block_size, parent)
+        else:
+            digests = zero_digests(raw.length, block_size) if data is None else block_digests(data, block_size)
         nblocks = len(digests) // DIGEST_SIZE
         if parent is not None and parent[first * DIGEST_SIZE:(first + nblocks) * DIGEST_SIZE] == digests:
             return _Packed(raw.index, raw.length, digests, (), ())
@@ -272,8 +275,7 @@ class ChunkedBackupDriver(BackupDriver):
                 compression, stored = self._stored(part)
                 name = self.object_name(prefix, raw.index) if whole and parent is None else \
                     self.piece_name(prefix, raw.index, i)
-                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored,
-                                     compute_digests(stored, self._digests)))
+                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored))
             i = j
         return _Packed(raw.index, raw.length, digests, tuple(pieces), tuple(zeros))
 
@@ -287,17 +289,30 @@ class ChunkedBackupDriver(BackupDriver):
 
     async def backup(self, record: BackupRecord, on_object: ObjectCallback,
                      parent: BackupRecord | None = None) -> BackupResult:
+        if is_rbd_url(record.volume_path):  # an RBD image, read from a snapshot of its own
+            from ._rbd_source import rbd_backup  # librbd only for rbd:// volumes
+
+            return await rbd_backup(self, record, parent, lambda source: self._backup(record, on_object, parent, source))
+        return await self._backup(record, on_object, parent, None)
+
+    async def _backup(self, record: BackupRecord, on_object: ObjectCallback, parent: BackupRecord | None,
+                      source: Any) -> BackupResult:
         container, prefix = self.container_for(record), self.prefix_for(record)
         chunk_size, block_size, parent_digests = self.chunk_size, block_size_for(self.chunk_size), None
         if parent is not None:  # an increment keeps its parent's geometry, so blocks line up
             chunk_size, block_size, parent_digests = await self._parent_geometry(parent)
-        fh, size = await anyio.to_thread.run_sync(open_volume, record.volume_path)
+        fh: BinaryIO | None = None
+        size = source.size if source is not None else 0
+        if source is None:
+            fh, size = await anyio.to_thread.run_sync(open_volume, record.volume_path)
         try:
             await self.store.create_container(container)
             entries, digests, zeros = await self._run_backup_pipeline(
-                fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests)
+                fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests,
+                source=source)
         finally:
-            await anyio.to_thread.run_sync(fh.close)
+            if fh is not None:
+                await anyio.to_thread.run_sync(fh.close)
         sha_name = self.sha256file_name(prefix)
         await self.store.put_object(container, sha_name, digests)
         metadata = {
@@ -314,6 +329,7 @@ class ChunkedBackupDriver(BackupDriver):
                            "sha256": await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest())},
             "objects": entries,
             "zero_blocks": [list(run) for run in zeros],
+            **({"source": source.describe()} if source is not None else {}),
         }
         encoded = await anyio.to_thread.run_sync(lambda: json.dumps(metadata, indent=1).encode())
         await self.store.put_object(container, self.metadata_name(prefix), encoded)
@@ -321,15 +337,16 @@ class ChunkedBackupDriver(BackupDriver):
         return BackupResult(container=container, service_metadata=prefix, size_bytes=size,
                             object_count=len(entries), stored_bytes=sum(e["stored_length"] for e in entries))
 
-    async def _run_backup_pipeline(self, fh: BinaryIO, size: int, where: str, container: str, prefix: str,
+    async def _run_backup_pipeline(self, fh: BinaryIO | None, size: int, where: str, container: str, prefix: str,
                                    on_object: ObjectCallback, chunk_size: int, block_size: int,
-                                   parent: bytes | None) -> tuple[list[dict[str, Any]], bytes, ZeroRuns]:
+                                   parent: bytes | None, *,
+                                   source: Any = None) -> tuple[list[dict[str, Any]], bytes, ZeroRuns]:
         entries: list[dict[str, Any]] = []
         digests: dict[int, bytes] = {}
         zeros: ZeroRuns = []
         count = math.ceil(size / chunk_size)
-        fd = fh.fileno()
-        sparse = await anyio.to_thread.run_sync(is_sparse_capable, fd)
+        fd = fh.fileno() if fh is not None else -1
+        sparse = fh is not None and await anyio.to_thread.run_sync(is_sparse_capable, fd)
 
         async def read(out: MemoryObjectSendStream[_Raw]) -> None:
             """Each chunk, in order; one holding no data (a hole) goes on unread."""
@@ -359,7 +376,7 @@ class ChunkedBackupDriver(BackupDriver):
             async with inp:
                 async for packed in inp:
                     for piece in packed.pieces:
-                        await put_object(self.store, container, piece.name, piece.stored, piece.digests)
+                        await self.store.put_object(container, piece.name, piece.stored)
                         entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
                                         "stored_length": len(piece.stored), "compression": piece.compression})
                     digests[packed.index] = packed.digests
@@ -370,7 +387,7 @@ class ChunkedBackupDriver(BackupDriver):
         packed_send, packed_recv = anyio.create_memory_object_stream[_Packed](self.workers)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(read, raw_send)
+                tg.start_soon(read if source is None else source.reader(chunk_size, block_size, _Raw), raw_send)
                 for _ in range(self.workers):
                     tg.start_soon(pack, raw_recv.clone(), packed_send.clone())
                 for _ in range(self.uploads):
@@ -558,25 +575,24 @@ class ChunkedBackupDriver(BackupDriver):
         return plan, zeros
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
-                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = ()) -> int:
+                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:
         layers = await self._chain(record, parents)
         plan, zeros = self._plan(layers)
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
         block_size = int(newest.meta.get("block_size", 1))
         out: RestoreTarget = await anyio.to_thread.run_sync(
-            lambda: open_restore_target(target, overwrite=overwrite, operation=record.id))
+            lambda: open_restore_target(target, overwrite=overwrite, operation=record.id, create=create, size=size))
         written = 0
         try:
-            fd, path = out.fd, out.written_path
             # A file the restore creates is all holes up to its size: zero blocks stay
             # holes. A device written in place gets its zero ranges punched or written.
             fresh = not out.in_place
             zero_bytes = sum(length for _, length in zeros)
             if fresh:
-                await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+                await anyio.to_thread.run_sync(out.prepare, size)
             elif zeros:
-                await anyio.to_thread.run_sync(lambda: [zero_range(fd, at, n, path) for at, n in zeros])
+                await anyio.to_thread.run_sync(lambda: [out.zero(at, n) for at, n in zeros])
             if zero_bytes:
                 written += zero_bytes
                 await on_object(zero_bytes)
@@ -593,7 +609,7 @@ class ChunkedBackupDriver(BackupDriver):
                         if fresh:  # zeros a version 2 backup stored need no writing
                             parts = _data_ranges(start, stop, entry["offset"], block_size, newest.digests, size)
                     for a, b in parts:
-                        pwrite_all(fd, memoryview(data)[a:b], entry["offset"] + a, path)
+                        out.write(memoryview(data)[a:b], entry["offset"] + a)
                     done += stop - start
                 return done
 
@@ -637,6 +653,10 @@ class ChunkedBackupDriver(BackupDriver):
     # -- delete ------------------------------------------------------------------------
 
     async def delete(self, record: BackupRecord) -> None:
+        if is_rbd_url(record.volume_path) and record.snapshot_id:  # no backup needs its snapshot any more
+            from ._rbd import remove_snapshot
+
+            await anyio.to_thread.run_sync(remove_snapshot, record.volume_path, record.snapshot_id)
         container = record.container or self.container_for(record)
         try:
             names = await self.store.list_objects(container)
@@ -658,9 +678,7 @@ def _data_ranges(start: int, stop: int, offset: int, block_size: int, digests: b
     """The parts of ``start:stop`` (bytes of an object at volume ``offset``) that are not
     zero blocks in the block list."""
     zero = zero_digest(block_size)
-    first, stop_block = (offset + start) // block_size, (offset + stop - 1) // block_size + 1
-    # the usual case, at C speed over this object's part of the list (a short last block is checked below)
-    if zero not in digests[first * DIGEST_SIZE:stop_block * DIGEST_SIZE]:
+    if zero not in digests:  # the usual case, at C speed (a short last block is checked below)
         last = (size - 1) // block_size
         if (offset + stop - 1) // block_size != last or size % block_size == 0:
             return [(start, stop)]

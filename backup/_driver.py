@@ -64,9 +64,10 @@ class BackupDriver(ABC):
 
     @abstractmethod
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
-                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = ()) -> int:
+                      *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:
         """Write the backup to ``target``, verifying every block; returns the bytes written.
-        An incremental backup needs ``parents``: its chain, the full backup first."""
+        An incremental backup needs ``parents``: its chain, the full backup first. ``create``
+        lets a target that must exist beforehand (an RBD image) be created."""
 
     @abstractmethod
     async def delete(self, record: BackupRecord) -> None:

@@ -39,7 +39,9 @@ from ._errors import (
 from ._liveness import current_process, process_alive
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup, utf8_payload
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
+from ._rbd import rbd_volume_id, snapshot_name
 from ._target import RestoreTargetBusyError, TargetLock, lock_restore_target, remove_restore_leftovers
+from ._volume import is_rbd_url
 
 __all__ = ["BackupService", "ProgressObserver", "describe_failure"]
 
@@ -206,9 +208,10 @@ class BackupService:
         ``incremental``, the latest available backup of the same volume in this store is the
         parent and only the blocks changed since it are stored (BackupError if there is none).
         """
-        path = await anyio.to_thread.run_sync(os.path.realpath, volume_path)
+        rbd = is_rbd_url(volume_path)  # rbd://POOL/IMAGE: an RBD image, kept as its URL (_rbd)
+        path = str(volume_path) if rbd else await anyio.to_thread.run_sync(os.path.realpath, volume_path)
         context = self._context(ctx)
-        volume_id = volume_id or _volume_id_for(self.host, path)
+        volume_id = volume_id or (rbd_volume_id(path) if rbd else _volume_id_for(self.host, path))
         parent = await self._latest_backup(volume_id) if incremental else None
         try:
             size = await self.driver.volume_size(path)
@@ -216,8 +219,10 @@ class BackupService:
             size = 0  # reported below, inside the operation, as create.error
         store_kind, store_location = self.driver.store_identity
         pid, token = current_process()
+        backup_id = new_backup_id()
         record = await self.catalog.add(BackupRecord(
-            id=new_backup_id(),
+            id=backup_id,
+            snapshot_id=snapshot_name(backup_id) if rbd else None,  # the RBD snapshot the backup reads
             project_id=context.project_id or self.project_id,
             user_id=context.user_id or self.user_id,
             availability_zone=self.availability_zone,
@@ -252,13 +257,15 @@ class BackupService:
         overwrite: bool = False,
         ctx: ContextLike = None,
         on_progress: ProgressObserver | None = None,
+        create: bool = False,
     ) -> BackupRecord:
-        """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``).
+        """Restore a backup to ``target`` (a new file, or an existing one with ``overwrite``;
+        an RBD image ``rbd://POOL/IMAGE`` with ``overwrite``, or made with ``create``).
 
         The target is locked first: while another restore writes it, this one is refused
         (``RestoreTargetBusyError`` naming that restore, a ``.error`` event, no status change)."""
         context = self._context(ctx)
-        where = await anyio.to_thread.run_sync(os.path.abspath, target)
+        where = str(target) if is_rbd_url(target) else await anyio.to_thread.run_sync(os.path.abspath, target)
         lock = await self._lock_target(context, backup_id, where)
         try:
             record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING, restore_target=where)
@@ -267,7 +274,7 @@ class BackupService:
                 record = await self._run_with_progress(
                     context, "restore", record, record.size_bytes, on_progress,
                     lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite,
-                                                          parents=parents))
+                                                          parents=parents, **({"create": True} if create else {})))
             except BaseException as exc:
                 await self._guarded(context, "restore", record, exc)
                 raise

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import BackupError, RestoreTargetError
+from ._sparse import pwrite_all, zero_range
+from ._volume import is_rbd_url
 
 __all__ = ["RestoreTarget", "RestoreTargetBusyError", "TargetLock", "lock_restore_target", "open_restore_target",
            "remove_restore_leftovers"]
@@ -187,6 +189,10 @@ def _open_lock_file(where: str, name: str, dir_fd: int) -> int | None:
 def lock_restore_target(target: str | os.PathLike[str], holder: Mapping[str, Any]) -> TargetLock:
     """Take the target for one restore; RestoreTargetBusyError (naming the holder) if another
     restore has it. ``holder`` (backup id, pid, host) is written into the lock file."""
+    if is_rbd_url(target):  # an RBD image: an advisory lock on the image (_rbd)
+        from ._rbd import lock_rbd_target
+
+        return lock_rbd_target(str(target), holder)
     where = os.fspath(target)
     dir_fd, name = _open_dir(where)
     try:
@@ -248,6 +254,18 @@ class RestoreTarget:
         if self._partial is None:
             return self.where
         return os.path.join(os.path.dirname(self.where), self._partial)
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        pwrite_all(self.fd, data, offset, self.written_path)
+
+    def zero(self, offset: int, length: int) -> bool:
+        """Make a range of a target written in place zero; whether a hole was punched."""
+        return zero_range(self.fd, offset, length, self.written_path)
+
+    def prepare(self, size: int) -> None:
+        """Size a new file (all holes) before the data is written."""
+        if not self.in_place:
+            os.ftruncate(self.fd, size)
 
     def _close(self) -> None:
         if self.fd >= 0:
@@ -322,13 +340,19 @@ def _rename_noreplace(dir_fd: int, src: str, dst: str, where: str) -> None:
                                  " pass overwrite to replace it") from None
 
 
-def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool, operation: str) -> RestoreTarget:
+def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool, operation: str, create: bool = False,
+                        size: int = 0) -> RestoreTarget:
     """Open where a restore of ``operation`` (the backup id) writes.
 
     A regular-file target gets a new partial file, renamed into place by
     :meth:`RestoreTarget.finish` when every chunk is verified; a block device (``overwrite``
-    required) is written in place. A symlink target is refused.
+    required) is written in place. A symlink target is refused. An RBD image (``rbd://``,
+    ``_rbd``) is written in place too, or made with ``create`` at ``size`` bytes.
     """
+    if is_rbd_url(target):
+        from ._rbd import open_rbd_target
+
+        return open_rbd_target(str(target), overwrite=overwrite, create=create, operation=operation, size=size)
     where = os.fspath(target)
     dir_fd, name = _open_dir(where)
     try:

@@ -13,7 +13,14 @@ from typing import BinaryIO
 
 from ._errors import VolumeError
 
-__all__ = ["open_volume", "read_exactly", "volume_size"]
+__all__ = ["is_rbd_url", "open_volume", "read_exactly", "volume_size"]
+
+RBD_SCHEME = "rbd://"
+
+
+def is_rbd_url(path: object) -> bool:
+    """Whether a volume or restore target names an RBD image (``_rbd``), not a file."""
+    return isinstance(path, str) and path.startswith(RBD_SCHEME)
 
 
 def _describe(mode: int) -> str:
@@ -58,6 +65,10 @@ def open_volume(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
 
 def volume_size(path: str | os.PathLike[str]) -> int:
     """The volume's size in bytes (raises VolumeError like open_volume)."""
+    if is_rbd_url(path):
+        from ._rbd import image_size  # librbd only for rbd:// volumes
+
+        return image_size(str(path))
     fh, size = open_volume(path)
     fh.close()
     return size

@@ -139,7 +139,8 @@ async def run_command(args: argparse.Namespace, config: BackupConfig, out: TextI
                 out.write(record.id + "\n")
         elif args.command == "restore":
             display = ProgressDisplay("restore", err)
-            await service.restore_backup(args.id, args.target, overwrite=args.overwrite, on_progress=display)
+            await service.restore_backup(args.id, args.target, overwrite=args.overwrite, on_progress=display,
+                                         create=args.create)
             display.finish()
             out.write(f"restored {args.id} to {display_text(args.target)}\n")
         elif args.command == "verify":
@@ -218,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="notifykit-backup", description=plain_help(__doc__), epilog=plain_help(__doc__, 1))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("create", parents=[common], help="back up a file or block device")
+    c = sub.add_parser("create", parents=[common], help="back up a file, block device or RBD image (rbd://POOL/IMAGE)")
     c.add_argument("path")
     c.add_argument("--name", help="display name")
     c.add_argument("--volume-id", help="volume id to record (default: derived from the path)")
@@ -228,7 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("restore", parents=[common], help="restore a backup to a new file (or --overwrite)")
     r.add_argument("id")
     r.add_argument("target")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing file or write a block device")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file, or write a block device or an existing RBD image")
+    r.add_argument("--create", action="store_true", help="create the RBD image (rbd://POOL/IMAGE) restored to")
     v = sub.add_parser("verify", parents=[common],
                        help="read every object of a backup and its parents, check every block; write nothing")
     v.add_argument("id")
