@@ -189,8 +189,8 @@ def _open_lock_file(where: str, name: str, dir_fd: int) -> int | None:
 def lock_restore_target(target: str | os.PathLike[str], holder: Mapping[str, Any]) -> TargetLock:
     """Take the target for one restore; RestoreTargetBusyError (naming the holder) if another
     restore has it. ``holder`` (backup id, pid, host) is written into the lock file."""
-    if is_rbd_url(target):  # an RBD image: an advisory lock on the image (_rbd)
-        from ._rbd import lock_rbd_target
+    if is_rbd_url(target):  # an RBD image: checked not in use; its writer locks it (_rbd_target)
+        from ._rbd_target import lock_rbd_target
 
         return lock_rbd_target(str(target), holder)
     where = os.fspath(target)
@@ -347,10 +347,10 @@ def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool, oper
     A regular-file target gets a new partial file, renamed into place by
     :meth:`RestoreTarget.finish` when every chunk is verified; a block device (``overwrite``
     required) is written in place. A symlink target is refused. An RBD image (``rbd://``,
-    ``_rbd``) is written in place too, or made with ``create`` at ``size`` bytes.
+    ``_rbd_target``) is written in place too, or made with ``create`` at ``size`` bytes.
     """
     if is_rbd_url(target):
-        from ._rbd import open_rbd_target
+        from ._rbd_target import open_rbd_target
 
         return open_rbd_target(str(target), overwrite=overwrite, create=create, operation=operation, size=size)
     where = os.fspath(target)

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from notifykit.backup import BackupStatus
-from notifykit.backup._rbd import NOTE, RbdLocation, _acquire, connect
+from notifykit.backup._rbd import RbdLocation, connect
+from notifykit.backup._rbd_target import NOTE, _acquire
 from notifykit.backup._target import RestoreTargetBusyError
 from notifykit.backup._verify import verify_backup
 from notifykit.backup.cli import main

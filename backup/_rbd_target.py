@@ -1,0 +1,284 @@
+"""An RBD image as a restore target: written in place (an existing image, ``overwrite``) or
+made for the restore (``create``), locked against a second restore for as long as it writes.
+
+The image's own exclusive lock (the exclusive-lock feature, on by default) is taken
+explicitly by the handle that writes (``lock_acquire``): librbd then refuses every other
+client's writes (EROFS) until it is released, and breaks it by itself when its holder died.
+Which restore holds it is written beside it in the image's metadata (:data:`NOTE`), so a
+second restore is refused by name — before it starts, by the service's lock step
+(:func:`lock_rbd_target`), and again by the lock itself. An image without the feature gets an
+advisory lock instead (``rbd lock ls``), its cookie naming the restore. Blocking calls:
+callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import BackupError, RestoreTargetError
+from ._liveness import current_process, process_alive
+from ._rbd import Connection, RbdLocation, binding, connect, failure, reason
+from ._target import RestoreTarget, RestoreTargetBusyError, TargetLock
+
+__all__ = ["NOTE", "RbdTarget", "RbdTargetLock", "lock_rbd_target", "open_rbd_target"]
+
+log = logging.getLogger("backup")
+
+NOTE = "notifykit.restore"
+
+
+def _note(holder: Mapping[str, Any]) -> str:
+    pid, token = current_process()
+    return json.dumps({"backup_id": holder.get("backup_id"), "pid": holder.get("pid", pid),
+                       "host": holder.get("host"), "token": token}, sort_keys=True)
+
+
+def _holder(text: str | None) -> dict[str, Any]:
+    try:
+        found = json.loads(text or "")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _busy(image: Any, loc: RbdLocation, *, ignore_dead: bool) -> RestoreTargetBusyError | None:
+    """Why the image is in use (named by the restore's note), or None when it is not."""
+    _, rbd = binding()
+    try:
+        owners = [str(o.get("owner")) for o in image.lock_get_owners()]
+    except rbd.Error:  # no exclusive-lock feature
+        owners = []
+    advisory = [(str(c), str(k)) for c, k, _ in (image.list_lockers() or {}).get("lockers", [])
+                if not str(k).startswith("auto ")]
+    if not owners and not advisory:
+        return None
+    try:
+        holder = _holder(image.metadata_get(NOTE))
+    except (rbd.Error, KeyError):
+        holder = {}
+    if advisory and not holder:
+        holder = _holder(advisory[0][1])
+    if holder.get("backup_id"):
+        if ignore_dead and holder.get("host") == socket.gethostname() and \
+                not process_alive(holder.get("pid"), holder.get("token")):
+            return None  # its restore died: lock_acquire breaks the lock
+        return RestoreTargetBusyError(
+            f"restore target {loc.display!r} is in use by the restore of backup {holder['backup_id']} (process"
+            f" {holder.get('pid')} on {holder.get('host')}); wait for it to finish or choose another target",
+            {k: holder.get(k) for k in ("backup_id", "pid", "host")})
+    who = owners[0] if owners else advisory[0][0]
+    return RestoreTargetBusyError(f"restore target {loc.display!r} is in use: {who} holds its lock (is it open for"
+                                  f" writing, e.g. mapped or attached? rbd lock ls {loc.pool}/{loc.image}); stop that"
+                                  " or choose another target", None)
+
+
+class RbdTargetLock(TargetLock):
+    """What the service holds before a restore starts: nothing, once the image was found not
+    in use; the restore's writing handle takes the lock itself (:func:`_acquire`)."""
+
+    def __init__(self) -> None:  # no descriptor: no super().__init__
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def lock_rbd_target(url: str, holder: Mapping[str, Any]) -> TargetLock:
+    """Refuse, before anything starts, a restore to an image another restore (or client) is
+    writing: RestoreTargetBusyError naming it. A missing image is not in use."""
+    _, rbd = binding()
+    loc = RbdLocation.parse(url)
+    conn = connect(loc, "restore target", RestoreTargetError)
+    try:
+        try:
+            image = rbd.Image(conn.ioctx, loc.image)  # read-only handles cannot see lock owners
+        except rbd.ImageNotFound:
+            return RbdTargetLock()
+        except rbd.Error as exc:
+            raise failure(exc, loc, "restore target", "cannot open the image", RestoreTargetError) from None
+        try:
+            busy = _busy(image, loc, ignore_dead=True)
+        finally:
+            image.close()
+        if busy is not None:
+            raise busy
+        return RbdTargetLock()
+    finally:
+        conn.close()
+
+
+def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
+    """Take the image for this restore: its exclusive lock (None returned) or, without the
+    feature, an advisory lock (its cookie returned); the holder's note is written beside it."""
+    _, rbd = binding()
+    note = _note({"backup_id": operation, "host": socket.gethostname()})
+    cookie = None
+    try:
+        image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+    except rbd.InvalidArgument:  # no exclusive-lock feature: an advisory lock
+        try:
+            image.lock_exclusive(note)
+        except (rbd.ImageBusy, rbd.ImageExists):
+            raise _busy(image, loc, ignore_dead=False) or RestoreTargetError(
+                f"restore target {loc.display!r}: its lock kept changing; try again") from None
+        cookie = note
+    except (rbd.ReadOnlyImage, rbd.ImageBusy):
+        raise _busy(image, loc, ignore_dead=False) or RestoreTargetError(
+            f"restore target {loc.display!r}: its lock kept changing; try again") from None
+    except rbd.Error as exc:
+        raise failure(exc, loc, "restore target", "cannot lock the image", RestoreTargetError) from None
+    try:
+        image.metadata_set(NOTE, note)
+    except rbd.Error as exc:
+        _release(image, cookie)
+        raise failure(exc, loc, "restore target", "cannot note its restore lock", RestoreTargetError) from None
+    return cookie
+
+
+def _release(image: Any, cookie: str | None) -> None:
+    """Remove the note and release the lock :func:`_acquire` took."""
+    _, rbd = binding()
+    try:
+        image.metadata_remove(NOTE)
+    except (rbd.Error, KeyError):
+        pass
+    try:
+        if cookie is not None:
+            image.unlock(cookie)
+        else:
+            image.lock_release()
+    except rbd.Error as exc:  # broken by an operator meanwhile: nothing to undo
+        log.warning("restore target: its lock was not released: %s", reason(exc))
+
+
+# -- the restore target -------------------------------------------------------------------
+
+
+class RbdTarget(RestoreTarget):
+    """An image a restore writes in place: written at offsets, zero ranges discarded; an image
+    the restore created is removed again if the restore fails."""
+
+    def __init__(self, loc: RbdLocation, conn: Connection, image: Any, created: bool,
+                 cookie: str | None) -> None:  # no super().__init__: there is no descriptor
+        self.where = loc.display
+        self.fd = -1
+        self.in_place = not created
+        self._loc = loc
+        self._conn: Connection | None = conn
+        self._image = image
+        self._created = created
+        self._cookie = cookie  # the advisory lock's cookie (None: the image's exclusive lock)
+
+    @property
+    def written_path(self) -> str:
+        return self.where
+
+    def _error(self, exc: BaseException, doing: str) -> BackupError:
+        return failure(exc, self._loc, "restore target", doing, BackupError)
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        _, rbd = binding()
+        try:
+            done = self._image.write(bytes(data), offset)
+        except rbd.Error as exc:
+            raise self._error(exc, f"cannot write at byte {offset}") from None
+        if done != len(data):
+            raise BackupError(f"restore target {self.where}: wrote {done} of {len(data)} bytes at byte {offset}")
+
+    def zero(self, offset: int, length: int) -> bool:
+        """Discard: the range reads back as zeros (partial discards are not skipped)."""
+        _, rbd = binding()
+        try:
+            self._image.discard(offset, length)
+        except rbd.Error as exc:
+            raise self._error(exc, f"cannot discard {length} bytes at byte {offset}") from None
+        return True
+
+    def prepare(self, size: int) -> None:
+        """Nothing to do: a created image is all zeros at the backup's size already."""
+
+    def _close_image(self) -> None:
+        image, self._image = self._image, None
+        if image is None:
+            return
+        try:
+            _release(image, self._cookie)
+        finally:
+            image.close()
+
+    def finish(self, size: int) -> None:
+        _, rbd = binding()
+        try:
+            self._image.flush()
+        except rbd.Error as exc:
+            raise self._error(exc, "cannot flush the writes") from None  # the restore then discards
+        self._created = False  # finished: kept
+        self.discard()
+
+    def discard(self) -> None:
+        """Close (releasing the lock it took); an image this restore created is removed: it
+        holds a partial restore."""
+        _, rbd = binding()
+        conn, self._conn = self._conn, None
+        try:
+            self._close_image()
+            if self._created and conn is not None:
+                self._created = False
+                try:
+                    rbd.RBD().remove(conn.ioctx, self._loc.image)
+                except rbd.Error as exc:
+                    log.warning("restore target %s: the partly restored image it created could not be removed: %s",
+                                self.where, reason(exc))
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def open_rbd_target(url: str, *, overwrite: bool, create: bool, operation: str, size: int) -> RbdTarget:
+    """An existing image of at least ``size`` bytes (``overwrite`` required: it is written in
+    place), or with ``create`` a new one of ``size`` bytes (never an image that exists)."""
+    _, rbd = binding()
+    loc = RbdLocation.parse(url)
+    where = loc.display
+    conn = connect(loc, "restore target", RestoreTargetError)
+    try:
+        created = False
+        try:
+            image = rbd.Image(conn.ioctx, loc.image)
+        except rbd.ImageNotFound:
+            if not create:
+                raise RestoreTargetError(f"restore target {where} does not exist: pass --create to create it (or"
+                                         " create it with rbd create)") from None
+            try:
+                rbd.RBD().create(conn.ioctx, loc.image, size)
+            except rbd.ImageExists:
+                raise RestoreTargetError(f"restore target {where} appeared while the restore started; it was not"
+                                         " written: pass --overwrite to write it") from None
+            except rbd.Error as exc:
+                raise failure(exc, loc, "restore target", "cannot create the image", RestoreTargetError) from None
+            created = True
+            image = rbd.Image(conn.ioctx, loc.image)
+        except rbd.Error as exc:
+            raise failure(exc, loc, "restore target", "cannot open the image", RestoreTargetError) from None
+        try:
+            if not created:
+                if not overwrite:
+                    raise RestoreTargetError(f"restore target {where} is an existing RBD image; pass --overwrite to"
+                                             " write it (or restore to a new image with --create)")
+                have = int(image.size())
+                if have < size:
+                    raise RestoreTargetError(f"restore target {where} is {have} bytes, the backup {size}: grow it"
+                                             " (rbd resize) or restore to a new image with --create")
+            # A created image is left if its lock fails: another restore that took it writes it.
+            cookie = _acquire(image, loc, operation)
+        except BaseException:
+            image.close()
+            raise
+        return RbdTarget(loc, conn, image, created, cookie)
+    except BaseException:
+        conn.close()
+        raise
