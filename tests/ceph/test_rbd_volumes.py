@@ -204,6 +204,9 @@ async def test_full_backup_of_an_image_with_holes_restores_identically(tmp_path:
         assert rbd_pool.sha256(target) == rbd_pool.sha256(f"{image.name}@{snapshot}")
         assert progress[-1] == (16 * MIB, 16 * MIB) and len(progress) == 16 * MIB // CHUNK
         assert "backup.create.end" in env.event_types and "backup.restore.end" in env.event_types
+        ends = [m.payload for m in env.memory.messages if m.event_type == "backup.create.end"]
+        assert [p["snapshot_id"] for p in ends] == [snapshot]  # the notifications name the snapshot read
+        assert any(m.event_type == "backup.createprogress" for m in env.memory.messages)
     finally:
         image.close()
         remove_image(rbd_pool, target)
