@@ -45,8 +45,8 @@ def _holder(text: str | None) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _busy(image: Any, loc: RbdLocation, *, ignore_dead: bool) -> RestoreTargetBusyError | None:
-    """Why the image is in use (named by the restore's note), or None when it is not."""
+def _lockers(image: Any) -> tuple[list[str], list[tuple[str, str]], dict[str, Any]]:
+    """(exclusive lock owners, advisory (client, cookie) locks, the restore's note)."""
     _, rbd = binding()
     try:
         owners = [str(o.get("owner")) for o in image.lock_get_owners()]
@@ -54,18 +54,49 @@ def _busy(image: Any, loc: RbdLocation, *, ignore_dead: bool) -> RestoreTargetBu
         owners = []
     advisory = [(str(c), str(k)) for c, k, _ in (image.list_lockers() or {}).get("lockers", [])
                 if not str(k).startswith("auto ")]
-    if not owners and not advisory:
-        return None
     try:
         holder = _holder(image.metadata_get(NOTE))
     except (rbd.Error, KeyError):
         holder = {}
     if advisory and not holder:
         holder = _holder(advisory[0][1])
+    return owners, advisory, holder
+
+
+def _dead(holder: Mapping[str, Any]) -> bool:
+    """A restore of this host whose process is gone (SIGKILL, power loss)."""
+    return bool(holder.get("backup_id")) and holder.get("host") == socket.gethostname() and \
+        not process_alive(holder.get("pid"), holder.get("token"))
+
+
+def _break_dead(image: Any, loc: RbdLocation) -> bool:
+    """Break the lock of a restore of this host that died, at once (librbd itself would only
+    after the OSDs' watch timeout). Whether there was one."""
+    _, rbd = binding()
+    owners, advisory, holder = _lockers(image)
+    if not (owners or advisory) or not _dead(holder):
+        return False
+    log.warning("restore target %s: breaking the lock of the restore of backup %s (process %s on %s is gone)",
+                loc.display, holder.get("backup_id"), holder.get("pid"), holder.get("host"))
+    try:
+        for owner in owners:
+            image.lock_break(rbd.RBD_LOCK_MODE_EXCLUSIVE, owner)
+        for client, cookie in advisory:
+            image.break_lock(client, cookie)
+    except rbd.Error as exc:
+        raise failure(exc, loc, "restore target", "cannot break the lock of a restore that died",
+                      RestoreTargetError) from None
+    return True
+
+
+def _busy(image: Any, loc: RbdLocation, *, ignore_dead: bool) -> RestoreTargetBusyError | None:
+    """Why the image is in use (named by the restore's note), or None when it is not."""
+    owners, advisory, holder = _lockers(image)
+    if not owners and not advisory:
+        return None
     if holder.get("backup_id"):
-        if ignore_dead and holder.get("host") == socket.gethostname() and \
-                not process_alive(holder.get("pid"), holder.get("token")):
-            return None  # its restore died: lock_acquire breaks the lock
+        if ignore_dead and _dead(holder):
+            return None  # its restore died: the restore breaks its lock (_break_dead)
         return RestoreTargetBusyError(
             f"restore target {loc.display!r} is in use by the restore of backup {holder['backup_id']} (process"
             f" {holder.get('pid')} on {holder.get('host')}); wait for it to finish or choose another target",
@@ -111,26 +142,39 @@ def lock_rbd_target(url: str, holder: Mapping[str, Any]) -> TargetLock:
         conn.close()
 
 
-def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
-    """Take the image for this restore: its exclusive lock (None returned) or, without the
-    feature, an advisory lock (its cookie returned); the holder's note is written beside it."""
+def _lock(image: Any, loc: RbdLocation, note: str) -> str | None:
+    """One try at the image's lock: None (its exclusive lock) or the advisory lock's cookie."""
     _, rbd = binding()
-    note = _note({"backup_id": operation, "host": socket.gethostname()})
-    cookie = None
     try:
         image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+        return None
     except rbd.InvalidArgument:  # no exclusive-lock feature: an advisory lock
         try:
             image.lock_exclusive(note)
         except (rbd.ImageBusy, rbd.ImageExists):
             raise _busy(image, loc, ignore_dead=False) or RestoreTargetError(
                 f"restore target {loc.display!r}: its lock kept changing; try again") from None
-        cookie = note
+        return note
     except (rbd.ReadOnlyImage, rbd.ImageBusy):
         raise _busy(image, loc, ignore_dead=False) or RestoreTargetError(
             f"restore target {loc.display!r}: its lock kept changing; try again") from None
     except rbd.Error as exc:
         raise failure(exc, loc, "restore target", "cannot lock the image", RestoreTargetError) from None
+
+
+def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
+    """Take the image for this restore: its exclusive lock (None returned) or, without the
+    feature, an advisory lock (its cookie returned); the holder's note is written beside it.
+    The lock of a restore of this host that died is broken first."""
+    _, rbd = binding()
+    note = _note({"backup_id": operation, "host": socket.gethostname()})
+    _break_dead(image, loc)  # else lock_acquire would wait out the dead holder's watch (30 s)
+    try:
+        cookie = _lock(image, loc, note)
+    except RestoreTargetBusyError:
+        if not _break_dead(image, loc):
+            raise
+        cookie = _lock(image, loc, note)
     try:
         image.metadata_set(NOTE, note)
     except rbd.Error as exc:

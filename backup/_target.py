@@ -400,6 +400,8 @@ def _open_device(where: str, name: str, dir_fd: int, seen: os.stat_result) -> in
 def remove_restore_leftovers(target: str | os.PathLike[str], operation: str) -> list[str]:
     """After a killed restore of ``operation``: remove its partial files and the target's
     lock file if no restore holds it. Returns the names removed; never follows a symlink."""
+    if is_rbd_url(target):  # an RBD image: no partial file, and librbd breaks a dead holder's lock
+        return []
     where = os.fspath(target)
     try:
         dir_fd, name = _open_dir(where)

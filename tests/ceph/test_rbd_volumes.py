@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from notifykit.backup import BackupStatus
@@ -400,3 +401,49 @@ def test_cli_wrong_key_missing_image_and_pool_are_one_line_each(tmp_path: Path, 
         remove_image(rbd_pool, target)
     finally:
         image.close()
+
+
+HOLD_LOCK = """
+import sys, time
+import rbd
+from notifykit.backup._rbd import RbdLocation, connect
+from notifykit.backup._rbd_target import _acquire
+
+loc = RbdLocation.parse(sys.argv[1])
+conn = connect(loc, "restore target")
+image = rbd.Image(conn.ioctx, loc.image)
+_acquire(image, loc, "b-killed")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.asyncio
+async def test_the_lock_of_a_restore_killed_by_sigkill_is_broken_by_the_next(tmp_path: Path, rbd_pool: RbdPool,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A restore process killed while it held the image (no unlock, its watch still on the OSD)
+    does not keep the next restore out: that one sees the holder is gone and breaks the lock."""
+    import sys
+
+    caplog.set_level(logging.WARNING, logger="backup")
+    image = Image(rbd_pool, 2 * MIB)
+    target = Image(rbd_pool, 2 * MIB)
+    try:
+        image.write(random.Random(7).randbytes(MIB), 0)
+        holder = await anyio.open_process([sys.executable, "-c", HOLD_LOCK, rbd_pool.url(target.name)])
+        try:
+            with anyio.fail_after(60):
+                assert holder.stdout is not None and (await holder.stdout.receive()).strip() == b"locked"
+        finally:
+            holder.kill()  # SIGKILL: no unlock, its watch stays on the OSD for a while
+            with anyio.fail_after(30):
+                await holder.wait()
+        async with rbd_env(tmp_path) as env:
+            record = await env.service.create_backup(rbd_pool.url(image.name))
+            restored = await env.service.restore_backup(record.id, rbd_pool.url(target.name), overwrite=True)
+        assert restored.status is BackupStatus.AVAILABLE
+        assert [r for r in caplog.records if "breaking the lock of the restore of backup b-killed" in r.getMessage()]
+        assert rbd_pool.sha256(target.name) == rbd_pool.sha256(f"{image.name}@notifykit-{record.id}")
+    finally:
+        image.close()
+        target.close()
