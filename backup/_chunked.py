@@ -42,7 +42,7 @@ from ._catalog import BackupRecord
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
-from ._objectstore import ObjectStore
+from ._objectstore import ObjectDigests, ObjectStore, compute_digests, put_object, wanted_digests
 from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, zero_digest, zero_digests
 from ._target import RestoreTarget, open_restore_target
 from ._volume import is_rbd_url, open_volume, volume_size
@@ -109,6 +109,7 @@ class _Piece:
     length: int
     compression: str
     stored: bytes
+    digests: ObjectDigests | None = None  # what the store checks it by (object_digests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class ChunkedBackupDriver(BackupDriver):
                  uploads: int = DEFAULT_UPLOADS) -> None:
         check_pipeline(chunk_size, workers, uploads)
         self.store = store
+        self._digests = wanted_digests(store)  # hashed with the chunk in its pack worker
         self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
@@ -275,7 +277,8 @@ class ChunkedBackupDriver(BackupDriver):
                 compression, stored = self._stored(part)
                 name = self.object_name(prefix, raw.index) if whole and parent is None else \
                     self.piece_name(prefix, raw.index, i)
-                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored))
+                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored,
+                                     compute_digests(stored, self._digests)))
             i = j
         return _Packed(raw.index, raw.length, digests, tuple(pieces), tuple(zeros))
 
@@ -376,7 +379,7 @@ class ChunkedBackupDriver(BackupDriver):
             async with inp:
                 async for packed in inp:
                     for piece in packed.pieces:
-                        await self.store.put_object(container, piece.name, piece.stored)
+                        await put_object(self.store, container, piece.name, piece.stored, piece.digests)
                         entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
                                         "stored_length": len(piece.stored), "compression": piece.compression})
                     digests[packed.index] = packed.digests
@@ -678,7 +681,9 @@ def _data_ranges(start: int, stop: int, offset: int, block_size: int, digests: b
     """The parts of ``start:stop`` (bytes of an object at volume ``offset``) that are not
     zero blocks in the block list."""
     zero = zero_digest(block_size)
-    if zero not in digests:  # the usual case, at C speed (a short last block is checked below)
+    first, stop_block = (offset + start) // block_size, (offset + stop - 1) // block_size + 1
+    # the usual case, at C speed over this object's part of the list (a short last block is checked below)
+    if zero not in digests[first * DIGEST_SIZE:stop_block * DIGEST_SIZE]:
         last = (size - 1) // block_size
         if (offset + stop - 1) // block_size != last or size % block_size == 0:
             return [(start, stop)]
