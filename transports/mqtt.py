@@ -46,6 +46,7 @@ from notifykit.transport import (
     ConfigError,
     Notification,
     PermanentError,
+    Priority,
     Redactor,
     TlsOptions,
     TransientError,
@@ -239,9 +240,18 @@ class _Link:
             sock = client.socket()
             while rc == _SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS buffers whole records
                 rc = client.loop_read()
+            if rc == _SUCCESS and client.want_write():
+                # The publishes the PUBACKs just read made room for go out now, not one loop
+                # iteration (and every other task's turn) later: the window is latency-bound.
+                client.loop_write()
         except Exception as exc:  # a callback's bug, or paho's: the connection is not usable any more
             log.warning("notifykit mqtt: reading from the broker failed: %s: %s", type(exc).__name__, exc)
             self._lost(f"read failed: {type(exc).__name__}")
+
+    def flush(self) -> None:
+        """Write what paho has queued, as far as the socket takes it (the rest when writable)."""
+        if self.client.want_write():
+            self._writable()
 
     def _writable(self) -> None:
         try:
@@ -296,6 +306,45 @@ class _Link:
                 sock.close()
 
 
+class _PackedProperties(Properties):
+    """PUBLISH properties encoded once, here: paho's Properties builds its name tables for
+    every instance and encodes through them, the larger part of a publish's cost, while
+    paho only ever calls ``pack()`` on the properties it publishes."""
+
+    def __init__(self, packed: bytes) -> None:  # not Properties.__init__: no tables needed
+        self.__dict__["packed"] = _varint(len(packed)) + packed
+
+    def pack(self) -> bytes:
+        return self.__dict__["packed"]  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"<{len(self.__dict__['packed'])} bytes of properties>"
+
+    __repr__ = __str__
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def _user_property(name: str, value: str) -> bytes:
+    return b"\x26" + _utf8(name) + _utf8(value)
+
+
+def _varint(value: int) -> bytes:
+    """MQTT's Variable Byte Integer (the length of the properties)."""
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+_PRIORITY_PROPERTIES = {p: _user_property("priority", p.value) for p in Priority}
+
+
 class _Refused(Exception):
     def __init__(self, code: ReasonCode) -> None:
         super().__init__(_reason(code))
@@ -323,6 +372,10 @@ class MqttTransport(Transport):
         self._backlog: collections.deque[tuple[tuple[str, str], bytes, Properties, asyncio.Future[ReasonCode]]] = \
             collections.deque()
         self._redactor = Redactor([options.password] if options.password else [])
+        # Payload Format Indicator 1 (UTF-8: all three wire formats are JSON text), Content
+        # Type, Message Expiry Interval: the same for every message of this transport.
+        expiry = b"\x02" + options.message_expiry.to_bytes(4, "big") if options.message_expiry else b""
+        self._fixed_properties = b"\x01\x01" + expiry + b"\x03" + _utf8(self.format.content_type)
         self.connects = 0
 
     def _where(self) -> str:
@@ -401,16 +454,12 @@ class MqttTransport(Transport):
     # sending -----------------------------------------------------------------------------
 
     def _properties(self, n: Notification) -> Properties:
-        properties = _properties(PacketTypes.PUBLISH)
-        user = [("event_type", n.event_type), ("priority", n.priority.value), ("message_id", n.message_id)]
+        """User properties event_type, priority, message_id (and traceparent), after the fixed ones."""
+        packed = self._fixed_properties + _PRIORITY_PROPERTIES[n.priority] + _user_property("event_type", n.event_type) \
+            + _user_property("message_id", n.message_id)
         if n.context.traceparent:
-            user.append(("traceparent", n.context.traceparent))
-        properties.UserProperty = user
-        properties.ContentType = self.format.content_type
-        properties.PayloadFormatIndicator = 1  # UTF-8 (all three wire formats are JSON text)
-        if self.options.message_expiry:
-            properties.MessageExpiryInterval = self.options.message_expiry
-        return properties
+            packed += _user_property("traceparent", n.context.traceparent)
+        return _PackedProperties(packed)
 
     def _pump(self) -> None:
         """Hand queued publishes to paho while fewer than the window are unacknowledged."""
@@ -466,6 +515,7 @@ class MqttTransport(Transport):
                     self._backlog.append((key, body, properties, future))
                 waits.append((index, future))
         self._pump()
+        link.flush()
         pending = {future for _, future in waits if not future.done()}
         try:
             why = await self._wait(link, pending) if pending else None

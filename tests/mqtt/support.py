@@ -110,15 +110,18 @@ def free_port() -> int:
 class Mosquitto:
     """A mosquitto of the test's own on a free port, persistence in ``folder``, stopped by PID.
     ``autosave_on_changes`` with an interval of 1 writes the database after each change, so a
-    SIGKILL loses as little as this broker can lose."""
+    SIGKILL loses as little as this broker can lose. ``max_queued_messages 0``: no limit on what
+    it queues for a subscriber that is away or slow (Mosquitto's default drops past 1,000)."""
 
-    def __init__(self, folder: Path, acl: str | None = None) -> None:
+    def __init__(self, folder: Path, acl: str | None = None, *, persistence: bool = True) -> None:
         self.folder = folder
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
-                 f"persistence_location {folder}/", "autosave_interval 1", "autosave_on_changes true",
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
                  f"log_dest file {folder}/mosquitto.log"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {folder}/", "autosave_interval 1",
+                      "autosave_on_changes true"]
         if os.geteuid() == 0:  # as root, mosquitto would switch to its own user, who cannot read a 0700 temp dir
             lines.append("user root")
         if acl is not None:
