@@ -210,6 +210,7 @@ MINIMAL_STORE_URLS = {
     "s3": "s3://a:s@127.0.0.1:9000/bucket",
     "s3+http": "s3+http://a:s@127.0.0.1:9000/bucket",
     "s3+https": "s3+https://a:s@127.0.0.1:9000/bucket",
+    "rados": "rados://pool?conf=/etc/ceph/ceph.conf&id=backup",
 }
 
 
