@@ -184,6 +184,7 @@ class _Link:
         self.receive_maximum = 65535
         self.maximum_qos = 2
         self.session_present = False
+        self.connecting = False
         self._misc = self.loop.create_task(self._misc_loop())
 
     def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
@@ -262,7 +263,7 @@ class _Link:
     async def _misc_loop(self) -> None:
         while True:
             await asyncio.sleep(1)
-            if self.client.socket() is not None:
+            if self.client.socket() is not None and not self.connecting:  # not while a worker thread connects
                 self.client.loop_misc()  # PINGREQ, and a connection closed when no PINGRESP came
 
     # connecting --------------------------------------------------------------------------
@@ -278,8 +279,12 @@ class _Link:
         clean = not self.ever_connected and not self.fresh_id
         self._connack = self.loop.create_future()
         self.lost = self.loop.create_future()
-        await anyio.to_thread.run_sync(lambda: self.client.connect(
-            host, port, self.options.keepalive, clean_start=clean, properties=properties))
+        self.connecting = True
+        try:
+            await anyio.to_thread.run_sync(lambda: self.client.connect(
+                host, port, self.options.keepalive, clean_start=clean, properties=properties))
+        finally:
+            self.connecting = False
         session_present, code, props = await asyncio.wait_for(self._connack, self.options.connect_timeout)
         if code.is_failure:
             raise _Refused(code)
