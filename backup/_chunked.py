@@ -29,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -73,6 +73,9 @@ _SAMPLES = 4
 _SAMPLE_SIZE = 16 * 1024
 _INCOMPRESSIBLE = 0.97
 _ENTRY_KEYS = ("name", "offset", "length", "stored_length", "compression")
+# Restore checks and writes an object this many bytes at a time (whole blocks), so each
+# piece is still in the CPU's cache when it is copied into the target.
+_SEGMENT = 256 * 1024
 
 
 def block_size_for(chunk_size: int) -> int:
@@ -505,6 +508,27 @@ class ChunkedBackupDriver(BackupDriver):
                 raise CorruptBackupError(f"{where} is corrupt: block {first + n} (volume offset"
                                          f" {offset + i}) does not match the block list")
 
+    @classmethod
+    def _verified(cls, where: str, data: bytes, start: int, stop: int, parts: Iterable[tuple[int, int]],
+                  offset: int, block_size: int, digests: bytes) -> Iterator[tuple[int, int]]:
+        """``parts`` (sorted ranges within ``start:stop``) to write, each segment of
+        ``start:stop`` checked against the block list just before its parts are yielded:
+        hashing a segment and writing it while it is in the CPU's cache, rather than hashing
+        the whole object and then copying it cold, halved a restore's CPU (issue 29)."""
+        step = max(block_size, _SEGMENT // block_size * block_size)
+        pending = list(parts)
+        for seg in range(start, stop, step):
+            end = min(seg + step, stop)
+            cls._verify_blocks(where, data, seg, end, offset, block_size, digests)
+            while pending and pending[0][0] < end:
+                a, b = pending[0]
+                if b <= end:
+                    pending.pop(0)
+                    yield a, b
+                else:
+                    pending[0] = (end, b)
+                    yield a, end
+
     async def _chain(self, record: BackupRecord, parents: Sequence[BackupRecord]) -> list[_Layer]:
         layers = [await self._layer(r) for r in (*parents, record)]
         for child, parent in zip(layers[1:], layers, strict=False):
@@ -605,12 +629,13 @@ class ChunkedBackupDriver(BackupDriver):
                 data = self._unpack(container, entry, stored)
                 done = 0
                 for start, stop in ranges:
-                    parts = [(start, stop)]
+                    parts: Iterable[tuple[int, int]] = [(start, stop)]
                     if newest.digests is not None:
-                        self._verify_blocks(f"object {container}/{entry['name']}", data, start, stop,
-                                            entry["offset"], block_size, newest.digests)
                         if fresh:  # zeros a version 2 backup stored need no writing
                             parts = _data_ranges(start, stop, entry["offset"], block_size, newest.digests, size)
+                        # each segment checked right before it is written, while it is in the CPU's cache
+                        parts = self._verified(f"object {container}/{entry['name']}", data, start, stop, parts,
+                                               entry["offset"], block_size, newest.digests)
                     for a, b in parts:
                         out.write(memoryview(data)[a:b], entry["offset"] + a)
                     done += stop - start

@@ -21,7 +21,7 @@ from ._errors import (
     PermanentObjectStoreError,
     TransientObjectStoreError,
 )
-from ._objectstore import ObjectStore, validate_name
+from ._objectstore import ObjectDigests, ObjectStore, validate_name
 from ._retry import StoreRetry
 from ._stores import NAMESPACE, StoreFactory, StoreSettings, installed_stores, load_store_class, store_from_url
 
@@ -35,6 +35,7 @@ __all__ = [
     "BackupStatus",
     "CorruptBackupError",
     "ObjectCallback",
+    "ObjectDigests",
     "ObjectNotFoundError",
     "ObjectStore",
     "ObjectStoreError",
