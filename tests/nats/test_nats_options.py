@@ -106,7 +106,7 @@ async def test_user_and_password(tmp_path: Path, server_with: list[NatsServer], 
     good = f"nats://svc:s3cret@{server.address}/?stream={names.stream}&subject={names.subject}"
     assert (await deliver(good, dead_letter_path)).stats()["nats"].sent == 5
     bad = build(f"nats://svc:wrong-s3cret@{server.address}/?stream={names.stream}&subject={names.subject}")
-    with pytest.raises(PermanentError, match="(?i)authorization violation") as info:
+    with pytest.raises(PermanentError, match=r"(?i)authorization violation") as info:
         await bad.open()
     await bad.aclose()
     assert "wrong-s3cret" not in str(info.value) and "svc:***@" in str(info.value)
@@ -145,7 +145,7 @@ async def test_nats_tls_through_a_real_tls_listener(tmp_path: Path, server_with:
     url = f"nats+tls://{server.address}/?stream={names.stream}&subject={names.subject}&ca_file={ca_file}"
     assert (await deliver(url, dead_letter_path)).stats()["nats+tls"].sent == 5
     untrusted = build(f"nats+tls://{server.address}/?stream={names.stream}&connect_timeout=2")
-    with pytest.raises((TransientError, PermanentError), match="(?i)certificate"):
+    with pytest.raises((TransientError, PermanentError), match=r"(?i)certificate"):
         await untrusted.open()
     await untrusted.aclose()
 
