@@ -18,7 +18,8 @@ Each rate is the median of ROUNDS rounds in MiB/s of the file's size, each ratio
 median of the per-round ratios (the backup's
 catalog and its deletion, and the anchor's container deletion, are outside the timing).
 The CPU seconds used by the client (this process) and by each Swift server during each
-contender are reported too, to show where the time goes on the two shared cores.
+contender's timed part (clean-up left out for every contender) are reported too, to show
+where the time goes on the two shared cores.
 Usage: ``python benchmarks/swift_backup.py [SIZE_MIB [ROUNDS]]`` (defaults 256 and 5).
 """
 
@@ -38,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
-from _backup_helpers import backup_once, load_script, write_volume
+from _backup_helpers import CpuWindow, backup_once, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
 from notifykit.backup._setup import PosixBackupDriver
@@ -49,24 +50,18 @@ SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 CHUNK = 4 * MIB
 UPLOADS = SwiftObjectStore.default_uploads
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
 def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
     """Where the time goes, from this run's CPU seconds (shown on the page when a goal is missed)."""
     ours, theirs = cpu.get(contender, {}), cpu.get("swift_upload", {})
     servers = lambda per: sum(v for k, v in per.items() if k != "client")  # noqa: E731
     return (f"client CPU {ours.get('client', 0):.2f} s against swift upload's {theirs.get('client', 0):.2f} s, "
             f"Swift servers {servers(ours):.2f} s against {servers(theirs):.2f} s, all on the same two cores: "
-            "the backup hashes every chunk three times (sha256 for its metadata, MD5 for the ETag, sha256 for "
-            "X-Object-Meta-Sha256) where swift upload computes one MD5 (and zstd compresses too); closing the gap needs "
-            "one hashing pass per chunk (a store that takes the digests the driver already computed, MD5 and "
-            "sha256 in one pass)")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Swift servers run workers = 0: one process each)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+            "besides the MD5 both compute for the ETag, the backup hashes every chunk with sha256 twice, once per "
+            "32 KiB block (its block list: increments and restore checks) and once whole (X-Object-Meta-Sha256), each "
+            "digest once, in the pack workers (zstd compresses too); the rest is httpx/asyncio per-request work, "
+            "and the Swift servers' share of the same cores")
 
 
 def swift_upload(auth_url: str, user: str, key: str, volume: Path) -> float:
@@ -118,11 +113,12 @@ async def main() -> dict[str, Any]:
         await anyio.to_thread.run_sync(write_volume, volume, SIZE_MIB * MIB)
         store = SwiftObjectStore(SwiftOptions.from_url(url), max_connections=UPLOADS + 4)
         posix = PosixBackupDriver(root / "objects-fsync", fsync=True).store
+        window = CpuWindow(pids)  # Swift servers run workers = 0: one process each
         contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("swift_upload", lambda: anyio.to_thread.run_sync(swift_upload, auth_url, user, key, volume)),
-            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", UPLOADS, CHUNK)),
-            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", UPLOADS, CHUNK)),
-            ("posix_fsync", lambda: backup_once(root, volume, posix, "zstd", 2, CHUNK)),
+            ("notifykit_backup_zstd", lambda: backup_once(root, volume, store, "zstd", UPLOADS, CHUNK, window.mark)),
+            ("notifykit_backup_none", lambda: backup_once(root, volume, store, "none", UPLOADS, CHUNK, window.mark)),
+            ("posix_fsync", lambda: backup_once(root, volume, posix, "zstd", 2, CHUNK, window.mark)),
         ]
         rounds: dict[str, list[float]] = {}
         cpu: dict[str, dict[str, list[float]]] = {}
@@ -132,11 +128,9 @@ async def main() -> dict[str, Any]:
             for number in range(ROUNDS):
                 for name, run in rotated(contenders, number):
                     await anyio.to_thread.run_sync(os.sync)  # no writeback of an earlier run inside a timing
-                    before = {k: cpu_seconds(p) for k, p in pids.items()}
-                    client_before = time.process_time()
+                    window.start()
                     elapsed = await run()
-                    used = {"client": time.process_time() - client_before,
-                            **{k: cpu_seconds(p) - before[k] for k, p in pids.items()}}
+                    used = window.used()
                     rounds.setdefault(name, []).append(SIZE_MIB / elapsed)
                     for k, v in used.items():
                         cpu.setdefault(name, {}).setdefault(k, []).append(v)
