@@ -18,7 +18,8 @@ from ._errors import (
 )
 from ._formats import WireFormat
 from ._message import ContextLike, Notification, Priority, RequestContext
-from ._notifier import Notifier, PreparedNotifier, SupportsNotify
+from ._notifier import Notifier
+from ._notify_api import PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy
 from ._redact import redact_text, redact_url
 from ._stats import TransportState, TransportStats, render_prometheus

@@ -28,6 +28,7 @@ from ._policies import OverflowPolicy
 from ._spool import SPOOL_TASK, Spool, SpoolFaultError, SpoolFullError, SpoolSync
 from ._stats import TransportState, TransportStats
 from ._supervisor import Supervisor, describe
+from ._tracing import NO_SPAN, DeliverySpan, Tracing, messaging_system
 from ._transport import Transport
 
 __all__ = ["Dispatcher"]
@@ -85,6 +86,10 @@ class Dispatcher:
     ) -> None:
         self.name = name
         self.transport = transport
+        #: OpenTelemetry, when the Notifier found a tracer provider at start (None: no spans)
+        self.tracing: Tracing | None = None
+        self.messaging_system = messaging_system(transport.settings.url.scheme)
+        self._span: DeliverySpan = NO_SPAN
         self.config = config
         self.filter = config.filter
         self.overflow = config.overflow
@@ -699,6 +704,17 @@ class Dispatcher:
         self._room = anyio.Event()
 
     async def _deliver(self, batch: list[Notification]) -> None:
+        if self.tracing is None:
+            await self._deliver_batch(batch)
+            return
+        with self.tracing.send(self.messaging_system, ",".join(self.config.topics), self.name, batch) as span:
+            self._span = span
+            try:
+                await self._deliver_batch(batch)
+            finally:
+                self._span = NO_SPAN
+
+    async def _deliver_batch(self, batch: list[Notification]) -> None:
         pending: Sequence[Notification] = batch
         attempts = 0
         first_failure: float | None = None
@@ -754,6 +770,7 @@ class Dispatcher:
             else:
                 self._set_state(TransportState.RETRYING)
             self.stats.retried += len(pending)
+            self._span.retry(attempts, delay, error)
             log.debug("notifykit transport %r retrying %d in %.3fs: %s", self.name, len(pending), delay, error)
             await self._clock.sleep(delay)
 
@@ -841,6 +858,7 @@ class Dispatcher:
 
     def _set_state(self, state: TransportState) -> None:
         if state is not self.stats.state:
+            self._span.circuit(state.value)
             if state is TransportState.CIRCUIT_OPEN:
                 log.warning("notifykit transport %r circuit open: %s", self.name, self.stats.last_error)
             elif state is TransportState.CONNECTED and self.stats.state in (TransportState.RETRYING, TransportState.CIRCUIT_OPEN):
@@ -852,6 +870,7 @@ class Dispatcher:
         flight (being written, or kept by ``self._letters`` while the sink refuses). After
         the close, one attempt: what fails is dead_letter_failed (or stays in the spool)."""
         if notifications:
+            self._span.dead_letter(len(notifications), reason)
             seqs = {id(n): seq for seq, n in self._flying_rows}  # id(notification) -> its spool seq
             await self._letters.write(notifications, reason, seqs, final=self._closed)
 

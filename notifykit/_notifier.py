@@ -9,82 +9,35 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
 from ._clock import Clock, EventLoopClock
+from ._closing import put_away, warn_unclosed
 from ._config import NotifierConfig, TransportConfig
 from ._deadletter import DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path
 from ._dispatcher import Dispatcher
 from ._errors import ConfigError, NotifierClosedError, QueueFullError
 from ._loading import resolve_transport
-from ._message import ContextLike, Notification, Priority
+from ._message import ContextLike, Notification, Priority, RequestContext
+from ._notify_api import PreparedNotifier, PriorityMethods
 from ._numbers import check_number
 from ._policies import OverflowPolicy
 from ._runner import Runner
 from ._spool import SPOOL_TASK, Spool, default_spool_path
-from ._stats import TransportState, TransportStats
+from ._stats import TransportStats
 from ._status import STATUS_TASK, report_status_periodically, status_document, write_status
 from ._supervisor import Supervisor, TaskHealth
+from ._tracing import Tracing, find_tracing
 from ._transport import Transport
 from ._url import parse_url
 
-__all__ = ["Notifier", "PreparedNotifier", "SupportsNotify"]
+__all__ = ["Notifier"]
 
 log = logging.getLogger("notifykit")
-
-
-class SupportsNotify(Protocol):
-    """What code that emits notifications depends on: a Notifier or a prepared view of one."""
-
-    async def notify(
-        self,
-        ctx: ContextLike,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        priority: Priority | str = Priority.INFO,
-    ) -> Notification: ...
-
-
-class _PriorityMethods:
-    """One method per priority, as oslo.messaging's Notifier offers."""
-
-    async def notify(
-        self,
-        ctx: ContextLike,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        priority: Priority | str = Priority.INFO,
-    ) -> Notification:
-        raise NotImplementedError
-
-    async def audit(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.AUDIT)
-
-    async def debug(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.DEBUG)
-
-    async def info(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.INFO)
-
-    async def warn(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.WARN)
-
-    warning = warn
-
-    async def error(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.ERROR)
-
-    async def critical(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.CRITICAL)
-
-    async def sample(self, ctx: ContextLike, event_type: str, payload: Mapping[str, Any]) -> Notification:
-        return await self.notify(ctx, event_type, payload, priority=Priority.SAMPLE)
 
 
 class _State(enum.Enum):
@@ -95,7 +48,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Notifier(_PriorityMethods):
+class Notifier(PriorityMethods):
     """Transport-agnostic async notifier.
 
     ``async with Notifier.from_url("amqp://…", publisher_id="backup.host1") as n:
@@ -152,6 +105,7 @@ class Notifier(_PriorityMethods):
                                                 spool=self.spool))
         self._state = _State.NEW
         self._runner = Runner("notifier", self._abandoned)
+        self._tracing: Tracing | None = None  # found at start(): OpenTelemetry with a tracer provider
         self._settled: anyio.Event | None = None  # set when start() or aclose() has finished
 
     @staticmethod
@@ -239,6 +193,9 @@ class Notifier(_PriorityMethods):
         self._state = _State.OPEN
 
     async def _start(self) -> None:
+        self._tracing = find_tracing()
+        for dispatcher in self._dispatchers:
+            dispatcher.tracing = self._tracing
         if self.spool is not None:
             await self.spool.open()  # recovers (and quarantines) what a previous process left
             for dispatcher in self._dispatchers:
@@ -312,37 +269,10 @@ class Notifier(_PriorityMethods):
     def _abandoned(self) -> None:
         """The event loop ended while this Notifier was open (no aclose()): say what is lost."""
         self._state = _State.CLOSED
-        warn_unclosed(self)
+        warn_unclosed(self.publisher_id, self._dispatchers)
 
     async def _finish_dispatchers(self, deadline: float) -> None:
-        """Dead-letter what the deadline left behind, then close every transport. Nothing
-        here raises into the caller: a failure is logged and shown as the task's last error."""
-        for dispatcher in self._dispatchers:
-            reason = f"not delivered before the close deadline ({deadline}s)"
-            if dispatcher.stats.last_error:  # the cause, not only the deadline, goes with each letter
-                reason = f"{reason}; last error: {dispatcher.stats.last_error}"
-            try:
-                left, spooled = await dispatcher.dead_letter_leftovers(reason)
-            except Exception as exc:
-                self._supervisor.failed(dispatcher.task_name, exc, "could not put its leftovers away at close")
-                left = spooled = 0
-            if left:
-                log.warning("notifykit transport %r: %d notification(s) undelivered at close were"
-                            " dead-lettered to %r", dispatcher.name, left, self._sink)
-            if spooled:
-                log.warning("notifykit transport %r: %d notification(s) not yet confirmed are kept in %r;"
-                            " the next Notifier on this spool replays them", dispatcher.name, spooled, self.spool)
-            with anyio.move_on_after(max(deadline, 1.0)):
-                try:
-                    await dispatcher.transport.aclose()
-                except Exception:
-                    log.exception("notifykit transport %r failed to close", dispatcher.name)
-            dispatcher.stats.state = TransportState.CLOSED
-        if self.spool is not None:
-            try:
-                await self.spool.aclose()
-            except Exception as exc:
-                self._supervisor.failed(SPOOL_TASK, exc, f"could not close {self.spool!r}")
+        await put_away(self._dispatchers, deadline, self._sink, self.spool, self._supervisor)
         if self.config.status_path is not None:
             await write_status(self.config.status_path, lambda: self._status_document(closed=True), self._supervisor)
 
@@ -368,6 +298,8 @@ class Notifier(_PriorityMethods):
                 "Notifier is not open: use 'async with notifier:' (or await start()) before notify()"
                 if self._state is _State.NEW else "Notifier is closed"
             )
+        if self._tracing is not None:
+            return await self._notify_traced(self._tracing, ctx, event_type, payload, priority, publisher_id)
         notification = Notification.create(
             event_type,
             payload,
@@ -379,6 +311,27 @@ class Notifier(_PriorityMethods):
         waiting = self._offer(notification)
         if waiting is not None:  # no coroutine of its own in the common case: nothing to wait for
             await self._wait_for(notification, waiting)
+        return notification
+
+    async def _notify_traced(self, tracing: Tracing, ctx: ContextLike, event_type: str, payload: Mapping[str, Any],
+                             priority: Priority | str, publisher_id: str | None) -> Notification:
+        """notify() inside a ``create`` span, whose context is the notification's traceparent
+        unless the caller gave one."""
+        systems = {d.messaging_system for d in self._dispatchers}
+        system = systems.pop() if len(systems) == 1 else "notifykit"
+        with tracing.create(system, event_type, event_type) as span:
+            context = RequestContext.coerce(ctx)
+            if context.traceparent is None:
+                traceparent, tracestate = tracing.traceparent_of(span)
+                extra = {**context.extra, "tracestate": tracestate} if tracestate else context.extra
+                context = replace(context, traceparent=traceparent, extra=extra)
+            notification = Notification.create(event_type, payload, priority=priority,
+                                               publisher_id=publisher_id or self.publisher_id, context=context,
+                                               max_payload_bytes=self.config.max_payload_bytes)
+            span.set_attribute("messaging.message.id", notification.message_id)
+            waiting = self._offer(notification)
+            if waiting is not None:
+                await self._wait_for(notification, waiting)
         return notification
 
     async def emit(self, notification: Notification) -> None:
@@ -461,52 +414,11 @@ class Notifier(_PriorityMethods):
     def __del__(self) -> None:
         if getattr(self, "_state", None) in (_State.OPEN, _State.STARTING):
             self._state = _State.CLOSED
-            warn_unclosed(self)
+            warn_unclosed(self.publisher_id, self._dispatchers)
 
     def __repr__(self) -> str:
         names = ", ".join(repr(d.transport) for d in self._dispatchers)
         return f"<Notifier publisher_id={self.publisher_id!r} {self._state.value} [{names}]>"
-
-
-class PreparedNotifier(_PriorityMethods):
-    """A Notifier bound to another publisher_id (like oslo.messaging's ``prepare``)."""
-
-    def __init__(self, parent: Notifier, publisher_id: str) -> None:
-        self.parent = parent
-        self.publisher_id = publisher_id
-
-    async def notify(
-        self,
-        ctx: ContextLike,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        priority: Priority | str = Priority.INFO,
-    ) -> Notification:
-        return await self.parent.notify(ctx, event_type, payload, priority=priority, publisher_id=self.publisher_id)
-
-
-def warn_unclosed(notifier: Notifier) -> None:
-    """One warning for a Notifier that ended without aclose(): what each transport loses."""
-    lost, kept = [], []
-    for dispatcher in notifier._dispatchers:
-        stats = dispatcher.snapshot()
-        waiting = stats.queue_depth + stats.in_flight
-        if dispatcher.spooling and stats.spooled:
-            kept.append(f"{dispatcher.name!r} ({stats.spooled})")
-        elif waiting:
-            lost.append(f"{dispatcher.name!r} ({waiting})")
-    if not (lost or kept):
-        return
-    text = f"notifykit Notifier {notifier.publisher_id!r} was not closed (no aclose() or 'async with')"
-    if lost:
-        text += f"; notification(s) queued in memory are lost: {', '.join(lost)}"
-    if kept:
-        text += f"; notification(s) in the spool are kept for the next Notifier: {', '.join(kept)}"
-    try:
-        log.warning(text)
-    except Exception:  # interpreter shutdown: logging may be gone
-        pass
 
 
 def _build_transport(name: str, config: TransportConfig) -> Transport:

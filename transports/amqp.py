@@ -143,6 +143,17 @@ class AmqpOptions:
                          path="/" + self.vhost, query=query)
 
 
+def _trace_headers(n: Notification) -> dict[str, str] | None:
+    """W3C trace context as AMQP headers (OpenTelemetry's AMQP propagation), when the notification has one."""
+    if not n.context.traceparent:
+        return None
+    headers = {"traceparent": n.context.traceparent}
+    tracestate = n.context.extra.get("tracestate")
+    if isinstance(tracestate, str):
+        headers["tracestate"] = tracestate
+    return headers
+
+
 class AmqpTransport(Transport):
     """Publishes to a RabbitMQ topic exchange with pipelined publisher confirms."""
 
@@ -454,6 +465,7 @@ class AmqpTransport(Transport):
         for index, n, body in bodies:
             properties = aiormq.spec.Basic.Properties(
                 content_type=content_type, delivery_mode=delivery_mode, message_id=n.message_id, timestamp=n.timestamp,
+                headers=_trace_headers(n),
             )
             suffix = _PRIORITY_SUFFIX[n.priority]
             for topic, channel in self._channels:
