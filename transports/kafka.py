@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
-from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from aiokafka.record.default_records import DefaultRecordBatchBuilder  # type: ignore[import-untyped]
 
@@ -78,7 +78,8 @@ class KafkaOptions:
         acks = _acks(settings)
         idempotence = settings.take_bool("enable_idempotence", True)
         if idempotence and acks != "all":
-            raise ConfigError(f"{_where(settings)}: enable_idempotence=true needs acks=all (got acks={acks})")
+            raise ConfigError(f"{_where(settings)}: enable_idempotence=true needs acks=all (got acks={acks}; "
+                              f"idempotence is on by default: add enable_idempotence=false to use acks={acks})")
         connection = _security(settings, use_ssl)
         tls = settings.take_tls(enabled=use_ssl)
         connection.update(
@@ -210,6 +211,16 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     kafka_errors.UnsupportedVersionError,
 )
 
+#: What ``open()`` gets when the broker will not give the idempotent producer its id
+#: (InitProducerId): Tansu answers UNKNOWN_SERVER_ERROR (-1) to aiokafka's v0 request,
+#: Kafka before 0.11 lacks the API, an ACL may deny IdempotentWrite on the cluster.
+_PID_REFUSALS: tuple[type[BaseException], ...] = (
+    kafka_errors.UnknownError,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.IncompatibleBrokerVersion,
+    kafka_errors.ClusterAuthorizationFailedError,
+)
+
 
 
 def message_key(payload: Mapping[str, Any], fields: Sequence[str]) -> bytes | None:
@@ -306,12 +317,22 @@ class KafkaTransport(Transport):
         except KafkaError as exc:
             with contextlib.suppress(KafkaError):
                 await producer.stop()
-            error = self.classify(exc)
-            if self.options.producer["enable_idempotence"] and isinstance(exc, UnknownError | UnsupportedVersionError):
-                # What brokers without InitProducerId support answer (Tansu: UnknownError).
-                error = type(error)(f"{error} (if the broker cannot serve idempotent producers, set enable_idempotence=false)")
-            raise error from None
+            raise self._open_error(exc) from None
         self._producer = producer
+
+    def _open_error(self, exc: KafkaError) -> TransientError | PermanentError:
+        """``classify()``, except that a refused idempotent producer is one permanent error naming
+        the option: retrying cannot change what the broker serves, only the configuration can."""
+        if not (self.options.producer["enable_idempotence"] and isinstance(exc, _PID_REFUSALS)):
+            return self.classify(exc)
+        answer = str(exc) or type(exc).__name__
+        if description := getattr(exc, "description", None):
+            answer = f"{answer}: {description}"
+        return PermanentError(
+            f"kafka {self._where}: enable_idempotence=true, but the broker refused the idempotent producer "
+            f"(InitProducerId answered {answer}); use a broker that serves idempotent producers "
+            "(Kafka 0.11 or later; IdempotentWrite on the cluster where ACLs are on) or set enable_idempotence=false"
+        )
 
     async def send(self, batch: Sequence[Notification]) -> None:
         """Append the batch to one aiokafka record batch per partition (``create_batch``), hand

@@ -10,10 +10,8 @@ import anyio
 import pytest
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
-from notifykit import Notifier, TransportState, WireFormat
+from notifykit import Notifier, TransportState
 from notifykit.deadletters import read_dead_letters
-from notifykit.transport import TransientError, TransportSettings, parse_url
-from notifykit.transports.kafka import KafkaTransport
 
 from .records import NO_IDEMPOTENCE, consume, create_topic, unique_topic
 from .tansu import Tansu
@@ -226,13 +224,3 @@ async def test_compressed_batches_are_readable(kafka_broker: Tansu, dead_letter_
             await n.info({}, "backup.createprogress", {"backup_id": "b-1", "i": i, "pad": "abc" * 50})
     records = await consume(kafka_broker.bootstrap, [f"{topic}.info"], 20)
     assert [json.loads(r.value)["payload"]["i"] for r in records] == list(range(20))
-
-
-async def test_idempotent_producer_refused_by_the_broker_fails_open_transiently_with_a_hint(kafka_broker: Tansu) -> None:
-    """Tansu cannot serve aiokafka's InitProducerId; against Kafka the default (on) is right."""
-    parsed = parse_url(f"kafka://{kafka_broker.bootstrap}/?request_timeout_ms=3000")
-    settings = TransportSettings.build("kafka", parsed, WireFormat.JSON, ("t",), {"request_timeout_ms": "3000"})
-    transport = KafkaTransport.from_settings(settings)
-    with pytest.raises(TransientError, match="set enable_idempotence=false"):
-        await transport.open()
-    await transport.aclose()
