@@ -45,6 +45,7 @@ from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectN
 from ._objectstore import ObjectDigests, ObjectStore, compute_digests, put_object, wanted_digests
 from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, zero_digest, zero_digests
 from ._target import RestoreTarget, open_restore_target
+from ._tracing import timed, timed_async
 from ._volume import is_rbd_url, open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
@@ -320,7 +321,7 @@ class ChunkedBackupDriver(BackupDriver):
             if fh is not None:
                 await anyio.to_thread.run_sync(fh.close)
         sha_name = self.sha256file_name(prefix)
-        await self.store.put_object(container, sha_name, digests)
+        await timed_async("metadata", self.store.put_object)(container, sha_name, digests)
         metadata = {
             "version": METADATA_VERSION,
             "backup_id": record.id,
@@ -338,7 +339,7 @@ class ChunkedBackupDriver(BackupDriver):
             **({"source": source.describe()} if source is not None else {}),
         }
         encoded = await anyio.to_thread.run_sync(lambda: json.dumps(metadata, indent=1).encode())
-        await self.store.put_object(container, self.metadata_name(prefix), encoded)
+        await timed_async("metadata", self.store.put_object)(container, self.metadata_name(prefix), encoded)
         await self.store.sync_container(container)
         return BackupResult(container=container, service_metadata=prefix, size_bytes=size,
                             object_count=len(entries), stored_bytes=sum(e["stored_length"] for e in entries))
@@ -360,7 +361,7 @@ class ChunkedBackupDriver(BackupDriver):
                 index = 0
                 while index < count:
                     at, data = await anyio.to_thread.run_sync(
-                        data_chunk, fd, index * chunk_size, chunk_size, size, where, sparse)
+                        timed("read", data_chunk), fd, index * chunk_size, chunk_size, size, where, sparse)
                     for hole in range(index, count if data is None else at // chunk_size):
                         offset = hole * chunk_size
                         await out.send(_Raw(hole, offset, min(chunk_size, size - offset), None))
@@ -376,13 +377,13 @@ class ChunkedBackupDriver(BackupDriver):
                     if raw.data is None:  # digests are constants: no thread needed
                         await out.send(self._pack(raw, prefix, block_size, parent))
                     else:
-                        await out.send(await anyio.to_thread.run_sync(self._pack, raw, prefix, block_size, parent))
+                        await out.send(await anyio.to_thread.run_sync(timed("pack", self._pack), raw, prefix, block_size, parent))
 
         async def write(inp: MemoryObjectReceiveStream[_Packed]) -> None:
             async with inp:
                 async for packed in inp:
                     for piece in packed.pieces:
-                        await put_object(self.store, container, piece.name, piece.stored, piece.digests)
+                        await timed_async("store", put_object)(self.store, container, piece.name, piece.stored, piece.digests)
                         entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
                                         "stored_length": len(piece.stored), "compression": piece.compression})
                     digests[packed.index] = packed.digests
@@ -603,7 +604,7 @@ class ChunkedBackupDriver(BackupDriver):
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
                       *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:
-        layers = await self._chain(record, parents)
+        layers = await timed_async("metadata", self._chain)(record, parents)
         plan, zeros = self._plan(layers)
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
@@ -648,12 +649,12 @@ class ChunkedBackupDriver(BackupDriver):
                     async for layer, entry, ranges in items:
                         container = str(layer.record.container)
                         try:
-                            stored = await self.store.get_object(container, entry["name"])
+                            stored = await timed_async("fetch", self.store.get_object)(container, entry["name"])
                         except ObjectNotFoundError:
                             raise CorruptBackupError(
                                 f"object {container}/{entry['name']} (object {entry['index']}) is missing from the"
                                 " object store") from None
-                        done = await anyio.to_thread.run_sync(place, layer, entry, ranges, stored)
+                        done = await anyio.to_thread.run_sync(timed("write", place), layer, entry, ranges, stored)
                         written += done
                         await on_object(done)
 

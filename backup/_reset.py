@@ -25,6 +25,7 @@ from ._errors import BackupNotFoundError, InvalidStatusTransitionError, WrongSto
 from ._liveness import process_alive
 from ._payload import usage_from_backup
 from ._service import BackupService, ProgressObserver, _remove_leftovers, describe_failure
+from ._tracing import describe, traced
 from ._verify import verify_record
 
 __all__ = ["RESET_EVENT", "reset_status"]
@@ -35,6 +36,7 @@ RESET_EVENT = "backup.reset_status"
 _SHIELDED_REPORT_TIMEOUT = 15.0
 
 
+@traced("reset_status")
 async def reset_status(service: BackupService, backup_id: str, state: str, *, user: str | None = None,
                        ctx: ContextLike = None, on_progress: ProgressObserver | None = None) -> BackupRecord:
     """Force backup ``backup_id`` to ``state`` (``available`` or ``error``); returns the new
@@ -48,6 +50,7 @@ async def reset_status(service: BackupService, backup_id: str, state: str, *, us
     try:
         to = _target(backup_id, state)
         record = await service.catalog.get(backup_id)
+        describe(record)
         if record.status is BackupStatus.DELETED:
             raise InvalidStatusTransitionError(f"backup {record.id!r} is deleted: its objects are gone, it cannot be"
                                                " reset")

@@ -41,6 +41,7 @@ from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_f
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
 from ._rbd import rbd_volume_id, snapshot_name
 from ._target import RestoreTargetBusyError, TargetLock, lock_restore_target, remove_restore_leftovers
+from ._tracing import describe, traced
 from ._volume import is_rbd_url
 
 __all__ = ["BackupService", "ProgressObserver", "describe_failure"]
@@ -192,6 +193,7 @@ class BackupService:
 
     # -- operations --------------------------------------------------------------------
 
+    @traced("create")
     async def create_backup(
         self,
         volume_path: str | os.PathLike[str],
@@ -239,6 +241,7 @@ class BackupService:
             worker_token=token,
             parent_id=parent.id if parent is not None else None,
         ))
+        describe(record)
         await self._emit(context, "backup.create.start", usage_from_backup(record))
         try:
             record = await self._run_with_progress(
@@ -249,6 +252,7 @@ class BackupService:
             raise
         return record
 
+    @traced("restore")
     async def restore_backup(
         self,
         backup_id: str,
@@ -313,6 +317,7 @@ class BackupService:
             await self._reject(context, "restore", backup_id, exc, record)
             raise
 
+    @traced("delete")
     async def delete_backup(self, backup_id: str, *, ctx: ContextLike = None) -> BackupRecord:
         """Remove every object and the container; the record stays, as ``deleted``."""
         context = self._context(ctx)
@@ -430,6 +435,7 @@ class BackupService:
             log.error("backup %s: %s refused: %s", backup_id, op, exc)
             await self._reject(context, op, backup_id, exc, record)
             raise
+        describe(record)
         await self._emit(context, f"backup.{op}.start", usage_from_backup(record))
         return record
 

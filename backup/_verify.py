@@ -21,6 +21,7 @@ from ._catalog import BackupRecord, BackupStatus
 from ._chunked import ChunkedBackupDriver
 from ._errors import BackupError, CorruptBackupError, InvalidStatusTransitionError, ObjectNotFoundError
 from ._service import BackupService, ProgressObserver
+from ._tracing import describe, timed, timed_async, traced
 
 __all__ = ["VerifyReport", "verify_backup", "verify_record"]
 
@@ -40,11 +41,19 @@ class VerifyReport:
     zero_blocks: int = 0  # blocks of the chain's backups stored as nothing (checked in their block lists)
 
 
+def _read(report: VerifyReport) -> dict[str, int]:
+    """What a verify read, as span attributes."""
+    return {"notifykit.backup.verify.backups": report.backups, "notifykit.backup.verify.objects": report.objects,
+            "notifykit.backup.verify.stored_bytes": report.stored_bytes}
+
+
+@traced("verify", _read)
 async def verify_backup(service: BackupService, backup_id: str, *,
                         on_progress: ProgressObserver | None = None) -> VerifyReport:
     """Check the backup ``backup_id`` whole (see the module); raises CorruptBackupError
     naming the first bad object, or InvalidStatusTransitionError while it is in flux."""
     record = await service.catalog.get(backup_id)
+    describe(record)
     if record.status in _UNVERIFIABLE:
         raise InvalidStatusTransitionError(f"backup {record.id!r} is {record.status.value}: only a finished"
                                            " backup can be verified")
@@ -61,7 +70,7 @@ async def verify_record(service: BackupService, record: BackupRecord, *,
     if not isinstance(driver, ChunkedBackupDriver):
         raise BackupError(f"the {driver.service} driver cannot verify backups")
     parents = await service._parents(record)
-    layers = await driver._chain(record, parents)
+    layers = await timed_async("metadata", driver._chain)(record, parents)
     driver._plan(layers)  # every block of the volume is held by some backup of the chain
     # driver._layer has checked every layer's zero runs against its block list.
     zero_blocks = sum(count for layer in layers for _, count in layer.zeros)
@@ -73,12 +82,12 @@ async def verify_record(service: BackupService, record: BackupRecord, *,
         for entry in layer.objects:
             where = f"object {container}/{entry['name']}"
             try:
-                stored = await driver.store.get_object(container, entry["name"])
+                stored = await timed_async("fetch", driver.store.get_object)(container, entry["name"])
             except ObjectNotFoundError:
                 raise CorruptBackupError(f"{where} (object {entry['index']} of backup {layer.record.id}) is missing"
                                          " from the object store") from None
 
-            await anyio.to_thread.run_sync(_check_object, driver, container, entry, stored, layer.digests,
+            await anyio.to_thread.run_sync(timed("check", _check_object), driver, container, entry, stored, layer.digests,
                                            block_size)
             objects += 1
             done += len(stored)
