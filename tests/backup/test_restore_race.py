@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import write_volume
 
 TRIALS = 6
@@ -40,6 +42,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_two_restores_to_one_new_target_at_once(tmp_path: Path) -> None:
     env = _env(tmp_path)
     volumes = [write_volume(tmp_path / f"{name}.img", SIZE, seed) for name, seed in (("a", 1), ("b", 2))]

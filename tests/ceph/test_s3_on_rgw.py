@@ -150,6 +150,7 @@ async def test_rgw_outage_mid_backup_is_retried_until_it_returns(tmp_path: Path,
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_rgw_down_gives_up_with_the_reason_in_fail_reason(tmp_path: Path, ceph_aio: Any) -> None:
     bucket = bucket_name("down")
     s3_client(ceph_aio).create_bucket(Bucket=bucket)

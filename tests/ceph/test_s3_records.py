@@ -16,7 +16,7 @@ from notifykit.backup.cli import main
 from ..backup.helpers import write_volume
 from .helpers import bucket_name, keys, s3_client
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ import pytest
 from ..amqp.support import Names
 from .support import Outcome, node_fault_mid_stream, whole_cluster_outage
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 
 N = 20_000
 

@@ -24,7 +24,7 @@ from notifykit.backup._swift import SwiftObjectStore, SwiftOptions
 
 from ..backup.helpers import CHUNK, backup_env
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 
 PASSWORD = "notifykit-backup-pw"
 

@@ -17,7 +17,7 @@ from notifykit.transports.mqtt import MqttTransport
 from ..helpers import assert_accounted
 from .support import Mosquitto, Subscriber, fresh_prefix
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 
 FAST_RETRY = "&retry_initial_delay=0.05&retry_max_delay=0.5&circuit_reset_timeout=0.5&retry_max_elapsed=none"
 

@@ -14,7 +14,7 @@ from ..amqp.support import CuttableProxy, Names, consume, queue_length
 from ..helpers import run_publisher_then_sigkill
 from ..test_spool import spool_counts
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.broker]
+pytestmark = [pytest.mark.asyncio, pytest.mark.broker, pytest.mark.slow]
 
 N = 20_000
 CUTS = 10
