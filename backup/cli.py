@@ -31,6 +31,7 @@ from ._console import ProgressDisplay, build_notifier
 from ._demo import run_demo
 from ._errors import BackupError
 from ._interrupt import LOCK_GRACE, Interruption, WatchedCatalog, interruption_message
+from ._otel import otel_export
 from ._records import export_record, import_record
 from ._reset import reset_status
 from ._setup import build_catalog, open_backup_service
@@ -218,6 +219,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="notifykit-backup", description=plain_help(__doc__), epilog=plain_help(__doc__, 1))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--otel", action="store_true", help="export the command's OpenTelemetry spans over OTLP,"
+                        " configured by the OTEL_* variables (env NOTIFYKIT_BACKUP_OTEL=1; needs notifykit[otel-sdk])")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", parents=[common], help="back up a file, block device or RBD image (rbd://POOL/IMAGE)")
     c.add_argument("path")
@@ -288,7 +291,8 @@ def _main(argv: Sequence[str] | None, log_lines: LogLines | None) -> int:
             args.config, catalog_path=args.catalog_path, store=args.store, chunk_size=args.chunk_size,
             compression=args.compression, notifier_url=args.notifier_url, notifier_config=args.notifier_config,
             host=args.host)
-        code = anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
+        with otel_export(args.otel, sys.stderr):
+            code = anyio.run(run_until_sigterm, args, config, sys.stdout, sys.stderr)
         if code in (130, 143) and log_lines is not None:
             log_lines.show_held(drop=True)  # the interruption's one line said what happened
         return code
