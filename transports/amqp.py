@@ -143,11 +143,11 @@ class AmqpOptions:
                          path="/" + self.vhost, query=query)
 
 
-def _trace_headers(n: Notification) -> dict[str, str] | None:
+def _trace_headers(n: Notification) -> FieldTable | None:
     """W3C trace context as AMQP headers (OpenTelemetry's AMQP propagation), when the notification has one."""
     if not n.context.traceparent:
         return None
-    headers = {"traceparent": n.context.traceparent}
+    headers: FieldTable = {"traceparent": n.context.traceparent}
     tracestate = n.context.extra.get("tracestate")
     if isinstance(tracestate, str):
         headers["tracestate"] = tracestate
