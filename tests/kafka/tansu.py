@@ -65,9 +65,12 @@ def _metadata_ok(port: int) -> bool:
 class Tansu:
     """One broker process on 127.0.0.1:``port``; ``start()`` again after ``stop()`` reuses the port."""
 
-    def __init__(self, binary: Path, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, binary: Path, port: int | None = None, log_path: Path | None = None,
+                 advertised_port: int | None = None) -> None:
         self.binary = binary
         self.port = port or free_port()
+        #: The port clients are told to use after bootstrap (a proxy's, see proxy.py); default: ``port``.
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -77,11 +80,11 @@ class Tansu:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
+        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.advertised_port}"
         self._log = open(self.log_path, "ab") if self.log_path else None  # closed in stop()
         try:
             self.process = subprocess.Popen(
-                [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                  "--storage-engine", "memory://tansu/"],
                 stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
             )

@@ -3,25 +3,33 @@
 Tansu 0.6 serves InitProducerId only to requests carrying producer_id/epoch -1 (v3 and
 later); aiokafka 0.14 sends v0, so Tansu answers UNKNOWN_SERVER_ERROR (-1) and the
 idempotent producer cannot start there. The transport turns that into one permanent
-error naming the option (docs/transports/kafka.md, "Idempotent producer").
+error naming the option (docs/transports/kafka.md, "Idempotent producer"). The last test
+asks for the id with v3 (a test-only patch of aiokafka's request) to check what the
+option is for: a batch resent after a lost acknowledgement is written once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
+from aiokafka.producer import sender as aiokafka_sender  # type: ignore[import-untyped]
+from aiokafka.protocol.api import Request, RequestStruct, Response  # type: ignore[import-untyped]
+from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields  # type: ignore[import-untyped]
 
-from notifykit import ConfigError, Notifier, WireFormat
+from notifykit import ConfigError, Notification, Notifier, WireFormat
 from notifykit.deadletters import read_dead_letters
 from notifykit.transport import PermanentError, TransientError, TransportSettings, parse_url
 from notifykit.transports.kafka import KafkaOptions, KafkaTransport
 
-from .records import consume, unique_topic
-from .tansu import Tansu
+from ..helpers import unavailable
+from .proxy import AckDroppingProxy
+from .records import consume, create_topic, unique_topic
+from .tansu import Tansu, TansuUnavailable, free_port
 
 
 def options(url: str) -> KafkaOptions:
@@ -148,3 +156,85 @@ async def test_notifier_dead_letters_at_once_on_the_refusal_and_delivers_with_id
         assert n.stats()["kafka"].sent == 1
         [record] = await consume(kafka_broker.bootstrap, [f"{topic}.info"], 1)
         assert dict(record.headers)["message_id"] == sent.message_id.encode()
+
+
+class _InitPidResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 22
+    API_VERSION = 3
+    SCHEMA = Schema(("throttle_time_ms", Int32), ("error_code", Int16), ("producer_id", Int64),
+                    ("producer_epoch", Int16), ("tags", TaggedFields))
+
+
+class _InitPidRequestV3Struct(RequestStruct):  # type: ignore[misc]
+    API_KEY = 22
+    API_VERSION = 3
+    FLEXIBLE_VERSION = True
+    RESPONSE_TYPE = _InitPidResponseV3
+    SCHEMA = Schema(("transactional_id", CompactString("utf-8")), ("transaction_timeout_ms", Int32),
+                    ("producer_id", Int64), ("producer_epoch", Int16), ("tags", TaggedFields))
+
+
+class _InitPidRequestV3(Request[_InitPidRequestV3Struct]):  # type: ignore[misc]
+    """InitProducerId v3 for a new producer (producer_id = epoch = -1), what Tansu serves and Java clients send."""
+
+    API_KEY = 22
+
+    def __init__(self, transactional_id: str | None, timeout_ms: int) -> None:
+        self._args = (transactional_id, timeout_ms)
+
+    def build(self, request_struct_class: type[_InitPidRequestV3Struct]) -> _InitPidRequestV3Struct:
+        return request_struct_class(*self._args, -1, -1, {})
+
+
+@pytest.fixture
+def init_pid_v3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka asks for its producer id with InitProducerId v3 instead of v0, for this test only."""
+    def create_request(handler: Any) -> _InitPidRequestV3:
+        txn = handler._sender._txn_manager
+        return _InitPidRequestV3(txn.transactional_id, txn.transaction_timeout_ms)
+    monkeypatch.setattr(aiokafka_sender.InitPIDHandler, "create_request", create_request)
+
+
+@pytest.mark.broker
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("idempotence", "copies"), [("true", 1), ("false", 2)])
+async def test_a_batch_resent_after_a_lost_acknowledgement_is_written_once_with_idempotence(
+    tansu_binary: Path, tmp_path: Path, init_pid_v3: None, idempotence: str, copies: int
+) -> None:
+    """Tansu does keep an idempotent producer's sequence numbers once it has given the id (here
+    through InitProducerId v3): the broker writes a batch, its acknowledgement is lost on the way
+    back, aiokafka sends the same batch again and Tansu answers DuplicateSequenceNumber instead
+    of appending it twice; send() succeeds. Without idempotence the batch fails transiently
+    after request_timeout_ms, the core sends it again and the topic holds it twice."""
+    proxy_port = free_port()
+    broker = Tansu(tansu_binary, log_path=tmp_path / "tansu.log", advertised_port=proxy_port)
+    try:
+        broker.start()
+    except TansuUnavailable as exc:
+        unavailable(f"Kafka broker (tansu) unavailable: {exc}")
+    topic = unique_topic()
+    query = {"request_timeout_ms": ["1500"], "enable_idempotence": [idempotence]}
+    transport = KafkaTransport.from_settings(TransportSettings.build(
+        "kafka", parse_url(f"kafka://127.0.0.1:{proxy_port}/"), WireFormat.JSON, (topic,), query))
+    batch = [Notification.create("backup.createprogress", {"backup_id": "b-1", "i": i}, publisher_id="p")
+             for i in range(5)]
+    try:
+        with anyio.fail_after(60):
+            async with AckDroppingProxy(proxy_port, broker.port, drop=1) as proxy:
+                await create_topic(broker.bootstrap, f"{topic}.info", 1)
+                await transport.open()
+                try:
+                    await transport.send(batch)
+                except TransientError:
+                    assert idempotence == "false"
+                    await transport.send(batch)  # what the core's retry does
+                await transport.aclose()
+                assert (proxy.dropped, proxy.produce_requests) == (1, 2)
+                records = await consume(broker.bootstrap, [f"{topic}.info"], 5 * copies)
+                with pytest.raises(TimeoutError):  # and nothing more
+                    await consume(broker.bootstrap, [f"{topic}.info"], 5 * copies + 1, timeout=2)
+    finally:
+        await transport.aclose()
+        broker.stop()
+    ids = [dict(r.headers)["message_id"].decode() for r in records]
+    assert ids == [n.message_id for n in batch] * copies
