@@ -11,27 +11,30 @@
 Every scrape reads ``notifier.stats()`` and ``notifier.background_tasks()``; nothing is
 counted twice and nothing runs between scrapes. The counters are read from
 :class:`~notifykit.TransportStats`' own fields, so a counter added there is exported
-without a change here. Needs the ``notifykit[prometheus]`` extra; only this module
-imports ``prometheus_client``.
+without a change here. The collector needs the ``notifykit[prometheus]`` extra; only this
+module imports ``prometheus_client``, when a collector is made.
+
+An application on OpenTelemetry metrics gets the same numbers as observable instruments of
+its meter provider with :func:`register_opentelemetry` (``notifykit[otel]``), read at each
+collection the same way.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+import importlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields
-from typing import Protocol, get_type_hints
+from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 
 from ._errors import MissingDependencyError
 from ._stats import _GAUGES, TransportStats
 from ._supervisor import TaskHealth, TaskState
 
-try:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
-    raise MissingDependencyError("notifykit.metrics needs prometheus_client: pip install 'notifykit[prometheus]'") from exc
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
-__all__ = ["NotifykitCollector", "SupportsStats"]
+__all__ = ["NotifykitCollector", "OpenTelemetryMetrics", "SupportsStats", "register_opentelemetry"]
 
 NOTIFICATIONS = "notifykit_notifications"  # exposed as notifykit_notifications_total (a counter)
 
@@ -94,6 +97,11 @@ class NotifykitCollector:
     """
 
     def __init__(self, notifier: SupportsStats) -> None:
+        try:
+            importlib.import_module("prometheus_client.core")
+        except ImportError as exc:  # pragma: no cover - the extra is installed in the test environment
+            raise MissingDependencyError("notifykit.metrics.NotifykitCollector needs prometheus_client:"
+                                         " pip install 'notifykit[prometheus]'") from exc
         self.notifier = notifier
 
     def describe(self) -> Iterator[Metric]:
@@ -104,6 +112,8 @@ class NotifykitCollector:
         return self._families(self.notifier.stats(), self.notifier.background_tasks())
 
     def _families(self, stats: Mapping[str, TransportStats], tasks: Mapping[str, TaskHealth]) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         notifications = CounterMetricFamily(
             NOTIFICATIONS, "Notifications per transport and outcome, one outcome per counter of notifykit.TransportStats"
             f" ({', '.join(COUNTERS)}); filtered and refused ones were never enqueued.",
@@ -138,6 +148,8 @@ class NotifykitCollector:
 
     @staticmethod
     def _task_families(tasks: Mapping[str, TaskHealth]) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         failures = CounterMetricFamily("notifykit_background_task_failures",
                                        "Failures of a supervised background task (worker:NAME per transport, status, ...);"
                                        " each is logged and the task restarted after a backoff.", labels=("task",))
@@ -149,3 +161,95 @@ class NotifykitCollector:
             for member in TaskState:
                 state.add_metric((name, member.value), 1 if member is health.state else 0)
         yield from (failures, state)
+
+
+# -- OpenTelemetry ------------------------------------------------------------------------
+
+#: The API's stand-ins while no meter provider is set.
+_NO_METER_PROVIDER = ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+class OpenTelemetryMetrics:
+    """The observable instruments :func:`register_opentelemetry` made for one Notifier.
+
+    Instruments: ``notifykit.notifications`` (a counter, attributes ``transport`` and
+    ``outcome``, one outcome per counter of :class:`~notifykit.TransportStats`), one
+    up-down counter per level (``notifykit.queue_depth``, ``notifykit.in_flight``,
+    ``notifykit.spooled``, attribute ``transport``), ``notifykit.degraded`` (a 0/1 gauge),
+    ``notifykit.transport.state`` (a gauge, 1 for the current ``state``, 0 for the
+    others), ``notifykit.background_task.failures`` (a counter, attribute ``task``) and
+    ``notifykit.background_task.state``. The API cannot remove an instrument, so
+    :meth:`close` makes them report nothing (a closed Notifier is no longer read)."""
+
+    def __init__(self, notifier: SupportsStats, meter: Any, observation: Any) -> None:
+        self.notifier = notifier
+        self.closed = False
+        self._observation = observation
+        self.instruments = [
+            meter.create_observable_counter(
+                "notifykit.notifications", [self._notifications], unit="{notification}",
+                description="Notifications per transport and outcome (one outcome per counter of TransportStats)."),
+            *(meter.create_observable_up_down_counter(f"notifykit.{gauge}", [self._level(gauge)], unit="{notification}",
+                                                      description=_GAUGE_HELP.get(gauge, f"TransportStats.{gauge}."))
+              for gauge in GAUGES),
+            *(meter.create_observable_gauge(f"notifykit.{flag}", [self._flag(flag)],
+                                            description=_GAUGE_HELP.get(flag, f"1 while TransportStats.{flag} is set."))
+              for flag in FLAGS),
+            *(meter.create_observable_gauge(f"notifykit.transport.{field}", [self._state(field, kind)],
+                                            description=f"1 for the transport's current {field}, 0 for the others.")
+              for field, kind in STATES),
+            meter.create_observable_counter("notifykit.background_task.failures", [self._task_failures],
+                                            unit="{failure}", description="Failures of a supervised background task."),
+            meter.create_observable_gauge("notifykit.background_task.state", [self._task_state],
+                                          description="1 for the background task's current state, 0 for the others."),
+        ]
+
+    def close(self) -> None:
+        """Report nothing from now on."""
+        self.closed = True
+
+    def _stats(self) -> Mapping[str, TransportStats]:
+        return {} if self.closed else self.notifier.stats()
+
+    def _tasks(self) -> Mapping[str, TaskHealth]:
+        return {} if self.closed else self.notifier.background_tasks()
+
+    def _notifications(self, options: Any) -> Iterable[Any]:
+        return [self._observation(getattr(row, counter), {"transport": name, "outcome": counter})
+                for name, row in self._stats().items() for counter in COUNTERS]
+
+    def _level(self, gauge: str) -> Any:
+        return lambda options: [self._observation(getattr(row, gauge), {"transport": name})
+                                for name, row in self._stats().items()]
+
+    def _flag(self, flag: str) -> Any:
+        return lambda options: [self._observation(1 if getattr(row, flag) else 0, {"transport": name})
+                                for name, row in self._stats().items()]
+
+    def _state(self, field: str, kind: type[enum.Enum]) -> Any:
+        return lambda options: [self._observation(1 if member is getattr(row, field) else 0,
+                                                  {"transport": name, field: str(member.value)})
+                                for name, row in self._stats().items() for member in kind]
+
+    def _task_failures(self, options: Any) -> Iterable[Any]:
+        return [self._observation(health.failures, {"task": name}) for name, health in self._tasks().items()]
+
+    def _task_state(self, options: Any) -> Iterable[Any]:
+        return [self._observation(1 if member is health.state else 0, {"task": name, "state": member.value})
+                for name, health in self._tasks().items() for member in TaskState]
+
+
+def register_opentelemetry(notifier: SupportsStats, meter_provider: Any = None) -> OpenTelemetryMetrics | None:
+    """The Notifier's counters and gauges as observable instruments of ``meter_provider``
+    (default: the global one), meter ``notifykit``; None, and nothing registered, when
+    opentelemetry-api is not installed or no meter provider is set."""
+    try:
+        api = importlib.import_module("opentelemetry.metrics")
+    except ImportError:
+        return None
+    provider = meter_provider if meter_provider is not None else api.get_meter_provider()
+    if type(provider).__name__ in _NO_METER_PROVIDER:
+        return None
+    from . import __version__
+
+    return OpenTelemetryMetrics(notifier, provider.get_meter("notifykit", __version__), api.Observation)
