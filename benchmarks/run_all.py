@@ -90,6 +90,13 @@ NOTES = """\
   one sync of every object at the end (before issue 29: an fsync per object); `cp` only
   copies pages, so on two shared cores the backup is CPU-bound where `cp` is disk-bound.
   borg and restic start a process per command, notifykit is timed around the library call.
+- **nats_throughput** (issue 26): exactly once on JetStream is a test result, not a
+  timing: a durable publisher SIGKILLed mid-delivery and restarted replays its unconfirmed
+  batch with the same `Nats-Msg-Id`s, and the stream's duplicate window (120 s) drops them:
+  in 3 runs of `tests/nats/test_nats_faults.py` the replay re-sent 200 already-stored
+  messages, all 200 answered "duplicate", and the stream held each message id once. Redis
+  Streams and MQTT have no such window: their replays are at least once, duplicates counted
+  by the same tests.
 - **kafka_throughput**: `ratio_transport_alone` is the transport's own cost against the
   anchors; end to end, the caller's notify() does the core's per-notification work
   (validation, the payload's JSON, the message id, the queue hand-off: see notify_latency),
