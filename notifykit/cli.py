@@ -2,7 +2,8 @@
 
 ``notifykit tail URL`` prints notifications as they arrive on a broker;
 ``notifykit deadletters list|replay|purge`` inspects and re-drives dead letters;
-``notifykit status`` shows a running (or dead) process's counters and its spool.
+``notifykit status`` shows a running (or dead) process's counters and its spool;
+``notifykit asyncapi --config FILE`` prints the AsyncAPI document of an application's catalogue.
 The CLI finds transports by URL scheme like the Notifier does, so it imports no backend.
 """
 
@@ -28,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from . import __version__
+from ._asyncapi_command import application_asyncapi
 from ._config import NotifierConfig, TransportConfig
 from ._console import LogLines, own_log_lines, plain_help
 from ._deadletter import MemoryDeadLetterSink, default_dead_letter_path, read_dead_letters, rewrite_dead_letters
@@ -439,6 +441,12 @@ def _parser() -> argparse.ArgumentParser:
     shape.add_argument("--json", dest="as_json", action="store_true", help="one JSON line: the status document and the spool")
     st.add_argument("--watch", action="store_true", help="print it again every --interval seconds until Ctrl-C")
     st.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds between --watch frames (default 1)")
+
+    aa = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of an application's event catalogue")
+    aa.add_argument("--config", type=Path, required=True, help="the application's notifykit TOML (its transports"
+                    " are the channels, its publisher_id the messages')")
+    aa.add_argument("--catalogue", default=None, help="NAME registered in the notifykit.catalogues entry points"
+                    " (default: the only one), or MODULE:ATTRIBUTE")
     return parser
 
 
@@ -471,6 +479,8 @@ def _main(argv: Sequence[str] | None, log_lines: LogLines | None = None) -> int:
                 return 0
         elif args.command == "status":
             status(args.file, args.spool, args.prometheus, sys.stdout, args.as_json)
+        elif args.command == "asyncapi":
+            sys.stdout.write(json.dumps(application_asyncapi(args.config, args.catalogue), indent=2) + "\n")
     except (NotifyKitError, _UsageError) as exc:
         if log_lines is not None:
             log_lines.show_held(str(exc))
