@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,16 +142,25 @@ class TargetLock:
 
 
 def _busy(where: str, fd: int) -> RestoreTargetBusyError:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        holder = {}
+    holder: Any = {}
+    for _ in range(_HOLDER_READS):  # the holder writes its name just after taking the lock
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):
+            holder = {}
+        if isinstance(holder, dict) and holder.get("backup_id"):
+            break
+        time.sleep(0.02)
     if not isinstance(holder, dict) or not holder.get("backup_id"):
         return RestoreTargetBusyError(f"restore target {where!r} is in use by another restore; wait for it to finish"
                                       " or choose another target", None)
     return RestoreTargetBusyError(
         f"restore target {where!r} is in use by the restore of backup {holder['backup_id']} (process"
         f" {holder.get('pid')} on {holder.get('host')}); wait for it to finish or choose another target", holder)
+
+
+#: How often (every 20 ms) a refused restore reads the lock file for the holder's name.
+_HOLDER_READS = 25
 
 
 def _try_flock(fd: int) -> bool:
