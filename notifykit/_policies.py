@@ -22,7 +22,7 @@ class OverflowPolicy(enum.StrEnum):
     ``notify()`` raises QueueFullError (the caller keeps the notification; counted
     ``refused``); ``drop_newest`` drops the new notification;
     ``drop_oldest`` drops the oldest queued one; ``spill`` commits it to the durable
-    spool (SQLite) and keeps spooling until the backlog is drained. Drops are counted
+    spool (the append-only log) and keeps spooling until the backlog is drained. Drops are counted
     and logged.
     """
 

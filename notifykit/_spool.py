@@ -29,25 +29,13 @@ import contextlib
 import fcntl
 import logging
 import os
-import sqlite3
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from ._errors import ConfigError, InvalidNotificationError
-from ._message import Notification
+from ._errors import ConfigError
 from ._spool_faults import SpoolMaintenance
-from ._spool_recovery import (
-    LEGACY_SUFFIXES,
-    LOCK,
-    SpoolInfo,
-    inspect_spool,
-    is_legacy_spool,
-    is_ours,
-    move_sqlite,
-    recover,
-)
+from ._spool_recovery import LOCK, SpoolInfo, inspect_spool, is_ours, recover
 from ._spool_segments import DiskFault, SpooledRow, SpoolRead, close_files, identity
 from ._spool_state import (
     DEFAULT_SPOOL_MAX_BYTES,
@@ -85,7 +73,7 @@ class Spool(SpoolMaintenance):
 
     async def open(self) -> None:
         """Lock the spool, recover what a previous process left (quarantining bad bytes),
-        migrate a pre-log SQLite spool, and start a new segment. A disk that cannot take a
+        and start a new segment. A disk that cannot take a
         new segment (full, read-only) is no error: the spool opens degraded (:attr:`fault`),
         what is there is replayed, and the disk is tried again in the background."""
         if not self._opened:
@@ -102,10 +90,8 @@ class Spool(SpoolMaintenance):
                 raise ConfigError(f"spool path {str(path)!r} is a directory that is not a notifykit spool"
                                   f" (it holds {', '.join(sorted(strangers)[:3])}); name a directory of its own")
         elif path.exists():
-            if not is_legacy_spool(path):
-                raise ConfigError(f"spool path {str(path)!r} is a file that is not a notifykit spool;"
-                                  " spool_path names a directory")
-            move_sqlite(path, path.with_name(path.name + ".pre-log"))
+            raise ConfigError(f"spool path {str(path)!r} is a file that is not a notifykit spool;"
+                              " spool_path names a directory")
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -152,40 +138,9 @@ class Spool(SpoolMaintenance):
             # a segment once deletions made room): the spool opens all the same and is replayed.
             with contextlib.suppress(SpoolFaultError, SpoolFullError):
                 self._start_segment()
-            for suffix in LEGACY_SUFFIXES:
-                legacy = path.with_name(path.name + suffix)
-                if legacy.is_file() and is_legacy_spool(legacy):
-                    self._migrate(legacy)
         except BaseException:
             self._close()
             raise
-
-    def _migrate(self, legacy: Path) -> None:
-        """Append the rows of a pre-log SQLite spool to the log, then keep the file as ``.migrated``."""
-        db = sqlite3.connect(legacy, isolation_level=None)
-        try:
-            rows = db.execute("SELECT id, transport, body FROM outbox ORDER BY id").fetchall()
-        finally:
-            db.close()
-        moved = 0
-        for row_id, transport, body in rows:
-            try:
-                notification = Notification.from_json(body)
-            except (ValueError, TypeError, InvalidNotificationError) as exc:
-                self._count_quarantined(self._quarantine(
-                    {"source": legacy.name, "row_id": row_id, "transport": str(transport),
-                     "reason": f"not a notification: {exc}"}, str(body).encode(errors="replace")))
-                continue
-            self._write(str(transport), notification)
-            self._pending[str(transport)] = self._pending.get(str(transport), 0) + 1
-            moved += 1
-        if self._fd is None:  # degraded: no segment to write them to; the file is kept and read again
-            raise SpoolFaultError(f"cannot migrate {str(legacy)!r}: spool {str(self.path)!r} is degraded")
-        os.fsync(self._fd)
-        move_sqlite(legacy, legacy.with_name(legacy.name + ".migrated"))
-        log.warning("notifykit spool: migrated %d notification(s) from the SQLite spool %r into %r;"
-                    " the old file is kept as %r (delete it once replayed)", moved, str(legacy),
-                    str(self.path), legacy.name + ".migrated")
 
     async def aclose(self) -> None:
         """Check the directory, write the last confirmations, delete what they free, fsync

@@ -1,42 +1,29 @@
 """Recovery of a spool at start, read-only inspection, and quarantine: what a previous
 process left is read segment by segment (watermarks, holes, the next sequence number, what
-waits per transport), bad regions are copied to ``quarantine.jsonl``, and the pre-log
-SQLite spool of an earlier version is recognised (migrated by :class:`~notifykit._spool.Spool`).
+waits per transport), and bad regions are copied to ``quarantine.jsonl``.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
-import shutil
-import sqlite3
-import tempfile
 import threading
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from ._errors import ConfigError
 from ._log import FORMAT, HEADER, Ack, BadRegion, Checkpoint, Drop, Record, data_end, decode_body, scan, segment_number
 from ._spool_segments import Segment
 
 __all__ = [
-    "LEGACY_SUFFIXES", "LOCK", "QUARANTINE", "QUARANTINE_MAX_BYTES", "SQLITE_MAGIC", "Recovered", "SpoolInfo",
-    "inspect_spool", "is_legacy_spool", "is_ours", "move_sqlite", "read_only_sqlite", "recover", "write_quarantine",
+    "LOCK", "QUARANTINE", "QUARANTINE_MAX_BYTES", "Recovered", "SpoolInfo", "inspect_spool", "is_ours", "recover",
+    "write_quarantine",
 ]
 
 log = logging.getLogger("notifykit")
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-LEGACY_SUFFIXES = (".sqlite", ".pre-log")  # the old default's name next to the new; an in-place migration
-
 
 QUARANTINE = "quarantine.jsonl"
 
@@ -58,7 +45,6 @@ class SpoolInfo:
     bytes: int  # on disk, segments included
     segments: int
     bad_bytes: int  # torn or garbage bytes the next start will quarantine
-    format: str  # "log" or "sqlite" (a pre-log spool, migrated by the next start)
 
 
 @dataclass(slots=True)
@@ -157,77 +143,11 @@ def _inspect_log(path: Path) -> SpoolInfo:
     recovered = recover(path, read_only=True)
     return SpoolInfo(path, {t: n for t, n in recovered.pending.items() if n},
                      sum(max(s.size, s.allocated) for s in recovered.segments), len(recovered.segments),
-                     sum(r.end - r.start for _, r, _ in recovered.bad), "log")
-
-
-def _inspect_sqlite(path: Path) -> SpoolInfo:
-    """Count a pre-log spool's rows without a byte written (see :func:`read_only_sqlite`)."""
-    with read_only_sqlite(path) as uri:
-        counts = count_outbox(str(path), uri)
-    return SpoolInfo(path, counts, path.stat().st_size, 0, 0, "sqlite")
-
-
-@contextlib.contextmanager
-def read_only_sqlite(path: Path) -> Iterator[str]:
-    """A URI reading ``path`` as it is, rows committed to its WAL included, with nothing
-    written beside it: ``immutable`` when there is no WAL, else a private copy of the file
-    and its WAL (SQLite would create or write -shm/-wal files next to the original). A
-    spool the old version left at a crash may hold even its table only in the WAL."""
-    wal = path.with_name(path.name + "-wal")
-    if wal.is_file() and wal.stat().st_size > 0:
-        with tempfile.TemporaryDirectory(prefix="notifykit-inspect-") as tmp:
-            copy = Path(tmp) / "spool.sqlite"
-            shutil.copyfile(path, copy)
-            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            yield f"file:{quote(str(copy))}?mode=ro"
-    else:
-        yield f"file:{quote(str(path.resolve()))}?immutable=1"
-
-
-def count_outbox(name: str, uri: str) -> dict[str, int]:
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-            if not {"id", "transport", "body"} <= columns:
-                raise ConfigError(f"{name!r} is a SQLite database that is not a notifykit spool"
-                                  " (it has no outbox table)")
-            rows = db.execute("SELECT transport, COUNT(*) FROM outbox GROUP BY transport").fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot read the SQLite file {name!r}: {exc}") from None
-    return {str(t): int(n) for t, n in rows}
+                     sum(r.end - r.start for _, r, _ in recovered.bad))
 
 
 def is_ours(path: Path) -> bool:
     return path.name in (LOCK, QUARANTINE) or segment_number(path) is not None
-
-
-def is_legacy_spool(path: Path) -> bool:
-    """A SQLite file with the pre-log spool's ``outbox`` table (checked without writing)."""
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                return False
-        with read_only_sqlite(path) as uri:
-            db = sqlite3.connect(uri, uri=True)
-            try:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-            finally:
-                db.close()
-    except (OSError, sqlite3.Error):
-        return False
-    return {"id", "transport", "body"} <= columns
-
-
-def move_sqlite(source: Path, target: Path) -> None:
-    """Rename a SQLite file with its -wal and -shm companions (the WAL may hold committed rows)."""
-    for suffix in ("-wal", "-shm"):
-        companion = source.with_name(source.name + suffix)
-        if companion.exists():
-            companion.rename(target.with_name(target.name + suffix))
-    source.rename(target)
 
 
 def write_quarantine(spool: Path, lock: threading.Lock, what: dict[str, object], data: bytes) -> bool:
@@ -258,9 +178,9 @@ def write_quarantine(spool: Path, lock: threading.Lock, what: dict[str, object],
 
 
 def inspect_spool(path: str | os.PathLike[str]) -> SpoolInfo:
-    """What a spool holds, read-only: no lock, no recovery, nothing created or written, not
-    even next to an old SQLite spool (read in place, or from a copy when it has a WAL).
-    Anything that is not a spool, or cannot be read, is one ConfigError naming the path."""
+    """What a spool holds, read-only: no lock, no recovery, nothing created or written.
+    Anything that is not a spool (a spool is a directory), or cannot be read, is one
+    ConfigError naming the path."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -269,10 +189,6 @@ def inspect_spool(path: str | os.PathLike[str]) -> SpoolInfo:
             raise ConfigError(f"no spool at {str(path)!r}")
         if not path.is_file():
             raise ConfigError(f"{str(path)!r} is not a notifykit spool (not a directory or a regular file)")
-        with open(path, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-        if head != SQLITE_MAGIC:
-            raise ConfigError(f"{str(path)!r} is a file that is not a notifykit spool (a spool is a directory)")
-        return _inspect_sqlite(path)
+        raise ConfigError(f"{str(path)!r} is a file that is not a notifykit spool (a spool is a directory)")
     except OSError as exc:
         raise ConfigError(f"cannot read spool {str(path)!r}: {exc.strerror or exc}") from None

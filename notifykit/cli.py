@@ -300,9 +300,6 @@ def _status_problem(document: object) -> str | None:
 
 def _spool_line(info: SpoolInfo) -> str:
     counts = ", ".join(f"{k}={v}" for k, v in sorted(info.counts.items())) or "empty"
-    if info.format == "sqlite":
-        return (f"spool {info.path}: {counts} (a SQLite spool of an earlier notifykit, {info.bytes} bytes;"
-                " the next Notifier opened on it migrates it to the log)")
     bad = f"; {info.bad_bytes} torn or corrupt byte(s), quarantined at the next start" if info.bad_bytes else ""
     return f"spool {info.path}: {counts} ({info.segments} segment(s), {info.bytes} bytes{bad})"
 
@@ -310,7 +307,7 @@ def _spool_line(info: SpoolInfo) -> str:
 def status(status_file: Path | None, spool_file: Path | None, prometheus: bool, out: TextIO,
            as_json: bool = False) -> None:
     """Print a status file and/or what a spool holds. Both are only read: the spool with
-    :meth:`Spool.inspect`, so a path that is not a spool (another program's SQLite file, say)
+    :meth:`Spool.inspect`, so a path that is not a spool (a file, another program's directory)
     is refused untouched. Everything is checked before anything is printed. ``as_json``:
     one line ``{"status": DOCUMENT, "spool": {...}}`` (null for what was not asked)."""
     if status_file is None and spool_file is None:
@@ -435,7 +432,7 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="counters and state of a Notifier (its status_path file) and its spool")
     st.add_argument("--file", type=Path, default=None, help="status JSON written by a Notifier (status_path)")
-    st.add_argument("--spool", type=Path, default=None, help=f"spool file (e.g. {default_spool_path()})")
+    st.add_argument("--spool", type=Path, default=None, help=f"spool directory (e.g. {default_spool_path()})")
     shape = st.add_mutually_exclusive_group()
     shape.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
     shape.add_argument("--json", dest="as_json", action="store_true", help="one JSON line: the status document and the spool")

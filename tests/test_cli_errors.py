@@ -107,8 +107,8 @@ def a_fifo(d: Path) -> Path:
 @pytest.mark.parametrize(("make", "problem"), [
     (a_text_file, "is a file that is not a notifykit spool"),
     (a_binary_file, "is a file that is not a notifykit spool"),
-    (another_sqlite_file, "is a SQLite database that is not a notifykit spool"),
-    (a_wal_sqlite_file, "is a SQLite database that is not a notifykit spool"),
+    (another_sqlite_file, "is a file that is not a notifykit spool"),
+    (a_wal_sqlite_file, "is a file that is not a notifykit spool"),
     (an_empty_directory, "is an empty directory, not a notifykit spool"),
     (a_directory_of_other_files, "is a directory that is not a notifykit spool (it holds report.csv)"),
     (a_segment_that_is_a_directory, "cannot read spool"),
@@ -147,8 +147,8 @@ def test_status_spool_unreadable(tmp_path: Path, capsys: pytest.CaptureFixture[s
     one_error_line(capsys, "cannot read spool", "Permission denied")
 
 
-def legacy_spool(path: Path, rows: int, *, wal: bool) -> sqlite3.Connection:
-    """A SQLite spool of the previous version (its ``outbox`` table), left open."""
+def old_sqlite_spool(path: Path, rows: int, *, wal: bool) -> sqlite3.Connection:
+    """A SQLite file shaped like a pre-release spool (an ``outbox`` table), left open."""
     db = sqlite3.connect(path, isolation_level=None)
     if wal:
         db.execute("PRAGMA journal_mode=WAL")
@@ -160,28 +160,27 @@ def legacy_spool(path: Path, rows: int, *, wal: bool) -> sqlite3.Connection:
 
 
 @pytest.mark.parametrize("wal", [False, True])
-def test_status_spool_reports_a_legacy_sqlite_spool_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                              wal: bool) -> None:
+def test_status_spool_refuses_a_sqlite_spool_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       wal: bool) -> None:
+    """No released version wrote a SQLite spool: such a file is no spool, one error line, untouched."""
     path = tmp_path / "spool.sqlite"
-    legacy_spool(path, 3, wal=wal).close()  # closed cleanly: no -wal/-shm beside it
+    old_sqlite_spool(path, 3, wal=wal).close()  # closed cleanly: no -wal/-shm beside it
     before = tree(tmp_path)
-    assert main(["status", "--spool", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"spool {path}: rabbit=3 (a SQLite spool of an earlier notifykit")
-    assert "the next Notifier opened on it migrates it" in out
-    assert tree(tmp_path) == before  # not migrated, and SQLite left no -wal/-shm next to it
+    assert main(["status", "--spool", str(path)]) == 2
+    one_error_line(capsys, repr(str(path)), "not a notifykit spool")
+    assert tree(tmp_path) == before  # nothing migrated, renamed or created next to it
 
 
-def test_status_spool_counts_rows_still_in_a_legacy_wal_without_touching_it(
+def test_status_spool_refuses_a_sqlite_file_in_use_without_touching_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "spool.sqlite"
-    writer = legacy_spool(path, 4, wal=True)  # a process still has it open: rows in the -wal
+    writer = old_sqlite_spool(path, 4, wal=True)  # a process still has it open: rows in the -wal
     try:
         assert (tmp_path / "spool.sqlite-wal").stat().st_size > 0
         before = tree(tmp_path)
-        assert main(["status", "--spool", str(path)]) == 0
-        assert capsys.readouterr().out.startswith(f"spool {path}: rabbit=4 ")
-        assert tree(tmp_path) == before  # not even the -shm a SQLite reader writes its marks in
+        assert main(["status", "--spool", str(path)]) == 2
+        one_error_line(capsys, repr(str(path)), "not a notifykit spool")
+        assert tree(tmp_path) == before  # not even a -shm written next to it
     finally:
         writer.close()
 

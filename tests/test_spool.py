@@ -172,7 +172,7 @@ async def test_concurrent_callers_with_stalls_lose_nothing_and_keep_order(tmp_pa
     assert spool_counts(tmp_path / "s.sqlite") == {}
 
 
-# -- the segment log: corruption, bounds, failures, migration, inspection ----------------------
+# -- the segment log: corruption, bounds, failures, inspection ----------------------------------
 
 
 def segments(spool: Path) -> list[Path]:
@@ -223,58 +223,22 @@ async def test_corrupt_record_in_the_middle_and_torn_tail_are_quarantined(tmp_pa
     assert memory(again, "events").messages == [] and len(quarantined(spool)) == 2
 
 
-async def test_repro_corrupt_row_in_an_old_sqlite_spool_is_quarantined_not_fatal(tmp_path: Path, dead_letter_path: Path) -> None:
-    """Issue 13, reproduction 2: one row whose body is not JSON crashed the dispatcher and the
-    caller's block, at every restart. The pre-log SQLite spool is migrated: the good rows are
-    replayed in order, the bad one is quarantined."""
-    spool = tmp_path / "spool.sqlite"
-    good = [Notification.create("e.v", {"i": i}, publisher_id="old") for i in range(4)]
-    bodies = [g.encode(WireFormat.JSON).decode() for g in good]
-    bodies.insert(2, "{not json")
-    db = sqlite3.connect(spool, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(LEGACY_SCHEMA)
-    for i, body in enumerate(bodies):
-        db.execute("INSERT INTO outbox (transport, message_id, body, created) VALUES (?, ?, ?, 0)",
-                   ("events", f"m{i}", body))
-    db.close()
-
-    async with Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=spool,
-                                 dead_letters=dead_letter_path) as n:
-        await until(lambda: len(memory(n, "events").messages) == 4)
-        await n.info({}, "e.v", {"i": "new"})  # the caller's block is undisturbed
-    assert [m.message_id for m in memory(n, "events").messages[:4]] == [g.message_id for g in good]
-    assert n.stats()["events"].replayed == 4 and not dead_letter_path.exists()
-    assert spool.is_dir() and spool_counts(spool) == {}
-    (bad,) = quarantined(spool)
-    assert bad["row_id"] == 3 and base64.b64decode(str(bad["data_base64"])) == b"{not json"
-    assert (tmp_path / "spool.sqlite.pre-log.migrated").is_file()  # the old file is kept, not reread
-    again = await replay(spool, dead_letter_path)
-    assert memory(again, "events").messages == []
-
-
-LEGACY_SCHEMA = """
-CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, transport TEXT NOT NULL,
-                     message_id TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL);
-CREATE INDEX outbox_transport_id ON outbox (transport, id);
-"""
-
-
-async def test_old_default_sqlite_spool_next_to_the_new_directory_is_migrated(tmp_path: Path, dead_letter_path: Path) -> None:
-    old = tmp_path / "spool.sqlite"  # the previous default name; the new default is the directory "spool"
+async def test_a_sqlite_file_is_no_spool_and_is_left_alone(tmp_path: Path, dead_letter_path: Path) -> None:
+    """No released version wrote a SQLite spool: one at spool_path is refused, untouched, and
+    one beside the spool directory (``spool.sqlite``) is neither read nor renamed."""
+    old = tmp_path / "spool.sqlite"
     db = sqlite3.connect(old, isolation_level=None)
-    db.executescript(LEGACY_SCHEMA)
-    ids = []
-    for i in range(3):
-        note = Notification.create("e.v", {"i": i}, publisher_id="old")
-        ids.append(note.message_id)
-        db.execute("INSERT INTO outbox (transport, message_id, body, created) VALUES ('events', ?, ?, 0)",
-                   (note.message_id, note.encode(WireFormat.JSON).decode()))
+    db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, transport TEXT, body TEXT)")
+    db.execute("INSERT INTO outbox (transport, body) VALUES ('events', '{}')")
     db.close()
-    assert spool_counts(old) == {"events": 3}  # readable by status --spool before the migration
-    n = await replay(tmp_path / "spool", dead_letter_path)
-    assert [m.message_id for m in memory(n, "events").messages] == ids
-    assert not old.exists() and (tmp_path / "spool.sqlite.migrated").is_file()
+    content = old.read_bytes()
+    n = Notifier.from_url("memory://?name=events&durable=true", publisher_id="t", spool=old,
+                          dead_letters=dead_letter_path)
+    with pytest.raises(ConfigError, match="is a file that is not a notifykit spool"):
+        await n.start()
+    again = await replay(tmp_path / "spool", dead_letter_path)
+    assert memory(again, "events").messages == [] and again.stats()["events"].replayed == 0
+    assert old.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["spool", "spool.sqlite"]
 
 
 async def test_repro_failed_delete_does_not_break_later_appends(tmp_path: Path, dead_letter_path: Path,
@@ -402,7 +366,7 @@ async def test_inspect_writes_nothing_and_refuses_what_is_not_a_spool(tmp_path: 
     await leave_in_spool(spool, dead_letter_path, 7)
     before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in spool.iterdir()}
     info = Spool.inspect(spool)
-    assert (info.counts, info.segments, info.format) == ({"events": 7}, 1, "log") and info.bytes > 0
+    assert (info.counts, info.segments) == ({"events": 7}, 1) and info.bytes > 0
     assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in spool.iterdir()} == before
 
     catalog = tmp_path / "catalog.sqlite"  # another program's SQLite file
