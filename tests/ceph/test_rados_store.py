@@ -194,7 +194,9 @@ def test_cli_create_restore_delete_with_a_wrong_key_first(tmp_path: Path, pool: 
     base = f"rados://{pool.name}?conf={pool.conf}&id={pool.client}&retry_backoff=0.05"
     assert main(["create", str(volume), "--store", f"{base}&key={wrong}", *common]) == 1
     out, err = capsys.readouterr()
-    assert err.count("\n") == 1 and "access denied" in err and f"client.{pool.client}" in err, err
+    # librados answers a wrong key with EACCES or, now and then, EINVAL: both name the key
+    assert err.count("\n") == 1 and ("access denied" in err or "check the key" in err), err
+    assert f"client.{pool.client}" in err, err
     assert "Traceback" not in err and wrong not in out + err
     assert not log.exists() or wrong not in log.read_text()
 
