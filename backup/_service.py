@@ -8,6 +8,9 @@ Every operation that starts emits ``.start`` and then exactly one of ``.end`` or
 ``.error``. Failures, including cancellation, set the matching error status and a
 ``fail_reason`` before the exception reaches the caller. Notification failures are
 logged and never fail (or stall) a backup: delivery is the transport layer's job.
+
+The longer operations' bodies are modules of their own, given the service: ``_create``,
+``_restore`` (as are ``_verify``, ``_reset`` and ``_records``).
 """
 
 from __future__ import annotations
@@ -26,23 +29,21 @@ import anyio.to_thread
 
 from notifykit import Clock, ContextLike, EventLoopClock, Priority, RequestContext, SupportsNotify
 
-from ._catalog import BackupCatalog, BackupRecord, BackupStatus, new_backup_id
+from . import _create, _restore
+from ._catalog import BackupCatalog, BackupRecord, BackupStatus
 from ._driver import BackupDriver, ObjectCallback
 from ._errors import (
     BackupConfigError,
     BackupError,
     BackupNotFoundError,
     InvalidStatusTransitionError,
-    RestoreTargetError,
     WrongStoreError,
 )
 from ._liveness import current_process, process_alive
 from ._payload import PAYLOAD_FIELDS, PAYLOAD_VERSION, progress_payload, usage_from_backup, utf8_payload
 from ._progress import ProgressPolicy, ProgressTracker, ProgressUpdate
-from ._rbd import rbd_volume_id, snapshot_name
-from ._target import RestoreTargetBusyError, TargetLock, lock_restore_target, remove_restore_leftovers
+from ._target import remove_restore_leftovers
 from ._tracing import describe, traced
-from ._volume import is_rbd_url
 
 __all__ = ["BackupService", "ProgressObserver", "describe_failure"]
 
@@ -210,47 +211,8 @@ class BackupService:
         ``incremental``, the latest available backup of the same volume in this store is the
         parent and only the blocks changed since it are stored (BackupError if there is none).
         """
-        rbd = is_rbd_url(volume_path)  # rbd://POOL/IMAGE: an RBD image, kept as its URL (_rbd)
-        path = str(volume_path) if rbd else await anyio.to_thread.run_sync(os.path.realpath, volume_path)
-        context = self._context(ctx)
-        volume_id = volume_id or (rbd_volume_id(path) if rbd else _volume_id_for(self.host, path))
-        parent = await self._latest_backup(volume_id) if incremental else None
-        try:
-            size = await self.driver.volume_size(path)
-        except BackupError:
-            size = 0  # reported below, inside the operation, as create.error
-        store_kind, store_location = self.driver.store_identity
-        pid, token = current_process()
-        backup_id = new_backup_id()
-        record = await self.catalog.add(BackupRecord(
-            id=backup_id,
-            snapshot_id=snapshot_name(backup_id) if rbd else None,  # the RBD snapshot the backup reads
-            project_id=context.project_id or self.project_id,
-            user_id=context.user_id or self.user_id,
-            availability_zone=self.availability_zone,
-            host=self.host,
-            display_name=name,
-            volume_id=volume_id,
-            volume_path=path,
-            service=self.driver.service,
-            size_bytes=size,
-            store_kind=store_kind,
-            store_location=store_location,
-            worker_host=self.host,
-            worker_pid=pid,
-            worker_token=token,
-            parent_id=parent.id if parent is not None else None,
-        ))
-        describe(record)
-        await self._emit(context, "backup.create.start", usage_from_backup(record))
-        try:
-            record = await self._run_with_progress(
-                context, "create", record, size, on_progress,
-                lambda on_object: self.driver.backup(record, on_object, parent))
-        except BaseException as exc:
-            await self._guarded(context, "create", record, exc)
-            raise
-        return record
+        return await _create.create_backup(self, volume_path, name=name, volume_id=volume_id, ctx=ctx,
+                                           on_progress=on_progress, incremental=incremental)
 
     @traced("restore")
     async def restore_backup(
@@ -268,54 +230,8 @@ class BackupService:
 
         The target is locked first: while another restore writes it, this one is refused
         (``RestoreTargetBusyError`` naming that restore, a ``.error`` event, no status change)."""
-        context = self._context(ctx)
-        where = str(target) if is_rbd_url(target) else await anyio.to_thread.run_sync(os.path.abspath, target)
-        lock = await self._lock_target(context, backup_id, where)
-        try:
-            record = await self._begin(context, "restore", backup_id, BackupStatus.RESTORING, restore_target=where)
-            try:
-                parents = await self._parents(record)
-                record = await self._run_with_progress(
-                    context, "restore", record, record.size_bytes, on_progress,
-                    lambda on_object: self.driver.restore(record, target, on_object, overwrite=overwrite,
-                                                          parents=parents, **({"create": True} if create else {})))
-            except BaseException as exc:
-                await self._guarded(context, "restore", record, exc)
-                raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lock.release)
-        return record
-
-    async def _lock_target(self, context: RequestContext, backup_id: str, where: str) -> TargetLock:
-        """Take the restore target, or refuse the request naming the restore that has it."""
-        pid, _ = current_process()
-        try:
-            try:
-                return await anyio.to_thread.run_sync(
-                    lock_restore_target, where, {"backup_id": backup_id, "pid": pid, "host": self.host})
-            except RestoreTargetBusyError as exc:
-                if exc.holder:
-                    raise
-                # A locked device holds no note of who locked it: the catalog knows.
-                running = [r for r in await self.catalog.list()
-                           if r.status is BackupStatus.RESTORING and r.restore_target == where]
-                if not running:
-                    raise
-                holder = running[0]
-                raise RestoreTargetBusyError(
-                    f"restore target {where!r} is in use by the restore of backup {holder.id} (process"
-                    f" {holder.worker_pid} on {holder.worker_host}); wait for it to finish or choose another target",
-                    {"backup_id": holder.id, "pid": holder.worker_pid, "host": holder.worker_host}) from None
-        except RestoreTargetError as exc:
-            record: BackupRecord | None = None
-            try:
-                record = await self.catalog.get(backup_id)
-            except BackupNotFoundError:
-                pass
-            log.error("backup %s: restore refused: %s", backup_id, exc)
-            await self._reject(context, "restore", backup_id, exc, record)
-            raise
+        return await _restore.restore_backup(self, backup_id, target, overwrite=overwrite, ctx=ctx,
+                                             on_progress=on_progress, create=create)
 
     @traced("delete")
     async def delete_backup(self, backup_id: str, *, ctx: ContextLike = None) -> BackupRecord:
@@ -383,17 +299,6 @@ class BackupService:
         return await self.catalog.get(backup_id)
 
     # -- helpers -----------------------------------------------------------------------
-
-    async def _latest_backup(self, volume_id: str) -> BackupRecord:
-        """The newest available backup of ``volume_id`` in this service's store: the parent
-        of an incremental backup, as Cinder picks it."""
-        identity = self.driver.store_identity
-        candidates = [r for r in await self.catalog.list(volume_id=volume_id)
-                      if r.status is BackupStatus.AVAILABLE and (r.store_kind, r.store_location) == identity]
-        if not candidates:
-            raise BackupError(f"no available backup of volume {volume_id} in the {identity[0]} store {identity[1]!r}"
-                              " to base an incremental backup on: make a full backup first")
-        return max(candidates, key=lambda r: (r.created_at, r.id))
 
     async def _parents(self, record: BackupRecord) -> builtins.list[BackupRecord]:
         """The chain an incremental backup restores from: its full backup first."""
@@ -476,14 +381,6 @@ class BackupService:
 
 def _replace_status(record: BackupRecord, status: BackupStatus, reason: str) -> BackupRecord:
     return replace(record, status=status, fail_reason=reason)
-
-
-def _volume_id_for(host: str, path: str) -> str:
-    """A stable id from the volume's host and real path; bytes that are not UTF-8 (kept by
-    surrogateescape) enter as ``\\xff`` escapes, so every path gets one, and valid UTF-8
-    paths keep the id they always had."""
-    name = f"file://{host}{path}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
 def _remove_leftovers(target: str, backup_id: str) -> None:
