@@ -4,11 +4,17 @@ made for the restore (``create``), locked against a second restore for as long a
 The image's own exclusive lock (the exclusive-lock feature, on by default) is taken
 explicitly by the handle that writes (``lock_acquire``): librbd then refuses every other
 client's writes (EROFS) until it is released, and breaks it by itself when its holder died.
-Which restore holds it is written beside it in the image's metadata (:data:`NOTE`), so a
-second restore is refused by name — before it starts, by the service's lock step
-(:func:`lock_rbd_target`), and again by the lock itself. An image without the feature gets an
-advisory lock instead (``rbd lock ls``), its cookie naming the restore. Blocking calls:
-callers run them in worker threads.
+Which restore holds it is written beside it in the image's metadata (:data:`NOTE`), with
+the lock owner's address, so a second restore is refused by name — before it starts, by the
+service's lock step (:func:`lock_rbd_target`), and again by the lock itself. An image
+without the feature gets an advisory lock instead (``rbd lock ls``), its cookie naming the
+restore. Blocking calls: callers run them in worker threads.
+
+The note is written just after the lock is taken, so a reader may come in between: a note
+counts only if it names the lock's current owner (else it is not written yet, or left by a
+restore whose lock is gone), and a refused restore reads again for a while, as the file
+target does (``_target._busy``), before it gives up on a name. A stale note is never taken
+for the holder's: a live restore's lock is not broken as a dead one's.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ._errors import BackupError, RestoreTargetError
 from ._liveness import current_process, process_alive
 from ._rbd import Connection, RbdLocation, binding, connect, failure, reason
-from ._target import RestoreTarget, RestoreTargetBusyError, TargetLock
+from ._target import _HOLDER_READS, RestoreTarget, RestoreTargetBusyError, TargetLock
 
 __all__ = ["NOTE", "RbdTarget", "RbdTargetLock", "lock_rbd_target", "open_rbd_target"]
 
@@ -30,11 +37,14 @@ log = logging.getLogger("backup")
 
 NOTE = "notifykit.restore"
 
+#: Seconds between the reads of a refused restore waiting for the holder's note (``_HOLDER_READS`` of them).
+_HOLDER_READ_INTERVAL = 0.02
+
 
 def _note(holder: Mapping[str, Any]) -> str:
     pid, token = current_process()
     return json.dumps({"backup_id": holder.get("backup_id"), "pid": holder.get("pid", pid),
-                       "host": holder.get("host"), "token": token}, sort_keys=True)
+                       "host": holder.get("host"), "token": token, "owner": holder.get("owner")}, sort_keys=True)
 
 
 def _holder(text: str | None) -> dict[str, Any]:
@@ -46,7 +56,8 @@ def _holder(text: str | None) -> dict[str, Any]:
 
 
 def _lockers(image: Any) -> tuple[list[str], list[tuple[str, str]], dict[str, Any]]:
-    """(exclusive lock owners, advisory (client, cookie) locks, the restore's note)."""
+    """(exclusive lock owners, advisory (client, cookie) locks, the note of the restore that
+    holds the lock: ``{}`` when no note names the current holder)."""
     _, rbd = binding()
     try:
         owners = [str(o.get("owner")) for o in image.lock_get_owners()]
@@ -54,13 +65,28 @@ def _lockers(image: Any) -> tuple[list[str], list[tuple[str, str]], dict[str, An
         owners = []
     advisory = [(str(c), str(k)) for c, k, _ in (image.list_lockers() or {}).get("lockers", [])
                 if not str(k).startswith("auto ")]
-    try:
-        holder = _holder(image.metadata_get(NOTE))
-    except (rbd.Error, KeyError):
-        holder = {}
-    if advisory and not holder:
-        holder = _holder(advisory[0][1])
+    holder: dict[str, Any] = {}
+    if owners:
+        try:
+            holder = _holder(image.metadata_get(NOTE))
+        except (rbd.Error, KeyError):
+            pass
+        if holder.get("owner") not in owners:  # not written yet, or a gone restore's
+            holder = {}
+    elif advisory:
+        holder = _holder(advisory[0][1])  # the cookie is the note, taken with the lock
     return owners, advisory, holder
+
+
+def _named_lockers(image: Any) -> tuple[list[str], list[tuple[str, str]], dict[str, Any]]:
+    """:func:`_lockers`, read again for a while when the image is locked but its note names
+    no one yet (the holder writes it just after taking the lock)."""
+    for _ in range(_HOLDER_READS - 1):
+        owners, advisory, holder = _lockers(image)
+        if not (owners or advisory) or holder.get("backup_id"):
+            return owners, advisory, holder
+        time.sleep(_HOLDER_READ_INTERVAL)
+    return _lockers(image)
 
 
 def _dead(holder: Mapping[str, Any]) -> bool:
@@ -91,7 +117,7 @@ def _break_dead(image: Any, loc: RbdLocation) -> bool:
 
 def _busy(image: Any, loc: RbdLocation, *, ignore_dead: bool) -> RestoreTargetBusyError | None:
     """Why the image is in use (named by the restore's note), or None when it is not."""
-    owners, advisory, holder = _lockers(image)
+    owners, advisory, holder = _named_lockers(image)
     if not owners and not advisory:
         return None
     if holder.get("backup_id"):
@@ -167,16 +193,18 @@ def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
     feature, an advisory lock (its cookie returned); the holder's note is written beside it.
     The lock of a restore of this host that died is broken first."""
     _, rbd = binding()
-    note = _note({"backup_id": operation, "host": socket.gethostname()})
+    holder: dict[str, str | None] = {"backup_id": operation, "host": socket.gethostname()}
     _break_dead(image, loc)  # else lock_acquire would wait out the dead holder's watch (30 s)
     try:
-        cookie = _lock(image, loc, note)
+        cookie = _lock(image, loc, _note(holder))
     except RestoreTargetBusyError:
         if not _break_dead(image, loc):
             raise
-        cookie = _lock(image, loc, note)
+        cookie = _lock(image, loc, _note(holder))
     try:
-        image.metadata_set(NOTE, note)
+        if cookie is None:  # the exclusive lock: the note names its owner (this handle's client)
+            holder["owner"] = next((str(o.get("owner")) for o in image.lock_get_owners()), None)
+        image.metadata_set(NOTE, _note(holder))
     except rbd.Error as exc:
         _release(image, cookie)
         raise failure(exc, loc, "restore target", "cannot note its restore lock", RestoreTargetError) from None
