@@ -93,6 +93,24 @@ class BatchError(TransportError):
         kinds = sorted({type(e).__name__ for e in self.failures.values()})
         super().__init__(f"{len(self.failures)} message(s) of the batch failed ({', '.join(kinds)})")
 
+    @staticmethod
+    def record(failures: dict[int, TransientError | PermanentError], index: int,
+               error: TransientError | PermanentError) -> None:
+        """Note one message's failure; a message failing twice (on two topics) keeps the permanent
+        error, since retrying cannot help it."""
+        if index not in failures or isinstance(error, PermanentError):
+            failures[index] = error
+
+    @classmethod
+    def raise_if_any(cls, failures: Mapping[int, TransientError | PermanentError], batch_size: int) -> None:
+        """What ``send()`` ends with: nothing when every message was sent; the first error itself when
+        every message failed transiently (the whole batch waits out one backoff); else a BatchError."""
+        if not failures:
+            return
+        if len(failures) == batch_size and all(isinstance(e, TransientError) for e in failures.values()):
+            raise failures[min(failures)]
+        raise cls(failures)
+
 
 class SignatureError(NotifyKitError, ValueError):
     """A signed webhook request is unsigned, expired (possible replay) or tampered with."""

@@ -3,7 +3,7 @@
 One vocabulary for every kind of plugin — transports (:class:`TransportSettings`) and the
 backup's object stores (``notifykit.backup.plugin.StoreSettings``) — so an option means the
 same and fails with the same words everywhere: ``take_str/int/float/duration/bool/choice/
-list/secret`` check each value (finite, in range) and :meth:`PluginSettings.finish`, which
+list/raw/secret/secrets`` check each value (finite, in range) and :meth:`PluginSettings.finish`, which
 the core calls after the plugin's ``from_settings``, refuses whatever nobody took.
 """
 
@@ -86,6 +86,12 @@ class PluginSettings:
     def take_raw(self, key: str) -> list[str]:
         """Every value of a repeatable option, unsplit (a header value may hold commas)."""
         return list(self._take(key) or [])
+
+    def take_secrets(self, key: str) -> list[str]:
+        """Like ``take_raw``, for repeatable secrets (signing keys during a rotation, header
+        values carrying tokens): no error ever shows a value."""
+        self.secrets.add(key)
+        return self.take_raw(key)
 
     @overload
     def take_str(self, key: str, default: str) -> str: ...
@@ -232,8 +238,14 @@ class TransportSettings(PluginSettings):
         opts = {k: [v] if isinstance(v, str) else list(v) for k, v in options.items()}
         return cls(name=name, url=url, format=wire_format, topics=tuple(topics), options=opts, reserved=reserved)
 
+    def where(self, key: str | None = None) -> str:
+        """How an error names this transport, ``transport 'n' (url)``, or one of its options,
+        ``option 'k' of transport 'n' (url)``: the URL redacted, so the same words everywhere."""
+        here = f"transport {self.name!r} ({self.url.redacted})"
+        return here if key is None else f"option {key!r} of {here}"
+
     def _where(self, key: str) -> str:
-        return f"option {key!r} of transport {self.name!r} ({self.url.redacted})"
+        return self.where(key)
 
     def _unknown(self, unknown: Sequence[str]) -> str:
         return f"unknown option(s) {', '.join(unknown)} for transport {self.name!r} ({self.url.redacted})"

@@ -2,7 +2,8 @@
 
 Built by the core (``settings.take_tls()``) so AMQP, Kafka, webhook and any plugin take
 the same names and give the same errors; the context itself is loaded by
-:meth:`TlsOptions.load_context`, which reads files and so runs in a worker thread.
+:meth:`TlsOptions.load_context`, which reads files and so runs in a worker thread
+(:meth:`TlsOptions.client_context` does that for a transport's ``open()``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._errors import ConfigError
+import anyio.to_thread
+
+from ._errors import ConfigError, PermanentError
 
 if TYPE_CHECKING:
     from ._settings import TransportSettings
@@ -38,11 +41,11 @@ class TlsOptions:
     def from_settings(cls, settings: TransportSettings, *, enabled: bool) -> TlsOptions:
         """Take the TLS options; a missing file, a key without its certificate or TLS options on a
         plain-text URL is a ConfigError naming the option, the same for every transport."""
-        where = f"transport {settings.name!r} ({settings.url.redacted})"
+        where = settings.where()
         ca_file = settings.take_str("ca_file")
         cert_file = settings.take_str("cert_file")
         key_file = settings.take_str("key_file")
-        key_password = settings.take_str("key_password")
+        key_password = settings.take_secret("key_password")  # never in an error, and repr=False above
         verify = settings.take_bool("verify", True)
         given = [name for name, value in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file),
                                           ("key_password", key_password)) if value]
@@ -53,11 +56,11 @@ class TlsOptions:
             return cls()
         for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
             if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"option {name!r} of {where}: no such file {path!r}")
+                raise ConfigError(f"{settings.where(name)}: no such file {path!r}")
         if key_file and not cert_file:
-            raise ConfigError(f"option 'key_file' of {where} needs 'cert_file' (the certificate of that key)")
+            raise ConfigError(f"{settings.where('key_file')} needs 'cert_file' (the certificate of that key)")
         if key_password and not key_file and not cert_file:
-            raise ConfigError(f"option 'key_password' of {where} needs 'cert_file' (and 'key_file' if separate)")
+            raise ConfigError(f"{settings.where('key_password')} needs 'cert_file' (and 'key_file' if separate)")
         return cls(True, ca_file, cert_file, key_file, key_password, verify)
 
     def load_context(self, *, default_ca_file: str | None = None, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
@@ -75,3 +78,16 @@ class TlsOptions:
         if alpn:
             context.set_alpn_protocols(list(alpn))
         return context
+
+    async def client_context(self, where: str) -> ssl.SSLContext | None:
+        """The client SSLContext of a TLS URL (None for a plain one), loaded in a worker thread.
+
+        Files that do not load are a PermanentError naming ``where`` (they will not load on
+        retry either); ``ssl.SSLError`` is an OSError, a wrong ``key_password`` one too.
+        """
+        if not self.enabled:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(self.load_context)
+        except (OSError, ValueError) as exc:
+            raise PermanentError(f"{where}: cannot load TLS files: {exc}") from None

@@ -19,6 +19,13 @@ class HostPort:
     host: str
     port: int | None
 
+    def netloc(self, default_port: int | None = None) -> str:
+        """``host:port`` as a URL or a client library writes it (an IPv6 address in brackets);
+        the port given, else ``default_port``, else none."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = self.port or default_port
+        return f"{host}:{port}" if port else host
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedURL:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 from notifykit import ConfigError, Notifier
-from notifykit.transport import Tailable, Transport, load_transport_class
+from notifykit.transport import PermanentError, Tailable, Transport, load_transport_class
 
 SCHEMES = sorted({ep.name for ep in entry_points(group="notifykit.transports") if ep.value.startswith("notifykit.transports.")})
 TLS_SCHEMES = {"amqps": "amqps://127.0.0.1:5671/", "https": "https://127.0.0.1:9/hook",
@@ -66,3 +69,42 @@ def test_the_old_per_transport_tls_names_are_unknown_options(old: str) -> None:
     for url in TLS_SCHEMES.values():
         with pytest.raises(ConfigError, match=f"unknown option.*{old}"):
             Notifier.from_url(f"{url}?{old}=x", publisher_id="p")
+
+
+KEY_PASSWORD = "kp-Wq93-key-password"
+
+
+@pytest.fixture(scope="module")
+def encrypted_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A client certificate and its key, encrypted with another password than KEY_PASSWORD."""
+    leaf = trustme.CA().issue_cert("client.example")
+    folder = tmp_path_factory.mktemp("client-tls")
+    cert, key = folder / "client.pem", folder / "client.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    private = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.BestAvailableEncryption(b"the-right-password")))
+    return cert, key
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scheme", sorted(TLS_SCHEMES))
+async def test_key_password_is_a_secret_in_every_error_and_repr(scheme: str, encrypted_key: tuple[Path, Path]) -> None:
+    """``key_password`` is taken as a secret: no ConfigError, repr or load error shows it, whatever
+    the transport (the file loading in open() fails before any connection is tried)."""
+    cert, key = encrypted_key
+    url = TLS_SCHEMES[scheme]
+    plain = next(u for s, u in PLAIN_SCHEMES.items() if scheme.startswith(s.removesuffix("s")) and s != scheme)
+    for bad, match in ((f"{plain}?key_password={KEY_PASSWORD}", "key_password of transport .* need a TLS URL"),
+                       (f"{url}?key_password={KEY_PASSWORD}", "option 'key_password' of transport .* needs 'cert_file'")):
+        with pytest.raises(ConfigError, match=match) as refused:
+            Notifier.from_url(bad, publisher_id="p")
+        assert KEY_PASSWORD not in str(refused.value)
+    notifier = Notifier.from_url(f"{url}?cert_file={cert}&key_file={key}&key_password={KEY_PASSWORD}", publisher_id="p")
+    transport = next(iter(notifier.transports.values()))
+    assert transport.options.tls.key_password == KEY_PASSWORD and "key_password" in transport.settings.secrets
+    assert KEY_PASSWORD not in repr(notifier) + repr(transport) + repr(transport.options) + repr(transport.settings)
+    with pytest.raises(PermanentError) as unloadable:  # the wrong password for that key
+        await transport.open()
+    assert KEY_PASSWORD not in str(unloadable.value)
+    await transport.aclose()

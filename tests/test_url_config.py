@@ -24,6 +24,12 @@ def test_parse_multi_host_url() -> None:
     assert url.query == (("topic", "x"), ("topic", "y"))
 
 
+def test_a_host_as_a_client_library_writes_it() -> None:
+    url = parse_url("nats://[::1]:4223,b,[fe80::1]/")
+    assert [h.netloc(4222) for h in url.hosts] == ["[::1]:4223", "b:4222", "[fe80::1]:4222"]
+    assert [h.netloc() for h in url.hosts] == ["[::1]:4223", "b", "[fe80::1]"]
+
+
 def test_password_never_in_repr_or_errors() -> None:
     url = parse_url("amqp://guest:s3cr3t@localhost:5672/%2F?api_key=k3y")
     assert url.password == "s3cr3t"

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import anyio
-import anyio.to_thread
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
-from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
-from aiokafka.record.default_records import DefaultRecordBatchBuilder  # type: ignore[import-untyped]
 
 from notifykit.transport import (
     BatchError,
@@ -43,6 +39,8 @@ from notifykit.transport import (
     TransportSettings,
     WireFormat,
 )
+
+from ._kafka_records import RecordLayout, message_headers, message_key
 
 __all__ = ["DEFAULT_KEY_FIELDS", "KafkaOptions", "KafkaTransport", "message_headers", "message_key"]
 
@@ -78,23 +76,23 @@ class KafkaOptions:
         acks = _acks(settings)
         idempotence = settings.take_bool("enable_idempotence", True)
         if idempotence and acks != "all":
-            raise ConfigError(f"{_where(settings)}: enable_idempotence=true needs acks=all (got acks={acks}; "
+            raise ConfigError(f"{settings.where()}: enable_idempotence=true needs acks=all (got acks={acks}; "
                               f"idempotence is on by default: add enable_idempotence=false to use acks={acks})")
         connection = _security(settings, use_ssl)
         tls = settings.take_tls(enabled=use_ssl)
         connection.update(
             client_id=settings.take_str("client_id", "notifykit"),
-            request_timeout_ms=_ms(settings, "request_timeout_ms", 30_000, 1),
-            retry_backoff_ms=_ms(settings, "retry_backoff_ms", 100),
-            metadata_max_age_ms=_ms(settings, "metadata_max_age_ms", 300_000, 1),
-            connections_max_idle_ms=_ms(settings, "connections_max_idle_ms", 540_000, 1),
+            request_timeout_ms=settings.take_int("request_timeout_ms", 30_000, minimum=1),
+            retry_backoff_ms=settings.take_int("retry_backoff_ms", 100, minimum=0),
+            metadata_max_age_ms=settings.take_int("metadata_max_age_ms", 300_000, minimum=1),
+            connections_max_idle_ms=settings.take_int("connections_max_idle_ms", 540_000, minimum=1),
         )
         producer = dict(
             acks=acks,
             enable_idempotence=idempotence,
-            linger_ms=_ms(settings, "linger_ms", 0),
-            max_batch_size=_ms(settings, "max_batch_size", 65_536, 1),
-            max_request_size=_ms(settings, "max_request_size", 1_048_576, 1),
+            linger_ms=settings.take_int("linger_ms", 0, minimum=0),
+            max_batch_size=settings.take_int("max_batch_size", 65_536, minimum=1),
+            max_request_size=settings.take_int("max_request_size", 1_048_576, minimum=1),
             compression_type=_compression(settings),
         )
         tail_offset = settings.take_choice("auto_offset_reset", ("latest", "earliest"), "latest")
@@ -112,21 +110,14 @@ class KafkaOptions:
             return list(self.topics)
         return [f"{topic}.{p.value}" for topic in self.topics for p in Priority]
 
-def _where(settings: TransportSettings) -> str:
-    return f"transport {settings.name!r} ({settings.url.redacted})"
-
 
 def _bootstrap(settings: TransportSettings) -> list[str]:
     url = settings.url
     if not url.hosts:
-        raise ConfigError(f"{_where(settings)}: name at least one broker, e.g. kafka://127.0.0.1:9092/")
+        raise ConfigError(f"{settings.where()}: name at least one broker, e.g. kafka://127.0.0.1:9092/")
     if url.path not in ("", "/"):
-        raise ConfigError(f"{_where(settings)}: a Kafka URL takes no path; name topics with ?topic=…")
-    servers = []
-    for hp in url.hosts:
-        host = f"[{hp.host}]" if ":" in hp.host else hp.host
-        servers.append(f"{host}:{hp.port or DEFAULT_PORT}")
-    return servers
+        raise ConfigError(f"{settings.where()}: a Kafka URL takes no path; name topics with ?topic=…")
+    return [host.netloc(DEFAULT_PORT) for host in url.hosts]
 
 
 def _topics(settings: TransportSettings) -> tuple[str, ...]:
@@ -134,7 +125,7 @@ def _topics(settings: TransportSettings) -> tuple[str, ...]:
         # <topic>.<priority> must stay within Kafka's 249 characters too.
         if not _TOPIC.match(topic) or len(topic) > 240:
             raise ConfigError(
-                f"{_where(settings)}: topic {topic!r} is not a valid Kafka topic name "
+                f"{settings.where()}: topic {topic!r} is not a valid Kafka topic name "
                 "(letters, digits, '.', '_', '-'; at most 240 characters)"
             )
     return tuple(settings.topics)
@@ -152,16 +143,10 @@ def _compression(settings: TransportSettings) -> str | None:
             import cramjam  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
         except ImportError:
             raise ConfigError(
-                f"{_where(settings)}: compression_type={name} needs the 'cramjam' package "
+                f"{settings.where()}: compression_type={name} needs the 'cramjam' package "
                 "(pip install 'notifykit[kafka]')"
             ) from None
     return None if name == "none" else name
-
-
-def _ms(settings: TransportSettings, key: str, default: int, minimum: int = 0) -> int:
-    value = settings.take_int(key, default, minimum=minimum)
-    assert value is not None
-    return value
 
 
 def _security(settings: TransportSettings, use_ssl: bool) -> dict[str, Any]:
@@ -169,7 +154,7 @@ def _security(settings: TransportSettings, use_ssl: bool) -> dict[str, Any]:
     url = settings.url
     mechanism = settings.take_str("sasl_mechanism")
     username = settings.take_str("sasl_plain_username", url.username)
-    password = settings.take_str("sasl_plain_password", url.password)
+    password = settings.take_secret("sasl_plain_password", url.password)
     if mechanism is None and (username or password):
         mechanism = "PLAIN"
     connection: dict[str, Any] = {}
@@ -177,11 +162,11 @@ def _security(settings: TransportSettings, use_ssl: bool) -> dict[str, Any]:
         mechanism = mechanism.upper()
         if mechanism not in _SASL_MECHANISMS:
             raise ConfigError(
-                f"{_where(settings)}: sasl_mechanism must be one of {', '.join(_SASL_MECHANISMS)}, got {mechanism!r}"
+                f"{settings.where()}: sasl_mechanism must be one of {', '.join(_SASL_MECHANISMS)}, got {mechanism!r}"
             )
         if not username or password is None:
             raise ConfigError(
-                f"{_where(settings)}: SASL {mechanism} needs a user name and password "
+                f"{settings.where()}: SASL {mechanism} needs a user name and password "
                 "(kafka://user:pass@host/ or sasl_plain_username / sasl_plain_password)"
             )
         connection.update(sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password)
@@ -222,53 +207,6 @@ _PID_REFUSALS: tuple[type[BaseException], ...] = (
 )
 
 
-
-def message_key(payload: Mapping[str, Any], fields: Sequence[str]) -> bytes | None:
-    """The first present, scalar ``fields`` value of the payload, as the record key (None: any partition)."""
-    for name in fields:
-        value = payload.get(name)
-        if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
-            return str(value).encode()
-    return None
-
-
-def message_headers(n: Notification, fmt: WireFormat) -> list[tuple[str, bytes]]:
-    """Record headers that let consumers route and trace without parsing the body."""
-    headers = [
-        ("event_type", n.event_type.encode()),
-        _PRIORITY_HEADERS[n.priority],
-        ("message_id", n.message_id.encode()),
-        _CONTENT_TYPE_HEADERS[fmt],
-    ]
-    if n.context.traceparent:
-        headers.append(("traceparent", n.context.traceparent.encode()))
-    return headers
-
-
-# Built once: Priority and WireFormat are StrEnums, whose ``.value`` is a Python-level property.
-_PRIORITY_HEADERS = {p: ("priority", p.encode()) for p in Priority}
-_CONTENT_TYPE_HEADERS = {f: ("content-type", f.content_type.encode()) for f in WireFormat}
-_KEY_HASHES: dict[bytes, int] = {}
-
-
-def _key_hash(key: bytes) -> int:
-    """murmur2 of the key, as Kafka's default partitioner takes it (pure Python in aiokafka,
-    so remembered: a program's keys are a working set of resource ids)."""
-    value = _KEY_HASHES.get(key)
-    if value is None:
-        if len(_KEY_HASHES) >= 4096:
-            _KEY_HASHES.clear()
-        value = _KEY_HASHES[key] = murmur2(key) & 0x7FFFFFFF
-    return value
-
-
-def _worse(old: TransientError | PermanentError | None, new: TransientError | PermanentError) -> TransientError | PermanentError:
-    """A notification failing on several topics: permanent wins (retrying cannot help it)."""
-    if old is None or isinstance(new, PermanentError):
-        return new
-    return old
-
-
 class KafkaTransport(Transport):
     """Delivers through one AIOKafkaProducer, created in ``open()``; see docs/configuration.md."""
 
@@ -282,7 +220,9 @@ class KafkaTransport(Transport):
     def __init__(self, settings: TransportSettings, options: KafkaOptions) -> None:
         super().__init__(settings, options)
         self._producer: Any = None
-        self._topics = {priority: options.topic_names(priority) for priority in Priority}
+        topics = {priority: options.topic_names(priority) for priority in Priority}
+        self._layout = RecordLayout(self.format, topics, options.key_fields, options.producer["max_request_size"],
+                                    self._where)
 
     @property
     def _where(self) -> str:
@@ -303,11 +243,8 @@ class KafkaTransport(Transport):
 
     async def _client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"bootstrap_servers": self.options.bootstrap_servers, **self.options.connection}
-        if self.options.tls.enabled:
-            try:
-                kwargs["ssl_context"] = await anyio.to_thread.run_sync(self.options.tls.load_context)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise PermanentError(f"kafka {self._where}: cannot load TLS files: {exc}") from None
+        if (context := await self.options.tls.client_context(f"kafka {self._where}")) is not None:
+            kwargs["ssl_context"] = context
         return kwargs
 
     async def open(self) -> None:
@@ -347,7 +284,7 @@ class KafkaTransport(Transport):
             raise TransientError(f"kafka {self._where}: producer is not open")
         failures: dict[int, TransientError | PermanentError] = {}
         try:
-            records = await self._records(producer, batch, failures)
+            records = await self._layout.lay(producer, batch, failures)
         except KafkaError as exc:  # metadata unavailable: nothing was handed over
             raise self.classify(exc) from None
         deliveries: list[tuple[list[int], str, asyncio.Future[Any]]] = []
@@ -366,60 +303,15 @@ class KafkaTransport(Transport):
                 else:
                     error = stalled
                 for index in indices:
-                    failures[index] = _worse(failures.get(index), error)
+                    BatchError.record(failures, index, error)
         for indices, topic, future in deliveries:
             try:
                 await future
             except KafkaError as exc:
                 error = self.classify(exc, topic)
                 for index in indices:
-                    failures[index] = _worse(failures.get(index), error)
-        if not failures:
-            return
-        if len(failures) == len(batch) and all(isinstance(e, TransientError) for e in failures.values()):
-            first = failures[min(failures)]
-            assert isinstance(first, TransientError)
-            raise first
-        raise BatchError(failures)
-
-    async def _records(self, producer: Any, batch: Sequence[Notification],
-                       failures: dict[int, TransientError | PermanentError]) -> dict[tuple[str, int], list[tuple[Any, list[int]]]]:
-        """The batch laid into record batches per (topic, partition), in order, each with the
-        indices of its notifications; a record over ``max_request_size`` is a failure of its own."""
-        fmt = self.format
-        key_fields = self.options.key_fields
-        max_size = self.options.producer["max_request_size"]
-        partitions: dict[str, list[int]] = {}
-        keyless: dict[str, int] = {}
-        records: dict[tuple[str, int], list[tuple[Any, list[int]]]] = {}
-        for index, n in enumerate(batch):
-            body = n.encode(fmt)
-            key = message_key(n.payload, key_fields)
-            headers = message_headers(n, fmt)
-            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, body, headers) > max_size:
-                failures[index] = PermanentError(
-                    f"kafka {self._where}: MessageSizeTooLargeError: the record is larger than max_request_size={max_size}")
-                continue
-            for topic in self._topics[n.priority]:
-                known = partitions.get(topic)
-                if known is None:
-                    known = partitions[topic] = sorted(await producer.partitions_for(topic))
-                if key is not None:
-                    partition = known[_key_hash(key) % len(known)]
-                else:  # no key: one partition for the whole call, so the records share a batch
-                    partition = keyless.get(topic, -1)
-                    if partition < 0:
-                        partition = keyless[topic] = random.choice(known)
-                slot = records.get((topic, partition))
-                if slot is None:
-                    slot = records[(topic, partition)] = [(producer.create_batch(), [])]
-                builder, indices = slot[-1]
-                if builder.append(key=key, value=body, timestamp=None, headers=headers) is None:  # full
-                    builder, indices = producer.create_batch(), []
-                    slot.append((builder, indices))
-                    builder.append(key=key, value=body, timestamp=None, headers=headers)
-                indices.append(index)
-        return records
+                    BatchError.record(failures, index, error)
+        BatchError.raise_if_any(failures, len(batch))
 
     async def aclose(self) -> None:
         producer, self._producer = self._producer, None

@@ -24,13 +24,11 @@ import json
 import logging
 import os
 import re
-import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import anyio
-import anyio.to_thread
 import nats
 import nats.errors
 import nats.js.errors
@@ -52,13 +50,13 @@ from notifykit.transport import (
     WireFormat,
 )
 
-__all__ = ["NatsOptions", "NatsTransport", "message_headers"]
+from ._nats_client import DEFAULT_DUPLICATE_WINDOW, close_quietly, connect_arguments, covers, ensure_stream, have_nkeys
+
+__all__ = ["NatsOptions", "NatsTransport", "covers", "message_headers"]
 
 log = logging.getLogger("notifykit.nats")
 
 DEFAULT_PORT = 4222
-#: A stream notifykit creates keeps message ids this long: a re-send within it is dropped.
-DEFAULT_DUPLICATE_WINDOW = 120.0
 _STREAM = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 #: JetStream error codes a re-send cannot fix: the message is larger than the stream allows.
@@ -93,36 +91,33 @@ class NatsOptions:
     def from_settings(cls, settings: TransportSettings) -> Self:
         url = settings.url
         if not url.hosts:
-            raise ConfigError(f"{_where(settings)}: name at least one server, e.g. nats://127.0.0.1:4222/")
+            raise ConfigError(f"{settings.where()}: name at least one server, e.g. nats://127.0.0.1:4222/")
         if url.path not in ("", "/"):
-            raise ConfigError(f"{_where(settings)}: a NATS URL takes no path; name the stream with ?stream=…")
-        servers = tuple(f"nats://{'[' + h.host + ']' if ':' in h.host else h.host}:{h.port or DEFAULT_PORT}"
-                        for h in url.hosts)
-        stream = settings.take_str("stream", "NOTIFICATIONS") or ""
+            raise ConfigError(f"{settings.where()}: a NATS URL takes no path; name the stream with ?stream=…")
+        stream = settings.take_str("stream", "NOTIFICATIONS")
         if not _STREAM.match(stream):
-            raise ConfigError(f"option 'stream' of {_where(settings)} must be a JetStream stream name "
+            raise ConfigError(f"{settings.where('stream')} must be a JetStream stream name "
                               f"(letters, digits, '_', '-'), got {stream!r}")
         subject = _subject(settings)
-        user, password, token = url.username, url.password, settings.take_str("token")
+        user, password, token = url.username, url.password, settings.take_secret("token")
         if user is not None and password is None and token is None:
             user, token = None, user  # nats://TOKEN@host, the NATS URL convention
         nkey_seed, creds_file = _file(settings, "nkey_seed"), _file(settings, "creds_file")
-        if (nkey_seed or creds_file) and not _have_nkeys():
-            raise ConfigError(f"option {'nkey_seed' if nkey_seed else 'creds_file'!r} of {_where(settings)} needs "
+        if (nkey_seed or creds_file) and not have_nkeys():
+            raise ConfigError(f"{settings.where('nkey_seed' if nkey_seed else 'creds_file')} needs "
                               "the 'nkeys' package: pip install nkeys")
         return cls(
-            servers=servers,
+            servers=tuple(f"nats://{host.netloc(DEFAULT_PORT)}" for host in url.hosts),
             stream=stream,
             subject=subject,
             create_stream=settings.take_bool("create_stream", True),
             storage=settings.take_choice("storage", ("file", "memory"), "file"),
-            replicas=settings.take_int("replicas", 1, minimum=1) or 1,
-            duplicate_window=settings.take_float("duplicate_window", DEFAULT_DUPLICATE_WINDOW, minimum=1.0)
-            or DEFAULT_DUPLICATE_WINDOW,
-            max_age=settings.take_float("max_age", 0.0, minimum=0.0) or 0.0,
-            ack_timeout=settings.take_float("ack_timeout", 30.0, minimum=0.001) or 30.0,
-            connect_timeout=settings.take_float("connect_timeout", 5.0, minimum=0.001) or 5.0,
-            reconnect_time_wait=settings.take_float("reconnect_time_wait", 2.0, minimum=0.0) or 0.0,
+            replicas=settings.take_int("replicas", 1, minimum=1),
+            duplicate_window=settings.take_float("duplicate_window", DEFAULT_DUPLICATE_WINDOW, minimum=1.0),
+            max_age=settings.take_float("max_age", 0.0, minimum=0.0),
+            ack_timeout=settings.take_float("ack_timeout", 30.0, minimum=0.001),
+            connect_timeout=settings.take_float("connect_timeout", 5.0, minimum=0.001),
+            reconnect_time_wait=settings.take_float("reconnect_time_wait", 2.0, minimum=0.0),
             client_name=settings.take_str("client_name", f"notifykit {settings.name}") or settings.name,
             deliver_policy=settings.take_choice("deliver_policy", ("new", "all"), "new"),
             user=user,
@@ -134,20 +129,16 @@ class NatsOptions:
         )
 
 
-def _where(settings: TransportSettings) -> str:
-    return f"transport {settings.name!r} ({settings.url.redacted})"
-
-
 def _subject(settings: TransportSettings) -> str:
     """The subject prefix: option ``subject``, else the one topic (each notification is stored once)."""
     subject = settings.take_str("subject")
     if subject is None:
         if len(settings.topics) != 1:
-            raise ConfigError(f"{_where(settings)}: NATS stores each notification once, under <subject>.<event_type>; "
+            raise ConfigError(f"{settings.where()}: NATS stores each notification once, under <subject>.<event_type>; "
                               f"name one topic or set option 'subject' (topics: {', '.join(settings.topics)})")
         subject = settings.topics[0]
     if not _SUBJECT.match(subject):
-        raise ConfigError(f"option 'subject' of {_where(settings)} must be dot-separated tokens of letters, digits, "
+        raise ConfigError(f"{settings.where('subject')} must be dot-separated tokens of letters, digits, "
                           f"'_' or '-' (no wildcards), got {subject!r}")
     return subject
 
@@ -155,16 +146,8 @@ def _subject(settings: TransportSettings) -> str:
 def _file(settings: TransportSettings, key: str) -> str | None:
     path = settings.take_str(key)
     if path is not None and not os.path.isfile(path):
-        raise ConfigError(f"option {key!r} of {_where(settings)}: no such file {path!r}")
+        raise ConfigError(f"{settings.where(key)}: no such file {path!r}")
     return path
-
-
-def _have_nkeys() -> bool:
-    try:
-        import nkeys  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def message_headers(n: Notification, fmt: WireFormat) -> dict[str, str]:
@@ -177,17 +160,6 @@ def message_headers(n: Notification, fmt: WireFormat) -> dict[str, str]:
 
 
 _PRIORITIES = {p: str(p.value) for p in Priority}
-
-
-def covers(pattern: str, prefix: str) -> bool:
-    """Whether stream subject ``pattern`` matches every ``<prefix>.<event_type>`` subject."""
-    wanted = prefix.split(".")
-    for i, token in enumerate(pattern.split(".")):
-        if token == ">":
-            return i <= len(wanted)
-        if i >= len(wanted) or token not in ("*", wanted[i]):
-            return False
-    return False
 
 
 class _Flight:
@@ -225,14 +197,17 @@ class NatsTransport(Transport):
         self.duplicates = 0
         self.connects = 0
 
+    @property
+    def _where(self) -> str:
+        return f"nats {self.settings.url.redacted}"
+
     def _describe(self, exc: BaseException) -> str:
-        text = str(exc) if str(exc) else ""
-        return self._redactor.redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        return self._redactor.redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
     def classify(self, exc: BaseException) -> TransientError | PermanentError:
         """Refused credentials, a too large message or a refused stream configuration are permanent;
         an unreachable server, a timeout or JetStream being unavailable are transient."""
-        message = f"nats {self.settings.url.redacted}: {self._describe(exc)}"
+        message = f"{self._where}: {self._describe(exc)}"
         if isinstance(exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError
                       | nats.errors.MaxPayloadError | nats.errors.SecureConnRequiredError):
             return PermanentError(message)
@@ -248,27 +223,11 @@ class NatsTransport(Transport):
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # trio: nats-py's tasks, futures and streams are asyncio's
-            raise PermanentError(f"nats {self.settings.url.redacted}: nats-py runs only under asyncio; "
+            raise PermanentError(f"{self._where}: nats-py runs only under asyncio; "
                                  "run the Notifier on anyio's asyncio backend") from None
-        options = self.options
-        tls: ssl.SSLContext | None = None
-        if options.tls.enabled:
-            try:
-                tls = await anyio.to_thread.run_sync(options.tls.load_context)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise PermanentError(f"nats {self.settings.url.redacted}: cannot load TLS files: {exc}") from None
-        kwargs: dict[str, Any] = dict(
-            servers=list(options.servers), name=options.client_name, connect_timeout=options.connect_timeout,
-            # The first connection: each server tried twice at most, a refused login raised at once,
-            # so open() reports to the dispatcher promptly (nats-py would otherwise retry forever).
-            reconnect_time_wait=options.reconnect_time_wait, allow_reconnect=False, max_reconnect_attempts=1, tls=tls,
-            error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
-            user=options.user, password=options.password, token=options.token,
-        )
-        if options.creds_file:
-            kwargs["user_credentials"] = options.creds_file
-        if options.nkey_seed:
-            kwargs["nkeys_seed"] = options.nkey_seed
+        tls = await self.options.tls.client_context(self._where)
+        kwargs = connect_arguments(self.options, tls, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                                   reconnected_cb=self._on_reconnect)
         client = Client()
         self._last_error = None
         try:
@@ -276,7 +235,7 @@ class NatsTransport(Transport):
         except Exception as exc:
             # "no servers available" says nothing: report why the last attempt failed.
             cause = self._last_error if isinstance(exc, nats.errors.NoServersError) and self._last_error else exc
-            await _close_quietly(client)
+            await close_quietly(client)
             raise self.classify(cause) from None
         # Once connected, nats-py reconnects on its own, for as long as it takes (send() reports
         # TransientError meanwhile); the options dict is read at each disconnect.
@@ -292,46 +251,22 @@ class NatsTransport(Transport):
             self._stream_ready = False
             self.connects += 1
         if not nc.is_connected:
-            raise TransientError(f"nats {self.settings.url.redacted}: not connected (reconnecting)")
+            raise TransientError(f"{self._where}: not connected (reconnecting)")
         if not self._stream_ready:
             await self._check_stream(nc)
         return nc
 
     async def _check_stream(self, nc: Client) -> None:
         """Use the stream as it is (say once what differs from our defaults), or create it."""
-        o = self.options
-        js = nc.jetstream(timeout=o.ack_timeout)
         try:
-            try:
-                info = await js.stream_info(o.stream)
-            except nats.js.errors.NotFoundError:
-                if not o.create_stream:
-                    raise PermanentError(f"nats {self.settings.url.redacted}: stream {o.stream!r} does not exist "
-                                         "(create_stream=false)") from None
-                await js.add_stream(api.StreamConfig(
-                    name=o.stream, subjects=[f"{o.subject}.>"], storage=api.StorageType(o.storage),
-                    num_replicas=o.replicas, duplicate_window=o.duplicate_window, max_age=o.max_age or None,
-                ))
-                log.info("notifykit nats %r: created stream %r (subjects %s.>, %s storage, duplicate window %gs)",
-                         self.name, o.stream, o.subject, o.storage, o.duplicate_window)
-            else:
-                self._report_differences(info.config)
+            notes = await ensure_stream(nc.jetstream(timeout=self.options.ack_timeout), self.options, self.name,
+                                        self._where)
         except (nats.errors.Error, TimeoutError) as exc:
             if isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError):
-                raise TransientError(f"nats {self.settings.url.redacted}: JetStream is not available "
+                raise TransientError(f"{self._where}: JetStream is not available "
                                      f"(no answer from $JS.API): {self._describe(exc)}") from None
             raise self.classify(exc) from None
         self._stream_ready = True
-
-    def _report_differences(self, config: api.StreamConfig) -> None:
-        subjects = config.subjects or []
-        notes = []
-        if not any(covers(s, self.options.subject) for s in subjects):
-            notes.append(f"its subjects {subjects} do not cover {self.options.subject}.>: "
-                         "notifications of other event types will not be stored")
-        window = config.duplicate_window or 0
-        if window < DEFAULT_DUPLICATE_WINDOW:
-            notes.append(f"its duplicate window is {window:g}s: a re-send after that is stored twice")
         for note in notes:
             if note not in self._warned:
                 self._warned.add(note)
@@ -350,7 +285,7 @@ class NatsTransport(Transport):
         if msg.headers and msg.headers.get("Status") == "503":
             self._stream_ready = False  # look for (or create) the stream again before the next send
             flight.failures[index] = TransientError(
-                f"nats {self.settings.url.redacted}: no stream stored {self.options.subject}.* (no responders)")
+                f"{self._where}: no stream stored {self.options.subject}.* (no responders)")
         else:
             try:
                 reply = json.loads(msg.data)
@@ -367,7 +302,7 @@ class NatsTransport(Transport):
     async def _on_disconnect(self) -> None:
         flight = self._flight
         if flight is not None and flight.waiting:
-            flight.refused = TransientError(f"nats {self.settings.url.redacted}: connection lost before the PubAck")
+            flight.refused = TransientError(f"{self._where}: connection lost before the PubAck")
             flight.done.set()
 
     async def _on_reconnect(self) -> None:
@@ -379,7 +314,7 @@ class NatsTransport(Transport):
         text = self._describe(exc)
         flight = self._flight
         if "permissions violation for publish" in text.lower() and flight is not None and flight.waiting:
-            flight.refused = PermanentError(f"nats {self.settings.url.redacted}: {text}")
+            flight.refused = PermanentError(f"{self._where}: {text}")
             flight.done.set()
         # An unreachable server is reported by send() (TransientError) and the stats, once per attempt.
         log.log(logging.DEBUG if isinstance(exc, OSError) else logging.WARNING, "notifykit nats %r: %s", self.name, text)
@@ -403,7 +338,7 @@ class NatsTransport(Transport):
                 body = n.encode(fmt)
                 if len(body) > max_payload:
                     flight.failures[index] = PermanentError(
-                        f"nats {self.settings.url.redacted}: the message is {len(body)} bytes, "
+                        f"{self._where}: the message is {len(body)} bytes, "
                         f"more than the server's max_payload={max_payload}")
                     continue
                 reply = f"{inbox}{next(tokens)}"
@@ -418,18 +353,13 @@ class NatsTransport(Transport):
             self._flight = None
         for index in flight.waiting.values():
             flight.failures[index] = flight.refused or TransientError(
-                f"nats {self.settings.url.redacted}: no PubAck within ack_timeout={self.options.ack_timeout:g}s")
-        failures = flight.failures
-        if not failures:
-            return
-        if len(failures) == len(batch) and all(isinstance(e, TransientError) for e in failures.values()):
-            raise failures[min(failures)]
-        raise BatchError(failures)
+                f"{self._where}: no PubAck within ack_timeout={self.options.ack_timeout:g}s")
+        BatchError.raise_if_any(flight.failures, len(batch))
 
     async def aclose(self) -> None:
         nc, self._nc = self._nc, None
         if nc is not None:
-            await _close_quietly(nc)
+            await close_quietly(nc)
 
     # -- tail ------------------------------------------------------------------------------
 
@@ -451,15 +381,8 @@ class NatsTransport(Transport):
             raise type(error)(f"tail of stream {o.stream!r} stopped: {error}") from None
         finally:
             with anyio.CancelScope(shield=True):
-                await _close_quietly(nc)
+                await close_quietly(nc)
 
     def __repr__(self) -> str:
         return f"<NatsTransport {self.name!r} {self.settings.url.redacted} stream={self.options.stream!r}>"
 
-
-async def _close_quietly(nc: Client) -> None:
-    with anyio.move_on_after(5):
-        try:
-            await nc.close()
-        except Exception as exc:  # a connection that never opened may fail to close; nothing is lost
-            log.debug("notifykit nats: closing a connection failed: %s", type(exc).__name__)

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import anyio
-import anyio.to_thread
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import Connection, ConnectionPool
@@ -99,7 +98,7 @@ class RedisOptions:
     @classmethod
     def from_settings(cls, settings: TransportSettings) -> Self:
         url = settings.url
-        where = f"transport {settings.name!r} ({url.redacted})"
+        where = settings.where()
         if url.scheme not in ("redis", "rediss"):
             raise ConfigError(f"{where}: scheme must be redis or rediss")
         if len(url.hosts) > 1:
@@ -117,7 +116,7 @@ class RedisOptions:
         streams = (stream,) if stream is not None else tuple(settings.topics)
         for key in streams:
             if not key:
-                raise ConfigError(f"option 'stream' of {where} must be a non-empty key name")
+                raise ConfigError(f"{settings.where('stream')} must be a non-empty key name")
         maxlen = settings.take_int("maxlen", None, minimum=1)
         return cls(
             host=url.hosts[0].host if url.hosts and url.hosts[0].host else "127.0.0.1",
@@ -128,21 +127,21 @@ class RedisOptions:
             streams=streams,
             maxlen=maxlen,
             maxlen_approximate=settings.take_bool("maxlen_approximate", True),
-            connect_timeout=settings.take_float("connect_timeout", 5.0, minimum=0.001) or 5.0,
-            command_timeout=settings.take_float("command_timeout", 30.0, minimum=0.001) or 30.0,
-            client_name=_client_name(settings, where),
+            connect_timeout=settings.take_float("connect_timeout", 5.0, minimum=0.001),
+            command_timeout=settings.take_float("command_timeout", 30.0, minimum=0.001),
+            client_name=_client_name(settings),
             tail_from=settings.take_choice("tail_from", ("latest", "earliest"), "latest"),
             tls=settings.take_tls(enabled=url.scheme == "rediss"),
         )
 
 
-def _client_name(settings: TransportSettings, where: str) -> str:
+def _client_name(settings: TransportSettings) -> str:
     """CLIENT SETNAME's argument: printable ASCII without spaces (Redis refuses others at every connect)."""
     name = settings.take_str("client_name")
     if name is None:
         return "notifykit-" + re.sub(r"[^!-~]", "-", settings.name)
     if not name or re.search(r"[^!-~]", name):
-        raise ConfigError(f"option 'client_name' of {where} must be printable ASCII without spaces, got {name!r}")
+        raise ConfigError(f"{settings.where('client_name')} must be printable ASCII without spaces, got {name!r}")
     return name
 
 
@@ -166,11 +165,6 @@ def entry_fields(n: Notification, fmt: WireFormat, body: bytes) -> list[str | by
 # Built once: Priority and WireFormat are StrEnums, whose ``.value`` is a Python-level property.
 _PRIORITY = {p: str.__str__(p) for p in Priority}
 _CONTENT_TYPE = {f: f.content_type for f in WireFormat}
-
-
-def _worse(old: TransientError | PermanentError | None, new: TransientError | PermanentError) -> TransientError | PermanentError:
-    """A notification failing on several streams: permanent wins (retrying cannot help it)."""
-    return new if old is None or isinstance(new, PermanentError) else old
 
 
 class _TlsConnection(Connection):
@@ -236,12 +230,6 @@ class RedisTransport(Transport):
                 return PermanentError(message)
         return TransientError(message)
 
-    async def _tls_context(self) -> ssl.SSLContext:
-        try:
-            return await anyio.to_thread.run_sync(self.options.tls.load_context)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise PermanentError(f"{self._where}: cannot load TLS files: {exc}") from None
-
     async def _connect(self) -> redis.asyncio.Redis:
         """A client whose pool connects on demand; PING once, so a refused login is seen here."""
         try:
@@ -256,8 +244,8 @@ class RedisTransport(Transport):
             socket_connect_timeout=o.connect_timeout, socket_timeout=None,
             client_name=o.client_name, retry=Retry(NoBackoff(), 0),  # the dispatcher retries, not redis-py
         )
-        if o.tls.enabled:
-            pool = ConnectionPool(connection_class=_TlsConnection, tls_context=await self._tls_context(), **kwargs)
+        if (context := await o.tls.client_context(self._where)) is not None:
+            pool = ConnectionPool(connection_class=_TlsConnection, tls_context=context, **kwargs)
         else:
             pool = ConnectionPool(**kwargs)
         client = redis.asyncio.Redis(connection_pool=pool)
@@ -304,17 +292,11 @@ class RedisTransport(Transport):
             readonly = False
             for (index, stream), reply in zip(sent, replies, strict=True):
                 if isinstance(reply, BaseException):
-                    failures[index] = _worse(failures.get(index), self.classify(reply, stream))
+                    BatchError.record(failures, index, self.classify(reply, stream))
                     readonly = readonly or _code(reply) == "READONLY"
             if readonly:  # a failed-over primary: reconnect, the name may point to the new primary
                 await self._client.connection_pool.disconnect()
-        if not failures:
-            return
-        if len(failures) == len(batch) and all(isinstance(e, TransientError) for e in failures.values()):
-            first = failures[min(failures)]
-            assert isinstance(first, TransientError)
-            raise first
-        raise BatchError(failures)
+        BatchError.raise_if_any(failures, len(batch))
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -98,15 +98,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-def _take_raw(settings: TransportSettings, key: str) -> list[str]:
-    """Every value of a repeatable option, unsplit: header values and secrets may contain commas."""
-    return list(settings.options.pop(key, []))
-
-
-def _where(settings: TransportSettings, key: str) -> str:
-    return f"option {key!r} of transport {settings.name!r} ({settings.url.redacted})"
-
-
 @dataclass(frozen=True, slots=True)
 class WebhookOptions:
     """The endpoint and every option, validated when the Notifier is built."""
@@ -135,29 +126,30 @@ class WebhookOptions:
         # Per-event mode: a large batch keeps max_concurrency requests in flight longer
         # (the dispatcher hands over one batch at a time, so each batch ends with a tail).
         default_batch = BATCH_BODY_EVENTS if batch else PER_EVENT_BATCH
-        max_batch = settings.take_int("max_batch", default_batch, minimum=1) or default_batch
-        timeout = settings.take_float("timeout", 10.0, minimum=0.001) or 10.0
-        max_concurrency = settings.take_int("max_concurrency", 10, minimum=1) or 10
+        max_batch = settings.take_int("max_batch", default_batch, minimum=1)
+        timeout = settings.take_float("timeout", 10.0, minimum=0.001)
+        max_concurrency = settings.take_int("max_concurrency", 10, minimum=1)
         tls = settings.take_tls(enabled=settings.url.scheme == "https")
         http2 = settings.take_bool("http2", False)
         follow_redirects = settings.take_bool("follow_redirects", False)
         origins = frozenset(_parse_origin(settings, item) for item in settings.take_list("redirect_origin"))
-        headers = _parse_headers(settings, _take_raw(settings, "header"))
-        secrets = tuple(_take_raw(settings, "secret"))
+        # Unsplit (a header value or a key may hold commas), and never shown in an error.
+        headers = _parse_headers(settings, settings.take_secrets("header"))
+        secrets = tuple(settings.take_secrets("secret"))
         if any(not s for s in secrets):
-            raise ConfigError(f"{_where(settings, 'secret')} must not be empty")
+            raise ConfigError(f"{settings.where('secret')} must not be empty")
         if origins and not follow_redirects:
-            raise ConfigError(f"{_where(settings, 'redirect_origin')} needs follow_redirects=true")
+            raise ConfigError(f"{settings.where('redirect_origin')} needs follow_redirects=true")
         if binary and fmt is not WireFormat.CLOUDEVENTS:
-            raise ConfigError(f"{_where(settings, 'mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
+            raise ConfigError(f"{settings.where('mode')}: mode=binary needs format=cloudevents, not {fmt.value}")
         if binary and batch:
-            raise ConfigError(f"{_where(settings, 'batch')}: CloudEvents binary mode carries one event per request; "
+            raise ConfigError(f"{settings.where('batch')}: CloudEvents binary mode carries one event per request; "
                               "use mode=structured")
         if settings.url.username is not None and any(name.lower() == "authorization" for name in headers):
-            raise ConfigError(f"{_where(settings, 'header')}: Authorization is set both by the URL's user:password "
+            raise ConfigError(f"{settings.where('header')}: Authorization is set both by the URL's user:password "
                               "and by a header")
         if http2 and importlib.util.find_spec("h2") is None:
-            raise MissingDependencyError(f"{_where(settings, 'http2')}: HTTP/2 needs the 'h2' package; install it "
+            raise MissingDependencyError(f"{settings.where('http2')}: HTTP/2 needs the 'h2' package; install it "
                                          "with: pip install 'notifykit[webhook]'")
         return cls(target, binary, batch, max_batch, timeout, max_concurrency, tls, http2, follow_redirects, origins,
                    headers, secrets, settings.url.username, settings.url.password)
@@ -170,10 +162,8 @@ def _target(settings: TransportSettings) -> str:
         raise ConfigError(f"webhook URL {url.redacted!r}: scheme must be http or https")
     if len(url.hosts) != 1 or not url.host:
         raise ConfigError(f"webhook URL {url.redacted!r}: expected exactly one host, e.g. https://hooks.example/notify")
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    port = f":{url.port}" if url.port else ""
     path = quote(url.path or "/", safe="/:@!$&'()*+,;=-._~")
-    return f"{url.scheme}://{host}{port}{path}"
+    return f"{url.scheme}://{url.hosts[0].netloc()}{path}"
 
 
 def _parse_origin(settings: TransportSettings, text: str) -> str:
@@ -181,14 +171,14 @@ def _parse_origin(settings: TransportSettings, text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.username is not None:
-        raise ConfigError(f"{_where(settings, 'redirect_origin')} must be an origin like https://host:8443, got "
+        raise ConfigError(f"{settings.where('redirect_origin')} must be an origin like https://host:8443, got "
                           f"{redact_url(text)!r}")
     return _origin(text.strip())
 
 
 def _parse_headers(settings: TransportSettings, values: Sequence[str]) -> dict[str, str]:
     headers: dict[str, str] = {}
-    where = _where(settings, "header")
+    where = settings.where("header")
     for item in values:
         name, sep, value = item.partition(":")
         name, value = name.strip(), value.strip()
