@@ -15,15 +15,24 @@ counts only if it names the lock's current owner (else it is not written yet, or
 restore whose lock is gone), and a refused restore reads again for a while, as the file
 target does (``_target._busy``), before it gives up on a name. A stale note is never taken
 for the holder's: a live restore's lock is not broken as a dead one's.
+
+On release the note is removed only if still its own: the lock may have been broken meanwhile
+(``rbd lock rm`` without blocklisting) and the note be the next holder's. librbd's metadata
+calls are each atomic but none conditional (and a client that lost the lock may still remove),
+so the removal is one RADOS op on the header object, ``omap_cmp`` (this note, exactly) +
+``omap_rm_keys``, applied all or nothing by the OSD: no window. It relies on cls_rbd's layout
+(omap key ``metadata_`` + name, the value as written); the tests check a released note is gone.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._errors import BackupError, RestoreTargetError
@@ -36,6 +45,8 @@ __all__ = ["NOTE", "RbdTarget", "RbdTargetLock", "lock_rbd_target", "open_rbd_ta
 log = logging.getLogger("backup")
 
 NOTE = "notifykit.restore"
+#: The note's omap key in the image's header object (cls_rbd: ``metadata_`` + the name).
+_NOTE_KEY = f"metadata_{NOTE}"
 
 #: Seconds between the reads of a refused restore waiting for the holder's note (``_HOLDER_READS`` of them).
 _HOLDER_READ_INTERVAL = 0.02
@@ -188,10 +199,19 @@ def _lock(image: Any, loc: RbdLocation, note: str) -> str | None:
         raise failure(exc, loc, "restore target", "cannot lock the image", RestoreTargetError) from None
 
 
-def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
-    """Take the image for this restore: its exclusive lock (None returned) or, without the
-    feature, an advisory lock (its cookie returned); the holder's note is written beside it.
-    The lock of a restore of this host that died is broken first."""
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """What :func:`_acquire` took: the advisory lock's cookie (None: the image's exclusive
+    lock) and the note it wrote, which its release compares before removing it."""
+
+    cookie: str | None
+    note: str
+
+
+def _acquire(image: Any, loc: RbdLocation, operation: str) -> _Hold:
+    """Take the image for this restore: its exclusive lock or, without the feature, an advisory
+    lock (the cookie); the holder's note is written beside it. The lock of a restore of this
+    host that died is broken first."""
     _, rbd = binding()
     holder: dict[str, str | None] = {"backup_id": operation, "host": socket.gethostname()}
     _break_dead(image, loc)  # else lock_acquire would wait out the dead holder's watch (30 s)
@@ -204,20 +224,36 @@ def _acquire(image: Any, loc: RbdLocation, operation: str) -> str | None:
     try:
         if cookie is None:  # the exclusive lock: the note names its owner (this handle's client)
             holder["owner"] = next((str(o.get("owner")) for o in image.lock_get_owners()), None)
-        image.metadata_set(NOTE, _note(holder))
-    except rbd.Error as exc:
-        _release(image, cookie)
+        note = _note(holder)
+        image.metadata_set(NOTE, note)
+    except rbd.Error as exc:  # a note that landed all the same is stale once unlocked: _lockers ignores it
+        _unlock(image, cookie)
         raise failure(exc, loc, "restore target", "cannot note its restore lock", RestoreTargetError) from None
-    return cookie
+    return _Hold(cookie, note)
 
 
-def _release(image: Any, cookie: str | None) -> None:
-    """Remove the note and release the lock :func:`_acquire` took."""
-    _, rbd = binding()
+def _release(image: Any, ioctx: Any, hold: _Hold) -> None:
+    """Remove the note if it is still this restore's, atomically (see the module's docstring),
+    then release the lock :func:`_acquire` took."""
+    rados, rbd = binding()
+    op = ioctx.create_write_op()
     try:
-        image.metadata_remove(NOTE)
-    except (rbd.Error, KeyError):
-        pass
+        op.omap_cmp(_NOTE_KEY, hold.note, rados.LIBRADOS_CMPXATTR_OP_EQ)
+        ioctx.remove_omap_keys(op, (_NOTE_KEY,))
+        ioctx.operate_write_op(op, f"rbd_header.{image.id()}")
+    except (rados.Error, rbd.Error) as exc:
+        if getattr(exc, "errno", None) == errno.ECANCELED:  # the compare failed: not ours (or gone)
+            log.warning("restore target: its note was no longer its own (its lock was broken?): left as it is")
+        else:  # e.g. ESHUTDOWN: blocklisted when its lock was broken, it can write nothing
+            log.warning("restore target: its note was not removed: %s", reason(exc))
+    finally:
+        ioctx.release_write_op(op)
+        _unlock(image, hold.cookie)
+
+
+def _unlock(image: Any, cookie: str | None) -> None:
+    """Release the advisory lock (``cookie``) or the exclusive lock; one broken meanwhile is logged."""
+    _, rbd = binding()
     try:
         if cookie is not None:
             image.unlock(cookie)
@@ -235,7 +271,7 @@ class RbdTarget(RestoreTarget):
     the restore created is removed again if the restore fails."""
 
     def __init__(self, loc: RbdLocation, conn: Connection, image: Any, created: bool,
-                 cookie: str | None) -> None:  # no super().__init__: there is no descriptor
+                 hold: _Hold) -> None:  # no super().__init__: there is no descriptor
         self.where = loc.display
         self.fd = -1
         self.in_place = not created
@@ -243,7 +279,8 @@ class RbdTarget(RestoreTarget):
         self._conn: Connection | None = conn
         self._image = image
         self._created = created
-        self._cookie = cookie  # the advisory lock's cookie (None: the image's exclusive lock)
+        self._ioctx = conn.ioctx  # open until discard() closed the image
+        self._hold = hold  # the lock and the note _acquire took
 
     @property
     def written_path(self) -> str:
@@ -278,7 +315,7 @@ class RbdTarget(RestoreTarget):
         if image is None:
             return
         try:
-            _release(image, self._cookie)
+            _release(image, self._ioctx, self._hold)
         finally:
             image.close()
 
@@ -346,11 +383,11 @@ def open_rbd_target(url: str, *, overwrite: bool, create: bool, operation: str, 
                     raise RestoreTargetError(f"restore target {where} is {have} bytes, the backup {size}: grow it"
                                              " (rbd resize) or restore to a new image with --create")
             # A created image is left if its lock fails: another restore that took it writes it.
-            cookie = _acquire(image, loc, operation)
+            hold = _acquire(image, loc, operation)
         except BaseException:
             image.close()
             raise
-        return RbdTarget(loc, conn, image, created, cookie)
+        return RbdTarget(loc, conn, image, created, hold)
     except BaseException:
         conn.close()
         raise

@@ -6,11 +6,16 @@ live holder's lock).
 
 The gap is made exact, not timed: the holder's note waits until the second restore has read
 the image once, and that read returns only once the note is written.
+
+And the other end of a hold: a restore whose lock an operator broke, releasing at last, removes
+only its own note, never the one of the restore holding the image now (which would then show
+as an unnamed holder). The orders are made by the calls' sequence and events, not timed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -24,7 +29,7 @@ import pytest
 from notifykit.backup import BackupStatus
 from notifykit.backup import _rbd_target as rbd_target
 from notifykit.backup._rbd import RbdLocation, binding, connect
-from notifykit.backup._rbd_target import NOTE, _acquire
+from notifykit.backup._rbd_target import NOTE, RbdTarget, _acquire, lock_rbd_target, open_rbd_target
 from notifykit.backup._target import RestoreTargetBusyError
 
 from .test_rbd_volumes import MIB, Image, RbdPool, rbd_env, rbd_pool  # noqa: F401 (rbd_pool: the pool fixture)
@@ -155,4 +160,79 @@ async def test_a_restore_looking_while_the_holder_notes_itself_is_refused_by_nam
         assert restored.status is BackupStatus.AVAILABLE
     finally:
         image.close()
+        target.close()
+
+
+def _operator_breaks_the_lock(pool: RbdPool, name: str, *, blocklist: bool) -> None:
+    """``rbd lock rm`` as an operator runs it: by default the holder's client is blocklisted
+    (fenced: it can write nothing more), else it goes on unaware its lock is gone."""
+    (lock,) = json.loads(pool.rbd("lock", "ls", name, "--format", "json"))
+    pool.rbd("lock", "rm", name, lock["id"], lock["locker"],
+             *(() if blocklist else ("--rbd_blocklist_on_break_lock=false",)))
+
+
+@pytest.mark.parametrize(("lock", "blocklist", "when"), [
+    ("exclusive", False, "after the next holder noted itself"),
+    ("exclusive", False, "while the next holder notes itself"),
+    ("exclusive", True, "after the next holder noted itself"),
+    ("advisory", False, "after the next holder noted itself"),
+])
+def test_a_restore_whose_lock_was_broken_removes_only_its_own_note(
+        rbd_pool: RbdPool, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        lock: str, blocklist: bool, when: str) -> None:
+    import rbd
+
+    caplog.set_level(logging.WARNING, logger="backup")
+    target = Image(rbd_pool, 2 * MIB)
+    url = rbd_pool.url(target.name)
+    loc = RbdLocation.parse(url)
+    gap = Gap()
+    after = when.startswith("after")
+    if after:
+        gap.looked.set()  # the next holder notes itself at once
+    try:
+        if lock == "advisory":  # an image without the feature: an advisory lock, its cookie the note
+            target._do(lambda handle: handle.update_features(
+                rbd.RBD_FEATURE_FAST_DIFF | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_EXCLUSIVE_LOCK, False))
+        first = open_rbd_target(url, overwrite=True, create=False, operation="b-first", size=2 * MIB)
+        try:
+            first.write(b"first", 0)
+            assert json.loads(target.metadata()[NOTE])["backup_id"] == "b-first"
+            _operator_breaks_the_lock(rbd_pool, target.name, blocklist=blocklist)
+            conn = connect(loc, "restore target")
+            second = HolderImage(rbd.Image(conn.ioctx, target.name), gap)
+            held: list[Any] = []
+            thread = threading.Thread(target=lambda: held.append(_acquire(second, loc, "b-second")))
+            thread.start()
+            try:
+                assert (gap.noted if after else gap.locked).wait(WAIT)  # the next holder locked (and noted)
+                first.discard()  # the broken restore lets go at last
+                gap.looked.set()
+                thread.join(WAIT)
+                assert len(held) == 1 and gap.noted.is_set()
+                noted = target.metadata().get(NOTE)
+                assert noted is not None and json.loads(noted)["backup_id"] == "b-second"  # left in place
+                with pytest.raises(RestoreTargetBusyError) as busy:
+                    lock_rbd_target(url, {})
+                assert "is in use by the restore of backup b-second (process" in str(busy.value)
+            finally:
+                gap.looked.set()
+                thread.join(WAIT)
+                if held:  # the next holder's release (it closes its image and connection)
+                    RbdTarget(loc, conn, second, False, held[0]).discard()
+                else:
+                    second.close()
+                    conn.close()
+        finally:
+            first.discard()
+        assert NOTE not in target.metadata()  # each removed its own
+        lock_rbd_target(url, {}).release()  # and the image is free
+        warned = [r.getMessage() for r in caplog.records if "its note" in r.getMessage()]
+        if not after:  # the first's note was still its own: removed, and the next one's came after
+            assert warned == []
+        elif blocklist:  # fenced: the first could not touch the image at all
+            assert warned == [warned[0]] and "was not removed" in warned[0]
+        else:
+            assert warned == ["restore target: its note was no longer its own (its lock was broken?): left as it is"]
+    finally:
         target.close()
