@@ -101,8 +101,7 @@ class StoreSettings(PluginSettings):
         """``host[:port][,host2[:port]…]`` without credentials."""
         if self.url is None:
             return ""
-        return ",".join((f"[{h.host}]" if ":" in h.host else h.host) + (f":{h.port}" if h.port else "")
-                        for h in self.url.hosts)
+        return ",".join(h.netloc() for h in self.url.hosts)
 
     @property
     def location(self) -> str:

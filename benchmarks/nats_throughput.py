@@ -23,35 +23,24 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nats
-from _goals import goal, median, paired_ratio, rotated
+from _goals import goal, median, paired_ratio
+from _throughput import EVENT, STATISTIC, Run, argv_int, best, interleaved, json_envelope, notify_loop, rates_json, record
 from nats.js import api
 
-from notifykit import Notifier
-
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+N = argv_int(1, 20_000)
+ROUNDS = argv_int(2, 5)
 N_SLOW = min(N, 5_000)
 BATCHES = (250, 1000, 4000)
 SERVER = "nats://127.0.0.1:4222"
 SUFFIX = uuid.uuid4().hex[:10]
 STREAM, SUBJECT = f"NKBENCH_{SUFFIX}", f"nkbench.{SUFFIX}"
-EVENT = "backup.createprogress"
-PAYLOAD: dict[str, Any] = {
-    "tenant_id": "p-1", "user_id": "u-1", "backup_id": "b-1", "volume_id": "v-1", "size": 10,
-    "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
-}
-CTX = {"request_id": "req-1", "project_id": "p-1", "user_id": "u-1"}
-COMPACT = (",", ":")
 CAUSE = ("notifykit publishes through the same nats-py call as the anchor (nc.publish with a reply subject and "
          "headers); what it adds per message is the core's path (Notification.create: validation, payload JSON, "
          "id; the queue hand-off; the dispatcher)")
@@ -59,13 +48,10 @@ CAUSE = ("notifykit publishes through the same nats-py call as the anchor (nc.pu
 
 def message(i: int) -> tuple[bytes, dict[str, str]]:
     """What a hand-written client sends: notifykit's ``json`` envelope and headers, built per message."""
-    message_id = str(uuid.uuid4())
-    body = json.dumps({"message_id": message_id, "event_type": EVENT, "priority": "info", "publisher_id": "bench",
-                       "timestamp": datetime.now(UTC).isoformat(), "context": CTX, "payload": {**PAYLOAD, "i": i}},
-                      separators=COMPACT).encode()
+    message_id, body = json_envelope(i)
     headers = {"Nats-Msg-Id": message_id, "event_type": EVENT, "priority": "info", "message_id": message_id,
                "content-type": "application/json"}
-    return body, headers
+    return body.encode(), headers
 
 
 async def purge() -> int:
@@ -97,14 +83,7 @@ async def teardown() -> None:
 
 
 async def bench_notifykit(dead_letters: Path) -> float:
-    url = f"{SERVER}/?stream={STREAM}&subject={SUBJECT}&block_timeout=600"
-    start = time.perf_counter()
-    async with Notifier.from_url(url, publisher_id="bench", dead_letters=dead_letters, close_timeout=600) as notifier:
-        for i in range(N):
-            await notifier.info(CTX, EVENT, {**PAYLOAD, "i": i})
-    elapsed = time.perf_counter() - start
-    stats = notifier.stats()["nats"]
-    assert stats.sent == N and stats.dead_lettered == 0, stats
+    elapsed = await notify_loop(f"{SERVER}/?stream={STREAM}&subject={SUBJECT}&block_timeout=600", N, dead_letters)
     assert await purge() == N
     return N / elapsed
 
@@ -145,25 +124,15 @@ async def bench_one_by_one(n: int) -> float:
     return n / elapsed
 
 
-def progress(what: str, rate: float) -> None:
-    print(f"# {what}: {rate:.0f} msgs/s", file=sys.stderr, flush=True)
-
-
 async def bench(rounds: dict[str, list[float]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        contenders: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-            ("notifykit", lambda: bench_notifykit(Path(tmp) / "dl.jsonl"))]
+        contenders: list[tuple[str, Run]] = [("notifykit", lambda: bench_notifykit(Path(tmp) / "dl.jsonl"))]
         for batch in BATCHES:
             contenders.append((f"raw_js_publish_async_{batch}", lambda b=batch: bench_publish_async(b, N)))  # type: ignore[misc]
         await bench_publish_async(1000, 2000)  # warm-up: connections, code paths
         await bench_notifykit(Path(tmp) / "dl.jsonl")
-        for number in range(ROUNDS):
-            for key, run in rotated(contenders, number):
-                rate = await run()
-                progress(key, rate)
-                rounds.setdefault(key, []).append(rate)
-        rounds["raw_js_publish_one_by_one"] = [await bench_one_by_one(N_SLOW)]
-        progress("raw_js_publish_one_by_one", rounds["raw_js_publish_one_by_one"][0])
+        await interleaved(contenders, ROUNDS, rounds)
+        record(rounds, "raw_js_publish_one_by_one", await bench_one_by_one(N_SLOW))
 
 
 def main() -> dict[str, Any]:
@@ -173,24 +142,22 @@ def main() -> dict[str, Any]:
         asyncio.run(bench(rounds))
     finally:
         asyncio.run(teardown())
-    rates = {k: median(v) for k, v in rounds.items()}
-    best = max((k for k in rates if k.startswith("raw_js_publish_async")), key=rates.__getitem__)
-    ratio = paired_ratio(rounds["notifykit"], rounds[best])
+    anchor = best(rounds, "raw_js_publish_async")
+    ratio = paired_ratio(rounds["notifykit"], rounds[anchor])
     return {
         "benchmark": "nats_throughput",
         "n": N,
         "n_one_at_a_time_clients": N_SLOW,
         "rounds": ROUNDS,
-        "statistic": "median of interleaved rounds",
+        "statistic": STATISTIC,
         "python": platform.python_version(),
-        "msgs_per_s": {k: round(v) for k, v in rates.items()},
-        "rounds_msgs_per_s": {k: [round(x) for x in v] for k, v in rounds.items()},
-        "best_raw_js_publish_async": best,
+        **rates_json(rounds),
+        "best_raw_js_publish_async": anchor,
         "ratio_notifykit_vs_best_raw_js_publish_async": round(ratio, 3),
-        "ratio_notifykit_vs_one_by_one": round(rates["notifykit"] / rates["raw_js_publish_one_by_one"], 3),
+        "ratio_notifykit_vs_one_by_one": round(median(rounds["notifykit"]) / median(rounds["raw_js_publish_one_by_one"]), 3),
         "goals": [
             goal("confirmed msgs/s vs the best pipelined nats-py js.publish_async loop", ratio, ">=", 1.0,
-                 anchor=best, cause=CAUSE),
+                 anchor=anchor, cause=CAUSE),
         ],
     }
 

@@ -27,13 +27,15 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-from _goals import goal, median, paired_ratio, rotated
+from _goals import goal, paired_ratio
+from _throughput import EVENT, PAYLOAD, STATISTIC, Run, interleaved, rates_json
 
 from notifykit import Notifier
 
@@ -45,10 +47,6 @@ ROUNDS = 5
 CAUSE = ("both sides spend their time in httpx/httpcore's per-request path (header building, h11, the pool) "
          "and the receiver shares the two cores; notifykit adds the core's per-notification work and its "
          "retry/accounting around each request")
-PAYLOAD: dict[str, Any] = {
-    "tenant_id": "p-1", "user_id": "u-1", "backup_id": "b-1", "volume_id": "v-1", "size": 10,
-    "status": "creating", "display_name": "nightly", "availability_zone": "nova", "percentage": 42.5,
-}
 
 
 # -- the receiver (subprocess) ---------------------------------------------------------
@@ -117,7 +115,7 @@ async def httpx_loop(url: str, count: int) -> float:
         async def worker() -> None:
             for i in todo:
                 event = {
-                    "specversion": "1.0", "id": str(uuid.uuid4()), "source": "bench", "type": "backup.createprogress",
+                    "specversion": "1.0", "id": str(uuid.uuid4()), "source": "bench", "type": EVENT,
                     "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "datacontenttype": "application/json",
                     "data": {**PAYLOAD, "seq": i},
                 }
@@ -138,7 +136,7 @@ async def via_notifykit(url: str, count: int, dead_letters: Path) -> float:
         ctx = {"request_id": "req-1"}
         start = time.perf_counter()
         for i in range(count):
-            await notifier.info(ctx, "backup.createprogress", {**PAYLOAD, "seq": i})
+            await notifier.info(ctx, EVENT, {**PAYLOAD, "seq": i})
         while notifier.stats()["http"].sent < count:
             if notifier.stats()["http"].dead_lettered:
                 raise SystemExit(f"notifykit dead-lettered events: {notifier.stats()['http'].last_error}")
@@ -146,9 +144,20 @@ async def via_notifykit(url: str, count: int, dead_letters: Path) -> float:
         return time.perf_counter() - start
 
 
+def counted(probe: httpx.AsyncClient, base: str, name: str, run: Callable[[], Awaitable[float]], count: int) -> Run:
+    """The run's rate, once the receiver counted all ``count`` events of it."""
+    async def rate() -> float:
+        before = await received(probe, base)
+        elapsed = await run()
+        got = await received(probe, base) - before
+        if got != count:
+            raise SystemExit(f"{name}: receiver counted {got} events, expected {count}")
+        return count / elapsed
+    return rate
+
+
 async def main(port: int) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/hook"
-    rounds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         dead_letters = Path(tmp) / "dl.jsonl"
         contenders = {
@@ -160,15 +169,8 @@ async def main(port: int) -> dict[str, Any]:
         }
         async with httpx.AsyncClient() as probe:
             await httpx_loop(base, 200)  # warm-up: imports, connections, receiver's JIT-free caches
-            for number in range(ROUNDS):  # interleaved, so a noisy neighbour hurts every contender alike
-                for name, (run, count) in rotated(list(contenders.items()), number):
-                    before = await received(probe, base)
-                    elapsed = await run()
-                    got = await received(probe, base) - before
-                    if got != count:
-                        raise SystemExit(f"{name}: receiver counted {got} events, expected {count}")
-                    rounds.setdefault(name, []).append(count / elapsed)
-    rates = {name: median(values) for name, values in rounds.items()}
+            rounds = await interleaved([(name, counted(probe, base, name, run, count))
+                                        for name, (run, count) in contenders.items()], ROUNDS)
     per_event = paired_ratio(rounds["notifykit_per_event"], rounds["httpx_loop"])
     batched = paired_ratio(rounds["notifykit_batched"], rounds["httpx_loop"])
     return {
@@ -179,9 +181,8 @@ async def main(port: int) -> dict[str, Any]:
         "batched_events": BATCH_EVENTS,
         "concurrency": CONCURRENCY,
         "rounds": ROUNDS,
-        "statistic": "median of interleaved rounds",
-        "msgs_per_s": {name: round(value, 1) for name, value in rates.items()},
-        "rounds_msgs_per_s": {name: [round(x, 1) for x in values] for name, values in rounds.items()},
+        "statistic": STATISTIC,
+        **rates_json(rounds, 1),
         "ratio_per_event_vs_httpx_loop": round(per_event, 3),
         "ratio_batched_vs_httpx_loop": round(batched, 2),
         "goals": [

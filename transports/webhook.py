@@ -11,23 +11,21 @@ leaves retrying, backoff and dead-lettering to the core.
 Safe against a hostile receiver: one deadline (``timeout``) covers connecting, the
 headers and the body, and at most ``MAX_RESPONSE_BYTES`` of a body are read; redirects
 are followed only as 307/308 (a POST never becomes a GET), only to the same origin or
-one listed in ``redirect_origin``, and a loop is a permanent error. Secrets (``secret``,
+one listed in ``redirect_origin``, and a loop is a permanent error (that exchange is
+the private ``_webhook_exchange`` module). Secrets (``secret``,
 header values, URL user:password, in every encoding they are sent in) never reach logs,
 reprs, errors or dead letters.
 """
 
 from __future__ import annotations
 
-import email.utils
 import importlib.util
 import re
 import ssl
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import ClassVar, Self
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -51,23 +49,19 @@ from notifykit.transport import (
     redact_url,
 )
 
+from ._webhook_exchange import MAX_QUOTED_CHARS as MAX_QUOTED_CHARS
+from ._webhook_exchange import MAX_REDIRECTS as MAX_REDIRECTS
+from ._webhook_exchange import MAX_RESPONSE_BYTES as MAX_RESPONSE_BYTES
+from ._webhook_exchange import WebhookExchange, origin, parse_retry_after
+
 __all__ = ["WebhookTransport", "parse_retry_after"]
 
-#: Most bytes of a response body read (to quote in an error, or to drain for keep-alive).
-MAX_RESPONSE_BYTES = 4096
-#: Most characters of a response body quoted in an error message.
-MAX_QUOTED_CHARS = 512
 #: Default events per CloudEvents batch body (batch=true).
 BATCH_BODY_EVENTS = 100
 #: Default notifications per send() in per-event mode, fanned out max_concurrency at a time.
 PER_EVENT_BATCH = 1000
 #: Bodies larger than this are signed in a worker thread, so hashing never stalls the loop.
 SIGN_INLINE_MAX_BYTES = 64 * 1024
-#: Most redirects followed for one request (307/308, same or listed origin) before giving up.
-MAX_REDIRECTS = 5
-
-_REDIRECTS_KEEPING_METHOD = frozenset({307, 308})
-_REDIRECTS_TO_GET = frozenset({301, 302, 303})
 
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -75,27 +69,6 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", SIGNATURE_HEADER.lower()}
 # CloudEvents HTTP binding 3.1.3.2: printable ASCII except space, '"' and '%' goes as is.
 _CE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None if absent or junk."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +140,13 @@ def _target(settings: TransportSettings) -> str:
 
 
 def _parse_origin(settings: TransportSettings, text: str) -> str:
-    """``scheme://host[:port]`` of a ``redirect_origin`` value, normalised as :func:`_origin` makes it."""
+    """``scheme://host[:port]`` of a ``redirect_origin`` value, normalised as :func:`origin` makes it."""
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.username is not None:
         raise ConfigError(f"{settings.where('redirect_origin')} must be an origin like https://host:8443, got "
                           f"{redact_url(text)!r}")
-    return _origin(text.strip())
+    return origin(text.strip())
 
 
 def _parse_headers(settings: TransportSettings, values: Sequence[str]) -> dict[str, str]:
@@ -216,6 +189,8 @@ class WebhookTransport(Transport):
             self._auth = httpx.BasicAuth(options.username, options.password or "")
             self._redactor.add_basic(options.username, options.password)
         self._client: httpx.AsyncClient | None = None
+        self._exchange = WebhookExchange(self.target, self.display, options.follow_redirects,
+                                         options.redirect_origins, self._scrub)
 
     # -- connection --------------------------------------------------------------------
 
@@ -236,7 +211,7 @@ class WebhookTransport(Transport):
             limits=limits,
             verify=self._ssl_context(),
             http2=self.options.http2,
-            follow_redirects=False,  # followed by _exchange(), which refuses what would leak or lose a POST
+            follow_redirects=False,  # followed by WebhookExchange, which refuses what would leak or lose a POST
             trust_env=False,
         )
 
@@ -337,13 +312,15 @@ class WebhookTransport(Transport):
                 headers.update(sign(body, self._secrets, None, headers))
             else:
                 headers.update(await anyio.to_thread.run_sync(sign, body, self._secrets, None, headers))
+        client = self._client
+        assert client is not None, "send() before open()"
         try:
             # One deadline for the whole exchange: a peer trickling headers or body cannot hold it.
             with anyio.fail_after(self.timeout):
-                status, text, retry_after, url = await self._exchange(body, headers)
+                status, text, retry_after, url = await self._exchange.post(client, body, headers)
         except (TimeoutError, httpx.HTTPError) as exc:  # our deadline, or one read/connect/pool wait of httpx
             raise self.classify(exc) from None
-        where = self.display if url == self.target else f"{self.display} (redirected to {self._shown(url)})"
+        where = self.display if url == self.target else f"{self.display} (redirected to {self._exchange.shown(url)})"
         if 200 <= status < 300:
             return
         quoted = f": {text}" if text else ""
@@ -351,89 +328,9 @@ class WebhookTransport(Transport):
             raise TransientError(f"POST {where}: HTTP {status}{quoted}", retry_after=retry_after)
         raise PermanentError(f"POST {where}: HTTP {status}{quoted}")
 
-    async def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, float | None, str]:
-        """POST, following only the redirects that keep the POST whole and its secrets at home.
-
-        Returns the final (status, quoted body, Retry-After, URL). Raises PermanentError
-        for a redirect that would turn the POST into a body-less GET (301/302/303), go to
-        another origin not listed in ``redirect_origin``, loop, or exceed MAX_REDIRECTS.
-        """
-        client = self._client
-        assert client is not None, "send() before open()"
-        url, seen = self.target, {self.target}
-        for _ in range(MAX_REDIRECTS + 1):
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                status = response.status_code
-                text = await self._read_capped(response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                location = response.headers.get("Location")
-            if not 300 <= status < 400 or status == 304:
-                return status, text, retry_after, url
-            url = self._redirect_target(url, status, location)
-            if url in seen:
-                raise PermanentError(f"POST {self.display}: HTTP {status} redirect loop back to {self._shown(url)}")
-            seen.add(url)
-        raise PermanentError(f"POST {self.display}: more than {MAX_REDIRECTS} redirects, last to {self._shown(url)}")
-
-    def _redirect_target(self, url: str, status: int, location: str | None) -> str:
-        """The URL a 3xx answer points to, if following it is safe; else the permanent reason why not."""
-        if not location:
-            raise PermanentError(f"POST {self.display}: HTTP {status} redirect without a Location")
-        target = urljoin(url, location.strip())
-        shown = self._shown(target)
-        if not self.options.follow_redirects:
-            raise PermanentError(
-                f"POST {self.display}: HTTP {status} redirect not followed (follow_redirects=false), Location: {shown}")
-        if status in _REDIRECTS_TO_GET:
-            raise PermanentError(f"POST {self.display}: HTTP {status} redirect to {shown} not followed: a {status} "
-                                 "turns the POST into a GET without the notification; point the URL there instead")
-        if status not in _REDIRECTS_KEEPING_METHOD:
-            raise PermanentError(f"POST {self.display}: HTTP {status} (not a redirect that keeps the POST), "
-                                 f"Location: {shown}")
-        origin = _origin(target)
-        if origin != _origin(self.target) and origin not in self.options.redirect_origins:
-            raise PermanentError(
-                f"POST {self.display}: HTTP {status} redirect to another origin {origin} not followed: "
-                "the signed body and credentials stay with their origin unless redirect_origin lists it")
-        return target
-
-    def _shown(self, url: str) -> str:
-        """A peer-given URL fit for an error: no password, no secret-looking query, no echo of our secrets."""
-        return self._scrub(redact_url(url))
-
-    async def _read_capped(self, response: httpx.Response) -> str:
-        """Up to MAX_RESPONSE_BYTES of the body (drained so the connection can be reused), for errors.
-
-        The caller's deadline bounds the time; a bigger body is cut (its connection closed).
-        """
-        data = b""
-        try:
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) >= MAX_RESPONSE_BYTES:
-                    break
-        except httpx.HTTPError:
-            pass  # the status already tells the outcome; a broken body only loses the quote
-        if 200 <= response.status_code < 300 or not data:
-            return ""
-        text = " ".join(data[:MAX_RESPONSE_BYTES].decode("utf-8", "replace").split())
-        if len(text) > MAX_QUOTED_CHARS:
-            text = text[:MAX_QUOTED_CHARS] + "…"
-        return self._scrub(text)
-
     def _scrub(self, text: str) -> str:
         """Hide our own secrets should a peer echo them back (e.g. an error page quoting headers)."""
         return self._redactor.redact(text)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.settings.name!r} POST {self.display}>"
-
-
-def _origin(url: str) -> str:
-    """``scheme://host:port`` with the default port made explicit: what "same origin" compares."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    shown = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown}:{port}"
