@@ -10,8 +10,8 @@ dead letters). It knows nothing of queues or the spool: the queue above it
 of a spooled batch, and is told through ``on_kept`` what the dead-letter sink refused.
 
 Accounting: ``_in_flight`` holds exactly the notifications of the batch still unresolved at
-every await (sent ones leave it counted ``sent``; dead letters leave it counted in flight by
-the writer until they are on disk).
+every await (sent ones leave it counted ``sent``, and timed in ``delivery_latency``, see
+``_sent``; dead letters leave it counted in flight by the writer until they are on disk).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class Delivery:
                 log.exception("notifykit transport %r raised an unexpected error", self.name)
                 error = TransientError(f"unexpected {type(exc).__name__}: {exc}")
             else:
-                self.stats.sent += len(pending)
+                self._sent(pending)
                 self._in_flight = []  # counted sent: a crash from here on must not send it again
                 self._succeeded()
                 return
@@ -174,7 +174,7 @@ class Delivery:
         # In flight from here: the transient ones, and the permanent ones until each is being
         # dead-lettered (a worker stopped in between leaves the rest to the close).
         self._in_flight = [n for n, _ in transient] + [n for n, _ in permanent]
-        self.stats.sent += len(pending) - len(failed)
+        self._sent([n for i, n in enumerate(pending) if i not in failed])
         for notification, err in permanent:
             self._in_flight.pop(len(transient))
             await self._dead_letter([notification], f"permanent error: {err}")
@@ -229,7 +229,7 @@ class Delivery:
             await self.transport.send(part)
         except BatchError as exc:
             failures = {i: e for i, e in exc.failures.items() if 0 <= i < len(part)}
-            self.stats.sent += len(part) - len(failures)
+            self._sent([n for i, n in enumerate(part) if i not in failures])
             first = failures[min(failures)] if failures else exc
             kind = "permanent" if isinstance(first, PermanentError) else "transient"
             return [part[i] for i in sorted(failures)], f"{kind} error: {first}"
@@ -239,8 +239,13 @@ class Delivery:
             return part, f"transient error: {exc}"
         except Exception as exc:  # a transport's bug, as in _deliver
             return part, f"unexpected {type(exc).__name__}: {exc}"
-        self.stats.sent += len(part)
+        self._sent(part)
         return [], ""
+
+    def _sent(self, notifications: Sequence[Notification]) -> None:
+        """The transport confirmed these: counted ``sent`` and timed (``delivery_latency``)."""
+        self.stats.sent += len(notifications)
+        self.stats.delivery_latency.record(notifications)
 
     def _succeeded(self) -> None:
         self._circuit.record_success()

@@ -144,7 +144,9 @@ class Dispatcher(SpooledQueue):
         degraded = (spool.fault.describe() if spool is not None and spool.fault is not None
                     else f"dead_letters: {letters}" if letters is not None else None)
         return replace(self.stats, queue_depth=self.queue_depth, in_flight=in_flight,
-                       spooled=self._spooled - self._in_flight_spooled, degraded=degraded)
+                       spooled=self._spooled - self._in_flight_spooled,
+                       spooled_bytes=spool.pending_bytes(self.name) if spool is not None else 0,
+                       degraded=degraded, delivery_latency=self.stats.delivery_latency.copy())
 
     # -- worker side -------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from ._spool_segments import DiskFault, SpooledRow, SpoolRead, close_files, iden
 from ._spool_state import (
     DEFAULT_SPOOL_MAX_BYTES,
     SPOOL_TASK,
+    Backlog,
     SpoolFaultError,
     SpoolFullError,
     SpoolSync,
@@ -129,6 +130,7 @@ class Spool(SpoolMaintenance):
             self._dropped = {t: list(r) for t, r in recovered.dropped.items()}
             self._next_seq = recovered.next_seq
             self._pending = dict(recovered.pending)
+            self._backlogs = {t: Backlog(seqs, sizes) for t, (seqs, sizes) in recovered.waiting.items()}
             self._bytes = sum(max(s.size, s.allocated) for s in self._segments)
             doomed = self._take_deletable()  # first: what they free is room for the new segment
             error = self._deleted(doomed, self._delete_blocking([s.path for s in doomed]))

@@ -49,6 +49,7 @@ class SpoolLog(SpoolWriter):
             self._acked[transport] = seq
             if transport in self._dropped:
                 self._absorb(transport)
+            self._backlog(transport).confirm(self._acked[transport])
 
     def _absorb(self, transport: str) -> None:
         """A watermark that reached a hole covers it (and holes are pruned once covered)."""
@@ -92,7 +93,10 @@ class SpoolLog(SpoolWriter):
             else:
                 merged.append((a, b))
         self._dropped[transport] = merged
+        backlog = self._backlog(transport)
+        backlog.drop(after, through)
         self._absorb(transport)
+        backlog.confirm(self._acked.get(transport, 0))
         with contextlib.suppress(SpoolFullError, SpoolFaultError):  # the next checkpoint records it
             self._put(frame_drop(after, through, self._names.get(transport) or transport.encode()))
 

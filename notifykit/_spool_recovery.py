@@ -55,13 +55,15 @@ class Recovered:
     pending: dict[str, int]
     bad: list[tuple[Segment, BadRegion, bytes]]
     dropped: dict[str, list[tuple[int, int]]]
+    #: Per transport, the waiting records' sequence numbers and frame sizes, in order.
+    waiting: dict[str, tuple[array[int], array[int]]]
 
 
 def recover(path: Path, *, read_only: bool = False) -> Recovered:
     """Read every segment: the watermarks, the next sequence number, what is pending, and
     the bad regions (with their bytes, to quarantine)."""
     segments: list[Segment] = []
-    seqs: list[dict[str, array[int]]] = []
+    seqs: list[dict[str, tuple[array[int], array[int]]]] = []  # per segment, per transport: (seqs, frame sizes)
     acked: dict[str, int] = {}
     holes: dict[str, list[tuple[int, int]]] = {}
     next_seq = 1
@@ -74,7 +76,7 @@ def recover(path: Path, *, read_only: bool = False) -> Recovered:
         except FileNotFoundError:
             continue
         segment = Segment(number, segment_path, data_end(buf))
-        by_transport: dict[str, array[int]] = {}
+        by_transport: dict[str, tuple[array[int], array[int]]] = {}
         for item in scan(buf):
             if isinstance(item, BadRegion):
                 bad.append((segment, item, buf[item.start:item.end]))
@@ -83,7 +85,9 @@ def recover(path: Path, *, read_only: bool = False) -> Recovered:
             segment.size = max(segment.size, offset + HEADER.size + len(body))  # a frame may end in zeros
             record = decode_body(body)
             if isinstance(record, Record):
-                by_transport.setdefault(record.transport, array("Q")).append(record.seq)
+                numbers, sizes = by_transport.setdefault(record.transport, (array("Q"), array("I")))
+                numbers.append(record.seq)
+                sizes.append(HEADER.size + len(body))
                 segment.last[record.transport] = max(record.seq, segment.last.get(record.transport, 0))
                 next_seq = max(next_seq, record.seq + 1)
             elif isinstance(record, Ack):
@@ -120,16 +124,19 @@ def recover(path: Path, *, read_only: bool = False) -> Recovered:
             acked[transport] = mark
         if merged:
             dropped[transport] = merged
-    pending: dict[str, int] = {}
+    waiting: dict[str, tuple[array[int], array[int]]] = {}
     for by_transport in seqs:
-        for transport, values in by_transport.items():
+        for transport, (values, sizes) in by_transport.items():
             mark = acked.get(transport, 0)
             ranges = dropped.get(transport, [])
-            waiting = sum(1 for seq in values if seq > mark and not any(a < seq <= b for a, b in ranges))
-            if waiting:
-                pending[transport] = pending.get(transport, 0) + waiting
+            kept_seqs, kept_sizes = waiting.setdefault(transport, (array("Q"), array("I")))
+            for seq, size in zip(values, sizes, strict=True):
+                if seq > mark and not any(a < seq <= b for a, b in ranges):
+                    kept_seqs.append(seq)
+                    kept_sizes.append(size)
+    pending = {transport: len(kept) for transport, (kept, _) in waiting.items() if kept}
     del read_only
-    return Recovered(segments, acked, next_seq, pending, bad, dropped)
+    return Recovered(segments, acked, next_seq, pending, bad, dropped, waiting)
 
 
 def _inspect_log(path: Path) -> SpoolInfo:

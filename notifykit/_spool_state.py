@@ -16,6 +16,8 @@ import struct
 import threading
 import time
 import zlib
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -31,8 +33,8 @@ from ._spool_recovery import write_quarantine
 from ._spool_segments import DiskFault, Reader, Segment, Spare, fault_kind
 from ._supervisor import TaskHealth, TaskState
 
-__all__ = ["CHECK_INTERVAL", "DEFAULT_SPOOL_MAX_BYTES", "PROBE_INTERVAL", "SEGMENT_BYTES", "SPOOL_TASK", "SpoolFaultError",
-           "SpoolFullError", "SpoolState", "SpoolSync", "default_spool_path"]
+__all__ = ["CHECK_INTERVAL", "DEFAULT_SPOOL_MAX_BYTES", "PROBE_INTERVAL", "SEGMENT_BYTES", "SPOOL_TASK", "Backlog",
+           "SpoolFaultError", "SpoolFullError", "SpoolState", "SpoolSync", "default_spool_path"]
 
 log = logging.getLogger("notifykit")
 
@@ -73,6 +75,41 @@ class SpoolFaultError(NotifyKitError):
 def default_spool_path() -> Path:
     """``$NOTIFYKIT_SPOOL``, else ``$XDG_STATE_HOME/notifykit/spool`` (a directory)."""
     return state_file("NOTIFYKIT_SPOOL", "spool")
+
+
+class Backlog:
+    """One transport's records in the log not yet confirmed or dropped, for its
+    ``spooled_bytes``: their sequence numbers and frame sizes in order (12 bytes of memory
+    a record, no object each), and :attr:`pending`, the bytes of those still waiting. The
+    loop changes it; another thread (a metrics scrape) reads only ``pending``."""
+
+    __slots__ = ("pending", "seqs", "sizes", "start")
+
+    def __init__(self, seqs: array[int] | None = None, sizes: array[int] | None = None) -> None:
+        self.seqs = seqs if seqs is not None else array("Q")
+        self.sizes = sizes if sizes is not None else array("I")
+        self.start = 0  # records before this index are confirmed (trimmed once they are half the arrays)
+        self.pending = sum(self.sizes)
+
+    def confirm(self, through: int) -> None:
+        """The records up to sequence number ``through`` are done (the watermark moved)."""
+        start = self.start
+        end = bisect_right(self.seqs, through, start)
+        if end > start:
+            self.pending -= sum(self.sizes[start:end])
+            self.start = end
+            if end > 4096 and 2 * end > len(self.seqs):
+                del self.seqs[:end], self.sizes[:end]
+                self.start = 0
+
+    def drop(self, after: int, through: int) -> None:
+        """The records in ``(after, through]`` were dropped: out of ``pending``, and their sizes
+        zeroed so that a watermark passing them later does not take them out again."""
+        low = bisect_right(self.seqs, after, self.start)
+        high = bisect_right(self.seqs, through, low)
+        if high > low:
+            self.pending -= sum(self.sizes[low:high])
+            self.sizes[low:high] = array("I", bytes(4 * (high - low)))
 
 
 class SpoolState:
@@ -123,7 +160,10 @@ class SpoolState:
         self._dropped: dict[str, list[tuple[int, int]]] = {}
         self._pending: dict[str, int] = {}
         self._names: dict[str, bytes] = {}
-        self._heads: dict[str, tuple[struct.Struct, int, bytes]] = {}  # per transport: notification_head()
+        # Per transport: notification_head(), the name, and its Backlog (and the appends of its arrays).
+        self._heads: dict[str, tuple[struct.Struct, int, bytes, Callable[[int], None], Callable[[int], None],
+                                     Backlog]] = {}
+        self._backlogs: dict[str, Backlog] = {}
         self._readers: dict[str, Reader] = {}
         self._quarantine_lock = threading.Lock()
         # fsync group commit
@@ -136,6 +176,18 @@ class SpoolState:
     def pending_counts(self) -> dict[str, int]:
         """Notifications per transport a previous process left (after :meth:`open`)."""
         return dict(self._pending)
+
+    def pending_bytes(self, transport: str) -> int:
+        """Bytes of ``transport``'s records in the log not yet confirmed or dropped (the batch
+        being sent included); exact at any moment, cheap from any thread."""
+        backlog = self._backlogs.get(transport)
+        return 0 if backlog is None else backlog.pending
+
+    def _backlog(self, transport: str) -> Backlog:
+        backlog = self._backlogs.get(transport)
+        if backlog is None:
+            backlog = self._backlogs[transport] = Backlog()
+        return backlog
 
     @property
     def writable(self) -> bool:

@@ -10,6 +10,7 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
@@ -19,7 +20,7 @@ from ._formats import json_context
 from ._log import HEADER, MAGIC, frame_checkpoint, frame_notification, notification_head, segment_name
 from ._message import Notification
 from ._spool_segments import Segment, Spare, fault_in
-from ._spool_state import SpoolFaultError, SpoolFullError, SpoolState, SpoolSync
+from ._spool_state import Backlog, SpoolFaultError, SpoolFullError, SpoolState, SpoolSync
 
 __all__ = ["SpoolWriter"]
 
@@ -191,15 +192,22 @@ class SpoolWriter(SpoolState):
         active.size = end  # type: ignore[union-attr]
         active.last[transport] = self._written = seq  # type: ignore[union-attr]
         self._next_seq = seq + 1
+        size = end - start  # the transport's Backlog: this record waits until confirmed (spooled_bytes)
+        head[3](seq)
+        head[4](size)
+        head[5].pending += size
         return seq
 
-    def _head(self, transport: str) -> tuple[struct.Struct, int, bytes]:
+    def _head(self, transport: str) -> tuple[struct.Struct, int, bytes, Callable[[int], None], Callable[[int], None],
+                                             Backlog]:
         if self._active is None:
             self._no_segment()
             self._start_segment()
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
-        head = self._heads[transport] = (notification_head(name), len(name), name)
+        backlog = self._backlog(transport)
+        head = self._heads[transport] = (notification_head(name), len(name), name, backlog.seqs.append,
+                                         backlog.sizes.append, backlog)
         return head
 
     def append_many(self, transport: str, notifications: list[Notification]) -> int:
@@ -213,12 +221,17 @@ class SpoolWriter(SpoolState):
         name = self._names.get(transport) or transport.encode()
         self._names[transport] = name
         first = self._next_seq
-        data = b"".join(frame_notification(first + i, name, n) for i, n in enumerate(notifications))
+        frames = [frame_notification(first + i, name, n) for i, n in enumerate(notifications)]
+        data = b"".join(frames)
         self._put(data)
         last = first + len(notifications) - 1
         self._next_seq = last + 1
         assert self._active is not None
         self._active.last[transport] = self._written = last
+        backlog = self._backlog(transport)
+        backlog.seqs.extend(range(first, last + 1))
+        backlog.sizes.extend(map(len, frames))
+        backlog.pending += len(data)
         return first
 
     def _put(self, data: bytes) -> None:

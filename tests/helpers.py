@@ -120,6 +120,7 @@ def assert_accounted(notifier: Notifier, dead_letters: Path | None = None) -> di
     for name, row in rows.items():
         held = {key: row.get(key, 0) for key in HELD}
         assert row["enqueued"] == sum(held.values()), f"{name}: enqueued={row['enqueued']} but {held}"
+        assert row["delivery_latency"]["count"] == row["sent"], f"{name}: {row['delivery_latency']} for sent={row['sent']}"
         transport = notifier.transports[name]
         if isinstance(transport, MemoryTransport):
             assert transport.delivered == row["sent"], f"{name}: delivered {transport.delivered}, sent={row['sent']}"

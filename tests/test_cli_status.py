@@ -110,3 +110,52 @@ def test_watch_follows_the_file_until_sigint(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_status_shows_spooled_bytes_and_the_delivery_latency(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Text, --json and --prometheus: the bytes the 3 records left take in the spool, and the
+    latency of the one sent (the same numbers in each)."""
+    status_path, _ = make_status(tmp_path)
+    row = json.loads(status_path.read_text(encoding="utf-8"))["transports"]["rabbit"]
+    assert row["spooled"] == 3 and row["spooled_bytes"] > 0
+    latency = row["delivery_latency"]
+    assert latency["count"] == row["sent"] == 1 and latency["buckets"]["+Inf"] == 1
+    assert main(["status", "--file", str(status_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"spooled=3 ({row['spooled_bytes']} bytes)" in text and " latency p50<=" in text and " p99<=" in text
+    assert main(["status", "--file", str(status_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"]["transports"]["rabbit"]["delivery_latency"] == latency
+    assert main(["status", "--file", str(status_path), "--prometheus"]) == 0
+    prom = capsys.readouterr().out
+    assert f'notifykit_spooled_bytes{{transport="rabbit"}} {row["spooled_bytes"]}' in prom
+    assert "# TYPE notifykit_delivery_latency_seconds histogram" in prom
+    assert 'notifykit_delivery_latency_seconds_bucket{transport="rabbit",le="+Inf"} 1' in prom
+    assert 'notifykit_delivery_latency_seconds_count{transport="rabbit"} 1' in prom
+    assert f'notifykit_delivery_latency_seconds_sum{{transport="rabbit"}} {latency["sum"]!r}' in prom
+
+
+def test_status_file_of_an_older_notifier_without_bytes_or_latency(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    status_path = tmp_path / "status.json"
+    status_path.write_text(json.dumps({"pid": 1, "publisher_id": "t", "updated_at": 0, "closed": True, "transports": {
+        "rabbit": {"name": "rabbit", "state": "closed", "enqueued": 2, "sent": 2, "spooled": 0}}}), encoding="utf-8")
+    assert main(["status", "--file", str(status_path)]) == 0
+    assert "rabbit: closed enqueued=2 sent=2" in (text := capsys.readouterr().out) and "latency" not in text
+    assert main(["status", "--file", str(status_path), "--prometheus"]) == 0
+    prom = capsys.readouterr().out
+    assert 'notifykit_spooled_bytes{transport="rabbit"} 0' in prom and "notifykit_delivery_latency_seconds_" not in prom
+
+
+def test_status_refuses_a_damaged_latency_histogram(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status_path, _ = make_status(tmp_path)
+    document = json.loads(status_path.read_text(encoding="utf-8"))
+    document["transports"]["rabbit"]["delivery_latency"]["buckets"]["+Inf"] = -1
+    status_path.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["status", "--file", str(status_path)]) == 2
+    err = capsys.readouterr().err
+    assert "transport 'rabbit': delivery_latency is no latency histogram (bucket counts are not growing counts)" in err
+    document["transports"]["rabbit"]["delivery_latency"] = 3
+    status_path.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["status", "--file", str(status_path), "--json"]) == 2
+    assert "delivery_latency is no latency histogram (not an object)" in capsys.readouterr().err

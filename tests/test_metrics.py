@@ -11,17 +11,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
-from anyio import wait_all_tasks_blocked
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifykit import Notifier, TaskHealth, TransportState, TransportStats, render_prometheus
-from notifykit.metrics import COUNTERS, FLAGS, GAUGES, NotifykitCollector
-from notifykit.testing import MemoryTransport
+from notifykit import TaskHealth, TransportState, TransportStats, render_prometheus
+from notifykit.metrics import COUNTERS, FLAGS, GAUGES, HISTOGRAMS, LatencyHistogram, NotifykitCollector
 
+from ._metrics_scenario import busy, make_notifier
 from .helpers import FakeClock
 
 
@@ -50,19 +48,6 @@ def samples(family: Any) -> dict[tuple[tuple[str, str], ...], float]:
     return {tuple(sorted(s.labels.items())): s.value for s in family.samples}
 
 
-def config(status_dir: Path) -> dict[str, Any]:
-    return {
-        "transports": {
-            "ok": {"url": "memory://a", "retry": {"initial_delay": 1, "max_delay": 1},
-                   "circuit": {"failure_threshold": 100}},
-            "errors": {"url": "memory://b", "filter": {"min_priority": "error"}},
-            "slow": {"url": "memory://c", "queue_size": 1, "batch_size": 1, "overflow": "drop_newest"},
-        },
-        # a directory where the status file should be: the status task fails, and says so
-        "status_path": str(status_dir),
-    }
-
-
 def assert_scrape_equals(text: str, families: dict[str, Any], stats: dict[str, TransportStats],
                          tasks: dict[str, Any]) -> None:
     for name in families:
@@ -78,6 +63,17 @@ def assert_scrape_equals(text: str, families: dict[str, Any], stats: dict[str, T
     for flag in FLAGS:
         assert samples(families[f"notifykit_{flag}"]) == {(("transport", t),): float(bool(getattr(s, flag)))
                                                           for t, s in stats.items()}
+    for field in HISTOGRAMS:
+        histogram = families[f"notifykit_{field}_seconds"]
+        assert histogram.type == "histogram"
+        expected_rows: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for t, s in stats.items():
+            value: LatencyHistogram = getattr(s, field)
+            expected_rows |= {(f"notifykit_{field}_seconds_bucket", (("le", le), ("transport", t))): float(n)
+                              for le, n in value.cumulative()}
+            expected_rows[(f"notifykit_{field}_seconds_sum", (("transport", t),))] = value.sum
+            expected_rows[(f"notifykit_{field}_seconds_count", (("transport", t),))] = float(value.count)
+        assert {(x.name, tuple(sorted(x.labels.items()))): x.value for x in histogram.samples} == expected_rows
     state = families["notifykit_transport_state"]
     assert state.type == "gauge"
     assert samples(state) == {(("state", st.value), ("transport", t)): float(s.state is st)
@@ -91,35 +87,25 @@ def assert_scrape_equals(text: str, families: dict[str, Any], stats: dict[str, T
 
 @pytest.mark.asyncio
 async def test_scraped_series_equal_stats(tmp_path: Path, fake_clock: FakeClock) -> None:
-    notifier = Notifier.from_config(config(tmp_path), publisher_id="metrics.test", dead_letters=tmp_path / "dl.jsonl",
-                                    clock=fake_clock, close_timeout=0.05)
+    notifier = make_notifier(tmp_path, fake_clock)
     registry = CollectorRegistry()
     registry.register(NotifykitCollector(notifier))
     with serving(registry) as url:
-        async with notifier:
-            ok, slow = notifier.transports["ok"], notifier.transports["slow"]
-            assert isinstance(ok, MemoryTransport) and isinstance(slow, MemoryTransport)
-            ok.fail_next(2)  # two retries, then sent
-            slow.stall()
-            await notifier.info({}, "backup.create.start", {"i": 0})
-            await wait_all_tasks_blocked()
-            for i in range(1, 4):
-                await notifier.info({}, "backup.create.start", {"i": i})
-            await notifier.error({}, "backup.create.error", {"i": 9})
-            with anyio.fail_after(10):
-                while notifier.stats()["ok"].sent < 5 or notifier.stats()["errors"].sent < 1 \
-                        or not any(t.failures for t in notifier.background_tasks().values()):
-                    await anyio.sleep(0.001)
+        async with busy(notifier):
             stats, tasks = notifier.stats(), notifier.background_tasks()
             text, families = await scrape(url)
             assert notifier.stats() == stats  # nothing moved during the scrape
-            assert stats["ok"].retried == 2 and stats["errors"].filtered == 4 and stats["slow"].dropped > 0
-            assert stats["slow"].in_flight + stats["slow"].queue_depth > 0
-            assert any(t.failures for t in tasks.values())
             assert_scrape_equals(text, families, stats, tasks)
-            slow.resume()
+            spooled_bytes = samples(families["notifykit_spooled_bytes"])
+            assert spooled_bytes[(("transport", "durable"),)] > 0  # its broker holds every notification
+            assert {v for k, v in spooled_bytes.items() if k != (("transport", "durable"),)} == {0}
+            counts = {x.labels["transport"]: x.value for x in families["notifykit_delivery_latency_seconds"].samples
+                      if x.name.endswith("_count")}
+            assert counts == {t: float(s.sent) for t, s in stats.items()} and counts["ok"] == 5  # one per sent
         stats, tasks = notifier.stats(), notifier.background_tasks()
         assert all(s.state is TransportState.CLOSED for s in stats.values())
+        assert stats["durable"].sent == 5 and stats["durable"].spooled_bytes == 0  # delivered: nothing left
+        assert all(s.delivery_latency.count == s.sent for s in stats.values())
         text, families = await scrape(url)
         assert_scrape_equals(text, families, stats, tasks)
 
@@ -129,7 +115,8 @@ def test_every_int_field_of_transport_stats_is_exported() -> None:
     ints = {f.name for f in fields(TransportStats) if isinstance(getattr(TransportStats(name="t"), f.name), int)
             and f.name != "state"}
     assert set(COUNTERS) | set(GAUGES) == ints and not set(COUNTERS) & set(GAUGES)
-    texts = {f.name for f in fields(TransportStats) if f.name not in ints | {"state"}}
+    assert HISTOGRAMS == ("delivery_latency",)
+    texts = {f.name for f in fields(TransportStats) if f.name not in ints | {"state", *HISTOGRAMS}}
     assert set(FLAGS) == texts - {"name", "last_error"}
     assert {"enqueued", "sent", "retried", "dropped", "dead_lettered", "filtered", "refused"} <= set(COUNTERS)
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 
 from notifykit import Notifier, TransportState
-from notifykit.metrics import COUNTERS, FLAGS, GAUGES, register_opentelemetry
-from notifykit.testing import MemoryTransport
+from notifykit.metrics import COUNTERS, FLAGS, GAUGES, HISTOGRAMS, LatencyHistogram, register_opentelemetry
 
+from ._metrics_scenario import busy, make_notifier
 from .helpers import FakeClock
-from .test_metrics import config
 
 sdk_metrics = pytest.importorskip("opentelemetry.sdk.metrics")
 sdk_export = pytest.importorskip("opentelemetry.sdk.metrics.export")
@@ -44,30 +41,18 @@ async def test_without_a_meter_provider_nothing_is_registered(tmp_path: Path) ->
 async def test_collected_instruments_equal_stats(tmp_path: Path, fake_clock: FakeClock) -> None:
     reader = sdk_export.InMemoryMetricReader()
     provider = sdk_metrics.MeterProvider(metric_readers=[reader])
-    notifier = Notifier.from_config(config(tmp_path), publisher_id="metrics.test", dead_letters=tmp_path / "dl.jsonl",
-                                    clock=fake_clock, close_timeout=0.05)
+    notifier = make_notifier(tmp_path, fake_clock)
     instruments = register_opentelemetry(notifier, provider)
     assert instruments is not None
     try:
-        async with notifier:
-            ok, slow = notifier.transports["ok"], notifier.transports["slow"]
-            assert isinstance(ok, MemoryTransport) and isinstance(slow, MemoryTransport)
-            ok.fail_next(2)  # two retries, then sent
-            slow.stall()
-            await notifier.info({}, "backup.create.start", {"i": 0})
-            await wait_all_tasks_blocked()
-            for i in range(1, 4):
-                await notifier.info({}, "backup.create.start", {"i": i})
-            await notifier.error({}, "backup.create.error", {"i": 9})
-            with anyio.fail_after(10):
-                while notifier.stats()["ok"].sent < 5 or notifier.stats()["errors"].sent < 1 \
-                        or not any(t.failures for t in notifier.background_tasks().values()):
-                    await anyio.sleep(0.001)
+        async with busy(notifier):
             stats, tasks = notifier.stats(), notifier.background_tasks()
             metrics = collected(reader)
             assert notifier.stats() == stats  # nothing moved during the collection
-            slow.resume()
-        assert stats["ok"].retried == 2 and stats["slow"].dropped > 0
+        after = collected(reader)
+        assert points(after["notifykit.spooled_bytes"])[(("transport", "durable"),)] == 0  # delivered
+        assert points(after["notifykit.delivery_latency.count"]) == {
+            (("transport", t),): s.sent for t, s in notifier.stats().items()}
 
         notifications = metrics["notifykit.notifications"]
         assert notifications.data.is_monotonic and notifications.unit == "{notification}"
@@ -77,6 +62,17 @@ async def test_collected_instruments_equal_stats(tmp_path: Path, fake_clock: Fak
             assert not metrics[f"notifykit.{gauge}"].data.is_monotonic  # an up-down counter
             assert points(metrics[f"notifykit.{gauge}"]) == {(("transport", t),): getattr(s, gauge)
                                                              for t, s in stats.items()}
+        assert metrics["notifykit.spooled_bytes"].unit == "By" and metrics["notifykit.spooled"].unit == "{notification}"
+        assert points(metrics["notifykit.spooled_bytes"])[(("transport", "durable"),)] > 0  # its broker holds it all
+        for field in HISTOGRAMS:  # cumulative buckets, sum and count: observable counters
+            histograms: dict[str, LatencyHistogram] = {t: getattr(s, field) for t, s in stats.items()}
+            assert all(metrics[f"notifykit.{field}.{part}"].data.is_monotonic for part in ("bucket", "sum", "count"))
+            assert metrics[f"notifykit.{field}.sum"].unit == "s"
+            assert points(metrics[f"notifykit.{field}.bucket"]) == {
+                (("le", le), ("transport", t)): n for t, h in histograms.items() for le, n in h.cumulative()}
+            assert points(metrics[f"notifykit.{field}.sum"]) == {(("transport", t),): h.sum for t, h in histograms.items()}
+            assert points(metrics[f"notifykit.{field}.count"]) == {(("transport", t),): stats[t].sent
+                                                                   for t, h in histograms.items()}
         for flag in FLAGS:
             assert points(metrics[f"notifykit.{flag}"]) == {(("transport", t),): int(bool(getattr(s, flag)))
                                                             for t, s in stats.items()}
