@@ -218,6 +218,8 @@ def test_one_url_parser_for_stores_too() -> None:
     settings = StoreSettings.parse("s3://a:SECRETKEY@h1:9000,h2:9001/bucket")
     assert settings.netloc == "h1:9000,h2:9001" and settings.password == "SECRETKEY"
     assert "SECRETKEY" not in settings.location
+    ipv6 = StoreSettings.parse("s3://a:SECRETKEY@[::1]:7480,[fe80::2]/bucket")
+    assert ipv6.netloc == "[::1]:7480,[fe80::2]" and "SECRETKEY" not in ipv6.location
     with pytest.raises(BackupConfigError, match="s3 store URL must look like") as several:
         store_from_url("s3://a:SECRETKEY@h1:9000,h2:9001/bucket")
     with pytest.raises(BackupConfigError, match="store URL: malformed URL") as malformed:
