@@ -21,7 +21,7 @@ PARENT = 2
 _DIGEST = 32
 
 
-def planned_digests(data: bytes | bytearray | None, plan: bytes, offset: int, length: int, block_size: int,
+def planned_digests(data: bytes | bytearray | memoryview | None, plan: bytes, offset: int, length: int, block_size: int,
                     parent: bytes | None) -> bytes:
     """The block list entries of the chunk at volume ``offset`` (``length`` bytes) by its plan."""
     first = offset // block_size

@@ -6,14 +6,18 @@ The shape of Cinder's ChunkedBackupDriver on an ObjectStore, as an asyncio pipel
 
 Reads, hashing/compression and object writes all run in worker threads (zlib, zstd and
 hashlib release the GIL), so several cores work at once while the event loop only moves
-chunk references. The streams are bounded, so memory stays at a few chunks per worker.
+chunk references. The streams are bounded, so memory stays at a few chunks per worker;
+for a store that ``accepts_buffers`` those chunks are reused page-aligned buffers
+(``_buffers``): each chunk is read into one, compressed into another, and handed to the
+store as views of them (``_chunk_pack``).
 
 Every backup also stores, beside its metadata, the sha256 of each block of the volume
 (Cinder's ``_sha256file``, blocks of ``backup_sha_block_size_bytes`` = 32 KiB). An
 incremental backup compares each block with its parent's list and stores only the runs of
 changed blocks; restore walks the chain from the full backup, takes each block from the
-newest backup that holds it, and checks every block against the newest list. The
-metadata object, written last, lists every object with its place, sizes and compression.
+newest backup that holds it, and checks every block against the newest list
+(``_chunk_layers``, ``_chunk_restore``). The metadata object, written last, lists every
+object with its place, sizes and compression.
 
 Zero blocks (version 3): an all-zero block — a hole of a sparse file, never read, or zeros
 read — is stored as nothing and listed in the metadata's ``zero_blocks`` runs; its entry in
@@ -30,26 +34,38 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._blockplan import planned_digests
+from ._buffers import ALIGN, BufferPool, declared_with
 from ._catalog import BackupRecord
+from ._chunk_layers import (
+    METADATA_VERSION,
+    Layer,
+    PlanItem,
+    get_backup_object,
+    merge_runs,
+    read_chain,
+    read_layer,
+    restore_plan,
+)
+from ._chunk_pack import DIGEST_SIZE, Packed, Packer, Raw, block_digests, object_name, piece_name
+from ._chunk_restore import SEGMENT, restore_objects, unpack, verified, verify_blocks
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
-from ._objectstore import ObjectDigests, ObjectStore, compute_digests, put_object, wanted_digests
-from ._sparse import ZeroRuns, data_chunk, is_sparse_capable, zero_digest, zero_digests
+from ._objectstore import ObjectStore, put_object, wanted_digests
+from ._sparse import ZeroRuns, data_chunk, is_sparse_capable
 from ._target import RestoreTarget, open_restore_target
 from ._tracing import timed, timed_async
 from ._volume import is_rbd_url, open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
-           "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for", "check_pipeline"]
+           "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_digests", "block_size_for",
+           "check_pipeline"]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 4096
@@ -62,21 +78,9 @@ MAX_PARALLEL = 64
 DEFAULT_UPLOADS = 2
 # Cinder's backup_sha_block_size_bytes: the unit an incremental backup compares and stores.
 BLOCK_SIZE = 32 * 1024
-DIGEST_SIZE = 32
-# 1: one sha256 per chunk, no block list (read only). 2: the block list, increments.
-# 3: zero blocks stored as nothing, listed as runs in ``zero_blocks``.
-METADATA_VERSION = 3
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
-# A chunk whose samples (4 x 16 KiB, spread over it) do not shrink by 3 % is stored raw
-# without compressing it whole: on random, compressed or encrypted data, zstd costs as
-# much CPU as the sha256 of the chunk and saves nothing (borg's "auto" does the same).
-_SAMPLES = 4
-_SAMPLE_SIZE = 16 * 1024
-_INCOMPRESSIBLE = 0.97
-_ENTRY_KEYS = ("name", "offset", "length", "stored_length", "compression")
-# Restore checks and writes an object this many bytes at a time (whole blocks), so each
-# piece is still in the CPU's cache when it is copied into the target.
-_SEGMENT = 256 * 1024
+_Raw = Raw  # the chunk a reader hands on (an RBD source builds them: _rbd_source)
+_SEGMENT = SEGMENT
 
 
 def block_size_for(chunk_size: int) -> int:
@@ -93,47 +97,6 @@ def check_pipeline(chunk_size: int, workers: int | None, uploads: int | None) ->
     for key, value in (("workers", workers), ("uploads", uploads)):
         if value is not None and not 1 <= value <= MAX_PARALLEL:
             raise BackupConfigError(f"{key} must be 1 to {MAX_PARALLEL}, got {value}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Raw:
-    index: int
-    offset: int
-    length: int
-    data: bytes | bytearray | None  # None: wholly in a hole, not read
-    plan: bytes | None = None  # per block READ/ZERO/PARENT (_blockplan); None: hash data whole
-
-
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """One object to store: a whole chunk, or (in an increment) a run of changed blocks."""
-
-    name: str
-    offset: int
-    length: int
-    compression: str
-    stored: bytes
-    digests: ObjectDigests | None = None  # what the store checks it by (object_digests)
-
-
-@dataclass(frozen=True, slots=True)
-class _Packed:
-    index: int
-    length: int
-    digests: bytes
-    pieces: tuple[_Piece, ...]
-    zeros: tuple[tuple[int, int], ...]  # runs of zero blocks: (first block, count)
-
-
-@dataclass(frozen=True, slots=True)
-class _Layer:
-    """One backup of a chain, as restore reads it: its objects, block list and geometry."""
-
-    record: BackupRecord
-    meta: dict[str, Any]
-    objects: list[dict[str, Any]]
-    digests: bytes | None  # None: a version 1 backup (a sha256 per chunk instead)
-    zeros: ZeroRuns  # runs of zero blocks, held by no object (version 3)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -155,13 +118,6 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def block_digests(data: bytes | bytearray, block_size: int) -> bytes:
-    """The sha256 of each ``block_size`` block of ``data``, concatenated (worker thread)."""
-    view = memoryview(data)
-    sha = hashlib.sha256
-    return b"".join([sha(view[i:i + block_size]).digest() for i in range(0, len(view), block_size)])
-
-
 class ChunkedBackupDriver(BackupDriver):
     """Chunked, compressed, checksummed, optionally incremental backups on any ObjectStore."""
 
@@ -170,11 +126,13 @@ class ChunkedBackupDriver(BackupDriver):
                  uploads: int = DEFAULT_UPLOADS) -> None:
         check_pipeline(chunk_size, workers, uploads)
         self.store = store
-        self._digests = wanted_digests(store)  # hashed with the chunk in its pack worker
         self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
         self.workers = workers or max(2, min(os.cpu_count() or 2, MAX_PARALLEL))
+        # digests hashed with the chunk in its pack worker; views of reused buffers if the store takes them
+        self._packer = Packer(self.compressor, wanted_digests(store),
+                              buffers=declared_with(store, "accepts_buffers", "put_object"))
 
     @property
     def service(self) -> str:
@@ -204,12 +162,12 @@ class ChunkedBackupDriver(BackupDriver):
 
     @staticmethod
     def object_name(prefix: str, index: int) -> str:
-        return f"{prefix}-{index:05d}"
+        return object_name(prefix, index)
 
     @staticmethod
     def piece_name(prefix: str, index: int, block: int) -> str:
         """An increment's run of changed blocks: chunk ``index``, from its block ``block``."""
-        return f"{prefix}-{index:05d}-{block:04d}"
+        return piece_name(prefix, index, block)
 
     @staticmethod
     def metadata_name(prefix: str) -> str:
@@ -226,65 +184,6 @@ class ChunkedBackupDriver(BackupDriver):
 
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         return await anyio.to_thread.run_sync(volume_size, volume_path)
-
-    def _looks_incompressible(self, data: bytes | bytearray | memoryview) -> bool:
-        if self.compressor.name == "none" or len(data) < 4 * _SAMPLES * _SAMPLE_SIZE:
-            return False
-        view = memoryview(data)
-        step = len(view) // _SAMPLES
-        packed = sum(len(self.compressor.compress(view[i * step:i * step + _SAMPLE_SIZE])) for i in range(_SAMPLES))
-        return packed >= _INCOMPRESSIBLE * _SAMPLES * _SAMPLE_SIZE
-
-    def _stored(self, data: bytes | bytearray | memoryview) -> tuple[str, bytes]:
-        if self._looks_incompressible(data):
-            return "none", data if isinstance(data, bytes) else bytes(data)
-        stored = self.compressor.compress(data)
-        if len(stored) >= len(data):  # incompressible: keep it raw, restore gets cheaper
-            return "none", data if isinstance(data, bytes) else bytes(data)
-        return self.compressor.name, stored
-
-    def _pack(self, raw: _Raw, prefix: str, block_size: int, parent: bytes | None) -> _Packed:
-        """CPU work for one chunk (worker thread): block digests, then each run of non-zero
-        blocks (that differ from the parent's, in an increment) compressed into an object,
-        and the runs of zero blocks (that differ from the parent's) listed, stored as nothing."""
-        first = raw.offset // block_size
-        data = raw.data
-        if raw.plan is not None:  # a reader that knows which blocks it read (an RBD diff)
-            digests = planned_digests(data, raw.plan, raw.offset, raw.length, block_size, parent)
-        else:
-            digests = zero_digests(raw.length, block_size) if data is None else block_digests(data, block_size)
-        nblocks = len(digests) // DIGEST_SIZE
-        if parent is not None and parent[first * DIGEST_SIZE:(first + nblocks) * DIGEST_SIZE] == digests:
-            return _Packed(raw.index, raw.length, digests, (), ())
-        if data is None and parent is None:
-            return _Packed(raw.index, raw.length, digests, (), ((first, nblocks),))
-        zero = zero_digest(block_size)
-        kinds = bytearray(nblocks)  # 0: as in the parent, 1: data to store, 2: a zero block
-        for i in range(nblocks):
-            d = digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
-            if parent is not None and parent[(first + i) * DIGEST_SIZE:(first + i + 1) * DIGEST_SIZE] == d:
-                continue
-            zero_here = d == zero or d == zero_digest(min(block_size, raw.length - i * block_size))
-            kinds[i] = 2 if data is None or zero_here else 1
-        pieces: list[_Piece] = []
-        zeros: list[tuple[int, int]] = []
-        i = 0
-        while i < nblocks:
-            kind, j = kinds[i], i + 1
-            while j < nblocks and kinds[j] == kind:
-                j += 1
-            if kind == 2:
-                zeros.append((first + i, j - i))
-            elif kind == 1 and data is not None:
-                whole = i == 0 and j == nblocks
-                part = data if whole else memoryview(data)[i * block_size:j * block_size]
-                compression, stored = self._stored(part)
-                name = self.object_name(prefix, raw.index) if whole and parent is None else \
-                    self.piece_name(prefix, raw.index, i)
-                pieces.append(_Piece(name, raw.offset + i * block_size, len(part), compression, stored,
-                                     compute_digests(stored, self._digests)))
-            i = j
-        return _Packed(raw.index, raw.length, digests, tuple(pieces), tuple(zeros))
 
     async def _parent_geometry(self, parent: BackupRecord) -> tuple[int, int, bytes]:
         """(chunk_size, block_size, block digests) of the backup an increment is based on."""
@@ -354,47 +253,68 @@ class ChunkedBackupDriver(BackupDriver):
         count = math.ceil(size / chunk_size)
         fd = fh.fileno() if fh is not None else -1
         sparse = fh is not None and await anyio.to_thread.run_sync(is_sparse_capable, fd)
+        packer = self._packer
+        # Reused buffers, as many as chunks can be in flight: read into (a file volume), and
+        # compressed into; each goes back once the chunk is packed or its objects stored.
+        inputs = BufferPool(chunk_size, 3 * self.workers + self.uploads + 2) \
+            if packer.buffers and source is None else None
+        outputs = BufferPool(chunk_size + ALIGN, 2 * self.workers + self.uploads + 1) \
+            if packer.buffers and self.compressor.name != "none" else None
 
-        async def read(out: MemoryObjectSendStream[_Raw]) -> None:
+        async def read(out: MemoryObjectSendStream[Raw]) -> None:
             """Each chunk, in order; one holding no data (a hole) goes on unread."""
             async with out:
                 index = 0
                 while index < count:
+                    lease = (inputs, await inputs.acquire()) if inputs is not None else None
                     at, data = await anyio.to_thread.run_sync(
-                        timed("read", data_chunk), fd, index * chunk_size, chunk_size, size, where, sparse)
+                        timed("read", data_chunk), fd, index * chunk_size, chunk_size, size, where, sparse,
+                        lease[1].view if lease is not None else None)
                     for hole in range(index, count if data is None else at // chunk_size):
                         offset = hole * chunk_size
-                        await out.send(_Raw(hole, offset, min(chunk_size, size - offset), None))
+                        await out.send(Raw(hole, offset, min(chunk_size, size - offset), None))
                     if data is None:
+                        if lease is not None:
+                            lease[0].release(lease[1])
                         break
                     index = at // chunk_size
-                    await out.send(_Raw(index, at, len(data), data))
+                    await out.send(Raw(index, at, len(data), data, buffer=lease))
                     index += 1
 
-        async def pack(inp: MemoryObjectReceiveStream[_Raw], out: MemoryObjectSendStream[_Packed]) -> None:
+        async def pack(inp: MemoryObjectReceiveStream[Raw], out: MemoryObjectSendStream[Packed]) -> None:
             async with inp, out:
                 async for raw in inp:
                     if raw.data is None:  # digests are constants: no thread needed
-                        await out.send(self._pack(raw, prefix, block_size, parent))
-                    else:
-                        await out.send(await anyio.to_thread.run_sync(timed("pack", self._pack), raw, prefix, block_size, parent))
+                        await out.send(packer.pack(raw, prefix, block_size, parent))
+                        continue
+                    room = (outputs, await outputs.acquire()) if outputs is not None else None
+                    packed = await anyio.to_thread.run_sync(timed("pack", packer.pack), raw, prefix, block_size,
+                                                            parent, room)
+                    for lease in (raw.buffer, room):  # not viewed by any object: free for the next chunk
+                        if lease is not None and lease not in packed.buffers:
+                            lease[0].release(lease[1])
+                    await out.send(packed)
 
-        async def write(inp: MemoryObjectReceiveStream[_Packed]) -> None:
+        async def write(inp: MemoryObjectReceiveStream[Packed]) -> None:
             async with inp:
                 async for packed in inp:
                     for piece in packed.pieces:
-                        await timed_async("store", put_object)(self.store, container, piece.name, piece.stored, piece.digests)
+                        # a memoryview only for a store that accepts_buffers (it keeps no reference)
+                        await timed_async("store", put_object)(self.store, container, piece.name,
+                                                               cast(bytes, piece.stored), piece.digests)
                         entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
                                         "stored_length": len(piece.stored), "compression": piece.compression})
+                    for pool, buffer in packed.buffers:
+                        pool.release(buffer)
                     digests[packed.index] = packed.digests
                     zeros.extend(packed.zeros)
                     await on_object(packed.length)
 
-        raw_send, raw_recv = anyio.create_memory_object_stream[_Raw](self.workers)
-        packed_send, packed_recv = anyio.create_memory_object_stream[_Packed](self.workers)
+        raw_send, raw_recv = anyio.create_memory_object_stream[Raw](self.workers)
+        packed_send, packed_recv = anyio.create_memory_object_stream[Packed](self.workers)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(read if source is None else source.reader(chunk_size, block_size, _Raw), raw_send)
+                tg.start_soon(read if source is None else source.reader(chunk_size, block_size, Raw), raw_send)
                 for _ in range(self.workers):
                     tg.start_soon(pack, raw_recv.clone(), packed_send.clone())
                 for _ in range(self.uploads):
@@ -405,202 +325,39 @@ class ChunkedBackupDriver(BackupDriver):
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         entries.sort(key=lambda e: int(e["offset"]))
-        return entries, b"".join(digests[i] for i in range(count)), _merge_runs(zeros)
+        return entries, b"".join(digests[i] for i in range(count)), merge_runs(zeros)
 
-    # -- reading a backup's metadata ---------------------------------------------------
+    # -- reading a backup's metadata (_chunk_layers) -----------------------------------
 
     async def _get(self, record: BackupRecord, name: str, what: str) -> bytes:
-        assert record.container is not None
-        try:
-            return await self.store.get_object(record.container, name)
-        except ObjectNotFoundError:
-            raise CorruptBackupError(
-                f"{what} object {record.container}/{name} is missing: the backup is incomplete or damaged"
-            ) from None
+        return await get_backup_object(self.store, record, name, what)
 
-    async def _layer(self, record: BackupRecord) -> _Layer:
+    async def _layer(self, record: BackupRecord) -> Layer:
         """A backup's metadata and block list, every field and size checked."""
-        if not record.container or not record.service_metadata:
-            raise CorruptBackupError(f"backup {record.id} has no objects recorded (it never completed)")
-        name = self.metadata_name(record.service_metadata)
-        where = f"metadata object {record.container}/{name}"
-        raw = await self._get(record, name, "metadata")
-        try:
-            meta = await anyio.to_thread.run_sync(json.loads, raw)
-            version = int(meta.get("version", 1))
-            owner = (meta.get("backup_id"), meta.get("volume_id"))
-            size = int(meta["volume_size"])
-            objects = [{key: (str if key in ("name", "compression") else int)(o[key]) for key in _ENTRY_KEYS}
-                       | ({"sha256": str(o["sha256"])} if version == 1 else {}) for o in meta["objects"]]
-            if version >= 2:
-                block_size = int(meta["block_size"])
-                sha_info = meta["sha256file"]
-                sha_name, blocks, sha_hex = str(sha_info["name"]), int(sha_info["blocks"]), str(sha_info["sha256"])
-                parent_id = meta.get("parent_id")
-            zeros: ZeroRuns = [(int(a), int(n)) for a, n in meta["zero_blocks"]] if version >= 3 else []
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptBackupError(f"{where} is unreadable: {exc!r}") from None
-        if version not in range(1, METADATA_VERSION + 1):
-            raise CorruptBackupError(f"{where} has version {version}; this notifykit reads versions 1 to"
-                                     f" {METADATA_VERSION}")
-        if owner != (record.id, record.volume_id):  # another backup's objects copied in
-            raise CorruptBackupError(f"{where} is of backup {owner[0]!r} (volume {owner[1]!r}), the catalog's record"
-                                     f" is backup {record.id!r} (volume {record.volume_id!r}): refusing to restore it")
-        if size != record.size_bytes:
-            raise CorruptBackupError(f"{where}: metadata says {size} bytes, catalog says {record.size_bytes}")
-        for i, entry in enumerate(objects):
-            entry["index"] = i
-        digests: bytes | None = None
-        if version == 1:
-            _check_coverage(objects, size, where, contiguous=True, block_size=1)
-        else:
-            if parent_id != record.parent_id:
-                raise CorruptBackupError(f"{where}: parent {parent_id!r}, catalog says {record.parent_id!r}")
-            if block_size < 1 or blocks != math.ceil(size / block_size):
-                raise CorruptBackupError(f"{where}: {blocks} blocks of {block_size} bytes cannot hold {size} bytes")
-            runs = [{"name": f"zero blocks {a} to {a + n - 1}", "offset": a * block_size,
-                     "length": min(n * block_size, size - a * block_size) if 0 < n and (a + n - 1) * block_size < size
-                     else 0} for a, n in zeros]
-            _check_coverage(sorted(objects + runs, key=lambda e: int(e["offset"])), size, where,
-                            contiguous=record.parent_id is None, block_size=block_size)
-            digests = await self._get(record, sha_name, "block list")
-            if len(digests) != blocks * DIGEST_SIZE or \
-                    await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest()) != sha_hex:
-                raise CorruptBackupError(f"block list {record.container}/{sha_name} does not match its metadata")
-            for a, n in zeros:  # a zero block is zero in the block list too (verify relies on it)
-                if digests[a * DIGEST_SIZE:(a + n) * DIGEST_SIZE] != _zero_run_digests(a, n, block_size, size):
-                    raise CorruptBackupError(f"{where}: zero blocks {a} to {a + n - 1} are not zero in the block"
-                                             f" list {record.container}/{sha_name}")
-        return _Layer(record, dict(meta), objects, digests, zeros)
+        return await read_layer(self.store, record, self.metadata_name(record.service_metadata or ""))
 
-    # -- restore -----------------------------------------------------------------------
+    async def _chain(self, record: BackupRecord, parents: Sequence[BackupRecord]) -> list[Layer]:
+        return await read_chain(self._layer, record, parents)
 
-    def _unpack(self, container: str, entry: dict[str, Any], stored: bytes) -> bytes:
+    @staticmethod
+    def _plan(layers: list[Layer]) -> tuple[list[PlanItem], list[tuple[int, int]]]:
+        return restore_plan(layers)
+
+    # -- restore (_chunk_restore) ------------------------------------------------------
+
+    def _unpack(self, container: str, entry: dict[str, Any], stored: bytes) -> bytes | memoryview:
         """One object's raw bytes, its sizes checked (worker thread)."""
-        where = f"object {container}/{entry['name']}"
-        if len(stored) != entry["stored_length"]:
-            raise CorruptBackupError(f"{where} is {len(stored)} bytes, metadata says {entry['stored_length']}")
-        compression = entry["compression"]
-        if compression == "none":
-            data = stored
-        else:
-            codec = self.compressor if compression == self.compressor.name else get_compressor(compression)
-            try:
-                data = codec.decompress(stored, entry["length"])
-            except CorruptBackupError as exc:
-                raise CorruptBackupError(f"{where} is corrupt: {exc}") from None
-        if len(data) != entry["length"]:
-            raise CorruptBackupError(f"{where} holds {len(data)} bytes, metadata says {entry['length']}")
-        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise CorruptBackupError(f"{where} is corrupt: sha256 does not match the metadata")
-        return data
+        return unpack(self.compressor, container, entry, stored)
 
     @staticmethod
-    def _verify_blocks(where: str, data: bytes, start: int, stop: int, offset: int, block_size: int,
+    def _verify_blocks(where: str, data: bytes | memoryview, start: int, stop: int, offset: int, block_size: int,
                        digests: bytes) -> None:
-        """Check bytes ``start:stop`` of an object at volume ``offset`` block by block
-        against the newest backup's block list (worker thread)."""
-        view = memoryview(data)
-        sha = hashlib.sha256
-        first = (offset + start) // block_size
-        for n, i in enumerate(range(start, stop, block_size)):
-            k = (first + n) * DIGEST_SIZE
-            if sha(view[i:min(i + block_size, stop)]).digest() != digests[k:k + DIGEST_SIZE]:
-                raise CorruptBackupError(f"{where} is corrupt: block {first + n} (volume offset"
-                                         f" {offset + i}) does not match the block list")
-
-    @classmethod
-    def _verified(cls, where: str, data: bytes, start: int, stop: int, parts: Iterable[tuple[int, int]],
-                  offset: int, block_size: int, digests: bytes) -> Iterator[tuple[int, int]]:
-        """``parts`` (sorted ranges within ``start:stop``) to write, each segment of
-        ``start:stop`` checked against the block list just before its parts are yielded:
-        hashing a segment and writing it while it is in the CPU's cache, rather than hashing
-        the whole object and then copying it cold, halved a restore's CPU (issue 29)."""
-        step = max(block_size, _SEGMENT // block_size * block_size)
-        pending = list(parts)
-        for seg in range(start, stop, step):
-            end = min(seg + step, stop)
-            cls._verify_blocks(where, data, seg, end, offset, block_size, digests)
-            while pending and pending[0][0] < end:
-                a, b = pending[0]
-                if b <= end:
-                    pending.pop(0)
-                    yield a, b
-                else:
-                    pending[0] = (end, b)
-                    yield a, end
-
-    async def _chain(self, record: BackupRecord, parents: Sequence[BackupRecord]) -> list[_Layer]:
-        layers = [await self._layer(r) for r in (*parents, record)]
-        for child, parent in zip(layers[1:], layers, strict=False):
-            if child.record.parent_id != parent.record.id:
-                raise BackupError(f"backup {child.record.id}: its parent is {child.record.parent_id},"
-                                  f" not {parent.record.id}")
-            if child.digests is None or parent.digests is None or \
-                    (child.meta["chunk_size"], child.meta["block_size"]) != \
-                    (parent.meta["chunk_size"], parent.meta["block_size"]):
-                raise CorruptBackupError(f"backup {child.record.id} does not line up with its parent"
-                                         f" {parent.record.id} (chunk or block size differs)")
-        if layers[0].record.parent_id is not None:
-            raise BackupError(f"backup {layers[0].record.id} is incremental: restore needs its parent")
-        return layers
+        verify_blocks(where, data, start, stop, offset, block_size, digests)
 
     @staticmethod
-    def _plan(layers: list[_Layer]) -> tuple[list[tuple[_Layer, dict[str, Any], list[tuple[int, int]]]],
-                                             list[tuple[int, int]]]:
-        """Which object gives each block: the newest backup holding it. Returns, per object
-        that gives any, the byte ranges (within the object) to write, and the volume's byte
-        ranges that are zero blocks (checked against the newest block list)."""
-        newest = layers[-1]
-        size = int(newest.meta["volume_size"])
-        block_size = int(newest.meta.get("block_size", size or 1))
-        if len(layers) == 1:  # a full backup: every object, whole
-            return ([(newest, entry, [(0, entry["length"])]) for entry in newest.objects],
-                    [(a * block_size, min(n * block_size, size - a * block_size)) for a, n in newest.zeros])
-        nblocks = math.ceil(size / block_size)
-        owner = [-1] * nblocks
-        zero = bytearray(nblocks)  # 1: the block's newest holder lists it as a zero block
-        for n, layer in enumerate(layers):
-            for entry in layer.objects:
-                first = entry["offset"] // block_size
-                last = min(nblocks, math.ceil((entry["offset"] + entry["length"]) / block_size))
-                owner[first:last] = [n] * max(0, last - first)
-                zero[first:last] = bytes(max(0, last - first))
-            for first, count in layer.zeros:
-                last = min(nblocks, first + count)
-                owner[first:last] = [n] * max(0, last - first)
-                zero[first:last] = b"\x01" * max(0, last - first)
-        zeros: list[tuple[int, int]] = []
-        k = zero.find(1)
-        while k >= 0:
-            end = zero.find(0, k)
-            end = nblocks if end < 0 else end
-            assert newest.digests is not None  # a chain's layers all have block lists
-            if newest.digests[k * DIGEST_SIZE:end * DIGEST_SIZE] != _zero_run_digests(k, end - k, block_size, size):
-                raise CorruptBackupError(f"backup {newest.record.id}: blocks {k} to {end - 1} are zero blocks of an"
-                                         " older backup but not zero in its block list")
-            zeros.append((k * block_size, min(end * block_size, size) - k * block_size))
-            k = zero.find(1, end)
-        if -1 in owner:
-            block = owner.index(-1)
-            raise CorruptBackupError(f"backup {newest.record.id}: no backup in its chain holds block {block}")
-        plan = []
-        for n, layer in enumerate(layers):
-            for entry in layer.objects:
-                first = entry["offset"] // block_size
-                ranges: list[tuple[int, int]] = []
-                for k in range(first, min(nblocks, math.ceil((entry["offset"] + entry["length"]) / block_size))):
-                    if owner[k] != n:
-                        continue
-                    start = k * block_size - entry["offset"]
-                    stop = min(start + block_size, size - entry["offset"], entry["length"])
-                    if ranges and ranges[-1][1] == start:
-                        ranges[-1] = (ranges[-1][0], stop)
-                    else:
-                        ranges.append((start, stop))
-                if ranges:
-                    plan.append((layer, entry, ranges))
-        return plan, zeros
+    def _verified(where: str, data: bytes | memoryview, start: int, stop: int, parts: Iterable[tuple[int, int]],
+                  offset: int, block_size: int, digests: bytes) -> Iterator[tuple[int, int]]:
+        return verified(where, data, start, stop, parts, offset, block_size, digests)
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
                       *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:
@@ -608,7 +365,6 @@ class ChunkedBackupDriver(BackupDriver):
         plan, zeros = self._plan(layers)
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
-        block_size = int(newest.meta.get("block_size", 1))
         out: RestoreTarget = await anyio.to_thread.run_sync(
             lambda: open_restore_target(target, overwrite=overwrite, operation=record.id, create=create, size=size))
         written = 0
@@ -624,50 +380,9 @@ class ChunkedBackupDriver(BackupDriver):
             if zero_bytes:
                 written += zero_bytes
                 await on_object(zero_bytes)
-
-            def place(layer: _Layer, entry: dict[str, Any], ranges: list[tuple[int, int]], stored: bytes) -> int:
-                container = str(layer.record.container)
-                data = self._unpack(container, entry, stored)
-                done = 0
-                for start, stop in ranges:
-                    parts: Iterable[tuple[int, int]] = [(start, stop)]
-                    if newest.digests is not None:
-                        if fresh:  # zeros a version 2 backup stored need no writing
-                            parts = _data_ranges(start, stop, entry["offset"], block_size, newest.digests, size)
-                        # each segment checked right before it is written, while it is in the CPU's cache
-                        parts = self._verified(f"object {container}/{entry['name']}", data, start, stop, parts,
-                                               entry["offset"], block_size, newest.digests)
-                    for a, b in parts:
-                        out.write(memoryview(data)[a:b], entry["offset"] + a)
-                    done += stop - start
-                return done
-
-            async def restore_one(items: MemoryObjectReceiveStream[
-                    tuple[_Layer, dict[str, Any], list[tuple[int, int]]]]) -> None:
-                nonlocal written
-                async with items:
-                    async for layer, entry, ranges in items:
-                        container = str(layer.record.container)
-                        try:
-                            stored = await timed_async("fetch", self.store.get_object)(container, entry["name"])
-                        except ObjectNotFoundError:
-                            raise CorruptBackupError(
-                                f"object {container}/{entry['name']} (object {entry['index']}) is missing from the"
-                                " object store") from None
-                        done = await anyio.to_thread.run_sync(timed("write", place), layer, entry, ranges, stored)
-                        written += done
-                        await on_object(done)
-
-            send, receive = anyio.create_memory_object_stream[
-                tuple[_Layer, dict[str, Any], list[tuple[int, int]]]](self.workers)
             try:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.workers):
-                        tg.start_soon(restore_one, receive.clone())
-                    receive.close()
-                    async with send:
-                        for item in plan:
-                            await send.send(item)
+                written += await restore_objects(self.store, self.compressor, plan, newest, out, on_object,
+                                                 workers=self.workers, readers=self.uploads, fresh=fresh)
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
             if written != size:
@@ -700,58 +415,3 @@ class ChunkedBackupDriver(BackupDriver):
             await self.store.delete_container(container)
         except ObjectNotFoundError:
             pass
-
-
-def _data_ranges(start: int, stop: int, offset: int, block_size: int, digests: bytes,
-                 size: int) -> list[tuple[int, int]]:
-    """The parts of ``start:stop`` (bytes of an object at volume ``offset``) that are not
-    zero blocks in the block list."""
-    zero = zero_digest(block_size)
-    first, stop_block = (offset + start) // block_size, (offset + stop - 1) // block_size + 1
-    # the usual case, at C speed over this object's part of the list (a short last block is checked below)
-    if zero not in digests[first * DIGEST_SIZE:stop_block * DIGEST_SIZE]:
-        last = (size - 1) // block_size
-        if (offset + stop - 1) // block_size != last or size % block_size == 0:
-            return [(start, stop)]
-    parts: list[tuple[int, int]] = []
-    for i in range(start, stop, block_size):
-        k = (offset + i) // block_size
-        end = min(i + block_size, stop)
-        if digests[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE] in (zero, zero_digest(end - i)):
-            continue
-        if parts and parts[-1][1] == i:
-            parts[-1] = (parts[-1][0], end)
-        else:
-            parts.append((i, end))
-    return parts
-
-
-def _merge_runs(runs: ZeroRuns) -> ZeroRuns:
-    """Runs of blocks in order, touching runs joined."""
-    merged: ZeroRuns = []
-    for first, count in sorted(runs):
-        if merged and merged[-1][0] + merged[-1][1] == first:
-            merged[-1] = (merged[-1][0], merged[-1][1] + count)
-        else:
-            merged.append((first, count))
-    return merged
-
-
-def _zero_run_digests(first: int, count: int, block_size: int, size: int) -> bytes:
-    """What the block list holds for a run of zero blocks (the volume's last block may be short)."""
-    end = min(size, (first + count) * block_size)
-    return zero_digests(end - first * block_size, block_size)
-
-
-def _check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, contiguous: bool,
-                    block_size: int) -> None:
-    """Objects in offset order, not overlapping, inside the volume, on block boundaries; a
-    full backup's cover it exactly."""
-    expected = 0
-    for entry in objects:
-        offset, length = entry["offset"], entry["length"]
-        if length <= 0 or offset < expected or (contiguous and offset != expected) or offset % block_size:
-            raise CorruptBackupError(f"{where}: object {entry['name']} is out of place")
-        expected = offset + length
-    if expected > size or (contiguous and expected != size):
-        raise CorruptBackupError(f"{where}: objects cover {expected} bytes, the volume is {size}")

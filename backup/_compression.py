@@ -1,13 +1,19 @@
 """Chunk compression codecs: none, zlib and zstd (the ``zstandard`` package).
 
 Codecs are stateless from the caller's view and safe to call from several worker
-threads at once (zstd contexts are not thread-safe, so each call builds its own).
+threads at once. zstd contexts are not thread-safe, so each worker thread keeps its own
+and reuses it chunk after chunk: a new context per chunk allocated and cleared its match
+tables every time (about an eighth of zstd-3's time on 4 MiB chunks).
+
+``compress_into`` and ``decompress_into`` write into a caller's buffer (the pipeline's
+reused, page-aligned ones, ``_buffers``) instead of a new ``bytes`` per chunk.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._errors import BackupConfigError, CorruptBackupError
 
@@ -34,22 +40,50 @@ def check_level(name: str, level: int | None) -> int | None:
     return level
 
 
+Buffer = bytes | bytearray | memoryview
+
+
 class Compressor(Protocol):
     name: str
 
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes: ...
+    def compress(self, data: Buffer) -> bytes: ...
+
+    def compress_into(self, data: Buffer, out: memoryview) -> int | None:
+        """Compress ``data`` into ``out``; the bytes written, or None when the result
+        does not fit in ``out`` (the caller then stores ``data`` raw)."""
+        ...
 
     def decompress(self, data: bytes, expected_size: int) -> bytes: ...
+
+    def decompress_into(self, data: Buffer, out: memoryview) -> int:
+        """Decompress ``data`` into ``out`` (its expected size); the bytes written, fewer
+        if the stream is short (the caller checks); CorruptBackupError if it is bad."""
+        ...
+
+
+def _copy_into(data: bytes, out: memoryview) -> int | None:
+    if len(data) >= len(out):
+        return None
+    out[:len(data)] = data
+    return len(data)
 
 
 class NoCompression:
     name = "none"
 
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+    def compress(self, data: Buffer) -> bytes:
         return data if isinstance(data, bytes) else bytes(data)
+
+    def compress_into(self, data: Buffer, out: memoryview) -> int | None:
+        return None  # stored as it is
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         return data
+
+    def decompress_into(self, data: Buffer, out: memoryview) -> int:
+        n = min(len(data), len(out))
+        out[:n] = memoryview(data)[:n]
+        return len(data)
 
 
 class ZlibCompression:
@@ -58,8 +92,11 @@ class ZlibCompression:
     def __init__(self, level: int = 6) -> None:
         self.level = level
 
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+    def compress(self, data: Buffer) -> bytes:
         return zlib.compress(data, self.level)
+
+    def compress_into(self, data: Buffer, out: memoryview) -> int | None:
+        return _copy_into(self.compress(data), out)
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         try:
@@ -72,6 +109,12 @@ class ZlibCompression:
         except zlib.error as exc:
             raise CorruptBackupError(f"zlib stream does not decompress: {exc}") from None
 
+    def decompress_into(self, data: Buffer, out: memoryview) -> int:
+        raw = self.decompress(bytes(data), len(out))
+        n = min(len(raw), len(out))
+        out[:n] = raw[:n]
+        return len(raw)
+
 
 class ZstdCompression:
     name = "zstd"
@@ -81,20 +124,60 @@ class ZstdCompression:
 
         self._zstd = zstandard
         self.level = level
+        self._local = threading.local()  # this thread's compressor and decompressor contexts
 
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        # No frame checksum (xxhash64): every block is checked against the block list's
-        # sha256 after decompression, so it would only cost CPU on both ends (frames that
-        # carry one, from older backups, are still checked by zstd on restore).
-        return self._zstd.ZstdCompressor(level=self.level, write_checksum=False).compress(data)
+    def _compressor(self) -> Any:
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:
+            # No frame checksum (xxhash64): every block is checked against the block list's
+            # sha256 after decompression, so it would only cost CPU on both ends (frames that
+            # carry one, from older backups, are still checked by zstd on restore).
+            cctx = self._local.cctx = self._zstd.ZstdCompressor(level=self.level, write_checksum=False)
+        return cctx
+
+    def _decompressor(self) -> Any:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = self._zstd.ZstdDecompressor()
+        return dctx
+
+    def compress(self, data: Buffer) -> bytes:
+        return bytes(self._compressor().compress(data))
+
+    def compress_into(self, data: Buffer, out: memoryview) -> int | None:
+        done = 0
+        with self._compressor().stream_reader(data, size=len(data)) as reader:
+            while done < len(out):
+                n = reader.readinto(out[done:])
+                if not n:
+                    return done
+                done += n
+            return None  # out is full: the frame is at least as long as the space given
+
+    def _check_declared(self, data: Buffer, expected_size: int) -> None:
+        # A damaged header could declare any size; refuse before allocating it.
+        declared = self._zstd.frame_content_size(data)
+        if declared not in (-1, expected_size):
+            raise CorruptBackupError(f"zstd frame declares {declared} bytes, expected {expected_size}")
 
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         try:
-            # A damaged header could declare any size; refuse before allocating it.
-            declared = self._zstd.frame_content_size(data)
-            if declared not in (-1, expected_size):
-                raise CorruptBackupError(f"zstd frame declares {declared} bytes, expected {expected_size}")
-            return self._zstd.ZstdDecompressor().decompress(data, max_output_size=max(expected_size, 1))
+            self._check_declared(data, expected_size)
+            return bytes(self._decompressor().decompress(data, max_output_size=max(expected_size, 1)))
+        except self._zstd.ZstdError as exc:
+            raise CorruptBackupError(f"zstd frame does not decompress: {exc}") from None
+
+    def decompress_into(self, data: Buffer, out: memoryview) -> int:
+        try:
+            self._check_declared(data, len(out))
+            done = 0
+            with self._decompressor().stream_reader(data) as reader:
+                while done < len(out):
+                    n = reader.readinto(out[done:])
+                    if not n:
+                        break
+                    done += n
+            return done
         except self._zstd.ZstdError as exc:
             raise CorruptBackupError(f"zstd frame does not decompress: {exc}") from None
 

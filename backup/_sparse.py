@@ -112,21 +112,33 @@ def is_sparse_capable(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def data_chunk(fd: int, offset: int, chunk_size: int, size: int, where: str,
-               sparse: bool) -> tuple[int, bytes | bytearray | None]:
+def _zero_fill(view: memoryview) -> None:
+    """Zeros over a reused buffer's stale bytes (where a hole was not read)."""
+    for at in range(0, len(view), len(_ZEROS)):
+        n = min(len(_ZEROS), len(view) - at)
+        view[at:at + n] = memoryview(_ZEROS)[:n]
+
+
+def data_chunk(fd: int, offset: int, chunk_size: int, size: int, where: str, sparse: bool,
+               into: memoryview | None = None) -> tuple[int, bytes | bytearray | memoryview | None]:
     """The first chunk at or after ``offset`` holding data: ``(its offset, its bytes)``.
 
     Chunks before it lie wholly in holes and were not read. ``(size, None)`` when no data
-    is left; holes inside the chunk returned are zeros that were not read.
+    is left; holes inside the chunk returned are zeros that were not read. With ``into``
+    (a reused buffer of at least ``chunk_size`` bytes) the bytes are read into it and a
+    view of it is returned; else a new object.
     """
     if not sparse:
         length = min(chunk_size, size - offset)
-        return offset, _pread(fd, length, offset, where, size)
+        if into is None:
+            return offset, _pread(fd, length, offset, where, size)
+        pread_into(fd, into[:length], offset, where, size)
+        return offset, into[:length]
     try:
         first = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
         if exc.errno != errno.ENXIO:  # the filesystem cannot report holes: read it all
-            return data_chunk(fd, offset, chunk_size, size, where, False)
+            return data_chunk(fd, offset, chunk_size, size, where, False, into)
         first = size
     if first >= size:
         shrunk = _shrunk(fd, where, size)
@@ -137,11 +149,24 @@ def data_chunk(fd: int, offset: int, chunk_size: int, size: int, where: str,
     length = min(chunk_size, size - offset)
     extents = _extents(fd, offset, offset + length)
     if extents is None or extents == [(offset, offset + length)]:
-        return offset, _pread(fd, length, offset, where, size)
-    buf = bytearray(length)  # zeros where the holes are
-    view = memoryview(buf)
+        if into is None:
+            return offset, _pread(fd, length, offset, where, size)
+        pread_into(fd, into[:length], offset, where, size)
+        return offset, into[:length]
+    buf: bytearray | memoryview
+    if into is None:
+        buf = bytearray(length)  # zeros where the holes are
+        view = memoryview(buf)
+    else:
+        buf = view = into[:length]
+    pos = 0
     for start, stop in extents:
+        if into is not None:
+            _zero_fill(view[pos:start - offset])
         pread_into(fd, view[start - offset:stop - offset], start, where, size)
+        pos = stop - offset
+    if into is not None:
+        _zero_fill(view[pos:length])
     if offset + length == size:  # the last chunk: a hole at its end may be a shrunk file's end
         shrunk = _shrunk(fd, where, size)
         if shrunk is not None:

@@ -85,11 +85,21 @@ NOTES = """\
   share of the backup's wall time spent inside `notify()`, is the figure that measures the cost.
 - **backup_vs_tools**: the same file backed up, restored and backed up again incrementally by
   `cp`+`sync`, notifykit, borg and restic in interleaved rounds; each goal is the median over
-  rounds of a ratio within one round. notifykit does sha256 over every 32 KiB block (the
-  block list increments and restores check), zstd-3 on chunks whose samples compress, and
-  one sync of every object at the end (before issue 29: an fsync per object); `cp` only
-  copies pages, so on two shared cores the backup is CPU-bound where `cp` is disk-bound.
-  borg and restic start a process per command, notifykit is timed around the library call.
+  rounds of a ratio within one round (`ratios_by_round`: the spread). notifykit does sha256
+  over every 32 KiB block (the block list increments and restores check) and zstd-3 on
+  chunks whose samples compress, reading into and compressing into reused page-aligned
+  buffers; the posix store writes them with O_DIRECT and syncs every object once at the end
+  from 8 threads; `cp` only copies pages, so on two shared cores the backup is CPU-bound
+  (1.4 CPU-s per GiB against 0.35) where `cp` is disk-bound. Issue 29, 1 GiB, before →
+  after the reused buffers and O_DIRECT, two pairs of back-to-back runs (3 rounds each; all
+  in `benchmarks/results/_backup_vs_tools_issue29.json`): create 0.21 and 0.29 → 0.56 and
+  0.51 x cp+sync (rounds 0.11-0.35 → 0.30-1.07, one outlier of 1.35 before), 2.1-2.4 →
+  1.4 CPU-s per GiB, vs borg 1.03 and 0.71 → 2.25 and 1.82, vs restic 2.35 and 1.26 → 4.59
+  and 3.88; restore 0.32 and 0.40 → 0.44 and 0.76 x cp+sync (rounds 0.22-0.62 →
+  0.40-2.71), 1.2 → 0.9 CPU-s per GiB, vs borg 1.77 and 1.27 → 2.35 and 3.42, vs restic
+  1.68 and 1.24 → 2.20 and 4.51; increment 0.59 and 0.50 → 0.42 and 0.43 x borg's second
+  create. The profile of what is left is in the benchmark's section below. borg and restic
+  start a process per command, notifykit is timed around the library call.
 - **nats_throughput** (issue 26): exactly once on JetStream is a test result, not a
   timing: a durable publisher SIGKILLed mid-delivery and restarted replays its unconfirmed
   batch with the same `Nats-Msg-Id`s, and the stream's duplicate window (120 s) drops them:
