@@ -7,11 +7,13 @@ and renewed once when Swift answers 401. Each backup gets its own
 container ``backup_<id>``, or, with ``container`` set, one shared container in which each
 backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
 
-Every PUT carries the object's MD5 as ``ETag`` (Swift refuses a body that does not match,
-and its answer is checked too) and the sha256 of the stored bytes as
-``X-Object-Meta-Sha256``; every GET is checked against both. Both digests come with the
-object from the chunked driver (``object_digests``: computed once, in the worker that packs
-the chunk); other callers' objects are hashed here, in a worker thread. 5xx answers,
+Every PUT carries the object's MD5 as ``ETag``: Swift refuses a body that does not match
+(422, retried) and its answer's ETag is checked too; every GET is checked against its ETag.
+The MD5 comes with the object from the chunked driver (``object_digests``: computed once,
+in the worker that packs the chunk); other callers' objects are hashed here, in a worker
+thread. No whole-object sha256 is sent: restore checks every 32 KiB block against the
+backup's block list, so it would be a third pass over every byte; an
+``X-Object-Meta-Sha256`` that objects of older backups carry is still checked on GET. 5xx answers,
 timeouts and connection failures are retried by the stores' one retry loop, ``StoreRetry``
 (bounded attempts, exponential backoff with jitter); 507 and 413 are permanent errors
 with a message fit for ``fail_reason``. Credentials never appear in reprs, logs or error
@@ -155,8 +157,12 @@ class _Session:
     token: str = field(repr=False)
 
 
-def _digests(data: bytes) -> tuple[str, str]:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest(), hashlib.sha256(data).hexdigest()
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class SwiftObjectStore:
@@ -165,8 +171,8 @@ class SwiftObjectStore:
     name = "swift"
     # Each chunk upload is a network round trip, so more overlap pays.
     default_uploads = 4
-    # ETag (MD5) and X-Object-Meta-Sha256: taken from the driver, which hashes each chunk once.
-    object_digests = ("md5", "sha256")
+    # The ETag (MD5): taken from the driver, which hashes each chunk once.
+    object_digests = ("md5",)
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> SwiftObjectStore:
@@ -342,14 +348,11 @@ class SwiftObjectStore:
 
     async def put_object(self, container: str, name: str, data: bytes, *,
                          digests: ObjectDigests | None = None) -> None:
-        """``digests``: the MD5 and sha256 of ``data`` when the caller computed them (the
-        chunked driver does, in the worker that packs the chunk); else hashed here."""
+        """``digests``: the MD5 of ``data`` when the caller computed it (the chunked driver
+        does, in the worker that packs the chunk); else hashed here."""
         swift_container, obj = self._path(container, name)
-        if digests is not None and digests.md5 and digests.sha256:
-            md5, sha256 = digests.md5, digests.sha256
-        else:
-            md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
-        headers = {"ETag": md5, "X-Object-Meta-Sha256": sha256, "Content-Type": "application/octet-stream"}
+        md5 = digests.md5 if digests is not None and digests.md5 else await anyio.to_thread.run_sync(_md5, data)
+        headers = {"ETag": md5, "Content-Type": "application/octet-stream"}
         resp = await self._request("PUT", "store object", swift_container, obj, headers=headers, content=data,
                                    ok=(201,))
         if resp.status_code == 404:
@@ -364,10 +367,10 @@ class SwiftObjectStore:
         if resp.status_code == 404:
             raise ObjectNotFoundError(f"object {swift_container}/{obj} is missing from swift")
         data = resp.content
-        md5, sha256 = await anyio.to_thread.run_sync(_digests, data)
         etag = resp.headers.get("ETag", "").strip('"')
-        stored_sha = resp.headers.get("X-Object-Meta-Sha256")
-        if (etag and etag != md5) or (stored_sha and stored_sha != sha256):
+        stored_sha = resp.headers.get("X-Object-Meta-Sha256")  # objects of older backups carry one
+        if (etag and etag != await anyio.to_thread.run_sync(_md5, data)) or \
+                (stored_sha and stored_sha != await anyio.to_thread.run_sync(_sha256, data)):
             raise CorruptBackupError(f"object {swift_container}/{obj} read from swift does not match its"
                                      " ETag/X-Object-Meta-Sha256")
         return data

@@ -145,6 +145,21 @@ NOTES = """\
   saves the store's own thread hop, not a hashing pass: the backup still computes three
   digests per chunk (sha256 per 32 KiB block for its block list, MD5 for the ETag, sha256
   of the stored bytes for X-Object-Meta-Sha256) where `swift upload` computes one MD5.
+  Then X-Object-Meta-Sha256 was dropped (Swift checks the MD5 ETag, restore checks every
+  block against the block list; older objects' header is still checked on GET). HEAD's store
+  against the new one in one process, same Swift, with the anchor, 3 runs of 5-7 rounds
+  (HEAD's module loaded beside the new, 256 MiB): client CPU none 0.79-0.84 → 0.66-0.70 s, zstd
+  0.81-0.85 → 0.74-0.78 s, `swift upload` 0.50-0.54 s; client + Swift servers none
+  1.87-1.98 → 1.67-1.85 CPU-s against 1.57-1.59. Four runs of the benchmark on the new code
+  (7 rounds each, load average 3-17 from other jobs): none 0.91, 1.09, 0.90, 1.00 x `swift
+  upload`, zstd 0.90, 1.06, 0.99, 1.06 (the last run is the one above). Per-thread CPU
+  (/proc) of a none backup: pack workers 0.53-0.58 s per 256 MiB (MD5 at 730 MiB/s: 0.35 s;
+  block sha256 at 1,840 MiB/s with SHA-NI: 0.14 s; pread), event loop 0.18 s (httpx, the
+  kernel's loopback sends); callgrind (valgrind hides SHA-NI, so it overstates sha256) counts
+  2.30 → 1.37 G instructions per 32 MiB backup, 0.11 G of them outside libcrypto before and
+  after: the HTTP side is small and unchanged. The backup does `swift upload`'s MD5 plus the
+  block list's sha256 on the cores the Swift servers use, so when they are saturated the
+  ratio follows total CPU (about 0.9); on a quieter machine it reaches 1.0.
 - **s3_backup**: the S3 store (obstore) against a boto3 thread-pool upload of the same chunks
   to the same single-node Ceph RGW; `ratio_obstore_vs_aiobotocore` is why the store uses
   obstore (aiobotocore signs the payload and writes through aiohttp on the event loop).
@@ -156,6 +171,16 @@ NOTES = """\
   separates the backup from boto3 is the MD5 itself (the ETag check; about 0.45 CPU-s per
   256 MiB, 2.5 x a sha256 on this CPU) on top of the block list's sha256, where boto3 signs
   the payload with one sha256; with zstd the backup sends half the bytes and beats the loop.
+  Then the store signed the payload as boto3 does (RGW checks the sha256 before storing and
+  refuses a damaged body: tests/ceph/test_s3_digests.py) and stopped asking for the MD5.
+  HEAD's store against the new one in one process, same RGW, with the anchor, 3 runs of 7
+  rounds (256 MiB): client CPU none 0.65 → 0.45-0.46 s, zstd 0.67-0.70 → 0.57-0.61 s, boto3
+  0.34-0.35 s; RGW none 0.66 → 0.79 s (it now hashes the payload, as for boto3's PUTs:
+  0.80-0.82 s); client + RGW + OSD none 1.57-1.60 → 1.53-1.55 CPU-s against 1.39-1.43. Four
+  runs of the benchmark on the new code (7 rounds each, load average 3-17): none 0.86, 0.90,
+  0.96, 0.98 x the boto3 loop, zstd 1.18, 1.28, 1.09, 1.14. What is left is the block list's
+  sha256 (0.14 CPU-s per 256 MiB) and reading the file inside the timing, where the loop's
+  chunks are read before it starts.
 - **rados_backup**: the rados store (librados, python3-rados in worker threads) against a
   python-rados `write_full` thread pool writing the same 4 MiB chunks with the same
   concurrency (`per_chunk` in the JSON: what each contender does per chunk), and against the

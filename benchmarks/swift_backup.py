@@ -10,8 +10,10 @@ round, in an order that rotates, runs:
   interpreter start-up is counted), segment size = the backup's chunk size, as many
   segment uploads in flight as the backup has chunk uploads, MD5 checked per segment;
 * ``notifykit_backup_zstd`` — ``BackupService.create_backup`` with the chunked driver on
-  the Swift store (zstd, the default compression; MD5 ETag and sha256 per object);
+  the Swift store (zstd, the default compression);
 * ``notifykit_backup_none`` — the same without compression (the same bytes as the anchor);
+
+What each does per object is in the JSON (``per_object``).
 * ``posix_fsync`` — the same backup to the posix store with fsync, for reference.
 
 Each rate is the median of ROUNDS rounds in MiB/s of the file's size, each ratio the
@@ -52,16 +54,30 @@ CHUNK = 4 * MIB
 UPLOADS = SwiftObjectStore.default_uploads
 
 
+# What each contender does per object (python-swiftclient 4.x service.py; backup/_swift.py).
+PER_OBJECT = {
+    "swift_upload": "one PUT per 4 MiB segment, read from the file 64 KiB at a time while it is sent, its MD5 "
+                    "computed on the way (no ETag header: Swift does not check the body) and compared with the "
+                    "answer's ETag; before: GET /info, HEAD of the object, PUT of the container and of "
+                    "<container>_segments; after: the SLO manifest PUT (the proxy HEADs every segment)",
+    "notifykit_backup": "one PUT per 4 MiB chunk read into memory: sha256 of every 32 KiB block (the block list: "
+                        "increments and restore checks), zstd (the zstd run: raw when incompressible), the MD5 of "
+                        "the stored bytes (all in a pack worker); the PUT carries it as ETag (Swift refuses a body "
+                        "that does not match it) and the answer's ETag is checked; before: PUT of the container; "
+                        "after: the block list and the metadata object, and the catalog's records",
+    "posix_fsync": "the same chunks, zstd, written to files (no MD5), one sync of them all at the end",
+}
+
+
 def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
     """Where the time goes, from this run's CPU seconds (shown on the page when a goal is missed)."""
     ours, theirs = cpu.get(contender, {}), cpu.get("swift_upload", {})
     servers = lambda per: sum(v for k, v in per.items() if k != "client")  # noqa: E731
     return (f"client CPU {ours.get('client', 0):.2f} s against swift upload's {theirs.get('client', 0):.2f} s, "
             f"Swift servers {servers(ours):.2f} s against {servers(theirs):.2f} s, all on the same two cores: "
-            "besides the MD5 both compute for the ETag, the backup hashes every chunk with sha256 twice, once per "
-            "32 KiB block (its block list: increments and restore checks) and once whole (X-Object-Meta-Sha256), each "
-            "digest once, in the pack workers (zstd compresses too); the rest is httpx/asyncio per-request work, "
-            "and the Swift servers' share of the same cores")
+            "besides the MD5 both compute for the ETag, the backup hashes every 32 KiB block with sha256 (its "
+            "block list: increments and restore checks), in the pack workers (zstd compresses too); the rest is "
+            "httpx/asyncio per-request work, and the Swift servers' share of the same cores")
 
 
 def swift_upload(auth_url: str, user: str, key: str, volume: Path) -> float:
@@ -153,6 +169,7 @@ async def main() -> dict[str, Any]:
         "rounds": ROUNDS,
         "swift_started_here": aio is not None,
         "statistic": "median of interleaved rounds",
+        "per_object": PER_OBJECT,
         "mib_s": {k: round(v, 1) for k, v in rates.items()},
         "rounds_mib_s": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
         "cpu_s_median": cpu_median,
