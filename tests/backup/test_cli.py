@@ -106,7 +106,7 @@ def test_settings_precedence_defaults_toml_env_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("env", "message"), [
     ({"NOTIFYKIT_BACKUP_STORE": "file:///tmp/x?fsync=maybe"}, "file store: fsync must be true or false"),
     ({"NOTIFYKIT_BACKUP_STORE": "file:///tmp/x?fsinc=no"}, r"file store: unknown option\(s\) 'fsinc' \(allowed: fsync\)"),
-    ({"NOTIFYKIT_BACKUP_COMPRESSION": "lzma"}, "compression must be one of none, zlib, zstd"),
+    ({"NOTIFYKIT_BACKUP_COMPRESSION": "lzma"}, "compression must be one of none, zlib, bz2, zstd"),
     ({"NOTIFYKIT_BACKUP_CHUNK_SIZE": "12"}, "chunk_size must be 4096 bytes"),
     ({"NOTIFYKIT_BACKUP_BACKUP_TIMER_INTERVAL": "-1"}, "backup_timer_interval must be > 0"),
     ({"NOTIFYKIT_BACKUP_CONFIG": "/nonexistent/backup.toml"}, "does not exist"),

@@ -74,7 +74,7 @@ async def test_posix_driver_with_default_chunks_round_trips(tmp_path: Path) -> N
     assert (tmp_path / "out.img").read_bytes() == volume.read_bytes()
 
 
-@pytest.mark.parametrize("compression", ["zlib", "zstd"])
+@pytest.mark.parametrize("compression", ["zlib", "bz2", "zstd"])
 def test_codecs_refuse_damaged_streams_with_a_clear_error(compression: str) -> None:
     from notifykit.backup import CorruptBackupError
     from notifykit.backup._compression import get_compressor
