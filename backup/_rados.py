@@ -61,6 +61,10 @@ DEFAULT_MON_OP_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 # librados calls in worker threads at once (a backstop above the driver's own ``uploads``).
 MAX_THREADS = 32
+# A read asks for this many bytes (more than a default 4 MiB chunk); a larger object raises it to
+# the power of two above its size, at most osd_max_object_size's default (the binding allocates it).
+FIRST_READ_BOUND = 8 * 1024 * 1024
+MAX_READ_BOUND = 128 * 1024 * 1024
 _TRANSIENT = {errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
               errno.ECONNRESET, errno.EBUSY}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -174,6 +178,8 @@ class RadosObjectStore:
         self._ioctxs: dict[str, _Ioctx] = {}
         self._ioctx_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop that uses it
+        # Bytes a read asks for: above the largest object read so far (a benign race between threads).
+        self._read_bound = FIRST_READ_BOUND
 
     @property
     def _threads(self) -> anyio.CapacityLimiter:
@@ -330,11 +336,20 @@ class RadosObjectStore:
     # -- blocking calls (worker threads) ----------------------------------------------------
 
     def _get(self, container: str, name: str) -> bytes:
+        """One round trip: a read of ``_read_bound`` bytes. A RADOS read stops short only at
+        the object's end, so fewer bytes are the whole object; as many may be a prefix, so
+        then the size is asked for and the rest read (and the bound raised for the next reads)."""
         ioctx = self._ioctx(container)
+        bound = self._read_bound
+        data = ioctx.read(name, bound, 0)
+        if len(data) < bound:
+            return data
         size, _ = ioctx.stat(name)
-        data = ioctx.read(name, size, 0) if size else b""
-        if len(data) != size:
+        if size > len(data):
+            data += ioctx.read(name, size - len(data), len(data))
+        if len(data) != size:  # rewritten between the calls: read it again
             raise TransientObjectStoreError(f"read {len(data)} of the object's {size} bytes")
+        self._read_bound = max(self._read_bound, min(1 << size.bit_length(), MAX_READ_BOUND))
         return data
 
     def _delete(self, container: str, name: str) -> None:

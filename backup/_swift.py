@@ -3,7 +3,8 @@
 Authentication is TempAuth (v1: ``GET /auth/v1.0`` with ``X-Auth-User``/``X-Auth-Key``) or
 Keystone through keystoneauth1 (``_keystone.py``: password, application credential or
 token; the ``object-store`` endpoint from the catalog). The token is fetched on first use
-and renewed once when Swift answers 401. Each backup gets its own
+and renewed once when Swift answers 401 (``_swift_http.py``: the client, the token, one
+call and its status mapping). Each backup gets its own
 container ``backup_<id>``, or, with ``container`` set, one shared container in which each
 backup's objects sit under the prefix ``backup_<id>/`` (Cinder's layout).
 
@@ -23,9 +24,9 @@ messages.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -37,18 +38,15 @@ from ._errors import (
     CorruptBackupError,
     ObjectNotFoundError,
     ObjectStoreError,
-    ObjectStoreFullError,
     PermanentObjectStoreError,
-    TransientObjectStoreError,
 )
-from ._keystone import KeystoneCredentials, KeystoneSession
+from ._keystone import KeystoneCredentials
 from ._objectstore import ObjectDigests, validate_name
 from ._retry import StoreRetry
 from ._stores import StoreSettings
+from ._swift_http import SwiftClient, SwiftSession
 
 __all__ = ["SwiftObjectStore", "SwiftOptions"]
-
-_T = TypeVar("_T")
 
 SCHEMES = {"swift": "http", "swift+http": "http", "swift+https": "https"}
 _AUTH_VERSIONS = ("1", "3")
@@ -151,12 +149,6 @@ class SwiftOptions:
         return swift
 
 
-@dataclass(frozen=True, slots=True)
-class _Session:
-    storage_url: str
-    token: str = field(repr=False)
-
-
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
@@ -181,25 +173,26 @@ class SwiftObjectStore:
     async def open(self) -> None:
         """Keystone: authenticate now, so the notifications' context can carry the user and
         project ids. TempAuth: nothing yet, the token comes with the first request."""
-        if self._keystone is not None:
-            await self._authenticate(None)
+        if self._api.keystone is not None:
+            await self._api.authenticate(None)
 
     def __init__(self, options: SwiftOptions, *, max_connections: int = 16,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.options = options
-        self._max_connections = max_connections
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._session: _Session | None = None
-        self._auth_lock: anyio.Lock | None = None
-        self._keystone = KeystoneSession(options.keystone, options.timeout) if options.keystone else None
+        self._api = SwiftClient(options, max_connections=max_connections, transport=transport)
+
+    @property
+    def _session(self) -> SwiftSession | None:
+        """The current storage URL and token (the token-renewal tests compare it)."""
+        return self._api.session
 
     @property
     def identity(self) -> dict[str, str]:
         """The Keystone user and project ids once authenticated (for the notifications' context)."""
-        if self._keystone is None or not self._keystone.user_id:
+        keystone = self._api.keystone
+        if keystone is None or not keystone.user_id:
             return {}
-        return {"user_id": self._keystone.user_id, "project_id": self._keystone.project_id or ""}
+        return {"user_id": keystone.user_id, "project_id": keystone.project_id or ""}
 
     def __repr__(self) -> str:
         shared = f", container={self.options.container!r}" if self.options.container else ""
@@ -214,9 +207,7 @@ class SwiftObjectStore:
         return f"{self.options.auth_url}{query}"
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._api.aclose()
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -229,108 +220,11 @@ class SwiftObjectStore:
             return container, name
         return self.options.container, f"{container}/{name}" if name is not None else None
 
-    @staticmethod
-    def _url(storage_url: str, container: str, obj: str | None = None) -> str:
-        url = f"{storage_url.rstrip('/')}/{quote(container, safe='')}"
-        return f"{url}/{quote(obj, safe='/')}" if obj is not None else url
-
-    # -- HTTP plumbing ------------------------------------------------------------------
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            limits = httpx.Limits(max_connections=self._max_connections,
-                                  max_keepalive_connections=self._max_connections)
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.options.timeout), limits=limits,
-                                             trust_env=False, follow_redirects=False, transport=self._transport)
-        return self._client
-
-    async def _authenticate(self, stale: _Session | None) -> _Session:
-        """A valid session; re-authenticates once for all callers that saw ``stale`` fail."""
-        if self._auth_lock is None:
-            self._auth_lock = anyio.Lock()
-        async with self._auth_lock:
-            if self._session is not None and self._session is not stale:
-                return self._session
-            session = await self._with_retries("authenticate", f"at {self.options.auth_url}", self._auth_once)
-            self._session = session
-            return session
-
-    async def _auth_once(self) -> _Session:
-        opts = self.options
-        if self._keystone is not None:
-            token, url = await self._keystone.authenticate(renew=self._session is not None)
-            return _Session(url, token)
-        resp = await self._http().get(opts.auth_url, headers={"X-Auth-User": opts.user, "X-Auth-Key": opts.key})
-        self._check_auth(resp)
-        url, token = resp.headers.get("X-Storage-Url"), resp.headers.get("X-Auth-Token")
-        if not url or not token:
-            raise PermanentObjectStoreError(f"swift auth at {opts.auth_url} answered without X-Storage-Url/X-Auth-Token")
-        return _Session(url, token)
-
-    def _check_auth(self, resp: httpx.Response) -> None:
-        if resp.status_code >= 500:
-            raise TransientObjectStoreError(f"{resp.status_code} {resp.reason_phrase}")
-        if resp.status_code in (401, 403):
-            raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed for user "
-                                   f"{self.options.user!r}: {resp.status_code} {resp.reason_phrase} (check the key)")
-        if resp.status_code >= 300:
-            raise PermanentObjectStoreError(f"swift authentication at {self.options.auth_url} failed:"
-                                   f" {resp.status_code} {resp.reason_phrase}")
-
-    async def _with_retries(self, action: str, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``attempt()`` under the store's retry policy; the last failure becomes an ObjectStoreError."""
-        return await self.options.retry.call("swift", action, what, attempt, classify=_classify)
-
-    async def _request(self, method: str, action: str, container: str, obj: str | None = None, *,
-                       headers: Mapping[str, str] | None = None, content: bytes | None = None,
-                       params: Mapping[str, str] | None = None,
-                       ok: tuple[int, ...] = (200, 201, 202, 204)) -> httpx.Response:
-        """One Swift API call with auth (re-auth once on 401), retries and error mapping.
-
-        Returns the response for a status in ``ok`` or 404 (the caller decides what a
-        missing thing means); raises ObjectStoreError for everything else.
-        """
-        what = f"{container}/{obj}" if obj is not None else repr(container)
-        reauthenticated = False
-
-        async def once() -> httpx.Response:
-            nonlocal reauthenticated
-            session = self._session or await self._authenticate(None)
-            while True:
-                hdrs = {"X-Auth-Token": session.token, **(headers or {})}
-                resp = await self._http().request(method, self._url(session.storage_url, container, obj),
-                                                  headers=hdrs, content=content, params=params)
-                if resp.status_code == 401 and not reauthenticated:
-                    reauthenticated = True  # token expired or revoked: one fresh token, then give up
-                    session = await self._authenticate(session)
-                    continue
-                break
-            status = resp.status_code
-            if status in ok or status == 404:
-                return resp
-            if status == 401:
-                raise PermanentObjectStoreError(f"swift refused the token for {method} {what} (401) right after authenticating")
-            if status == 507:
-                raise ObjectStoreFullError(f"swift object store full: 507 Insufficient Storage on {method} {what}")
-            if status == 413:
-                raise ObjectStoreFullError(f"swift refused {method} {what}: 413 Request Entity Too Large (the object"
-                                       f" exceeds the cluster's max_file_size or a quota is exhausted): {_body(resp)}")
-            if status == 422:
-                raise TransientObjectStoreError("422 Unprocessable Entity: the body did not match its ETag (damaged in transit)")
-            if status >= 500:
-                raise TransientObjectStoreError(f"{status} {resp.reason_phrase}")
-            if status == 403:
-                raise PermanentObjectStoreError(f"swift refused {method} {what} for {self.options.user}: 403 Forbidden"
-                                                " (no Swift operator role in this project, or an ACL denies it)")
-            raise PermanentObjectStoreError(f"swift refused {method} {what}: {status} {resp.reason_phrase}: {_body(resp)}")
-
-        return await self._with_retries(action, what, once)
-
     # -- ObjectStore ----------------------------------------------------------------------
 
     async def create_container(self, container: str) -> None:
         swift_container, _ = self._path(container)
-        await self._request("PUT", "create container", swift_container, ok=(201, 202, 204))
+        await self._api.request("PUT", "create container", swift_container, ok=(201, 202, 204))
 
     async def delete_container(self, container: str) -> None:
         swift_container, _ = self._path(container)
@@ -342,7 +236,7 @@ class SwiftObjectStore:
             if left:
                 raise PermanentObjectStoreError(f"swift: cannot delete {swift_container}/{container}/: {len(left)} object(s) left")
             return
-        resp = await self._request("DELETE", "delete container", swift_container, ok=(204,))
+        resp = await self._api.request("DELETE", "delete container", swift_container, ok=(204,))
         if resp.status_code == 404:
             raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist")
 
@@ -353,7 +247,7 @@ class SwiftObjectStore:
         swift_container, obj = self._path(container, name)
         md5 = digests.md5 if digests is not None and digests.md5 else await anyio.to_thread.run_sync(_md5, data)
         headers = {"ETag": md5, "Content-Type": "application/octet-stream"}
-        resp = await self._request("PUT", "store object", swift_container, obj, headers=headers, content=data,
+        resp = await self._api.request("PUT", "store object", swift_container, obj, headers=headers, content=data,
                                    ok=(201,))
         if resp.status_code == 404:
             raise ObjectNotFoundError(f"swift container {swift_container!r} does not exist (writing {name})")
@@ -363,7 +257,7 @@ class SwiftObjectStore:
 
     async def get_object(self, container: str, name: str) -> bytes:
         swift_container, obj = self._path(container, name)
-        resp = await self._request("GET", "read object", swift_container, obj, ok=(200,))
+        resp = await self._api.request("GET", "read object", swift_container, obj, ok=(200,))
         if resp.status_code == 404:
             raise ObjectNotFoundError(f"object {swift_container}/{obj} is missing from swift")
         data = resp.content
@@ -378,7 +272,7 @@ class SwiftObjectStore:
     async def delete_object(self, container: str, name: str) -> None:
         """A 404 means someone (or an earlier, retried attempt) already removed it: done."""
         swift_container, obj = self._path(container, name)
-        await self._request("DELETE", "delete object", swift_container, obj, ok=(204,))
+        await self._api.request("DELETE", "delete object", swift_container, obj, ok=(204,))
 
     async def list_objects(self, container: str) -> list[str]:
         swift_container, _ = self._path(container)
@@ -397,7 +291,7 @@ class SwiftObjectStore:
         marker = ""
         while True:
             params = {"format": "json", "prefix": prefix, "marker": marker}
-            resp = await self._request("GET", "list container", swift_container, params=params, ok=(200, 204))
+            resp = await self._api.request("GET", "list container", swift_container, params=params, ok=(200, 204))
             if resp.status_code == 404:
                 return None
             if resp.status_code == 204 or not resp.content:
@@ -414,27 +308,3 @@ class SwiftObjectStore:
     async def sync_container(self, container: str) -> None:
         """Nothing to do: Swift answers 201 only once the object is durably written."""
 
-
-def _classify(exc: Exception, where: str) -> ObjectStoreError | None:
-    """httpx's failures: a lost connection or a timeout may pass, a bad URL or body will not."""
-    if isinstance(exc, httpx.InvalidURL):
-        return PermanentObjectStoreError(f"{where}: invalid URL ({exc})")
-    if isinstance(exc, httpx.TransportError):
-        return TransientObjectStoreError(_describe(exc))
-    if isinstance(exc, httpx.HTTPError):  # a body that cannot be decoded, a redirect: trying again will not help
-        return PermanentObjectStoreError(f"{where}: {_describe(exc)}")
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, httpx.HTTPError):
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return str(exc)
-
-
-def _body(resp: httpx.Response) -> str:
-    """The start of an error body, one line (Swift explains 4xx answers in plain text)."""
-    text = " ".join(resp.text.split())[:200]
-    return text or "(no body)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import subprocess
 import sys
 import uuid
@@ -24,7 +25,7 @@ import anyio
 import pytest
 
 from notifykit.backup import BackupConfigError, BackupStatus, ObjectStoreError
-from notifykit.backup._rados import RadosObjectStore
+from notifykit.backup._rados import FIRST_READ_BOUND, RadosObjectStore
 from notifykit.backup.cli import main
 from notifykit.backup.plugin import PermanentObjectStoreError, TransientObjectStoreError, store_from_url
 
@@ -181,6 +182,67 @@ async def test_missing_object_and_missing_pool(tmp_path: Path, pool: Pool) -> No
     other = store_from_url(pool.url().replace(f"rados://{pool.name}?", "rados://nk-no-such-pool?"))
     with pytest.raises(PermanentObjectStoreError, match="the pool does not exist"):
         await other.open()
+
+
+class _CountingIoctx:
+    """An I/O context that records which librados calls a read makes (read, stat)."""
+
+    def __init__(self, ioctx: Any, calls: list[str]) -> None:
+        self._ioctx, self._calls = ioctx, calls
+
+    def read(self, key: str, length: int, offset: int) -> bytes:
+        self._calls.append("read")
+        data: bytes = self._ioctx.read(key, length, offset)
+        return data
+
+    def stat(self, key: str) -> Any:
+        self._calls.append("stat")
+        return self._ioctx.stat(key)
+
+
+async def _read_counting(pool: Pool, names: list[str]) -> list[tuple[bytes, list[str]]]:
+    """Each object of ``names`` read in turn by one fresh store, with the librados calls of each read."""
+    store = rados_store(pool, prefix="bound")
+    await store.open()
+    calls: list[str] = []
+    real_ioctx = store._ioctx
+    store._ioctx = lambda container: _CountingIoctx(real_ioctx(container), calls)  # type: ignore[method-assign,assignment,return-value]
+    read = []
+    try:
+        for name in names:
+            calls.clear()
+            read.append((await store.get_object("backup_bound", name), list(calls)))
+    finally:
+        await store.aclose()
+    return read
+
+
+@pytest.mark.asyncio
+async def test_objects_at_and_past_the_read_bound_come_back_whole(pool: Pool) -> None:
+    """A read asks for FIRST_READ_BOUND bytes in one call: an object that long or longer must
+    not come back cut at the bound, and the raised bound then serves the next reads in one call."""
+    bound = FIRST_READ_BOUND
+    sizes = {"empty": 0, "small": 1, "under": bound - 1, "at": bound, "past": bound + 1, "larger": bound + 4099}
+    bodies = {name: random.randbytes(size) for name, size in sizes.items()}
+    store = rados_store(pool, prefix="bound")
+    await store.open()
+    try:
+        for name, body in bodies.items():
+            await store.put_object("backup_bound", name, body)
+        first = await _read_counting(pool, ["empty", "small", "under", "larger", "past", "at", "under"])
+        exact = await _read_counting(pool, ["at"])
+        for name in bodies:
+            await store.delete_object("backup_bound", name)
+    finally:
+        await store.aclose()
+    assert [data for data, _ in first] == [bodies[n] for n in ("empty", "small", "under", "larger", "past", "at", "under")]
+    assert exact[0][0] == bodies["at"]
+    assert [calls for _, calls in first] == [
+        ["read"], ["read"], ["read"],
+        ["read", "stat", "read"],  # longer than the bound: the rest read after the size, the bound raised
+        ["read"], ["read"], ["read"]]
+    assert exact[0][1] == ["read", "stat"]  # exactly the bound: the size says there is no more
+    assert await in_thread(pool_objects, pool, "bound/") == []
 
 
 def test_cli_create_restore_delete_with_a_wrong_key_first(tmp_path: Path, pool: Pool,
