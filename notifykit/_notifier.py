@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -18,22 +17,20 @@ import anyio.to_thread
 from ._clock import Clock, EventLoopClock
 from ._closing import put_away, warn_unclosed
 from ._config import NotifierConfig, TransportConfig
-from ._deadletter import DeadLetterSink, JsonlDeadLetterSink, default_dead_letter_path
+from ._construction import build_dispatchers, dead_letter_sink, notifier_config, spool_for
+from ._deadletter import DeadLetterSink
 from ._dispatcher import Dispatcher
-from ._errors import ConfigError, NotifierClosedError, QueueFullError
-from ._loading import resolve_transport
+from ._errors import NotifierClosedError, QueueFullError
 from ._message import ContextLike, Notification, Priority, RequestContext
 from ._notify_api import PreparedNotifier, PriorityMethods
 from ._numbers import check_number
-from ._policies import OverflowPolicy
 from ._runner import Runner
-from ._spool import SPOOL_TASK, Spool, default_spool_path
+from ._spool import SPOOL_TASK
 from ._stats import TransportStats
 from ._status import STATUS_TASK, report_status_periodically, status_document, write_status
 from ._supervisor import Supervisor, TaskHealth
 from ._tracing import Tracing, find_tracing
 from ._transport import Transport
-from ._url import parse_url
 
 __all__ = ["Notifier"]
 
@@ -71,60 +68,20 @@ class Notifier(PriorityMethods):
         status_interval: float | None = None,
         dead_letter_max_bytes: int | None = None,
     ) -> None:
-        if isinstance(config, TransportConfig):
-            config = NotifierConfig(transports=(config,))
-        elif not isinstance(config, NotifierConfig):
-            config = NotifierConfig(transports=tuple(config))
-        if publisher_id is not None:
-            config = replace(config, publisher_id=publisher_id)
-        if close_timeout is not None:
-            config = replace(config, close_timeout=close_timeout)
-        if max_payload_bytes is not None:
-            config = replace(config, max_payload_bytes=max_payload_bytes)
-        if spool is not None:
-            config = replace(config, spool_path=Path(spool))
-        if status_path is not None:
-            config = replace(config, status_path=Path(status_path))
-        if status_interval is not None:
-            config = replace(config, status_interval=status_interval)
-        if dead_letter_max_bytes is not None:
-            config = replace(config, dead_letter_max_bytes=dead_letter_max_bytes)
+        config = notifier_config(config, publisher_id=publisher_id, close_timeout=close_timeout,
+                                 max_payload_bytes=max_payload_bytes, spool=spool, status_path=status_path,
+                                 status_interval=status_interval, dead_letter_max_bytes=dead_letter_max_bytes)
         self.config = config
         self.publisher_id = config.publisher_id
-        self._sink = self._make_sink(dead_letters, config.dead_letter_path, config.dead_letter_max_bytes)
+        self._sink = dead_letter_sink(dead_letters, config.dead_letter_path, config.dead_letter_max_bytes)
         clock = clock or EventLoopClock()
         self._supervisor = Supervisor(clock)
-        needs_spool = any(t.durable or t.overflow is OverflowPolicy.SPILL for t in config.transports)
-        self.spool = Spool(config.spool_path or default_spool_path(), sync=config.spool_sync,
-                           max_bytes=config.spool_max_bytes) if needs_spool else None
-        self._dispatchers: list[Dispatcher] = []
-        for transport_config in config.transports:
-            name = self._unique_name(transport_config)
-            transport = _build_transport(name, transport_config)
-            self._dispatchers.append(Dispatcher(name, transport, transport_config, self._sink, clock,
-                                                spool=self.spool))
+        self.spool = spool_for(config)
+        self._dispatchers = build_dispatchers(config, self._sink, clock, self.spool)
         self._state = _State.NEW
         self._runner = Runner("notifier", self._abandoned)
         self._tracing: Tracing | None = None  # found at start(): OpenTelemetry with a tracer provider
         self._settled: anyio.Event | None = None  # set when start() or aclose() has finished
-
-    @staticmethod
-    def _make_sink(
-        dead_letters: DeadLetterSink | str | os.PathLike[str] | None, configured: Path | None, max_bytes: int
-    ) -> DeadLetterSink:
-        if dead_letters is None:
-            return JsonlDeadLetterSink(configured or default_dead_letter_path(), max_bytes=max_bytes)
-        if isinstance(dead_letters, str | os.PathLike):
-            return JsonlDeadLetterSink(dead_letters, max_bytes=max_bytes)
-        return dead_letters
-
-    def _unique_name(self, config: TransportConfig) -> str:
-        base = config.name or parse_url(config.url).scheme
-        taken = {d.name for d in self._dispatchers}
-        name, n = base, 2
-        while name in taken:
-            name, n = f"{base}-{n}", n + 1
-        return name
 
     # -- construction ------------------------------------------------------------------
 
@@ -420,13 +377,3 @@ class Notifier(PriorityMethods):
         names = ", ".join(repr(d.transport) for d in self._dispatchers)
         return f"<Notifier publisher_id={self.publisher_id!r} {self._state.value} [{names}]>"
 
-
-def _build_transport(name: str, config: TransportConfig) -> Transport:
-    """Find the transport class by URL scheme and let it validate its options."""
-    cls, settings = resolve_transport(name, config)
-    try:
-        return cls.from_settings(settings)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"transport {name!r} ({settings.url.redacted}): {exc}") from None
