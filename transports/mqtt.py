@@ -17,26 +17,22 @@ state: the next ``send()`` reconnects with ``clean_start=false`` (the first conn
 a transport starts clean) and paho resends it with the DUP flag, while the retried
 notifications wait for that same PUBACK instead of being published twice. At most
 ``min(max_inflight, the broker's Receive Maximum)`` publishes are unacknowledged at any
-time; the rest of a batch waits here, not in paho.
+time; the rest of a batch waits here, not in paho. That client, its asyncio driver and the
+in-flight window are in ``_mqtt_session`` and ``_mqtt_window``; this module is the
+transport's usual shape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import secrets
 import ssl
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import anyio.to_thread
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -46,7 +42,6 @@ from notifykit.transport import (
     ConfigError,
     Notification,
     PermanentError,
-    Priority,
     Redactor,
     TlsOptions,
     TransientError,
@@ -54,6 +49,9 @@ from notifykit.transport import (
     TransportSettings,
     WireFormat,
 )
+
+from ._mqtt_session import Link, Refused, reason
+from ._mqtt_window import PRIORITY_PROPERTIES, Batch, PackedProperties, Window, user_property, utf8
 
 __all__ = ["MqttOptions", "MqttTransport", "topic_name"]
 
@@ -63,8 +61,6 @@ _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 #: Reason codes (CONNACK, PUBACK/PUBCOMP, SUBACK) that a retry cannot change: refused
 #: credentials or permissions, a bad topic, a packet or QoS the broker will never take.
 _PERMANENT_CODES = frozenset({0x81, 0x82, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C, 0x8F, 0x90, 0x95, 0x99, 0x9A, 0x9B, 0x9E})
-_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
-_NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,226 +132,6 @@ def topic_name(prefix: str, n: Notification) -> str:
     return f"{prefix}/{n.priority.value}/{n.event_type}"
 
 
-def _properties(packet_type: int) -> Properties:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _reason(code: ReasonCode) -> str:
-    return f"{code.getName()} (0x{code.value:02X})"
-
-
-class _Link:
-    """One paho client driven by the running asyncio loop (not a thread of its own).
-
-    Its socket is watched with ``add_reader``/``add_writer`` and the keepalive run by
-    ``loop_misc()`` once a second; connecting (DNS, TCP, TLS handshake: blocking in paho)
-    runs in a worker thread. The client outlives its connections: its unacknowledged
-    QoS 1/2 messages are the session state that paho resends after a reconnect.
-    """
-
-    def __init__(self, options: MqttOptions, client_id: str, context: ssl.SSLContext | None,
-                 on_publish: paho.CallbackOnPublish | None = None, *, fresh_id: bool) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.fresh_id = fresh_id
-        self._thread = threading.get_ident()
-        self.options = options
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
-                             reconnect_on_failure=False)
-        client.connect_timeout = options.connect_timeout
-        client.max_inflight_messages_set(0)  # the window is ours (see send()); paho's rescans its queue per ack
-        if options.username is not None:
-            client.username_pw_set(options.username, options.password)
-        if context is not None:
-            client.tls_set_context(context)
-            if not options.tls.verify:
-                client.tls_insecure_set(True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = on_publish
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        self.client = client
-        self.connected = False
-        self.ever_connected = False
-        self.lost: asyncio.Future[str] = self.loop.create_future()
-        self._connack: asyncio.Future[tuple[bool, ReasonCode, Properties]] | None = None
-        self.receive_maximum = 65535
-        self.maximum_qos = 2
-        self.session_present = False
-        self.connecting = False
-        self._misc = self.loop.create_task(self._misc_loop())
-
-    def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._thread:
-            callback(*args)
-        else:
-            self.loop.call_soon_threadsafe(callback, *args)
-
-    # paho's callbacks -------------------------------------------------------------------
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self.loop.add_reader, sock.fileno(), self._readable)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        fileno = sock.fileno()
-        if fileno >= 0:
-            self._in_loop(self._forget, fileno)
-
-    def _forget(self, fileno: int) -> None:
-        self.loop.remove_reader(fileno)
-        self.loop.remove_writer(fileno)
-
-    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self.loop.add_writer, sock.fileno(), self._writable)
-
-    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._unwatch_write, sock.fileno())
-
-    def _unwatch_write(self, fileno: int) -> None:
-        self.loop.remove_writer(fileno)
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, code: ReasonCode,
-                    properties: Properties | None) -> None:
-        self._in_loop(self._connected, flags.session_present, code, properties or _properties(PacketTypes.CONNACK))
-
-    def _connected(self, session_present: bool, code: ReasonCode, properties: Properties) -> None:
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_result((session_present, code, properties))
-
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags, code: ReasonCode,
-                       properties: Properties | None) -> None:
-        self._in_loop(self._lost, "the broker closed the connection: " + _reason(code) if flags.is_disconnect_packet_from_server
-                      else f"connection lost ({code.getName()})")
-
-    def _lost(self, why: str) -> None:
-        self.connected = False
-        if not self.lost.done():
-            self.lost.set_result(why)
-
-    def _readable(self) -> None:
-        client = self.client
-        try:
-            rc = client.loop_read()
-            sock = client.socket()
-            while rc == _SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():  # TLS buffers whole records
-                rc = client.loop_read()
-            if rc == _SUCCESS and client.want_write():
-                # The publishes the PUBACKs just read made room for go out now, not one loop
-                # iteration (and every other task's turn) later: the window is latency-bound.
-                client.loop_write()
-        except Exception as exc:  # a callback's bug, or paho's: the connection is not usable any more
-            log.warning("notifykit mqtt: reading from the broker failed: %s: %s", type(exc).__name__, exc)
-            self._lost(f"read failed: {type(exc).__name__}")
-
-    def flush(self) -> None:
-        """Write what paho has queued, as far as the socket takes it (the rest when writable)."""
-        if self.client.want_write():
-            self._writable()
-
-    def _writable(self) -> None:
-        try:
-            self.client.loop_write()
-        except Exception as exc:
-            self._lost(f"write failed: {type(exc).__name__}")
-
-    async def _misc_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1)
-            if self.client.socket() is not None and not self.connecting:  # not while a worker thread connects
-                self.client.loop_misc()  # PINGREQ, and a connection closed when no PINGRESP came
-
-    # connecting --------------------------------------------------------------------------
-
-    async def connect(self, host: str, port: int, session_expiry: int) -> None:
-        """Open a connection and wait for a successful CONNACK; raises OSError, TimeoutError or
-        ``_Refused``. Later connections resume the session (``clean_start=false``); the first
-        one starts clean only under a configured client id, whose old session (a crashed
-        process's QoS 2 packet ids) could swallow new publishes. A generated id has no old
-        session, and Mosquitto persists only the sessions of clients that did not start clean."""
-        properties = _properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = session_expiry
-        clean = not self.ever_connected and not self.fresh_id
-        self._connack = self.loop.create_future()
-        self.lost = self.loop.create_future()
-        self.connecting = True
-        try:
-            await anyio.to_thread.run_sync(lambda: self.client.connect(
-                host, port, self.options.keepalive, clean_start=clean, properties=properties))
-        finally:
-            self.connecting = False
-        session_present, code, props = await asyncio.wait_for(self._connack, self.options.connect_timeout)
-        if code.is_failure:
-            raise _Refused(code)
-        self.connected = self.ever_connected = True
-        self.session_present = session_present
-        self.receive_maximum = int(getattr(props, "ReceiveMaximum", 65535))
-        self.maximum_qos = int(getattr(props, "MaximumQoS", 2))
-
-    async def close(self, drop_session: bool) -> None:
-        """DISCONNECT (with a session expiry of 0 when nothing is left in flight), then stop watching."""
-        try:
-            if self.connected:
-                properties = _properties(PacketTypes.DISCONNECT)
-                if drop_session:
-                    properties.SessionExpiryInterval = 0
-                self.client.disconnect(properties=properties)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.lost), 5)
-        finally:
-            self._misc.cancel()
-            sock = self.client.socket()
-            if sock is not None:
-                self._forget(sock.fileno())
-                sock.close()
-
-
-class _PackedProperties(Properties):
-    """PUBLISH properties encoded once, here: paho's Properties builds its name tables for
-    every instance and encodes through them, the larger part of a publish's cost, while
-    paho only ever calls ``pack()`` on the properties it publishes."""
-
-    def __init__(self, packed: bytes) -> None:  # not Properties.__init__: no tables needed
-        self.__dict__["packed"] = _varint(len(packed)) + packed
-
-    def pack(self) -> bytes:
-        return self.__dict__["packed"]  # type: ignore[no-any-return]
-
-    def __str__(self) -> str:
-        return f"<{len(self.__dict__['packed'])} bytes of properties>"
-
-    __repr__ = __str__
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _user_property(name: str, value: str) -> bytes:
-    return b"\x26" + _utf8(name) + _utf8(value)
-
-
-def _varint(value: int) -> bytes:
-    """MQTT's Variable Byte Integer (the length of the properties)."""
-    out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-_PRIORITY_PROPERTIES = {p: _user_property("priority", p.value) for p in Priority}
-
-
-class _Refused(Exception):
-    def __init__(self, code: ReasonCode) -> None:
-        super().__init__(_reason(code))
-        self.code = code
-
-
 class MqttTransport(Transport):
     """Publishes each notification with QoS 1 (or 2) and counts it sent on its PUBACK."""
 
@@ -366,21 +142,15 @@ class MqttTransport(Transport):
 
     def __init__(self, settings: TransportSettings, options: MqttOptions) -> None:
         super().__init__(settings, options)
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._ssl_context: ssl.SSLContext | None = None
         self._host_index = -1
-        self._window = 1
-        #: (topic, message_id) of a publish in flight -> its PUBACK's reason code; a retried
-        #: notification waits on this future instead of being published again.
-        self._in_session: dict[tuple[str, str], asyncio.Future[ReasonCode]] = {}
-        self._sent: dict[int, tuple[tuple[str, str], asyncio.Future[ReasonCode]]] = {}  # paho mid -> (key, future)
-        self._backlog: collections.deque[tuple[tuple[str, str], bytes, Properties, asyncio.Future[ReasonCode]]] = \
-            collections.deque()
+        self._flight = Window(options.qos, self._encode, self._where)
         self._redactor = Redactor([options.password] if options.password else [])
         # Payload Format Indicator 1 (UTF-8: all three wire formats are JSON text), Content
         # Type, Message Expiry Interval: the same for every message of this transport.
         expiry = b"\x02" + options.message_expiry.to_bytes(4, "big") if options.message_expiry else b""
-        self._fixed_properties = b"\x01\x01" + expiry + b"\x03" + _utf8(self.format.content_type)
+        self._fixed_properties = b"\x01\x01" + expiry + b"\x03" + utf8(self.format.content_type)
         self.connects = 0
 
     def _where(self) -> str:
@@ -389,7 +159,7 @@ class MqttTransport(Transport):
     def classify(self, exc: BaseException) -> TransientError | PermanentError:
         """A refused CONNACK / a failing reason code: permanent when retrying cannot change it;
         a certificate that does not verify too; anything else (refused, reset, timeout) transient."""
-        if isinstance(exc, _Refused):
+        if isinstance(exc, Refused):
             kind = PermanentError if exc.code.value in _PERMANENT_CODES else TransientError
             return kind(f"{self._where()}: the broker refused the connection: {exc}")
         if isinstance(exc, ssl.SSLCertVerificationError):
@@ -403,7 +173,7 @@ class MqttTransport(Transport):
         if not code.is_failure:  # 0x10 "No matching subscribers" is a success: the broker took it
             return None
         kind = PermanentError if code.value in _PERMANENT_CODES else TransientError
-        return kind(f"{self._where()}: the broker answered {_reason(code)}")
+        return kind(f"{self._where()}: the broker answered {reason(code)}")
 
     # connection --------------------------------------------------------------------------
 
@@ -418,7 +188,7 @@ class MqttTransport(Transport):
                                      f"cannot be loaded: {exc}") from None
         return self._ssl_context
 
-    async def _ensure_connected(self) -> _Link:
+    async def _ensure_connected(self) -> Link:
         link = self._link
         if link is not None and link.connected:
             return link
@@ -428,8 +198,8 @@ class MqttTransport(Transport):
             except RuntimeError:
                 raise PermanentError("the mqtt transport runs on anyio's asyncio backend only "
                                      "(paho-mqtt is driven by the asyncio event loop)") from None
-            link = self._link = _Link(self.options, self.options.client_id, await self._tls_context(), self._on_publish,
-                                      fresh_id=self.options.generated_id)
+            link = self._link = Link(self.options, self.options.client_id, await self._tls_context(),
+                                     self._flight.on_publish, fresh_id=self.options.generated_id)
         hosts = self.options.hosts
         errors: list[str] = []
         for attempt in range(len(hosts)):  # starting after the host of the last connection (it just failed)
@@ -437,7 +207,7 @@ class MqttTransport(Transport):
             host, port = hosts[index]
             try:
                 await link.connect(host, port, self.options.session_expiry)
-            except (OSError, TimeoutError, _Refused, ValueError) as exc:
+            except (OSError, TimeoutError, Refused, ValueError) as exc:
                 error = self.classify(exc)
                 if isinstance(error, PermanentError) and len(hosts) == 1:
                     raise error from None
@@ -449,93 +219,55 @@ class MqttTransport(Transport):
             raise TransientError("; ".join(errors))
         if link.maximum_qos < self.options.qos:
             raise PermanentError(f"{self._where()}: the broker takes QoS {link.maximum_qos} at most; set qos=1")
-        self._window = max(1, min(self.options.max_inflight, link.receive_maximum))
         self.connects += 1
+        # after a reconnect paho resent what was in flight; the backlog follows
+        self._flight.connected(link, max(1, min(self.options.max_inflight, link.receive_maximum)))
         log.info("notifykit mqtt %r connected to %s (%s, in-flight window %d)", self.name, self.settings.url.redacted,
-                 "session resumed" if link.session_present else "new session", self._window)
-        self._pump()  # after a reconnect paho resent what was in flight; the backlog follows
+                 "session resumed" if link.session_present else "new session", self._flight.size)
         return link
 
     # sending -----------------------------------------------------------------------------
 
-    def _properties(self, n: Notification) -> Properties:
-        """User properties event_type, priority, message_id (and traceparent), after the fixed ones."""
-        packed = self._fixed_properties + _PRIORITY_PROPERTIES[n.priority] + _user_property("event_type", n.event_type) \
-            + _user_property("message_id", n.message_id)
-        if n.context.traceparent:
-            packed += _user_property("traceparent", n.context.traceparent)
-        return _PackedProperties(packed)
-
-    def _pump(self) -> None:
-        """Hand queued publishes to paho while fewer than the window are unacknowledged."""
-        link = self._link
-        if link is None:
-            return
-        backlog, sent, window = self._backlog, self._sent, self._window
-        while backlog and len(sent) < window and link.connected:
-            key, body, properties, future = backlog.popleft()
-            try:
-                info = link.client.publish(key[0], body, self.options.qos, properties=properties)
-            except ValueError as exc:  # a topic or payload paho refuses to encode
-                self._in_session.pop(key, None)
-                future.set_exception(PermanentError(f"{self._where()}: {exc}"))
-                continue
-            if info.rc not in (_SUCCESS, _NO_CONN):  # NO_CONN: kept by paho, sent on the reconnect
-                self._in_session.pop(key, None)
-                future.set_exception(TransientError(f"{self._where()}: {paho.error_string(info.rc)}"))
-                continue
-            sent[info.mid] = (key, future)
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, code: ReasonCode, properties: Properties) -> None:
-        entry = self._sent.pop(mid, None)
-        if entry is not None:
-            key, future = entry
-            self._in_session.pop(key, None)
-            if not future.done():
-                future.set_result(code)
-        if self._backlog:
-            self._pump()
+    def _encode(self, n: Notification) -> tuple[bytes, Properties]:
+        """The body, and the user properties event_type, priority, message_id (and traceparent)
+        after the fixed ones; called by the Window when there is room for ``n``."""
+        try:
+            body = n.encode(self.format)
+            packed = self._fixed_properties + PRIORITY_PROPERTIES[n.priority] + \
+                user_property("event_type", n.event_type) + user_property("message_id", n.message_id)
+            if n.context.traceparent:
+                packed += user_property("traceparent", n.context.traceparent)
+        except Exception as exc:
+            raise PermanentError(f"cannot encode as {self.format.value}: {type(exc).__name__}: {exc}") from None
+        return body, PackedProperties(packed)
 
     async def open(self) -> None:
         await self._ensure_connected()
 
     async def send(self, batch: Sequence[Notification]) -> None:
         link = await self._ensure_connected()
-        fmt, loop = self.format, link.loop
-        failures: dict[int, TransientError | PermanentError] = {}
-        waits: list[tuple[int, asyncio.Future[ReasonCode]]] = []
-        for index, n in enumerate(batch):
-            try:
-                body = n.encode(fmt)
-            except Exception as exc:
-                failures[index] = PermanentError(f"cannot encode as {fmt.value}: {type(exc).__name__}: {exc}")
-                continue
-            properties: Properties | None = None
-            for prefix in self.options.topics:
-                key = (topic_name(prefix, n), n.message_id)
-                future = self._in_session.get(key)
-                if future is None:
-                    properties = properties or self._properties(n)
-                    future = self._in_session[key] = loop.create_future()
-                    self._backlog.append((key, body, properties, future))
-                waits.append((index, future))
-        self._pump()
+        flight, topics = self._flight, self.options.topics
+        waiting = Batch(link.loop)
+        publishes = [(index, flight.add(topic_name(prefix, n), n, waiting))
+                     for index, n in enumerate(batch) for prefix in topics]
+        flight.pump()
         link.flush()
-        pending = {future for _, future in waits if not future.done()}
-        try:
-            why = await self._wait(link, pending) if pending else None
-        except BaseException:  # cancelled: nothing more is published for this batch
-            self._abandon_backlog("send() was cancelled")
-            raise
+        why: str | None = None
+        if not waiting.done.done():
+            try:
+                why = await self._wait(link, waiting.done)
+            except BaseException:  # cancelled: nothing more is published for this batch
+                flight.abandon("send() was cancelled")
+                raise
         if why is not None:
-            self._abandon_backlog(why)
-        for index, future in waits:
-            if not future.done():
-                error: TransientError | PermanentError | None = TransientError(f"{self._where()}: no PUBACK: {why}")
-            elif (failure := future.exception()) is not None:
-                error = failure if isinstance(failure, TransientError | PermanentError) else self.classify(failure)
+            flight.abandon(why)
+        failures: dict[int, TransientError | PermanentError] = {}
+        for index, publish in publishes:
+            outcome = publish.outcome
+            if isinstance(outcome, ReasonCode):
+                error = self._outcome(outcome)
             else:
-                error = self._outcome(future.result())
+                error = outcome or TransientError(f"{self._where()}: no PUBACK: {why}")
             if error is not None and (index not in failures or isinstance(error, PermanentError)):
                 failures[index] = error
         if not failures:
@@ -546,46 +278,22 @@ class MqttTransport(Transport):
             raise first
         raise BatchError(failures)
 
-    async def _wait(self, link: _Link, pending: set[asyncio.Future[ReasonCode]]) -> str | None:
+    async def _wait(self, link: Link, done: asyncio.Future[None]) -> str | None:
         """Wait for every PUBACK, the connection's loss or confirm_timeout; None when all came."""
-        all_done: asyncio.Future[None] = link.loop.create_future()
-
-        def one_done(future: asyncio.Future[ReasonCode]) -> None:
-            pending.discard(future)
-            if not pending and not all_done.done():
-                all_done.set_result(None)
-
-        for future in pending:
-            future.add_done_callback(one_done)
-        try:
-            waiting: list[asyncio.Future[Any]] = [all_done, link.lost]
-            done, _ = await asyncio.wait(waiting, timeout=self.options.confirm_timeout,
+        waiting: list[asyncio.Future[Any]] = [done, link.lost]
+        finished, _ = await asyncio.wait(waiting, timeout=self.options.confirm_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in list(pending):
-                future.remove_done_callback(one_done)
-            all_done.cancel()
-        if all_done in done:
+        if done in finished:
             return None
-        if link.lost in done:
+        if link.lost in finished:
             return f"{link.lost.result()}; what was in flight is resent from the session on reconnect"
         link.connected = False  # a broker that stopped answering: the next send() reconnects, paho resends
         return f"not acknowledged within confirm_timeout={self.options.confirm_timeout:g}s"
 
-    def _abandon_backlog(self, why: str) -> None:
-        """Publishes never handed to paho are not in the session: fail them (the dispatcher
-        retries them as new publishes) instead of sending them later behind its back."""
-        while self._backlog:
-            key, _, _, future = self._backlog.popleft()
-            self._in_session.pop(key, None)
-            if not future.done():
-                future.set_exception(TransientError(f"{self._where()}: not published: {why}"))
-                future.exception()  # retrieved: nobody waits on it any more
-
     async def aclose(self) -> None:
         link, self._link = self._link, None
         if link is not None:
-            await link.close(drop_session=not self._sent)
+            await link.close(drop_session=not self._flight.sent)
 
     # tail --------------------------------------------------------------------------------
 
@@ -595,7 +303,7 @@ class MqttTransport(Transport):
         and yield payloads; MQTT subscriptions fan out, so other subscribers miss nothing."""
         transport = cls.from_settings(settings)
         options = transport.options
-        link = _Link(options, f"notifykit-tail-{secrets.token_hex(6)}", await transport._tls_context(), fresh_id=False)
+        link = Link(options, f"notifykit-tail-{secrets.token_hex(6)}", await transport._tls_context(), fresh_id=False)
         received: asyncio.Queue[bytes] = asyncio.Queue()
         subscribed: asyncio.Future[list[ReasonCode]] = link.loop.create_future()
         link.client.on_message = lambda client, userdata, message: received.put_nowait(bytes(message.payload))
@@ -617,7 +325,7 @@ class MqttTransport(Transport):
                 if getter not in done:
                     raise TransientError(f"tail of {settings.url.redacted} stopped: {link.lost.result()}")
                 yield getter.result()
-        except (OSError, TimeoutError, _Refused) as exc:
+        except (OSError, TimeoutError, Refused) as exc:
             raise transport.classify(exc) from None
         finally:
             if getter is not None:

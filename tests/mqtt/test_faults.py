@@ -13,6 +13,7 @@ import pytest
 
 from notifykit import Notifier
 from notifykit.deadletters import read_dead_letters
+from notifykit.transports._mqtt_window import Window
 from notifykit.transports.mqtt import MqttTransport
 
 from ..helpers import assert_accounted
@@ -32,38 +33,42 @@ async def wait_sent(notifier: Notifier, count: int) -> None:
         await anyio.sleep(0.01)
 
 
-# SIGKILL with QoS 2 is left out: in 2 of about 8 CI runs one message acknowledged only on
-# the second connection never reached the subscriber (not yet explained: the broker's own
-# QoS 2 state after a kill, or the test's reading of it). SIGTERM covers QoS 2 below.
-@pytest.mark.parametrize(("how", "qos"), [("SIGKILL", 1), ("SIGTERM", 1), ("SIGTERM", 2)])
+# SIGKILL with QoS 2 once lost a message acknowledged only after the restart (the transport's
+# bug): Mosquitto counted QoS 2 messages of the restored session against its quota, refused a
+# resent one with PUBREC "Quota exceeded (0x97)", paho ignored that code and sent PUBREL, and
+# Mosquitto answered with PUBCOMP Success. Now a failing PUBREC is the outcome (here transient:
+# published again), the window shrinks to what the broker takes, and paho's failed reconnect
+# attempts no longer turn a PUBREL to resend into a PUBLISH without DUP (_mqtt_session._Client).
+@pytest.mark.parametrize(("how", "qos"), [("SIGKILL", 1), ("SIGKILL", 2), ("SIGTERM", 1), ("SIGTERM", 2)])
 async def test_broker_killed_mid_stream_and_restarted_loses_nothing_in_flight(
         own_broker: Mosquitto, dead_letter_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, qos: int) -> None:
     """What was unacknowledged when the broker died is resent from the session after the restart
     and arrives; so does everything published later. Only a SIGKILL can lose more, and only
-    what the broker itself had already acknowledged: Mosquitto sends the PUBACK before its
-    database is written (autosave), which is the broker's durability, not the transport's."""
+    what the broker itself had already acknowledged: Mosquitto sends the PUBACK (QoS 2: the
+    PUBREC) before its database is written, even saving after every change, and answers the
+    PUBREL resent for a QoS 2 message it lost with PUBCOMP Success: the broker's durability."""
     acked_on: dict[str, int] = {}  # message id -> the transport's connection number its PUBACK came on
-    original = MqttTransport._on_publish
+    publisher: dict[str, MqttTransport] = {}
+    original = Window.on_publish
 
-    def spy(self: MqttTransport, client: Any, userdata: Any, mid: int, code: Any, properties: Any) -> None:
-        entry = self._sent.get(mid)
-        if entry is not None:
-            acked_on.setdefault(entry[0][1], self.connects)
+    def spy(self: Window, client: Any, userdata: Any, mid: int, code: Any, properties: Any) -> None:
+        publish, transport = self.sent.get(mid), publisher.get("mqtt")
+        if publish is not None and transport is not None and not code.is_failure:  # a refusal acknowledges nothing
+            acked_on.setdefault(publish.key[1], transport.connects)
         original(self, client, userdata, mid, code, properties)
 
-    monkeypatch.setattr(MqttTransport, "_on_publish", spy)
+    monkeypatch.setattr(Window, "on_publish", spy)
     # QoS 2: the broker's first acknowledgement is its PUBREC (it has the message), answered
     # with our PUBREL. A SIGKILL after a PUBREC can lose the message with the broker, and the
     # PUBCOMP then comes on the next connection: count where the first acknowledgement came.
     received_on: dict[str, int] = {}
-    publisher: dict[str, MqttTransport] = {}
     original_pubrel = paho.Client._send_pubrel
 
     def pubrel_spy(client: paho.Client, mid: int) -> Any:
         transport = publisher.get("mqtt")
-        entry = transport._sent.get(mid) if transport is not None else None
-        if transport is not None and entry is not None:
-            received_on.setdefault(entry[0][1], transport.connects)
+        publish = transport._flight.sent.get(mid) if transport is not None else None
+        if transport is not None and publish is not None:
+            received_on.setdefault(publish.key[1], transport.connects)
         return original_pubrel(client, mid)
 
     monkeypatch.setattr(paho.Client, "_send_pubrel", pubrel_spy)
@@ -134,24 +139,37 @@ async def test_broker_unreachable_at_start_then_delivery_begins_when_it_comes_up
     assert set(seen) == set(ids)
 
 
+@pytest.mark.parametrize("qos", [1, 2])
 async def test_a_topic_the_broker_refuses_is_dead_lettered_with_its_reason(own_broker: Mosquitto,
-                                                                           dead_letter_path: Path) -> None:
-    """PUBACK 0x87 "Not authorized" is a permanent failure (aiomqtt would have counted it sent)."""
+                                                                           dead_letter_path: Path, qos: int) -> None:
+    """PUBACK 0x87 "Not authorized" is a permanent failure (aiomqtt would have counted it sent);
+    under QoS 2 so is a PUBREC 0x87, which paho alone ignores (Mosquitto would then answer its
+    PUBREL with PUBCOMP Success, and the refused message would count as delivered).
+
+    Mosquitto 2.0 also closes the connection after refusing a QoS 2 message, so there the copy
+    on the allowed topic (PUBREC'd, not yet completed) finishes on the next connection: a second
+    notification makes one."""
     allowed, denied = fresh_prefix(), fresh_prefix()
     (own_broker.folder / "acl").write_text(f"topic readwrite {allowed}/#\n")
     own_broker.config.write_text(own_broker.config.read_text() + f"acl_file {own_broker.folder}/acl\n")
     own_broker.start()
     subscriber = Subscriber(allowed, port=own_broker.port).start()
+    count = 1 if qos == 1 else 2
     try:
-        url = f"mqtt://127.0.0.1:{own_broker.port}/?topic={allowed}&topic={denied}&retry_max_attempts=2"
+        url = f"mqtt://127.0.0.1:{own_broker.port}/?topic={allowed}&topic={denied}&retry_max_attempts=2&qos={qos}"
         with anyio.fail_after(30):
             async with Notifier.from_url(url, publisher_id="p", dead_letters=dead_letter_path) as notifier:
-                n = await notifier.info({}, "backup.delete.end", {"i": 1})
-        assert notifier.stats()["mqtt"].dead_lettered == 1
+                first = await notifier.info({}, "backup.delete.end", {"i": 1})
+                for i in range(1, count):
+                    while notifier.stats()["mqtt"].dead_lettered < i:
+                        await anyio.sleep(0.01)
+                    await notifier.info({}, "backup.delete.end", {"i": i + 1})
+        assert notifier.stats()["mqtt"].dead_lettered == count and notifier.stats()["mqtt"].sent == 0
         letters = list(read_dead_letters(dead_letter_path))
-        assert len(letters) == 1 and "Not authorized (0x87)" in str(letters[0]["reason"])
-        assert "permanent" in str(letters[0]["reason"])
-        seen = await anyio.to_thread.run_sync(subscriber.wait_for, {n.message_id}, 10)
-        assert seen[n.message_id] >= 1  # the allowed topic got it: at-least-once, per notification
+        assert len(letters) == count
+        assert all("Not authorized (0x87)" in str(letter["reason"]) for letter in letters)
+        assert all("permanent" in str(letter["reason"]) for letter in letters)
+        seen = await anyio.to_thread.run_sync(subscriber.wait_for, {first.message_id}, 10)
+        assert seen[first.message_id] >= 1  # the allowed topic got it: at-least-once, per notification
     finally:
         subscriber.stop()

@@ -10,6 +10,7 @@ import pytest
 
 from notifykit import Notifier
 from notifykit.transport import decode_message
+from notifykit.transports._mqtt_session import Link
 from notifykit.transports.mqtt import MqttTransport
 
 from .support import Subscriber
@@ -78,17 +79,39 @@ async def test_the_window_is_the_brokers_receive_maximum(broker: str, prefix: st
         await transport.open()
         link = transport._link
         assert link is not None
-        assert transport._window == min(1000, link.receive_maximum)
+        window = transport._flight
+        assert window.size == min(1000, link.receive_maximum)
         peak = 0
         original = link.client.publish
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             nonlocal peak
-            peak = max(peak, len(transport._sent) + 1)  # unacknowledged ones, with this one
+            peak = max(peak, len(window.sent) + 1)  # unacknowledged ones, with this one
             return original(*args, **kwargs)
 
         link.client.publish = counting  # type: ignore[method-assign]
         for i in range(500):
             await notifier.info({}, "x.y", {"i": i})
     assert notifier.stats()["mqtt"].sent == 500
-    assert 1 < peak <= transport._window
+    assert 1 < peak <= window.size
+
+
+async def test_a_broker_that_says_quota_exceeded_gets_a_smaller_window(
+        broker: str, prefix: str, subscriber: Subscriber, dead_letter_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that announces more than it takes (Mosquitto after restoring QoS 2 messages of a
+    session from its database) answers the surplus with PUBREC "Quota exceeded" (and, Mosquitto,
+    a closed connection): the window drops to what it took, and the refused ones are sent again."""
+    original = Link.connect
+
+    async def connect(self: Link, host: str, port: int, session_expiry: int) -> None:
+        await original(self, host, port, session_expiry)
+        self.receive_maximum *= 2  # announced twice what Mosquitto takes from a QoS 2 publisher
+
+    monkeypatch.setattr(Link, "connect", connect)
+    url = f"{broker}?topic={prefix}&qos=2&retry_initial_delay=0.01&retry_max_delay=0.1&circuit_reset_timeout=0.1"
+    with anyio.fail_after(60):
+        ids = await publish(url, dead_letter_path, 300)
+    seen = await anyio.to_thread.run_sync(subscriber.wait_for, set(ids))
+    assert set(seen) == set(ids)
+    assert "(Quota exceeded); at most" in caplog.text
