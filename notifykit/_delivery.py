@@ -78,7 +78,7 @@ class Delivery:
         self.stats = TransportStats(name=name)
         #: OpenTelemetry, when the Notifier found a tracer provider at start (None: no spans)
         self.tracing: Tracing | None = None
-        self.messaging_system = messaging_system(transport.settings.url.scheme)
+        self.messaging_system = messaging_system(transport)
         self._span: DeliverySpan = NO_SPAN
         # Dead letters the sink refused are kept here and written again (in flight until then);
         # a spooled one the writer cannot keep stays in the spool (``on_kept``).

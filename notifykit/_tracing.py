@@ -20,17 +20,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._message import Notification
+from ._transport import Transport
 
 __all__ = ["NO_SPAN", "DeliverySpan", "Tracing", "find_tracing", "messaging_system"]
 
-#: OpenTelemetry's ``messaging.system`` by URL scheme (the scheme itself otherwise).
-_SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "kafka": "kafka", "kafka+ssl": "kafka", "nats": "nats",
-            "nats+tls": "nats", "redis": "redis", "rediss": "redis", "mqtt": "mqtt", "mqtts": "mqtt",
-            "http": "http", "https": "http"}
 
-
-def messaging_system(scheme: str) -> str:
-    return _SYSTEMS.get(scheme, scheme)
+def messaging_system(transport: Transport) -> str:
+    """OpenTelemetry's ``messaging.system`` for ``transport``'s spans: what its class declares
+    (``rabbitmq`` for ``amqp://`` and ``amqps://``), else its URL scheme."""
+    return type(transport).messaging_system or transport.settings.url.scheme
 
 
 class DeliverySpan:

@@ -7,19 +7,22 @@ A transport module holds three things: a frozen options dataclass whose
 The core builds it — options first, then ``settings.finish()`` refuses any option
 left over, the same way for every transport — and drives it with ``open()``,
 ``send()`` and ``aclose()``. Reading a URL back (``notifykit tail``) is a separate,
-optional capability: :class:`Tailable`.
+optional capability: :class:`Tailable`. What the core writes about a transport it cannot
+know by itself — OpenTelemetry's ``messaging.system``, AsyncAPI's protocol and addresses —
+the transport declares (``messaging_system``, ``asyncapi_protocols``, ``asyncapi_routes``).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, final, runtime_checkable
 
+from ._asyncapi_routes import AsyncApiRoutes, Route
 from ._errors import PermanentError, TransientError
 from ._formats import WireFormat
-from ._message import Notification
+from ._message import Notification, Priority
 from ._settings import TransportSettings
 
 __all__ = ["NoOptions", "Tailable", "Transport", "TransportOptions"]
@@ -61,6 +64,12 @@ class Transport(abc.ABC):
     max_batch_size: int = 100
     #: The frozen options dataclass; ``from_settings`` builds it from the URL and options table.
     Options: ClassVar[type[TransportOptions]] = NoOptions
+    #: OpenTelemetry's ``messaging.system`` on this transport's spans (``rabbitmq``, ``kafka``: one of
+    #: the convention's well-known names when one fits); None: the URL scheme.
+    messaging_system: ClassVar[str | None] = None
+    #: AsyncAPI's server ``protocol`` by URL scheme (``{"mqtts": "secure-mqtt"}``); a scheme not
+    #: named here gets no server in the document (as ``log://`` and ``memory://``).
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, settings: TransportSettings, options: Any) -> None:
         self.settings = settings
@@ -90,6 +99,15 @@ class Transport(abc.ABC):
         (``retry_max_elapsed``) still decides in the end and nothing is lost.
         """
         return TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """Where each of ``events`` (event type, priority) goes, read from the parsed options, for
+        the AsyncAPI document (``notifykit asyncapi``); called on a transport built but never opened.
+
+        The default is one channel without an address: AsyncAPI's way of saying it is not
+        known in advance. Override it to name the addresses a consumer subscribes to.
+        """
+        return AsyncApiRoutes((Route(None, tuple(event for event, _ in events)),))
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect; raise ``TransientError`` while the peer is unreachable."""

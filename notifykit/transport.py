@@ -3,9 +3,12 @@
 A transport is one module that subclasses :class:`Transport` and one entry point in the
 ``notifykit.transports`` group (see docs/plugins.md); it needs nothing else from the core.
 Its settings are the plugin toolkit's (``notifykit.plugin``), shared with the backup's
-object stores.
+object stores. What the core's spans and AsyncAPI documents say about a transport, it
+declares itself: ``Transport.messaging_system``, ``asyncapi_protocols`` and
+``asyncapi_routes()`` (returning :class:`AsyncApiRoutes` of :class:`Route`).
 """
 
+from ._asyncapi_routes import AsyncApiRoutes, Route, events_by_priority
 from ._errors import BatchError, ConfigError, MissingDependencyError, PermanentError, TransientError, TransportError
 from ._formats import WireFormat, cloudevent_attributes, decode_message
 from ._loading import NAMESPACE, installed_schemes, load_transport_class
@@ -20,6 +23,7 @@ __all__ = [
     "NAMESPACE",
     "REDACTED",
     "TLS_OPTIONS",
+    "AsyncApiRoutes",
     "BatchError",
     "ConfigError",
     "HostPort",
@@ -31,6 +35,7 @@ __all__ = [
     "PluginSettings",
     "Priority",
     "Redactor",
+    "Route",
     "Tailable",
     "TlsOptions",
     "TransientError",
@@ -41,6 +46,7 @@ __all__ = [
     "WireFormat",
     "cloudevent_attributes",
     "decode_message",
+    "events_by_priority",
     "installed_schemes",
     "load_transport_class",
     "parse_url",

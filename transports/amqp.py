@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -38,16 +38,19 @@ from pamqp.common import FieldTable
 from yarl import URL
 
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     Notification,
     PermanentError,
     Priority,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
     TransportSettings,
     WireFormat,
+    events_by_priority,
 )
 
 from ._amqp_link import AmqpLink, close_quietly
@@ -152,6 +155,18 @@ class AmqpTransport(Transport):
     max_batch_size = 2500
     Options = AmqpOptions
     options: AmqpOptions
+    messaging_system: ClassVar[str | None] = "rabbitmq"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"amqp": "amqp", "amqps": "amqps"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """A channel per routing key ``<topic>.<priority>`` on the topic exchange."""
+        o = self.options
+        exchange = {"name": o.exchange, "type": "topic", "durable": bool(o.entities_durable), "autoDelete": False,
+                    "vhost": o.vhost}
+        return AsyncApiRoutes(tuple(
+            Route(f"{topic}.{p.value}", names, {"amqp": {"is": "routingKey", "exchange": exchange,
+                                                         "bindingVersion": "0.3.0"}})
+            for topic in self.settings.topics for p, names in events_by_priority(events).items()))
 
     def __init__(self, settings: TransportSettings, options: AmqpOptions) -> None:
         super().__init__(settings, options)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -28,16 +28,19 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     Notification,
     PermanentError,
     Priority,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
     TransportSettings,
     WireFormat,
+    events_by_priority,
 )
 
 from ._kafka_records import RecordLayout, message_headers, message_key
@@ -216,6 +219,18 @@ class KafkaTransport(Transport):
     max_batch_size = 500
     Options = KafkaOptions
     options: KafkaOptions
+    messaging_system: ClassVar[str | None] = "kafka"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"kafka": "kafka", "kafka+ssl": "kafka-secure"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """A channel per topic: ``<topic>.<priority>``, or ``<topic>`` with ``topic_mode=single``."""
+        if self.options.topic_mode == "single":
+            pairs = [(topic, tuple(e for e, _ in events)) for topic in self.options.topics]
+        else:
+            pairs = [(f"{topic}.{p.value}", names) for topic in self.options.topics
+                     for p, names in events_by_priority(events).items()]
+        return AsyncApiRoutes(tuple(Route(address, names, {"kafka": {"topic": address, "bindingVersion": "0.5.0"}})
+                                    for address, names in pairs))
 
     def __init__(self, settings: TransportSettings, options: KafkaOptions) -> None:
         super().__init__(settings, options)

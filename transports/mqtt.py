@@ -28,7 +28,7 @@ import asyncio
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -38,11 +38,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     Notification,
     PermanentError,
+    Priority,
     Redactor,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
@@ -139,6 +142,13 @@ class MqttTransport(Transport):
     max_batch_size = 500
     Options = MqttOptions
     options: MqttOptions
+    messaging_system: ClassVar[str | None] = "mqtt"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"mqtt": "mqtt", "mqtts": "secure-mqtt"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """A channel per MQTT topic ``<topic>/<priority>/<event_type>``."""
+        return AsyncApiRoutes(tuple(Route(f"{topic}/{priority.value}/{event}", (event,))
+                                    for topic in self.options.topics for event, priority in events))
 
     def __init__(self, settings: TransportSettings, options: MqttOptions) -> None:
         super().__init__(settings, options)

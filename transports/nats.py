@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
@@ -37,12 +37,14 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     Notification,
     PermanentError,
     Priority,
     Redactor,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
@@ -181,6 +183,12 @@ class NatsTransport(Transport):
     max_batch_size = 1000
     Options = NatsOptions
     options: NatsOptions
+    messaging_system: ClassVar[str | None] = "nats"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"nats": "nats", "nats+tls": "nats"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """A channel per subject ``<subject>.<event_type>``."""
+        return AsyncApiRoutes(tuple(Route(f"{self.options.subject}.{event}", (event,)) for event, _ in events))
 
     def __init__(self, settings: TransportSettings, options: NatsOptions) -> None:
         super().__init__(settings, options)

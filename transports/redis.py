@@ -35,12 +35,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     Notification,
     PermanentError,
     Priority,
     Redactor,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
@@ -186,6 +188,12 @@ class RedisTransport(Transport):
     max_batch_size = 1000
     Options = RedisOptions
     options: RedisOptions
+    messaging_system: ClassVar[str | None] = "redis"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"redis": "redis", "rediss": "redis"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """A channel per stream, each with every event type."""
+        return AsyncApiRoutes(tuple(Route(stream, tuple(e for e, _ in events)) for stream in self.options.streams))
 
     def __init__(self, settings: TransportSettings, options: RedisOptions) -> None:
         super().__init__(settings, options)

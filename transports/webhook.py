@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 from urllib.parse import quote, urlsplit
@@ -34,18 +34,22 @@ import httpx
 from notifykit import __version__
 from notifykit.signing import SIGNATURE_HEADER, sign
 from notifykit.transport import (
+    AsyncApiRoutes,
     BatchError,
     ConfigError,
     MissingDependencyError,
     Notification,
     PermanentError,
+    Priority,
     Redactor,
+    Route,
     TlsOptions,
     TransientError,
     Transport,
     TransportSettings,
     WireFormat,
     cloudevent_attributes,
+    parse_url,
     redact_url,
 )
 
@@ -173,6 +177,15 @@ class WebhookTransport(Transport):
     max_batch_size = PER_EVENT_BATCH
     Options = WebhookOptions
     options: WebhookOptions
+    messaging_system: ClassVar[str | None] = "http"
+    asyncapi_protocols: ClassVar[Mapping[str, str]] = {"http": "http", "https": "https"}
+
+    def asyncapi_routes(self, events: Sequence[tuple[str, Priority]]) -> AsyncApiRoutes:
+        """One channel, the target's path, POSTed to; the path is the server's ``pathname`` too."""
+        path = self.settings.url.path
+        return AsyncApiRoutes((Route(parse_url(self.options.target).path or "/", tuple(e for e, _ in events)),),
+                              {"http": {"method": "POST", "bindingVersion": "0.3.0"}},
+                              path if path not in ("", "/") else None)
 
     def __init__(self, settings: TransportSettings, options: WebhookOptions) -> None:
         super().__init__(settings, options)
