@@ -13,11 +13,10 @@ from ._errors import (
     MissingDependencyError,
     NotifierClosedError,
     NotifyKitError,
-    QueueFullError,
     UnknownTransportError,
 )
 from ._formats import WireFormat
-from ._message import ContextLike, Notification, Priority, RequestContext
+from ._message import ContextLike, Notification, Priority, QueueFullError, RequestContext
 from ._notifier import Notifier
 from ._notify_api import PreparedNotifier, SupportsNotify
 from ._policies import CircuitPolicy, Filter, OverflowPolicy, RetryPolicy

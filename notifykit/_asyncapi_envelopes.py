@@ -9,12 +9,10 @@ with the payload as ``data``, and ``oslo`` oslo.messaging's messagingv2 envelope
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._event_type import EventType
 from ._formats import WireFormat
-
-if TYPE_CHECKING:
-    from .asyncapi import EventType
 
 __all__ = ["CONTEXT", "envelope_schemas", "message"]
 

@@ -1,12 +1,10 @@
-"""Every error notifykit raises, in one place so callers can catch by family."""
+"""Every error notifykit raises, in one place so callers can catch by family; but for
+``QueueFullError``, which hands the caller its Notification back and so stands beside it
+in ``_message.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._message import Notification
+from collections.abc import Mapping
 
 __all__ = [
     "BatchError",
@@ -16,7 +14,6 @@ __all__ = [
     "NotifierClosedError",
     "NotifyKitError",
     "PermanentError",
-    "QueueFullError",
     "SignatureError",
     "TransientError",
     "TransportError",
@@ -52,21 +49,6 @@ class InvalidNotificationError(NotifyKitError, ValueError):
 
 class NotifierClosedError(NotifyKitError, RuntimeError):
     """notify() was called on a Notifier that is not open."""
-
-
-class QueueFullError(NotifyKitError):
-    """``overflow = block``: a transport's queue had no room within its ``block_timeout``.
-
-    The transports named in ``transports`` did not take the notification (each counts it
-    as ``refused``); every other transport did. The caller still holds it: re-sending it
-    with ``notifier.emit(exc.notification)`` keeps its message_id.
-    """
-
-    def __init__(self, notification: Notification, transports: Sequence[str]) -> None:
-        self.notification = notification
-        self.transports = tuple(transports)
-        super().__init__(f"queue full: transport(s) {', '.join(map(repr, self.transports))} had no room within"
-                         f" block_timeout for {notification.event_type!r} ({notification.message_id})")
 
 
 class TransportError(NotifyKitError):

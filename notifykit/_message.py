@@ -1,4 +1,4 @@
-"""The immutable notification, its priority and its request context."""
+"""The immutable notification, its priority and its request context; the error that hands one back."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import enum
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._errors import InvalidNotificationError
+from ._errors import InvalidNotificationError, NotifyKitError
 from ._formats import WireFormat
 from ._json import encode_checked
 
-__all__ = ["Notification", "Priority", "RequestContext", "ContextLike"]
+__all__ = ["Notification", "Priority", "RequestContext", "ContextLike", "QueueFullError"]
 
 _LEVELS = {
     "debug": 10,
@@ -379,3 +379,18 @@ class Notification:
             f"Notification(message_id={self.message_id!r}, event_type={self.event_type!r},"
             f" priority={self.priority.value!r}, publisher_id={self.publisher_id!r})"
         )
+
+
+class QueueFullError(NotifyKitError):
+    """``overflow = block``: a transport's queue had no room within its ``block_timeout``.
+
+    The transports named in ``transports`` did not take the notification (each counts it
+    as ``refused``); every other transport did. The caller still holds it: re-sending it
+    with ``notifier.emit(exc.notification)`` keeps its message_id.
+    """
+
+    def __init__(self, notification: Notification, transports: Sequence[str]) -> None:
+        self.notification = notification
+        self.transports = tuple(transports)
+        super().__init__(f"queue full: transport(s) {', '.join(map(repr, self.transports))} had no room within"
+                         f" block_timeout for {notification.event_type!r} ({notification.message_id})")

@@ -20,8 +20,8 @@ from ._config import NotifierConfig, TransportConfig
 from ._construction import build_dispatchers, dead_letter_sink, notifier_config, spool_for
 from ._deadletter import DeadLetterSink
 from ._dispatcher import Dispatcher
-from ._errors import NotifierClosedError, QueueFullError
-from ._message import ContextLike, Notification, Priority, RequestContext
+from ._errors import NotifierClosedError
+from ._message import ContextLike, Notification, Priority, QueueFullError, RequestContext
 from ._notify_api import PreparedNotifier, PriorityMethods
 from ._numbers import check_number
 from ._runner import Runner

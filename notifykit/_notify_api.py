@@ -8,14 +8,11 @@ one, a test double); ``PriorityMethods`` derives ``info()``, ``error()`` … fro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ._message import ContextLike, Notification, Priority
 
-if TYPE_CHECKING:
-    from ._notifier import Notifier
-
-__all__ = ["PreparedNotifier", "PriorityMethods", "SupportsNotify"]
+__all__ = ["PreparedNotifier", "PriorityMethods", "SupportsNotify", "SupportsNotifyAs"]
 
 
 class SupportsNotify(Protocol):
@@ -68,12 +65,24 @@ class PriorityMethods:
         return await self.notify(ctx, event_type, payload, priority=Priority.SAMPLE)
 
 
+class SupportsNotifyAs(Protocol):
+    """What a PreparedNotifier needs of its parent (a Notifier): notify() for any publisher_id."""
+
+    async def notify(
+        self,
+        ctx: ContextLike,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: Priority | str = Priority.INFO,
+        publisher_id: str | None = None,
+    ) -> Notification: ...
 
 
 class PreparedNotifier(PriorityMethods):
     """A Notifier bound to another publisher_id (like oslo.messaging's ``prepare``)."""
 
-    def __init__(self, parent: Notifier, publisher_id: str) -> None:
+    def __init__(self, parent: SupportsNotifyAs, publisher_id: str) -> None:
         self.parent = parent
         self.publisher_id = publisher_id
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio.to_thread
 
 from ._errors import ConfigError, PermanentError
 
-if TYPE_CHECKING:
-    from ._settings import TransportSettings
-
-__all__ = ["TLS_OPTIONS", "TlsOptions"]
+__all__ = ["TLS_OPTIONS", "TlsOptions", "TlsSettings"]
 
 #: The option names, in the order the docs list them.
 TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "key_password", "verify")
+
+
+class TlsSettings(Protocol):
+    """What the TLS options are taken from (``TransportSettings`` is one, and hands itself over in ``take_tls``)."""
+
+    def where(self, key: str | None = None) -> str: ...
+    def take_str(self, key: str, default: str | None = None) -> str | None: ...
+    def take_secret(self, key: str, default: str | None = None) -> str | None: ...
+    def take_bool(self, key: str, default: bool) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,7 @@ class TlsOptions:
     verify: bool = True
 
     @classmethod
-    def from_settings(cls, settings: TransportSettings, *, enabled: bool) -> TlsOptions:
+    def from_settings(cls, settings: TlsSettings, *, enabled: bool) -> TlsOptions:
         """Take the TLS options; a missing file, a key without its certificate or TLS options on a
         plain-text URL is a ConfigError naming the option, the same for every transport."""
         where = settings.where()

@@ -16,41 +16,23 @@ a payload against its event type (it needs ``jsonschema``, imported only then).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ._asyncapi_envelopes import envelope_schemas, message
 from ._channels import Destination, destination, transport_name
 from ._config import TransportConfig
 from ._errors import ConfigError, InvalidNotificationError, MissingDependencyError
+from ._event_type import EventType, component_key
 from ._formats import WireFormat
 from ._message import Priority
 
 __all__ = ["ASYNCAPI_VERSION", "EventCatalogue", "EventType", "to_asyncapi_schema"]
 
 ASYNCAPI_VERSION = "3.0.0"
-_KEY = re.compile(r"[^\w.\-]")
 #: JSON Schema 2019-09/2020-12 keywords draft-07 has no way to say; refused rather than dropped.
 _UNSUPPORTED = ("prefixItems", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$dynamicAnchor",
                 "$recursiveRef", "$anchor", "contentSchema", "minContains", "maxContains")
-
-
-@dataclass(frozen=True, slots=True)
-class EventType:
-    """One event type: its name, the priority it is sent with, and its payload's JSON Schema."""
-
-    name: str
-    payload: Mapping[str, Any]
-    priority: Priority = Priority.INFO
-    summary: str = ""
-    description: str = ""
-
-    @property
-    def key(self) -> str:
-        """The name as an AsyncAPI component key."""
-        return _KEY.sub("_", self.name)
 
 
 class EventCatalogue:
@@ -65,7 +47,7 @@ class EventCatalogue:
 
     def schema(self, name: str, schema: Mapping[str, Any]) -> dict[str, Any]:
         """Register a schema several event types share; returns the reference to use in them."""
-        key = _KEY.sub("_", name)
+        key = component_key(name)
         if key in self._schemas:
             raise ConfigError(f"schema {name!r} is declared twice in catalogue {self.title!r}")
         self._schemas[key] = to_asyncapi_schema(schema, f"#/components/schemas/{key}")
@@ -76,7 +58,7 @@ class EventCatalogue:
         """Declare an event type; ``payload`` is its JSON Schema (or a :meth:`schema` reference)."""
         if not name or name in self._events:
             raise ConfigError(f"event type {name!r} is {'declared twice' if name else 'empty'} in catalogue {self.title!r}")
-        event = EventType(name, to_asyncapi_schema(payload, f"#/components/schemas/{_KEY.sub('_', name)}.payload"),
+        event = EventType(name, to_asyncapi_schema(payload, f"#/components/schemas/{component_key(name)}.payload"),
                           Priority.parse(priority), summary, description)
         self._events[name] = event
         return event
@@ -148,20 +130,20 @@ def _topology(destinations: Sequence[Destination]) -> tuple[dict[str, Any], dict
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for dest in destinations:
-        key = _KEY.sub("_", dest.name)
+        key = component_key(dest.name)
         if dest.protocol is not None and dest.host is not None:
             servers[key] = {"host": dest.host, "protocol": dest.protocol,
                             "description": f"transport {dest.name!r} ({dest.scheme}://, {dest.format.value} format)"}
             if dest.pathname:
                 servers[key]["pathname"] = dest.pathname
         for route in dest.routes:
-            cid = _KEY.sub("_", f"{dest.name}.{route.address}" if route.address else dest.name)
+            cid = component_key(f"{dest.name}.{route.address}" if route.address else dest.name)
             channel: dict[str, Any] = {
                 "address": route.address,
                 "title": f"{dest.name}: {route.address or 'no fixed address'}",
                 "description": f"What transport {dest.name!r} ({dest.scheme}://) sends"
                                + (f" to {route.address}." if route.address else "; its address is not known in advance."),
-                "messages": {f"{_KEY.sub('_', e)}": {"$ref": f"#/components/messages/{_KEY.sub('_', e)}.{dest.format.value}"}
+                "messages": {f"{component_key(e)}": {"$ref": f"#/components/messages/{component_key(e)}.{dest.format.value}"}
                              for e in route.events},
             }
             if key in servers:
@@ -172,7 +154,7 @@ def _topology(destinations: Sequence[Destination]) -> tuple[dict[str, Any], dict
             operation: dict[str, Any] = {
                 "action": "send", "channel": {"$ref": f"#/channels/{cid}"},
                 "summary": f"notifykit publishes through transport {dest.name!r}",
-                "messages": [{"$ref": f"#/channels/{cid}/messages/{_KEY.sub('_', e)}"} for e in route.events],
+                "messages": [{"$ref": f"#/channels/{cid}/messages/{component_key(e)}"} for e in route.events],
             }
             if dest.operation_bindings:
                 operation["bindings"] = dest.operation_bindings
