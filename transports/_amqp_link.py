@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aio_pika
 import aio_pika.abc
@@ -26,21 +26,46 @@ import pamqp.commands
 import pamqp.exceptions
 import pamqp.frame
 import pamqp.header
+from pamqp.common import FieldTable
+from yarl import URL
 
-from notifykit.transport import ParsedURL, PermanentError, Redactor, TransientError
+from notifykit.transport import ParsedURL, PermanentError, Redactor, TlsOptions, TransientError
 
-if TYPE_CHECKING:
-    from .amqp import AmqpOptions
-
-__all__ = ["AmqpLink", "close_quietly"]
+__all__ = ["AmqpLink", "LinkOptions", "close_quietly"]
 
 log = logging.getLogger("notifykit.amqp")
+
+
+class LinkOptions(Protocol):
+    """What the link reads of amqp.py's ``AmqpOptions``, described here so this module imports nothing above it."""
+
+    @property
+    def hosts(self) -> tuple[tuple[str, int], ...]: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+    @property
+    def vhost(self) -> str: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def quorum(self) -> bool: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def tls(self) -> TlsOptions: ...
+    @property
+    def queue_arguments(self) -> FieldTable: ...
+    @property
+    def entities_durable(self) -> bool: ...
+    def connection_url(self, host: str, port: int, scheme: str) -> URL: ...
 
 
 class AmqpLink:
     """The connection of one transport and what lives on it; ``classify`` is the transport's."""
 
-    def __init__(self, name: str, url: ParsedURL, topics: Sequence[str], options: AmqpOptions,
+    def __init__(self, name: str, url: ParsedURL, topics: Sequence[str], options: LinkOptions,
                  classify: Callable[[BaseException], TransientError | PermanentError]) -> None:
         self.name = name
         self.url = url
@@ -307,7 +332,7 @@ async def _close_channel(channel: aiormq.Channel) -> None:
         await channel.close()
 
 
-async def _handshake_refusal(host: str, port: int, options: AmqpOptions, context: ssl.SSLContext | None) -> str | None:
+async def _handshake_refusal(host: str, port: int, options: LinkOptions, context: ssl.SSLContext | None) -> str | None:
     """Replay the AMQP handshake (PLAIN login, then Connection.Open of the vhost) and return the
     broker's Connection.Close reason, e.g. ``NOT_ALLOWED - vhost nope not found`` (None if it opens)."""
     reader, writer = await asyncio.open_connection(host, port, ssl=context)

@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 import paho.mqtt.client as paho
@@ -24,8 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-if TYPE_CHECKING:
-    from .mqtt import MqttOptions
+from notifykit.transport import TlsOptions
 
 log = logging.getLogger("notifykit.mqtt")
 
@@ -85,6 +84,21 @@ class _Client(paho.Client):
         return _SUCCESS
 
 
+class SessionOptions(Protocol):
+    """What a Link reads of mqtt.py's ``MqttOptions``, described here so this module imports nothing above it."""
+
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def keepalive(self) -> int: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def tls(self) -> TlsOptions: ...
+
+
 class Link:
     """One paho client driven by the running asyncio loop (not a thread of its own).
 
@@ -93,7 +107,7 @@ class Link:
     runs in a worker thread.
     """
 
-    def __init__(self, options: MqttOptions, client_id: str, context: ssl.SSLContext | None,
+    def __init__(self, options: SessionOptions, client_id: str, context: ssl.SSLContext | None,
                  on_publish: paho.CallbackOnPublish | None = None, *, fresh_id: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.fresh_id = fresh_id

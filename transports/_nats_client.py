@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import nats.js.errors
@@ -19,10 +19,7 @@ from nats.js import JetStreamContext, api
 
 from notifykit.transport import PermanentError
 
-if TYPE_CHECKING:
-    from .nats import NatsOptions
-
-__all__ = ["DEFAULT_DUPLICATE_WINDOW", "close_quietly", "connect_arguments", "covers", "ensure_stream", "have_nkeys"]
+__all__ = ["DEFAULT_DUPLICATE_WINDOW", "ClientOptions", "close_quietly", "connect_arguments", "covers", "ensure_stream", "have_nkeys"]
 
 log = logging.getLogger("notifykit.nats")
 
@@ -30,7 +27,45 @@ log = logging.getLogger("notifykit.nats")
 DEFAULT_DUPLICATE_WINDOW = 120.0
 
 
-def connect_arguments(options: NatsOptions, tls: ssl.SSLContext | None, **callbacks: Any) -> dict[str, Any]:
+class ClientOptions(Protocol):
+    """What the client and the stream read of nats.py's ``NatsOptions``, described here so this module
+    imports nothing above it."""
+
+    @property
+    def servers(self) -> tuple[str, ...]: ...
+    @property
+    def client_name(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def nkey_seed(self) -> str | None: ...
+    @property
+    def creds_file(self) -> str | None: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def reconnect_time_wait(self) -> float: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def create_stream(self) -> bool: ...
+    @property
+    def storage(self) -> str: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def duplicate_window(self) -> float: ...
+    @property
+    def max_age(self) -> float: ...
+
+
+def connect_arguments(options: ClientOptions, tls: ssl.SSLContext | None, **callbacks: Any) -> dict[str, Any]:
     """``Client.connect()``'s arguments for the first connection: each server tried twice at most and a
     refused login raised at once, so open() reports to the dispatcher promptly (nats-py would
     otherwise retry forever)."""
@@ -63,7 +98,7 @@ async def close_quietly(nc: Client) -> None:
             log.debug("notifykit nats: closing a connection failed: %s", type(exc).__name__)
 
 
-async def ensure_stream(js: JetStreamContext, o: NatsOptions, name: str, where: str) -> list[str]:
+async def ensure_stream(js: JetStreamContext, o: ClientOptions, name: str, where: str) -> list[str]:
     """Find the stream, or create it (file storage, ``<subject>.>``, a 2-minute duplicate window);
     returns how an existing one differs from that. nats-py's errors pass through."""
     try:
