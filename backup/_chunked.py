@@ -59,7 +59,7 @@ from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
 from ._objectstore import ObjectStore, put_object, wanted_digests
 from ._sparse import ZeroRuns, data_chunk, is_sparse_capable
-from ._target import RestoreTarget, open_restore_target
+from ._targets import RestoreTarget, open_target
 from ._tracing import timed, timed_async
 from ._volume import is_rbd_url, open_volume, volume_size
 
@@ -198,7 +198,8 @@ class ChunkedBackupDriver(BackupDriver):
         if is_rbd_url(record.volume_path):  # an RBD image, read from a snapshot of its own
             from ._rbd_source import rbd_backup  # librbd only for rbd:// volumes
 
-            return await rbd_backup(self, record, parent, lambda source: self._backup(record, on_object, parent, source))
+            meta = dict((await self._layer(parent)).meta) if parent is not None else None  # what it diffs from
+            return await rbd_backup(record, parent, meta, lambda source: self._backup(record, on_object, parent, source))
         return await self._backup(record, on_object, parent, None)
 
     async def _backup(self, record: BackupRecord, on_object: ObjectCallback, parent: BackupRecord | None,
@@ -366,7 +367,7 @@ class ChunkedBackupDriver(BackupDriver):
         newest = layers[-1]
         size = int(newest.meta["volume_size"])
         out: RestoreTarget = await anyio.to_thread.run_sync(
-            lambda: open_restore_target(target, overwrite=overwrite, operation=record.id, create=create, size=size))
+            lambda: open_target(target, overwrite=overwrite, operation=record.id, create=create, size=size))
         written = 0
         try:
             # A file the restore creates is all holes up to its size: zero blocks stay

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
@@ -20,17 +19,16 @@ from ._catalog import BackupRecord, BackupStatus, new_backup_id
 from ._errors import BackupError
 from ._liveness import current_process
 from ._payload import usage_from_backup
+from ._progress import ProgressObserver
 from ._rbd import rbd_volume_id, snapshot_name
+from ._service_base import ServiceBase
 from ._tracing import describe
 from ._volume import is_rbd_url
-
-if TYPE_CHECKING:
-    from ._service import BackupService, ProgressObserver
 
 __all__ = ["create_backup", "latest_backup"]
 
 
-async def create_backup(service: BackupService, volume_path: str | os.PathLike[str], *, name: str | None,
+async def create_backup(service: ServiceBase, volume_path: str | os.PathLike[str], *, name: str | None,
                         volume_id: str | None, ctx: ContextLike, on_progress: ProgressObserver | None,
                         incremental: bool) -> BackupRecord:
     """Back up ``volume_path``; returns the ``available`` record (see the method)."""
@@ -77,7 +75,7 @@ async def create_backup(service: BackupService, volume_path: str | os.PathLike[s
     return record
 
 
-async def latest_backup(service: BackupService, volume_id: str) -> BackupRecord:
+async def latest_backup(service: ServiceBase, volume_id: str) -> BackupRecord:
     """The newest available backup of ``volume_id`` in the service's store: the parent of an
     incremental backup, as Cinder picks it."""
     identity = service.driver.store_identity

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+
 __all__ = [
     "BackupError",
     "BackupNotFoundError",
@@ -19,6 +21,7 @@ __all__ = [
     "UnknownStoreError",
     "VolumeError",
     "WrongStoreError",
+    "describe_failure",
 ]
 
 
@@ -92,3 +95,17 @@ class CorruptBackupError(BackupError):
 
 class RestoreTargetError(BackupError):
     """The restore target cannot be written (exists, wrong kind, read-only)."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line ``fail_reason`` for any exception, cancellation included."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled before completion"
+    if isinstance(exc, BackupError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    return f"{type(exc).__name__}: {exc}"

@@ -11,13 +11,17 @@ down, so it says 100 only on the last one).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notifykit import Clock
 
 from ._errors import BackupConfigError
 
-__all__ = ["ProgressPolicy", "ProgressTracker", "ProgressUpdate"]
+__all__ = ["ProgressObserver", "ProgressPolicy", "ProgressTracker", "ProgressUpdate"]
+
+# Called after every object (not throttled) with (bytes_done, total_bytes): for progress bars.
+ProgressObserver = Callable[[int, int], None]
 
 
 MAX_TIMER_INTERVAL = 86400.0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -33,9 +33,6 @@ from ._catalog import BackupRecord
 from ._driver import BackupResult
 from ._errors import VolumeError
 from ._rbd import Connection, RbdLocation, binding, connect, failure, open_image, snapshot_name
-
-if TYPE_CHECKING:
-    from ._chunked import ChunkedBackupDriver
 
 __all__ = ["RbdSource", "rbd_backup"]
 
@@ -215,11 +212,11 @@ def open_rbd_source(url: str, backup_id: str, parent: BackupRecord | None,
         raise
 
 
-async def rbd_backup(driver: ChunkedBackupDriver, record: BackupRecord, parent: BackupRecord | None,
+async def rbd_backup(record: BackupRecord, parent: BackupRecord | None, parent_meta: dict[str, Any] | None,
                      run: Callable[[RbdSource], Awaitable[BackupResult]]) -> BackupResult:
-    """Snapshot, read and store (``run``); the snapshot is removed if the backup fails."""
-    meta = dict((await driver._layer(parent)).meta) if parent is not None else None
-    source = await anyio.to_thread.run_sync(open_rbd_source, record.volume_path, record.id, parent, meta)
+    """Snapshot, read and store (``run``); the snapshot is removed if the backup fails.
+    ``parent_meta`` is the parent's metadata (its ``source`` names the snapshot to diff from)."""
+    source = await anyio.to_thread.run_sync(open_rbd_source, record.volume_path, record.id, parent, parent_meta)
     keep = False
     try:
         result = await run(source)

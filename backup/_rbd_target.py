@@ -38,7 +38,8 @@ from typing import Any
 from ._errors import BackupError, RestoreTargetError
 from ._liveness import current_process, process_alive
 from ._rbd import Connection, RbdLocation, binding, connect, failure, reason
-from ._target import _HOLDER_READS, RestoreTarget, RestoreTargetBusyError, TargetLock
+from ._target import RestoreTarget
+from ._target_lock import _HOLDER_READS, RestoreTargetBusyError, TargetLock
 
 __all__ = ["NOTE", "RbdTarget", "RbdTargetLock", "lock_rbd_target", "open_rbd_target"]
 

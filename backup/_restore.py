@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from notifykit import ContextLike, RequestContext
 
+from . import _targets
 from ._catalog import BackupRecord, BackupStatus
 from ._errors import BackupNotFoundError, RestoreTargetError
 from ._liveness import current_process
-from ._target import RestoreTargetBusyError, TargetLock, lock_restore_target
+from ._progress import ProgressObserver
+from ._service_base import ServiceBase
+from ._target_lock import RestoreTargetBusyError, TargetLock
 from ._volume import is_rbd_url
-
-if TYPE_CHECKING:
-    from ._service import BackupService, ProgressObserver
 
 __all__ = ["lock_target", "restore_backup"]
 
 log = logging.getLogger("backup")
 
 
-async def restore_backup(service: BackupService, backup_id: str, target: str | os.PathLike[str], *, overwrite: bool,
+async def restore_backup(service: ServiceBase, backup_id: str, target: str | os.PathLike[str], *, overwrite: bool,
                          ctx: ContextLike, on_progress: ProgressObserver | None, create: bool) -> BackupRecord:
     """Restore ``backup_id`` to ``target``, holding the target's lock throughout (see the method)."""
     context = service._context(ctx)
@@ -54,13 +53,13 @@ async def restore_backup(service: BackupService, backup_id: str, target: str | o
     return record
 
 
-async def lock_target(service: BackupService, context: RequestContext, backup_id: str, where: str) -> TargetLock:
+async def lock_target(service: ServiceBase, context: RequestContext, backup_id: str, where: str) -> TargetLock:
     """Take the restore target, or refuse the request naming the restore that has it."""
     pid, _ = current_process()
     try:
         try:
             return await anyio.to_thread.run_sync(
-                lock_restore_target, where, {"backup_id": backup_id, "pid": pid, "host": service.host})
+                _targets.lock_target, where, {"backup_id": backup_id, "pid": pid, "host": service.host})
         except RestoreTargetBusyError as exc:
             if exc.holder:
                 raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -24,12 +24,10 @@ from ._errors import (
     PermanentObjectStoreError,
     TransientObjectStoreError,
 )
-from ._keystone import KeystoneSession
+from ._keystone import KeystoneCredentials, KeystoneSession
+from ._retry import StoreRetry
 
-if TYPE_CHECKING:
-    from ._swift import SwiftOptions
-
-__all__ = ["SwiftClient", "SwiftSession"]
+__all__ = ["SwiftAuth", "SwiftClient", "SwiftSession"]
 
 _T = TypeVar("_T")
 
@@ -42,10 +40,28 @@ class SwiftSession:
     token: str = field(repr=False)
 
 
+class SwiftAuth(Protocol):
+    """What the client reads of the store's options (``_swift.SwiftOptions``), so this module
+    does not import the store. ``key`` is a secret."""
+
+    @property
+    def auth_url(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def keystone(self) -> KeystoneCredentials | None: ...
+    @property
+    def retry(self) -> StoreRetry: ...
+    @property
+    def timeout(self) -> float: ...
+
+
 class SwiftClient:
     """Authenticated calls to one Swift account. Call ``aclose()`` when done (closes connections)."""
 
-    def __init__(self, options: SwiftOptions, *, max_connections: int = 16,
+    def __init__(self, options: SwiftAuth, *, max_connections: int = 16,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.options = options
         self._max_connections = max_connections

@@ -37,7 +37,6 @@ from ._buffers import ALIGN, is_aligned
 from ._errors import BackupError, RestoreTargetError
 from ._sparse import pwrite_all, zero_range
 from ._target_lock import (
-    _HOLDER_READS,
     RestoreTargetBusyError,
     TargetLock,
     _describe,
@@ -50,10 +49,9 @@ from ._target_lock import (
     partial_prefix,
     remove_restore_leftovers,
 )
-from ._volume import is_rbd_url
 
-# The lock's names are re-exported: callers (and _rbd_target, _HOLDER_READS) import them from here.
-__all__ = ["_HOLDER_READS", "RestoreTarget", "RestoreTargetBusyError", "TargetLock", "lock_restore_target",
+# The lock's names are re-exported: callers import them from here.
+__all__ = ["RestoreTarget", "RestoreTargetBusyError", "TargetLock", "lock_restore_target",
            "open_restore_target", "remove_restore_leftovers"]
 
 _RENAME_NOREPLACE = 1
@@ -215,19 +213,14 @@ def _rename_noreplace(dir_fd: int, src: str, dst: str, where: str) -> None:
                                  " pass overwrite to replace it") from None
 
 
-def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool, operation: str, create: bool = False,
-                        size: int = 0) -> RestoreTarget:
+def open_restore_target(target: str | os.PathLike[str], *, overwrite: bool, operation: str) -> RestoreTarget:
     """Open where a restore of ``operation`` (the backup id) writes.
 
     A regular-file target gets a new partial file, renamed into place by
     :meth:`RestoreTarget.finish` when every chunk is verified; a block device (``overwrite``
-    required) is written in place. A symlink target is refused. An RBD image (``rbd://``,
-    ``_rbd_target``) is written in place too, or made with ``create`` at ``size`` bytes.
+    required) is written in place. A symlink target is refused. An RBD image
+    (``rbd://``) is ``_rbd_target``'s: ``_targets`` picks the one a name needs.
     """
-    if is_rbd_url(target):
-        from ._rbd_target import open_rbd_target
-
-        return open_rbd_target(str(target), overwrite=overwrite, create=create, operation=operation, size=size)
     where = os.fspath(target)
     dir_fd, name = _open_dir(where)
     try:

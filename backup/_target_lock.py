@@ -177,11 +177,8 @@ def _open_lock_file(where: str, name: str, dir_fd: int) -> int | None:
 
 def lock_restore_target(target: str | os.PathLike[str], holder: Mapping[str, Any]) -> TargetLock:
     """Take the target for one restore; RestoreTargetBusyError (naming the holder) if another
-    restore has it. ``holder`` (backup id, pid, host) is written into the lock file."""
-    if is_rbd_url(target):  # an RBD image: checked not in use; its writer locks it (_rbd_target)
-        from ._rbd_target import lock_rbd_target
-
-        return lock_rbd_target(str(target), holder)
+    restore has it. ``holder`` (backup id, pid, host) is written into the lock file. A local
+    file or device: ``_targets`` sends an RBD image to ``_rbd_target``."""
     where = os.fspath(target)
     dir_fd, name = _open_dir(where)
     try:

@@ -30,6 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from notifykit import redact_text
 
+from ._errors import describe_failure  # the fail_reason the catalog records, redacted
+
 __all__ = ["describe", "timed", "timed_async", "traced"]
 
 P = ParamSpec("P")
@@ -100,8 +102,6 @@ class _Operation:
             child.end(end_time=totals.last_ns)
 
     def failed(self, trace: Any, exc: BaseException) -> None:
-        from ._service import describe_failure  # the fail_reason the catalog records
-
         reason = redact_text(describe_failure(exc))
         self.span.record_exception(exc, attributes={"exception.message": redact_text(str(exc)) or reason})
         self.span.set_status(trace.Status(trace.StatusCode.ERROR, reason))
