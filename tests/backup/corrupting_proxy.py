@@ -11,54 +11,24 @@ a chunked request body is passed through without damage), so keep-alive connecti
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from .._loopback_proxy import LoopbackProxy
 
 __all__ = ["CorruptingProxy"]
 
 
-class CorruptingProxy:
+class CorruptingProxy(LoopbackProxy):
     """Forwards 127.0.0.1:<ephemeral port> (``self.port`` once entered) to ``target_port``."""
 
     def __init__(self, target_port: int, *, damage: int = 1, min_body: int = 1024) -> None:
-        self.target_port, self.damage, self.min_body = target_port, damage, min_body
-        self.port = 0
+        super().__init__(0, target_port)
+        self.damage, self.min_body = damage, min_body
         self.damaged: list[str] = []  # request lines of the PUTs whose body was damaged
         self.puts = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> CorruptingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.close()
-            self._tasks.discard(task)
-            return
-        try:
-            await asyncio.gather(self._requests(client_r, server_w), self._pipe(server_r, client_w))
-        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # a connection closed, or the proxy stopped: nothing to report
-        finally:
-            for writer in (client_w, server_w):
-                writer.close()
-            self._tasks.discard(task)
+    async def relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                    server_r: asyncio.StreamReader, server_w: asyncio.StreamWriter) -> None:
+        await asyncio.gather(self._requests(client_r, server_w), self._pipe(server_r, client_w))
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -9,8 +9,9 @@ correlation_id. The broker must advertise the proxy's port so every connection p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
+
+from .._loopback_proxy import LoopbackProxy
 
 __all__ = ["AckDroppingProxy"]
 
@@ -22,48 +23,20 @@ async def _frame(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(struct.unpack(">i", head)[0])
 
 
-class AckDroppingProxy:
+class AckDroppingProxy(LoopbackProxy):
     """Forwards 127.0.0.1:``port`` to the broker; drops the answers of the first ``drop`` Produce requests."""
 
     def __init__(self, port: int, broker_port: int, drop: int) -> None:
-        self.port, self.broker_port, self.drop = port, broker_port, drop
+        super().__init__(port, broker_port)
+        self.drop = drop
         self.produce_requests = 0
         self.dropped = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> AckDroppingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                    server_r: asyncio.StreamReader, server_w: asyncio.StreamWriter) -> None:
         produce_ids: set[int] = set()
-        try:
-            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
-        except OSError:
-            client_w.close()
-            return
-        try:
-            await asyncio.gather(self._requests(client_r, broker_w, produce_ids),
-                                 self._responses(broker_r, client_w, produce_ids))
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # either side closed, or the proxy is stopping: end this connection quietly
-        finally:
-            for writer in (client_w, broker_w):
-                writer.close()
-            self._tasks.discard(task)
+        await asyncio.gather(self._requests(client_r, server_w, produce_ids),
+                             self._responses(server_r, client_w, produce_ids))
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, produce_ids: set[int]) -> None:
         while True:
