@@ -3,26 +3,23 @@ it knows to be as in the parent backup — so a reader that can tell (an RBD sna
 spares the reads and the hashing of everything it did not read.
 
 A plan is one byte per block of the chunk: :data:`READ` (its bytes are in the chunk's
-buffer: hash them), :data:`ZERO` (not read: the sha256 of zeros) or :data:`PARENT` (not
+buffer: hash them), :data:`ZERO` (not read: the digest of zeros) or :data:`PARENT` (not
 read: the parent's block list entry). A chunk without a plan is hashed whole, as a file's.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-from ._sparse import zero_digest
+from ._block_hash import DIGEST_SIZE, BlockHash
 
 __all__ = ["PARENT", "READ", "ZERO", "planned_digests"]
 
 READ = 0
 ZERO = 1
 PARENT = 2
-_DIGEST = 32
 
 
 def planned_digests(data: bytes | bytearray | memoryview | None, plan: bytes, offset: int, length: int, block_size: int,
-                    parent: bytes | None) -> bytes:
+                    parent: bytes | None, block_hash: BlockHash) -> bytes:
     """The block list entries of the chunk at volume ``offset`` (``length`` bytes) by its plan."""
     first = offset // block_size
     view = memoryview(data) if data is not None else None
@@ -31,14 +28,14 @@ def planned_digests(data: bytes | bytearray | memoryview | None, plan: bytes, of
         start = i * block_size
         size = min(block_size, length - start)
         if kind == ZERO:
-            out.append(zero_digest(size))
+            out.append(block_hash.zero(size))
         elif kind == READ:
             if view is None:
                 raise ValueError(f"block {first + i}: planned as read, but the chunk has no data")
-            out.append(hashlib.sha256(view[start:start + size]).digest())
+            out.append(block_hash.digest(view[start:start + size]))
         else:  # PARENT
-            entry = parent[(first + i) * _DIGEST:(first + i + 1) * _DIGEST] if parent is not None else b""
-            if len(entry) != _DIGEST:
+            entry = parent[(first + i) * DIGEST_SIZE:(first + i + 1) * DIGEST_SIZE] if parent is not None else b""
+            if len(entry) != DIGEST_SIZE:
                 raise ValueError(f"block {first + i}: planned as the parent's, which has no such block")
             out.append(entry)
     return b"".join(out)

@@ -3,7 +3,8 @@ block list and zero runs, every field and size checked against the catalog's rec
 the plan of which object gives each block of the volume (the newest backup holding it).
 
 Metadata versions: 1, one sha256 per chunk and no block list (read only); 2, the block
-list (increments); 3, zero blocks stored as nothing, listed as runs in ``zero_blocks``.
+list (increments); 3, zero blocks stored as nothing, listed as runs in ``zero_blocks``;
+4, the block list's hash named in ``block_hash`` (before 4 it is sha256; ``_block_hash``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from typing import Any
 
 import anyio.to_thread
 
+from ._block_hash import BLOCK_HASHES, DIGEST_SIZE, BlockHash, get_block_hash
 from ._catalog import BackupRecord
-from ._chunk_pack import DIGEST_SIZE
-from ._errors import BackupError, CorruptBackupError, ObjectNotFoundError
+from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
 from ._objectstore import ObjectStore
-from ._sparse import ZeroRuns, zero_digest, zero_digests
+from ._sparse import ZeroRuns
 
 __all__ = ["METADATA_VERSION", "Layer", "PlanItem", "check_coverage", "data_ranges", "get_backup_object",
            "merge_runs", "read_chain", "read_layer", "restore_plan", "zero_run_digests"]
 
 # 1: one sha256 per chunk, no block list (read only). 2: the block list, increments.
-# 3: zero blocks stored as nothing, listed as runs in ``zero_blocks``.
-METADATA_VERSION = 3
+# 3: zero blocks stored as nothing, listed as runs in ``zero_blocks``. 4: ``block_hash``.
+METADATA_VERSION = 4
 _ENTRY_KEYS = ("name", "offset", "length", "stored_length", "compression")
 
 
@@ -41,6 +42,7 @@ class Layer:
     objects: list[dict[str, Any]]
     digests: bytes | None  # None: a version 1 backup (a sha256 per chunk instead)
     zeros: ZeroRuns  # runs of zero blocks, held by no object (version 3)
+    block_hash: BlockHash  # what ``digests`` are digests of (version 4 names it; before: sha256)
 
 
 #: One object a restore reads: its backup, its metadata entry, the byte ranges (within it) to write.
@@ -76,6 +78,7 @@ async def read_layer(store: ObjectStore, record: BackupRecord, metadata_name: st
             sha_name, blocks, sha_hex = str(sha_info["name"]), int(sha_info["blocks"]), str(sha_info["sha256"])
             parent_id = meta.get("parent_id")
         zeros: ZeroRuns = [(int(a), int(n)) for a, n in meta["zero_blocks"]] if version >= 3 else []
+        hash_name = str(meta["block_hash"]) if version >= 4 else "sha256"
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptBackupError(f"{where} is unreadable: {exc!r}") from None
     if version not in range(1, METADATA_VERSION + 1):
@@ -86,6 +89,13 @@ async def read_layer(store: ObjectStore, record: BackupRecord, metadata_name: st
                                  f" is backup {record.id!r} (volume {record.volume_id!r}): refusing to restore it")
     if size != record.size_bytes:
         raise CorruptBackupError(f"{where}: metadata says {size} bytes, catalog says {record.size_bytes}")
+    if hash_name not in BLOCK_HASHES:
+        raise CorruptBackupError(f"{where} names block hash {hash_name!r}; this notifykit knows"
+                                 f" {', '.join(BLOCK_HASHES)}")
+    try:
+        block_hash = get_block_hash(hash_name)
+    except BackupConfigError as exc:  # blake3 not installed here
+        raise BackupError(f"{where}: {exc}") from None
     for i, entry in enumerate(objects):
         entry["index"] = i
     digests: bytes | None = None
@@ -106,10 +116,10 @@ async def read_layer(store: ObjectStore, record: BackupRecord, metadata_name: st
                 await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest()) != sha_hex:
             raise CorruptBackupError(f"block list {record.container}/{sha_name} does not match its metadata")
         for a, n in zeros:  # a zero block is zero in the block list too (verify relies on it)
-            if digests[a * DIGEST_SIZE:(a + n) * DIGEST_SIZE] != zero_run_digests(a, n, block_size, size):
+            if digests[a * DIGEST_SIZE:(a + n) * DIGEST_SIZE] != zero_run_digests(block_hash, a, n, block_size, size):
                 raise CorruptBackupError(f"{where}: zero blocks {a} to {a + n - 1} are not zero in the block"
                                          f" list {record.container}/{sha_name}")
-    return Layer(record, dict(meta), objects, digests, zeros)
+    return Layer(record, dict(meta), objects, digests, zeros, block_hash)
 
 
 async def read_chain(read: Callable[[BackupRecord], Awaitable[Layer]], record: BackupRecord,
@@ -120,10 +130,10 @@ async def read_chain(read: Callable[[BackupRecord], Awaitable[Layer]], record: B
             raise BackupError(f"backup {child.record.id}: its parent is {child.record.parent_id},"
                               f" not {parent.record.id}")
         if child.digests is None or parent.digests is None or \
-                (child.meta["chunk_size"], child.meta["block_size"]) != \
-                (parent.meta["chunk_size"], parent.meta["block_size"]):
+                (child.meta["chunk_size"], child.meta["block_size"], child.block_hash.name) != \
+                (parent.meta["chunk_size"], parent.meta["block_size"], parent.block_hash.name):
             raise CorruptBackupError(f"backup {child.record.id} does not line up with its parent"
-                                     f" {parent.record.id} (chunk or block size differs)")
+                                     f" {parent.record.id} (chunk size, block size or block hash differs)")
     if layers[0].record.parent_id is not None:
         raise BackupError(f"backup {layers[0].record.id} is incremental: restore needs its parent")
     return layers
@@ -158,7 +168,8 @@ def restore_plan(layers: list[Layer]) -> tuple[list[PlanItem], list[tuple[int, i
         end = zero.find(0, k)
         end = nblocks if end < 0 else end
         assert newest.digests is not None  # a chain's layers all have block lists
-        if newest.digests[k * DIGEST_SIZE:end * DIGEST_SIZE] != zero_run_digests(k, end - k, block_size, size):
+        if newest.digests[k * DIGEST_SIZE:end * DIGEST_SIZE] != \
+                zero_run_digests(newest.block_hash, k, end - k, block_size, size):
             raise CorruptBackupError(f"backup {newest.record.id}: blocks {k} to {end - 1} are zero blocks of an"
                                      " older backup but not zero in its block list")
         zeros.append((k * block_size, min(end * block_size, size) - k * block_size))
@@ -186,9 +197,10 @@ def restore_plan(layers: list[Layer]) -> tuple[list[PlanItem], list[tuple[int, i
 
 
 def data_ranges(start: int, stop: int, offset: int, block_size: int, digests: bytes,
-                 size: int) -> list[tuple[int, int]]:
+                size: int, block_hash: BlockHash) -> list[tuple[int, int]]:
     """The parts of ``start:stop`` (bytes of an object at volume ``offset``) that are not
     zero blocks in the block list."""
+    zero_digest = block_hash.zero
     zero = zero_digest(block_size)
     first, stop_block = (offset + start) // block_size, (offset + stop - 1) // block_size + 1
     # the usual case, at C speed over this object's part of the list (a short last block is checked below)
@@ -220,10 +232,10 @@ def merge_runs(runs: ZeroRuns) -> ZeroRuns:
     return merged
 
 
-def zero_run_digests(first: int, count: int, block_size: int, size: int) -> bytes:
+def zero_run_digests(block_hash: BlockHash, first: int, count: int, block_size: int, size: int) -> bytes:
     """What the block list holds for a run of zero blocks (the volume's last block may be short)."""
     end = min(size, (first + count) * block_size)
-    return zero_digests(end - first * block_size, block_size)
+    return block_hash.zeros(end - first * block_size, block_size)
 
 
 def check_coverage(objects: list[dict[str, Any]], size: int, where: str, *, contiguous: bool,

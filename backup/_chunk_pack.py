@@ -1,7 +1,7 @@
 """Packing one chunk of a backup (worker thread): its block list entries, then each run of
 blocks to store compressed (or raw) into an object, and the runs of zero blocks listed.
 
-Every byte is hashed once for the block list (sha256 per 32 KiB block) and, when the store
+Every byte is hashed once for the block list (one digest per 32 KiB block, ``_block_hash``) and, when the store
 asks for them, once per digest of the bytes stored (``compute_digests``). With reused
 buffers (``_buffers``: a store that ``accepts_buffers``) the chunk was read into a pooled
 buffer, is compressed into another, and the objects handed to the store are views of them:
@@ -10,21 +10,19 @@ no byte is copied in user space between the read and the store's write.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
+from ._block_hash import DIGEST_SIZE, BlockHash
 from ._blockplan import planned_digests
 from ._buffers import ALIGN, Buffer, BufferPool
 from ._compression import Compressor
 from ._objectstore import ObjectDigests, compute_digests
-from ._sparse import zero_digest, zero_digests
 
-__all__ = ["DIGEST_SIZE", "Packed", "Packer", "Piece", "Raw", "block_digests", "object_name", "piece_name"]
+__all__ = ["DIGEST_SIZE", "Packed", "Packer", "Piece", "Raw", "object_name", "piece_name"]
 
-DIGEST_SIZE = 32
 # A chunk whose samples (4 x 16 KiB, spread over it) do not shrink by 3 % is stored raw
 # without compressing it whole: on random, compressed or encrypted data, zstd costs as
-# much CPU as the sha256 of the chunk and saves nothing (borg's "auto" does the same).
+# much CPU as hashing the chunk and saves nothing (borg's "auto" does the same).
 _SAMPLES = 4
 _SAMPLE_SIZE = 16 * 1024
 _INCOMPRESSIBLE = 0.97
@@ -73,13 +71,6 @@ def piece_name(prefix: str, index: int, block: int) -> str:
     return f"{prefix}-{index:05d}-{block:04d}"
 
 
-def block_digests(data: Data, block_size: int) -> bytes:
-    """The sha256 of each ``block_size`` block of ``data``, concatenated (worker thread)."""
-    view = memoryview(data)
-    sha = hashlib.sha256
-    return b"".join([sha(view[i:i + block_size]).digest() for i in range(0, len(view), block_size)])
-
-
 def _holds_zero_block(digests: bytes, zero: bytes) -> bool:
     """Whether a block list holds ``zero`` as one of its entries (at C speed)."""
     at = digests.find(zero)
@@ -91,13 +82,15 @@ def _holds_zero_block(digests: bytes, zero: bytes) -> bool:
 
 
 class Packer:
-    """Packs chunks with one compressor, for a store wanting ``digests``; ``buffers``: the
-    store takes views of reused buffers (else each object is a ``bytes``)."""
+    """Packs chunks with one compressor and block hash, for a store wanting ``digests``;
+    ``buffers``: the store takes views of reused buffers (else each object is a ``bytes``)."""
 
-    def __init__(self, compressor: Compressor, digests: tuple[str, ...], *, buffers: bool) -> None:
+    def __init__(self, compressor: Compressor, digests: tuple[str, ...], *, buffers: bool,
+                 block_hash: BlockHash) -> None:
         self.compressor = compressor
         self.digests = digests
         self.buffers = buffers
+        self.block_hash = block_hash
 
     def looks_incompressible(self, data: Data) -> bool:
         if self.compressor.name == "none" or len(data) < 4 * _SAMPLES * _SAMPLE_SIZE:
@@ -136,14 +129,16 @@ class Packer:
         first = raw.offset // block_size
         data = raw.data
         if raw.plan is not None:  # a reader that knows which blocks it read (an RBD diff)
-            digests = planned_digests(data, raw.plan, raw.offset, raw.length, block_size, parent)
+            digests = planned_digests(data, raw.plan, raw.offset, raw.length, block_size, parent, self.block_hash)
         else:
-            digests = zero_digests(raw.length, block_size) if data is None else block_digests(data, block_size)
+            digests = self.block_hash.zeros(raw.length, block_size) if data is None \
+                else self.block_hash.digests(data, block_size)
         nblocks = len(digests) // DIGEST_SIZE
         if parent is not None and parent[first * DIGEST_SIZE:(first + nblocks) * DIGEST_SIZE] == digests:
             return Packed(raw.index, raw.length, digests, (), ())
         if data is None and parent is None:
             return Packed(raw.index, raw.length, digests, (), ((first, nblocks),))
+        zero_digest = self.block_hash.zero
         zero = zero_digest(block_size)
         kinds = bytearray(nblocks)  # 0: as in the parent, 1: data to store, 2: a zero block
         tail = raw.length % block_size

@@ -22,9 +22,9 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._block_hash import DIGEST_SIZE, BlockHash
 from ._buffers import ALIGN, Buffer, BufferPool, declared_with, is_aligned
 from ._chunk_layers import Layer, PlanItem, data_ranges
-from ._chunk_pack import DIGEST_SIZE
 from ._compression import Compressor, get_compressor
 from ._errors import CorruptBackupError, ObjectNotFoundError
 from ._objectstore import ObjectStore
@@ -80,13 +80,11 @@ def unpack(compressor: Compressor, container: str, entry: dict[str, Any], stored
 
 
 def verify_blocks(where: str, data: bytes | memoryview, start: int, stop: int, offset: int, block_size: int,
-                  digests: bytes) -> None:
+                  digests: bytes, block_hash: BlockHash) -> None:
     """Check bytes ``start:stop`` of an object at volume ``offset`` block by block against
     the newest backup's block list (worker thread): hashed in one pass, compared at C speed."""
-    view = memoryview(data)
-    sha = hashlib.sha256
     first = (offset + start) // block_size
-    got = b"".join([sha(view[i:min(i + block_size, stop)]).digest() for i in range(start, stop, block_size)])
+    got = block_hash.digests(memoryview(data)[start:stop], block_size)
     want = digests[first * DIGEST_SIZE:first * DIGEST_SIZE + len(got)]
     if got == want:
         return
@@ -97,7 +95,8 @@ def verify_blocks(where: str, data: bytes | memoryview, start: int, stop: int, o
 
 
 def verified(where: str, data: bytes | memoryview, start: int, stop: int, parts: Iterable[tuple[int, int]],
-             offset: int, block_size: int, digests: bytes, step: int = SEGMENT) -> Iterator[tuple[int, int]]:
+             offset: int, block_size: int, digests: bytes, block_hash: BlockHash,
+             step: int = SEGMENT) -> Iterator[tuple[int, int]]:
     """``parts`` (sorted ranges within ``start:stop``) to write, each segment of ``start:stop``
     (``step`` bytes, whole blocks) checked against the block list just before its parts are
     yielded: hashing a segment and writing it while it is in the CPU's cache, rather than
@@ -106,7 +105,7 @@ def verified(where: str, data: bytes | memoryview, start: int, stop: int, parts:
     pending = list(parts)
     for seg in range(start, stop, step):
         end = min(seg + step, stop)
-        verify_blocks(where, data, seg, end, offset, block_size, digests)
+        verify_blocks(where, data, seg, end, offset, block_size, digests, block_hash)
         while pending and pending[0][0] < end:
             a, b = pending[0]
             if b <= end:
@@ -146,11 +145,14 @@ async def restore_objects(store: ObjectStore, compressor: Compressor, plan: list
             parts: Iterable[tuple[int, int]] = [(start, stop)]
             if newest.digests is not None:
                 if fresh:  # zeros a version 2 backup stored need no writing
-                    parts = data_ranges(start, stop, entry["offset"], block_size, newest.digests, size)
+                    parts = data_ranges(start, stop, entry["offset"], block_size, newest.digests, size,
+                                        newest.block_hash)
                 if direct and is_aligned(raw):  # no copy to keep in cache: check it all, write each part whole
-                    verify_blocks(where, data, start, stop, entry["offset"], block_size, newest.digests)
+                    verify_blocks(where, data, start, stop, entry["offset"], block_size, newest.digests,
+                                  newest.block_hash)
                 else:  # each segment checked right before it is written, while it is in the CPU's cache
-                    parts = verified(where, data, start, stop, parts, entry["offset"], block_size, newest.digests)
+                    parts = verified(where, data, start, stop, parts, entry["offset"], block_size, newest.digests,
+                                     newest.block_hash)
             for a, b in parts:
                 out.write(raw[a:b], entry["offset"] + a)
             done += stop - start

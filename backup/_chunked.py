@@ -11,8 +11,10 @@ for a store that ``accepts_buffers`` those chunks are reused page-aligned buffer
 (``_buffers``): each chunk is read into one, compressed into another, and handed to the
 store as views of them (``_chunk_pack``).
 
-Every backup also stores, beside its metadata, the sha256 of each block of the volume
-(Cinder's ``_sha256file``, blocks of ``backup_sha_block_size_bytes`` = 32 KiB). An
+Every backup also stores, beside its metadata, a digest of each block of the volume
+(Cinder's ``_sha256file``, blocks of ``backup_sha_block_size_bytes`` = 32 KiB; the hash is
+blake3 for new full backups, or sha256 as Cinder's, and an increment keeps its parent's:
+``_block_hash``). An
 incremental backup compares each block with its parent's list and stores only the runs of
 changed blocks; restore walks the chain from the full backup, takes each block from the
 newest backup that holds it, and checks every block against the newest list
@@ -21,7 +23,7 @@ object with its place, sizes and compression.
 
 Zero blocks (version 3): an all-zero block — a hole of a sparse file, never read, or zeros
 read — is stored as nothing and listed in the metadata's ``zero_blocks`` runs; its entry in
-the block list is the sha256 of zeros, so increments compare it like any other block.
+the block list is the digest of zeros, so increments compare it like any other block.
 Restore leaves zero blocks as holes in the file it creates, and punches or writes them on a
 block device (``_sparse``).
 """
@@ -40,6 +42,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._block_hash import DEFAULT_BLOCK_HASH, DIGEST_SIZE, BlockHash, get_block_hash
 from ._buffers import ALIGN, BufferPool, declared_with
 from ._catalog import BackupRecord
 from ._chunk_layers import (
@@ -52,7 +55,7 @@ from ._chunk_layers import (
     read_layer,
     restore_plan,
 )
-from ._chunk_pack import DIGEST_SIZE, Packed, Packer, Raw, block_digests, object_name, piece_name
+from ._chunk_pack import Packed, Packer, Raw, object_name, piece_name
 from ._chunk_restore import SEGMENT, restore_objects, unpack, verified, verify_blocks
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
@@ -64,7 +67,7 @@ from ._tracing import timed, timed_async
 from ._volume import is_rbd_url, open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
-           "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_digests", "block_size_for",
+           "METADATA_VERSION", "MIN_CHUNK_SIZE", "ChunkedBackupDriver", "block_size_for",
            "check_pipeline"]
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -123,16 +126,14 @@ class ChunkedBackupDriver(BackupDriver):
 
     def __init__(self, store: ObjectStore, *, chunk_size: int = DEFAULT_CHUNK_SIZE, compression: str = "zstd",
                  compression_level: int | None = None, workers: int | None = None,
-                 uploads: int = DEFAULT_UPLOADS) -> None:
+                 uploads: int = DEFAULT_UPLOADS, block_hash: str = DEFAULT_BLOCK_HASH) -> None:
         check_pipeline(chunk_size, workers, uploads)
         self.store = store
         self.uploads = uploads
         self.chunk_size = chunk_size
         self.compressor: Compressor = get_compressor(compression, compression_level)
         self.workers = workers or max(2, min(os.cpu_count() or 2, MAX_PARALLEL))
-        # digests hashed with the chunk in its pack worker; views of reused buffers if the store takes them
-        self._packer = Packer(self.compressor, wanted_digests(store),
-                              buffers=declared_with(store, "accepts_buffers", "put_object"))
+        self.block_hash: BlockHash = get_block_hash(block_hash)  # of new full backups (increments: the parent's)
 
     @property
     def service(self) -> str:
@@ -144,7 +145,7 @@ class ChunkedBackupDriver(BackupDriver):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(store={self.store!r}, chunk_size={self.chunk_size},"
-                f" compression={self.compressor.name!r})")
+                f" compression={self.compressor.name!r}, block_hash={self.block_hash.name!r})")
 
     # -- naming (Cinder: volume_<id>/<timestamp>/az_<az>_backup_<id>, flattened) ----------
 
@@ -185,13 +186,13 @@ class ChunkedBackupDriver(BackupDriver):
     async def volume_size(self, volume_path: str | os.PathLike[str]) -> int:
         return await anyio.to_thread.run_sync(volume_size, volume_path)
 
-    async def _parent_geometry(self, parent: BackupRecord) -> tuple[int, int, bytes]:
-        """(chunk_size, block_size, block digests) of the backup an increment is based on."""
+    async def _parent_geometry(self, parent: BackupRecord) -> tuple[int, int, bytes, BlockHash]:
+        """(chunk_size, block_size, block digests, their hash) of the backup an increment is based on."""
         layer = await self._layer(parent)
         if layer.digests is None:
             raise BackupError(f"backup {parent.id} was made before incremental backups existed (it has no block"
                               " list): make a full backup first")
-        return int(layer.meta["chunk_size"]), int(layer.meta["block_size"]), layer.digests
+        return int(layer.meta["chunk_size"]), int(layer.meta["block_size"]), layer.digests, layer.block_hash
 
     async def backup(self, record: BackupRecord, on_object: ObjectCallback,
                      parent: BackupRecord | None = None) -> BackupResult:
@@ -206,8 +207,9 @@ class ChunkedBackupDriver(BackupDriver):
                       source: Any) -> BackupResult:
         container, prefix = self.container_for(record), self.prefix_for(record)
         chunk_size, block_size, parent_digests = self.chunk_size, block_size_for(self.chunk_size), None
-        if parent is not None:  # an increment keeps its parent's geometry, so blocks line up
-            chunk_size, block_size, parent_digests = await self._parent_geometry(parent)
+        block_hash = self.block_hash
+        if parent is not None:  # an increment keeps its parent's geometry and hash, so blocks compare
+            chunk_size, block_size, parent_digests, block_hash = await self._parent_geometry(parent)
         fh: BinaryIO | None = None
         size = source.size if source is not None else 0
         if source is None:
@@ -216,14 +218,15 @@ class ChunkedBackupDriver(BackupDriver):
             await self.store.create_container(container)
             entries, digests, zeros = await self._run_backup_pipeline(
                 fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests,
-                source=source)
+                block_hash, source=source)
         finally:
             if fh is not None:
                 await anyio.to_thread.run_sync(fh.close)
         sha_name = self.sha256file_name(prefix)
         await timed_async("metadata", self.store.put_object)(container, sha_name, digests)
         metadata = {
-            "version": METADATA_VERSION,
+            # sha256 lists are written as version 3 was, so an older notifykit still reads them
+            "version": METADATA_VERSION if block_hash.name != "sha256" else 3,
             "backup_id": record.id,
             "volume_id": record.volume_id,
             "created_at": record.created_at.isoformat(),
@@ -232,6 +235,7 @@ class ChunkedBackupDriver(BackupDriver):
             "block_size": block_size,
             "compression": self.compressor.name,
             "volume_size": size,
+            **({"block_hash": block_hash.name} if block_hash.name != "sha256" else {}),
             "sha256file": {"name": sha_name, "blocks": len(digests) // DIGEST_SIZE,
                            "sha256": await anyio.to_thread.run_sync(lambda: hashlib.sha256(digests).hexdigest())},
             "objects": entries,
@@ -246,7 +250,7 @@ class ChunkedBackupDriver(BackupDriver):
 
     async def _run_backup_pipeline(self, fh: BinaryIO | None, size: int, where: str, container: str, prefix: str,
                                    on_object: ObjectCallback, chunk_size: int, block_size: int,
-                                   parent: bytes | None, *,
+                                   parent: bytes | None, block_hash: BlockHash, *,
                                    source: Any = None) -> tuple[list[dict[str, Any]], bytes, ZeroRuns]:
         entries: list[dict[str, Any]] = []
         digests: dict[int, bytes] = {}
@@ -254,7 +258,9 @@ class ChunkedBackupDriver(BackupDriver):
         count = math.ceil(size / chunk_size)
         fd = fh.fileno() if fh is not None else -1
         sparse = fh is not None and await anyio.to_thread.run_sync(is_sparse_capable, fd)
-        packer = self._packer
+        # digests hashed with the chunk in its pack worker; views of reused buffers if the store takes them
+        packer = Packer(self.compressor, wanted_digests(self.store),
+                        buffers=declared_with(self.store, "accepts_buffers", "put_object"), block_hash=block_hash)
         # Reused buffers, as many as chunks can be in flight: read into (a file volume), and
         # compressed into; each goes back once the chunk is packed or its objects stored.
         inputs = BufferPool(chunk_size, 3 * self.workers + self.uploads + 2) \
@@ -352,13 +358,13 @@ class ChunkedBackupDriver(BackupDriver):
 
     @staticmethod
     def _verify_blocks(where: str, data: bytes | memoryview, start: int, stop: int, offset: int, block_size: int,
-                       digests: bytes) -> None:
-        verify_blocks(where, data, start, stop, offset, block_size, digests)
+                       digests: bytes, block_hash: BlockHash) -> None:
+        verify_blocks(where, data, start, stop, offset, block_size, digests, block_hash)
 
     @staticmethod
     def _verified(where: str, data: bytes | memoryview, start: int, stop: int, parts: Iterable[tuple[int, int]],
-                  offset: int, block_size: int, digests: bytes) -> Iterator[tuple[int, int]]:
-        return verified(where, data, start, stop, parts, offset, block_size, digests)
+                  offset: int, block_size: int, digests: bytes, block_hash: BlockHash) -> Iterator[tuple[int, int]]:
+        return verified(where, data, start, stop, parts, offset, block_size, digests, block_hash)
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
                       *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:

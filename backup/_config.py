@@ -22,6 +22,7 @@ from typing import Any
 
 from notifykit import redact_url
 
+from ._block_hash import DEFAULT_BLOCK_HASH, check_block_hash
 from ._chunked import DEFAULT_CHUNK_SIZE, check_pipeline
 from ._compression import COMPRESSIONS, check_level
 from ._errors import BackupConfigError
@@ -84,6 +85,8 @@ class BackupConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compression: str = "zstd"
     compression_level: int | None = None
+    # The block list's hash of new full backups (increments keep their parent's): blake3 or sha256.
+    block_hash: str = DEFAULT_BLOCK_HASH
     workers: int | None = None
     host: str = field(default_factory=socket.gethostname)
     availability_zone: str = "nova"
@@ -113,6 +116,7 @@ class BackupConfig:
         if self.compression not in COMPRESSIONS:
             raise BackupConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         check_level(self.compression, self.compression_level)
+        object.__setattr__(self, "block_hash", check_block_hash(self.block_hash))
         for key in ("host", "availability_zone", "project_id", "user_id"):
             value = getattr(self, key)
             if not value or not value.isprintable() or value != value.strip():
@@ -263,7 +267,7 @@ class BackupConfig:
                 return float(value)
             except (TypeError, ValueError):
                 raise BackupConfigError(f"{key} must be a number of seconds, got {value!r}") from None
-        if key == "compression":
+        if key in ("compression", "block_hash"):
             return str(value).lower()
         return str(value)
 

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from notifykit import Clock, SupportsNotify
 
+from ._block_hash import DEFAULT_BLOCK_HASH
 from ._catalog import BackupCatalog
 from ._chunked import DEFAULT_CHUNK_SIZE, ChunkedBackupDriver
 from ._config import BackupConfig
@@ -37,17 +38,18 @@ def build_driver(config: BackupConfig, store: ObjectStore | None = None) -> Chun
     store = store or build_store(config)
     return ChunkedBackupDriver(store, chunk_size=config.chunk_size, compression=config.compression,
                                compression_level=config.compression_level, workers=config.workers,
-                               uploads=config.uploads or store.default_uploads)
+                               uploads=config.uploads or store.default_uploads, block_hash=config.block_hash)
 
 
 class PosixBackupDriver(ChunkedBackupDriver):
     """Cinder's posix backup driver: chunked backups in a directory tree."""
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 compression: str = "zstd", compression_level: int | None = None, workers: int | None = None) -> None:
+                 compression: str = "zstd", compression_level: int | None = None, workers: int | None = None,
+                 block_hash: str = DEFAULT_BLOCK_HASH) -> None:
         store = store_from_url(os.fspath(root), {"fsync": "true" if fsync else "false"})
         super().__init__(store, chunk_size=chunk_size, compression=compression, compression_level=compression_level,
-                         workers=workers, uploads=store.default_uploads)
+                         workers=workers, uploads=store.default_uploads, block_hash=block_hash)
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@ restore target's zero ranges zero without writing them where the system allows.
 A regular file is walked with ``lseek(SEEK_DATA/SEEK_HOLE)``: a chunk wholly in a hole is
 never read, and the holes inside a partly written chunk read as zeros without a system
 call. A block device (or a filesystem without hole reporting) is read whole. Either way a
-block is a *zero block* when its sha256 is the sha256 of zeros of its length, so a zero
+block is a *zero block* when its digest is that of zeros of its length (``_block_hash``), so a zero
 region that was written out (not a hole) is recognised too, from the digest the block list
 needs anyway. Everything here blocks; callers run it in worker threads.
 """
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
-import hashlib
 import os
 import stat
 from typing import Any
 
 from ._errors import BackupError, VolumeError
 
-__all__ = ["ZeroRuns", "data_chunk", "pwrite_all", "zero_digest", "zero_digests", "zero_range"]
+__all__ = ["ZeroRuns", "data_chunk", "pwrite_all", "zero_range"]
 
 ZeroRuns = list[tuple[int, int]]  # (first block, count), in block order
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -30,18 +28,6 @@ _ZEROS = bytes(1024 * 1024)
 # fallocate failing so means "not here": write the zeros instead.
 _NO_PUNCH = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.EPERM,
                        errno.ENOTTY})
-
-
-@functools.lru_cache(maxsize=64)
-def zero_digest(length: int) -> bytes:
-    """The sha256 of ``length`` zero bytes (a zero block's entry in the block list)."""
-    return hashlib.sha256(bytes(length)).digest()
-
-
-def zero_digests(length: int, block_size: int) -> bytes:
-    """The block list of ``length`` zero bytes: every block a zero block."""
-    full, tail = divmod(length, block_size)
-    return zero_digest(block_size) * full + (zero_digest(tail) if tail else b"")
 
 
 def _reason(exc: OSError) -> str:

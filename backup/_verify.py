@@ -6,7 +6,7 @@ against the catalog record, the block list against its sha256, each object's sto
 compression and length, and every block of every object (not only the blocks a restore
 would take from it) against the block list of the backup the object belongs to, and each
 run of zero blocks (stored as nothing) against that block list too: a zero block's entry must
-be the sha256 of zeros. The first problem, in chain order (the full backup first), is one
+be the digest of zeros (in its block hash). The first problem, in chain order (the full backup first), is one
 CorruptBackupError naming the object or the run.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from ._block_hash import BlockHash
 from ._catalog import BackupRecord, BackupStatus
 from ._chunked import ChunkedBackupDriver
 from ._errors import BackupError, CorruptBackupError, InvalidStatusTransitionError, ObjectNotFoundError
@@ -88,7 +89,7 @@ async def verify_record(service: BackupService, record: BackupRecord, *,
                                          " from the object store") from None
 
             await anyio.to_thread.run_sync(timed("check", _check_object), driver, container, entry, stored, layer.digests,
-                                           block_size)
+                                           block_size, layer.block_hash)
             objects += 1
             done += len(stored)
             if on_progress is not None:
@@ -98,10 +99,10 @@ async def verify_record(service: BackupService, record: BackupRecord, *,
 
 
 def _check_object(driver: ChunkedBackupDriver, container: str, entry: dict[str, Any], stored: bytes,
-                  digests: bytes | None, block_size: int) -> None:
+                  digests: bytes | None, block_size: int, block_hash: BlockHash) -> None:
     """One object's sizes and compression, then each of its blocks against its backup's
-    block list (a version 1 backup: its sha256), in a worker thread."""
+    block list in its hash (a version 1 backup: its sha256), in a worker thread."""
     data = driver._unpack(container, entry, stored)
     if digests is not None:
         driver._verify_blocks(f"object {container}/{entry['name']}", data, 0, len(data), int(entry["offset"]),
-                              block_size, digests)
+                              block_size, digests, block_hash)

@@ -16,6 +16,7 @@ import anyio
 
 from notifykit import Notification, Notifier
 from notifykit.backup import BackupService, ProgressPolicy
+from notifykit.backup._block_hash import DEFAULT_BLOCK_HASH
 from notifykit.backup._chunked import ChunkedBackupDriver
 from notifykit.backup._posix import PosixObjectStore
 from notifykit.backup._sqlite import SQLiteCatalog
@@ -122,7 +123,8 @@ def write_volume(path: Path, size: int, seed: int = 7) -> Path:
 @asynccontextmanager
 async def backup_env(root: Path, *, compression: str = "none", policy: ProgressPolicy | None = None,
                      store: ObjectStore | None = None, clock: Any = None, url: str = "memory://",
-                     notify_timeout: float = 10.0, chunk_size: int = CHUNK, uploads: int = 2) -> AsyncIterator[Env]:
+                     notify_timeout: float = 10.0, chunk_size: int = CHUNK, uploads: int = 2,
+                     block_hash: str = DEFAULT_BLOCK_HASH) -> AsyncIterator[Env]:
     """Everything a backup test needs; the notifier is closed (queues drained) on exit, so
     ``env.memory.messages`` is complete once the ``async with`` is over."""
     notifier = Notifier.from_url(url, publisher_id=PUBLISHER, dead_letters=root / "deadletters.jsonl",
@@ -131,7 +133,7 @@ async def backup_env(root: Path, *, compression: str = "none", policy: ProgressP
     assert isinstance(memory, MemoryTransport)
     store = store or PosixObjectStore(root / "store", fsync=False)
     driver = ChunkedBackupDriver(store, chunk_size=chunk_size, compression=compression, workers=2,
-                                 uploads=uploads)
+                                 uploads=uploads, block_hash=block_hash)
     async with notifier, SQLiteCatalog(root / "catalog.sqlite3") as catalog:
         service = BackupService(catalog, driver, notifier, host="testhost", availability_zone="az-1",
                                 progress=policy or ProgressPolicy(backup_enable_progress_timer=False),

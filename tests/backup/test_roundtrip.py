@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from notifykit.backup import BackupStatus, ProgressPolicy
+from notifykit.backup._block_hash import BLOCK_HASHES, get_block_hash
 from notifykit.backup._compression import COMPRESSIONS
 from notifykit.backup._setup import PosixBackupDriver
 
@@ -22,8 +22,9 @@ SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123]
 @pytest.mark.asyncio
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 @pytest.mark.parametrize("size", SIZES)
-async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, size: int) -> None:
-    async with backup_env(tmp_path, compression=compression,
+@pytest.mark.parametrize("block_hash", BLOCK_HASHES)
+async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, size: int, block_hash: str) -> None:
+    async with backup_env(tmp_path, compression=compression, block_hash=block_hash,
                           policy=ProgressPolicy(backup_object_number_per_notification=1,
                                                 backup_enable_progress_timer=False)) as env:
         volume = env.volume(size)
@@ -42,10 +43,13 @@ async def test_round_trip_is_byte_identical(tmp_path: Path, compression: str, si
     assert metadata["volume_size"] == size and metadata["compression"] == compression
     assert [o["length"] for o in metadata["objects"]] == [min(CHUNK, size - i * CHUNK)
                                                          for i in range(record.object_count)]
-    # Beside the metadata, the sha256 of every block of the volume (one block per 4 KiB chunk here).
+    # Beside the metadata, the digest of every block of the volume (one block per 4 KiB chunk here),
+    # in the hash the metadata names (sha256 lists are written as version 3 was, without the key).
     data = volume.read_bytes()
     assert metadata["block_size"] == CHUNK and metadata["sha256file"]["blocks"] == math.ceil(size / CHUNK)
-    assert digests == b"".join(hashlib.sha256(data[i:i + CHUNK]).digest() for i in range(0, size, CHUNK))
+    assert (metadata["version"], metadata.get("block_hash")) == ((3, None) if block_hash == "sha256" else (4, block_hash))
+    new = get_block_hash(block_hash).new
+    assert digests == b"".join(new(data[i:i + CHUNK]).digest() for i in range(0, size, CHUNK))
     assert gone
     progress = [n.payload["percentage"] for n in env.memory.messages if n.event_type == "backup.createprogress"]
     assert progress == sorted(progress) and progress[-1] == 100.0
