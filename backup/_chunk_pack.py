@@ -22,7 +22,9 @@ __all__ = ["DIGEST_SIZE", "Packed", "Packer", "Piece", "Raw", "object_name", "pi
 
 # A chunk whose samples (4 x 16 KiB, spread over it) do not shrink by 3 % is stored raw
 # without compressing it whole: on random, compressed or encrypted data, zstd costs as
-# much CPU as hashing the chunk and saves nothing (borg's "auto" does the same).
+# much CPU as hashing the chunk and saves nothing (borg's "auto" does the same). A chunk
+# with some samples that do not shrink and some that do is mixed: its codec's
+# ``for_mixed()`` compresses it (zstd 3: level 2's fast strategy).
 _SAMPLES = 4
 _SAMPLE_SIZE = 16 * 1024
 _INCOMPRESSIBLE = 0.97
@@ -92,13 +94,18 @@ class Packer:
         self.buffers = buffers
         self.block_hash = block_hash
 
-    def looks_incompressible(self, data: Data) -> bool:
-        if self.compressor.name == "none" or len(data) < 4 * _SAMPLES * _SAMPLE_SIZE:
-            return False
+    def codec_for(self, data: Data) -> Compressor | None:
+        """The codec to compress ``data`` with, from its samples; None: store it raw."""
+        if self.compressor.name == "none":
+            return None
+        if len(data) < 4 * _SAMPLES * _SAMPLE_SIZE:
+            return self.compressor
         view = memoryview(data)
         step = len(view) // _SAMPLES
-        packed = sum(len(self.compressor.compress(view[i * step:i * step + _SAMPLE_SIZE])) for i in range(_SAMPLES))
-        return packed >= _INCOMPRESSIBLE * _SAMPLES * _SAMPLE_SIZE
+        sizes = [len(self.compressor.compress(view[i * step:i * step + _SAMPLE_SIZE])) for i in range(_SAMPLES)]
+        if sum(sizes) >= _INCOMPRESSIBLE * _SAMPLES * _SAMPLE_SIZE:
+            return None
+        return self.compressor.for_mixed() if max(sizes) >= _INCOMPRESSIBLE * _SAMPLE_SIZE else self.compressor
 
     def _raw(self, data: Data) -> bytes | memoryview:
         if isinstance(data, bytes) or not self.buffers:
@@ -108,17 +115,18 @@ class Packer:
     def stored(self, data: Data, room: memoryview | None) -> tuple[str, bytes | memoryview, int]:
         """(compression, the bytes to store, how much of ``room`` they use): compressed into
         ``room`` (at least ``len(data)`` bytes) or a new object, or raw when that saves nothing."""
-        if self.compressor.name == "none" or self.looks_incompressible(data):
+        codec = self.codec_for(data)
+        if codec is None:
             return "none", self._raw(data), 0
         if room is not None:
-            used = self.compressor.compress_into(data, room[:len(data)])
+            used = codec.compress_into(data, room[:len(data)])
             if used is None:  # incompressible: keep it raw, restore gets cheaper
                 return "none", self._raw(data), 0
-            return self.compressor.name, room[:used], used
-        packed = self.compressor.compress(data)
+            return codec.name, room[:used], used
+        packed = codec.compress(data)
         if len(packed) >= len(data):
             return "none", self._raw(data), 0
-        return self.compressor.name, packed, len(packed)
+        return codec.name, packed, len(packed)
 
     def pack(self, raw: Raw, prefix: str, block_size: int, parent: bytes | None,
              out: tuple[BufferPool, Buffer] | None = None) -> Packed:

@@ -63,6 +63,11 @@ class Compressor(Protocol):
         if the stream is short (the caller checks); CorruptBackupError if it is bad."""
         ...
 
+    def for_mixed(self) -> Compressor:
+        """The codec for a chunk only part of which compresses (some of its samples do not
+        shrink): itself, or a faster setting of it, read by the same decompressor."""
+        ...
+
 
 def _copy_into(data: bytes, out: memoryview) -> int | None:
     if len(data) >= len(out):
@@ -87,6 +92,9 @@ class NoCompression:
         n = min(len(data), len(out))
         out[:n] = memoryview(data)[:n]
         return len(data)
+
+    def for_mixed(self) -> Compressor:
+        return self
 
 
 class ZlibCompression:
@@ -117,6 +125,9 @@ class ZlibCompression:
         n = min(len(raw), len(out))
         out[:n] = raw[:n]
         return len(raw)
+
+    def for_mixed(self) -> Compressor:
+        return self
 
 
 class Bz2Compression:
@@ -150,6 +161,9 @@ class Bz2Compression:
         out[:len(raw)] = raw
         return len(raw)
 
+    def for_mixed(self) -> Compressor:
+        return self
+
 
 class ZstdCompression:
     name = "zstd"
@@ -160,12 +174,16 @@ class ZstdCompression:
         self._zstd = zstandard
         self.level = level
         self._local = threading.local()  # this thread's compressor and decompressor contexts
+        # At level 3 (dfast), zstd searches the incompressible part of a mixed chunk for
+        # matches at about 1 CPU-s per GiB of it; level 2's fast strategy does not, and
+        # stores about 1 % more of such a chunk (docs/backup.md, "Choosing the codec").
+        self._mixed: Compressor = ZstdCompression(2) if level == 3 else self
 
     def _compressor(self) -> Any:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
-            # No frame checksum (xxhash64): every block is checked against the block list's
-            # sha256 after decompression, so it would only cost CPU on both ends (frames that
+            # No frame checksum (xxhash64): every block is checked against the block list
+            # after decompression, so it would only cost CPU on both ends (frames that
             # carry one, from older backups, are still checked by zstd on restore).
             cctx = self._local.cctx = self._zstd.ZstdCompressor(level=self.level, write_checksum=False)
         return cctx
@@ -175,6 +193,9 @@ class ZstdCompression:
         if dctx is None:
             dctx = self._local.dctx = self._zstd.ZstdDecompressor()
         return dctx
+
+    def for_mixed(self) -> Compressor:
+        return self._mixed
 
     def compress(self, data: Buffer) -> bytes:
         return bytes(self._compressor().compress(data))
