@@ -9,7 +9,7 @@ parent's, so the blocks of a chain compare. The hash is named in the metadata
 (``block_hash``, version 4); a backup without the key is sha256.
 
 Digests of zero blocks are constants per hash and length (a zero block is one whose digest
-is that of zeros), computed once and cached.
+is that of zeros), computed once and kept.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import BackupConfigError
@@ -38,6 +38,7 @@ class BlockHash:
 
     name: str
     new: Callable[[Data], Any]
+    _zeros: dict[int, bytes] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return f"BlockHash({self.name!r})"
@@ -52,18 +53,17 @@ class BlockHash:
         return b"".join([new(view[i:i + block_size]).digest() for i in range(0, len(view), block_size)])
 
     def zero(self, length: int) -> bytes:
-        """The digest of ``length`` zero bytes (a zero block's entry in the block list)."""
-        return _zero_digest(self, length)
+        """The digest of ``length`` zero bytes (a zero block's entry in the block list),
+        computed once per length (the dict lookup is what a per-block loop pays)."""
+        digest = self._zeros.get(length)
+        if digest is None:
+            digest = self._zeros[length] = self.digest(bytes(length))
+        return digest
 
     def zeros(self, length: int, block_size: int) -> bytes:
         """The block list of ``length`` zero bytes: every block a zero block."""
         full, tail = divmod(length, block_size)
         return self.zero(block_size) * full + (self.zero(tail) if tail else b"")
-
-
-@functools.lru_cache(maxsize=128)
-def _zero_digest(block_hash: BlockHash, length: int) -> bytes:
-    return block_hash.digest(bytes(length))
 
 
 SHA256 = BlockHash("sha256", hashlib.sha256)

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
 import anyio
@@ -55,8 +55,8 @@ from ._chunk_layers import (
     read_layer,
     restore_plan,
 )
-from ._chunk_pack import Packed, Packer, Raw, object_name, piece_name
-from ._chunk_restore import SEGMENT, restore_objects, unpack, verified, verify_blocks
+from ._chunk_pack import Packed, Packer, Raw
+from ._chunk_restore import restore_objects
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
@@ -82,8 +82,6 @@ DEFAULT_UPLOADS = 2
 # Cinder's backup_sha_block_size_bytes: the unit an incremental backup compares and stores.
 BLOCK_SIZE = 32 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
-_Raw = Raw  # the chunk a reader hands on (an RBD source builds them: _rbd_source)
-_SEGMENT = SEGMENT
 
 
 def block_size_for(chunk_size: int) -> int:
@@ -160,15 +158,6 @@ class ChunkedBackupDriver(BackupDriver):
         # Any volume id (a --volume-id is free text) becomes one short path-safe word.
         volume = _UNSAFE.sub("_", record.volume_id)[:64].replace("..", "__")
         return f"volume_{volume}_{stamp}_az_{az[:64].replace('..', '__')}_backup_{record.id}"
-
-    @staticmethod
-    def object_name(prefix: str, index: int) -> str:
-        return object_name(prefix, index)
-
-    @staticmethod
-    def piece_name(prefix: str, index: int, block: int) -> str:
-        """An increment's run of changed blocks: chunk ``index``, from its block ``block``."""
-        return piece_name(prefix, index, block)
 
     @staticmethod
     def metadata_name(prefix: str) -> str:
@@ -351,20 +340,6 @@ class ChunkedBackupDriver(BackupDriver):
         return restore_plan(layers)
 
     # -- restore (_chunk_restore) ------------------------------------------------------
-
-    def _unpack(self, container: str, entry: dict[str, Any], stored: bytes) -> bytes | memoryview:
-        """One object's raw bytes, its sizes checked (worker thread)."""
-        return unpack(self.compressor, container, entry, stored)
-
-    @staticmethod
-    def _verify_blocks(where: str, data: bytes | memoryview, start: int, stop: int, offset: int, block_size: int,
-                       digests: bytes, block_hash: BlockHash) -> None:
-        verify_blocks(where, data, start, stop, offset, block_size, digests, block_hash)
-
-    @staticmethod
-    def _verified(where: str, data: bytes | memoryview, start: int, stop: int, parts: Iterable[tuple[int, int]],
-                  offset: int, block_size: int, digests: bytes, block_hash: BlockHash) -> Iterator[tuple[int, int]]:
-        return verified(where, data, start, stop, parts, offset, block_size, digests, block_hash)
 
     async def restore(self, record: BackupRecord, target: str | os.PathLike[str], on_object: ObjectCallback,
                       *, overwrite: bool = False, parents: Sequence[BackupRecord] = (), create: bool = False) -> int:

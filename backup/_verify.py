@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from ._block_hash import BlockHash
 from ._catalog import BackupRecord, BackupStatus
+from ._chunk_restore import unpack, verify_blocks
 from ._chunked import ChunkedBackupDriver
 from ._errors import BackupError, CorruptBackupError, InvalidStatusTransitionError, ObjectNotFoundError
 from ._service import BackupService, ProgressObserver
@@ -102,7 +103,7 @@ def _check_object(driver: ChunkedBackupDriver, container: str, entry: dict[str, 
                   digests: bytes | None, block_size: int, block_hash: BlockHash) -> None:
     """One object's sizes and compression, then each of its blocks against its backup's
     block list in its hash (a version 1 backup: its sha256), in a worker thread."""
-    data = driver._unpack(container, entry, stored)
+    data = unpack(driver.compressor, container, entry, stored)
     if digests is not None:
-        driver._verify_blocks(f"object {container}/{entry['name']}", data, 0, len(data), int(entry["offset"]),
-                              block_size, digests, block_hash)
+        verify_blocks(f"object {container}/{entry['name']}", data, 0, len(data), int(entry["offset"]),
+                      block_size, digests, block_hash)

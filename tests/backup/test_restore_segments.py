@@ -12,7 +12,8 @@ import pytest
 
 from notifykit.backup import BackupStatus, CorruptBackupError
 from notifykit.backup._block_hash import SHA256
-from notifykit.backup._chunked import _SEGMENT, ChunkedBackupDriver
+from notifykit.backup._chunk_restore import SEGMENT as _SEGMENT
+from notifykit.backup._chunk_restore import verified
 
 from .helpers import backup_env
 
@@ -27,7 +28,7 @@ def test_parts_come_out_whole_across_segments_and_every_block_is_checked() -> No
     data = os.urandom(3 * _SEGMENT + 5 * BLOCK)
     digests = block_list(data)
     parts = [(0, BLOCK), (2 * BLOCK, _SEGMENT + 3 * BLOCK), (3 * _SEGMENT, len(data))]
-    out = list(ChunkedBackupDriver._verified("obj", data, 0, len(data), parts, 0, BLOCK, digests, SHA256))
+    out = list(verified("obj", data, 0, len(data), parts, 0, BLOCK, digests, SHA256))
     joined: list[tuple[int, int]] = []
     for a, b in out:  # contiguous pieces of one part are split only at segment ends
         assert b % _SEGMENT == 0 or b in {p[1] for p in parts}
@@ -39,14 +40,14 @@ def test_parts_come_out_whole_across_segments_and_every_block_is_checked() -> No
     damaged = bytearray(data)
     damaged[2 * _SEGMENT + 7] ^= 1  # a block no part covers is still checked
     with pytest.raises(CorruptBackupError, match=f"block {2 * _SEGMENT // BLOCK} "):
-        list(ChunkedBackupDriver._verified("obj", bytes(damaged), 0, len(data), [(0, BLOCK)], 0, BLOCK, digests, SHA256))
+        list(verified("obj", bytes(damaged), 0, len(data), [(0, BLOCK)], 0, BLOCK, digests, SHA256))
 
 
 def test_a_block_size_above_the_segment_is_one_segment_per_block() -> None:
     block = 3 * _SEGMENT  # a chunk size that is not a multiple of 32 KiB: one block per chunk
     data = os.urandom(2 * block)
     digests = block_list(data, block)
-    out = list(ChunkedBackupDriver._verified("obj", data, 0, len(data), [(0, len(data))], 0, block, digests, SHA256))
+    out = list(verified("obj", data, 0, len(data), [(0, len(data))], 0, block, digests, SHA256))
     assert out == [(0, block), (block, 2 * block)]
 
 
