@@ -8,7 +8,7 @@ once, in an order that rotates), so a noisy neighbour on this shared machine hur
 alike. Every figure is the median over rounds of a ratio measured within one round.
 
 * backup — ``cp FILE COPY && sync COPY``; notifykit (library, in-process: posix store,
-  4 MiB zstd-3 chunks, fsync, memory notifier); ``borg create --compression zstd,3``
+  4 MiB zstd-3 chunks, blake3 block list, fsync, memory notifier); ``borg create --compression zstd,3``
   (repository without encryption); ``restic backup --compression auto``.
 * restore — ``cp COPY OUT && sync OUT``; notifykit restore (fsync); ``borg extract``
   and ``restic restore``, each followed by ``sync`` of the file they wrote.
@@ -26,21 +26,21 @@ independently of the neighbours.
 
 Where notifykit's time goes (issue 29; thread CPU of each stage, 1 GiB, 4 MiB chunks,
 zstd-3, posix store with fsync). A create reads each chunk into a reused page-aligned
-buffer, hashes it (sha256 per 32 KiB block), compresses it into a second reused buffer and
-hands views of both to the store, which writes them with O_DIRECT (no copy into the page
-cache) and at the end fsyncs the objects from 8 threads at once (0.03-0.05 s, where the
-fsyncs one by one took 0.4-0.65 s). Per GiB: 0.55 CPU-s of sha256, 0.35-0.4 of zstd-3 (0.2
-at zstd-1: every chunk is half random, so every chunk is compressed), 0.1 reading the
-volume from the page cache, 0.13-0.19 writing the objects, 0.1 on the event loop: about
-1.3 CPU-s, where ``cp`` uses 0.25-0.35 copying in the kernel, and ``cp``+``sync`` leaves
-the disk the only limit. A restore reads each object with O_DIRECT into a reused buffer,
-decompresses into another, checks every block against the block list and writes the
-target with O_DIRECT (its final sync has nothing left to write): 0.55 CPU-s of sha256,
-0.07 decompressing, 0.06 reading, 0.05 writing, 0.08 on the event loop, about 0.9 CPU-s per
-GiB. So on two cores the create cannot finish in less than about 0.65 s a GiB and the
-restore 0.45 s, beside ``cp``+``sync``'s 0.65-0.8 s, and every neighbour on the shared
-cores stretches notifykit's CPU-bound time more than ``cp``'s disk-bound one: that, and the
-sha256 of every byte that ``cp`` does not compute, is the gap that is left.
+buffer, hashes it (one blake3 digest per 32 KiB block: the block list), compresses it into
+a second reused buffer and hands views of both to the store, which writes them with
+O_DIRECT (no copy into the page cache) and at the end fsyncs the objects from 8 threads at
+once (0.03-0.05 s, where the fsyncs one by one took 0.4-0.65 s). Per GiB: 0.27 CPU-s of
+blake3 (sha256, the block hash before, took 0.55-0.62), 0.15 of zstd (every chunk of this
+volume is half random: a mixed chunk, compressed at level 2's fast strategy; level 3 took
+0.4-0.5), 0.1 reading the volume from the page cache, 0.13-0.19 writing the objects, 0.1 on
+the event loop: 1.2-1.35 CPU-s in all, where ``cp`` uses 0.35-1.1 copying in the kernel.
+A restore reads each object with O_DIRECT into a reused buffer, decompresses into another,
+checks every block against the block list and writes the target with O_DIRECT (its final
+sync has nothing left to write): 0.27 CPU-s of blake3, 0.07 decompressing, 0.06 reading,
+0.05 writing, 0.08 on the event loop, 0.65-0.75 CPU-s per GiB in all. With the block hash
+and the codec cheaper, the create and the restore are bound by the disk about as much as by
+the two cores; ``cp``+``sync``'s time on this VM swings between 0.5 and 3 s for the same
+GiB (writeback), which is most of the spread of the ratios against it.
 
 Goals (issue 29): backup >= 0.6x cp+sync, >= 2.5x borg, >= 3.5x restic; restore >= 0.6x
 cp+sync, >= 2x borg, >= 2x restic; the increment stores <= 3 % of the full backup's bytes
@@ -82,14 +82,14 @@ from notifykit.backup._sqlite import SQLiteCatalog  # noqa: E402
 MIB = 1024 * 1024
 CHANGE_EVERY = 16 * 4 * MIB  # 4 KiB rewritten at the start of every 16th 4 MiB region
 CAUSES = {
-    "backup": ("CPU (cpu_s_per_gib, about 1.4 where cp uses 0.35): per GiB, 0.55 CPU-s in the sha256 of every "
-               "32 KiB block, 0.2 (zstd-1) to 0.4 (zstd-3) in compressing the half-random chunks, 0.1 reading "
-               "the volume from the page cache, 0.15 in the O_DIRECT object writes and 0.1 on the event loop; "
-               "on two cores shared with other jobs that CPU stretches the wall time, cp's copy in the kernel "
+    "backup": ("CPU (cpu_s_per_gib, about 1.3 where cp uses 0.35-1.1): per GiB, 0.27 CPU-s in the blake3 of every "
+               "32 KiB block, 0.15 in compressing the half-random chunks (zstd's fast strategy on mixed chunks), 0.1 "
+               "reading the volume from the page cache, 0.15 in the O_DIRECT object writes and 0.1 on the event "
+               "loop; on two cores shared with other jobs that CPU stretches the wall time, cp's copy in the kernel "
                "does not"),
-    "restore": ("CPU (cpu_s_per_gib, about 0.9 where cp uses 0.35): per GiB, 0.55 CPU-s in checking every "
-                "block's sha256 against the block list, 0.07 decompressing, 0.06 reading the objects and 0.05 "
-                "in the O_DIRECT writes; on two shared cores that CPU stretches the wall time"),
+    "restore": ("CPU (cpu_s_per_gib, about 0.7 where cp uses 0.35): per GiB, 0.27 CPU-s in checking every "
+                "block's blake3 against the block list, 0.07 decompressing, 0.06 reading the objects (O_DIRECT, "
+                "from the disk: cp reads its copy from the page cache) and 0.05 in the O_DIRECT writes"),
 }
 
 

@@ -11,8 +11,8 @@ Each round, in an order that rotates, runs (``per_chunk`` in the JSON says it ag
   store's is); removing the objects is untimed. What a hand-written bulk upload with Ceph's
   own binding does;
 * ``python_rados_loop_hashing`` — the same loop that also computes, in its threads before each
-  write, what the backup must compute per chunk: the sha256 of every 32 KiB block (the block
-  list). Not an anchor of a goal: it tells the hashing's own cost from the pipeline's;
+  write, what the backup must compute per chunk: the digest of every 32 KiB block (the block
+  list, in the backup's default block hash, blake3). Not an anchor of a goal: it tells the hashing's own cost from the pipeline's;
 * ``rados_store_put_loop`` — the rados store's own ``put_object`` of the same chunks, as many
   in flight (no driver): what the store itself costs over bare librados;
 * ``rados_backup_none`` — ``BackupService.create_backup`` with the chunked driver on the
@@ -32,14 +32,13 @@ Each figure is the median of ROUNDS rounds in MiB/s of the file's size (deleting
 written is outside the timing); a ratio is the median of the per-round ratios. CPU seconds
 per run (medians) cover the timed part only: this process (``client``, every thread:
 librados' too), the OSD and RGW (``CpuWindow``). ``block_list_cpu_s`` is one thread's CPU
-for the sha256 of every 32 KiB block of the file, measured once outside the rounds.
+for the digest of every 32 KiB block of the file (blake3), measured once outside the rounds.
 Usage:
 ``python benchmarks/rados_backup.py [SIZE_MIB [ROUNDS]]`` (defaults 1024 and 7).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -57,6 +56,7 @@ import anyio.to_thread
 from _backup_helpers import CpuWindow, backup_once, load_script, write_volume
 from _goals import goal, median, paired_ratio, rotated
 
+from notifykit.backup._block_hash import DEFAULT_BLOCK_HASH, get_block_hash
 from notifykit.backup.plugin import ObjectStore, store_from_url
 
 MIB = 1024 * 1024
@@ -72,11 +72,11 @@ PER_CHUNK = {
     "python_rados_loop": "Ioctx.write_full(name, chunk) in one of uploads_in_flight threads; the chunk is bytes already"
                          " in memory (the file read before the timing); nothing else (no reading, hashing,"
                          " compression or metadata); one client connected before the rounds, removing untimed",
-    "python_rados_loop_hashing": "as python_rados_loop, plus in the same thread before the write the sha256 of each"
+    "python_rados_loop_hashing": "as python_rados_loop, plus in the same thread before the write the blake3 of each"
                                  " 32 KiB block of the chunk (what the backup computes for its block list)",
     "rados_store_put_loop": "RadosObjectStore.put_object(container, name, chunk), uploads_in_flight at once (one"
                             " write_full in a worker thread each), chunks already in memory",
-    "rados_backup_none": "the chunked driver: pread of the chunk from the file, sha256 of each 32 KiB block (block"
+    "rados_backup_none": "the chunked driver: pread of the chunk from the file, blake3 of each 32 KiB block (block"
                          " list), put_object (one write_full), uploads_in_flight writes in flight; then the block"
                          " list and metadata objects",
     "rados_backup_zstd": "as rados_backup_none, the chunk compressed with zstd (the default compression and level)"
@@ -91,10 +91,8 @@ def chunks(volume: Path) -> list[bytes]:
 
 
 def block_list(chunk: bytes) -> bytes:
-    """The sha256 of each 32 KiB block of ``chunk``: the driver's block list, computed the same way."""
-    view = memoryview(chunk)
-    sha = hashlib.sha256
-    return b"".join([sha(view[i:i + BLOCK]).digest() for i in range(0, len(view), BLOCK)])
+    """The digest of each 32 KiB block of ``chunk``: the driver's block list, computed the same way."""
+    return get_block_hash(DEFAULT_BLOCK_HASH).digests(chunk, BLOCK)
 
 
 def block_list_cpu(parts: list[bytes]) -> float:
@@ -241,7 +239,7 @@ async def main() -> dict[str, Any]:
     vs_hashing = paired_ratio(rounds["rados_backup_none"], rounds["python_rados_loop_hashing"])
     client, osd = cpu["client"], cpu["osd"]
     cause_loop = (f"the anchor hashes nothing and reads nothing in its timing; the backup reads every chunk from the"
-                  f" file and computes its block list (sha256 of every 32 KiB block: {hash_cpu:.2f} CPU-s per run on"
+                  f" file and computes its block list (blake3 of every 32 KiB block: {hash_cpu:.2f} CPU-s per run on"
                   f" one core here): client CPU {client['rados_backup_none']:.2f} s against the loop's"
                   f" {client['python_rados_loop']:.2f} s, the OSD {osd['rados_backup_none']:.2f} s against"
                   f" {osd['python_rados_loop']:.2f} s, all on the same two cores. The same loop hashing the same"

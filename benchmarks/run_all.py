@@ -100,6 +100,20 @@ NOTES = """\
   1.68 and 1.24 → 2.20 and 4.51; increment 0.59 and 0.50 → 0.42 and 0.43 x borg's second
   create. The profile of what is left is in the benchmark's section below. borg and restic
   start a process per command, notifykit is timed around the library call.
+  Then the block list's hash became blake3 (0.27 CPU-s per GiB against sha256's 0.62 on this
+  AMD EPYC with SHA extensions) and mixed chunks are compressed at zstd's fast strategy
+  (`codec_choice`): paired runs of the library alone (5 interleaved rounds, 1 GiB): create
+  1.185 → 0.937 s (1.74 → 1.36 CPU-s) for the hash, restore 1.199 → 0.976 s (1.20 → 0.67
+  CPU-s). The benchmark after both, on a new VM whose `cp`+`sync` swings between 0.5 and
+  3 s per GiB: 5 rounds vs borg 3.23 (2.83-4.56), restore vs cp+sync 1.24 (0.70-3.61); 3
+  rounds (the result below) 2.88 (2.37-3.92) and 0.66 (0.52-3.20). Create 1.2-1.35 CPU-s
+  per GiB, restore 0.67-0.73.
+- **codec_choice** (issue 29): what the two per-byte choices cost, apart from the rest of the
+  pipeline. zstd-3 on a chunk that mixes compressible and incompressible data searches the
+  incompressible part for matches (about 1 CPU-s per GiB of it); level 2's fast strategy does
+  not, for about 1 % more bytes of such chunks, so the backup compresses mixed chunks at it
+  (ordinary files have none and keep level 3). blake3 and sha256 over 32 KiB blocks:
+  the block hash.
 - **nats_throughput** (issue 26): exactly once on JetStream is a test result, not a
   timing: a durable publisher SIGKILLed mid-delivery and restarted replays its unconfirmed
   batch with the same `Nats-Msg-Id`s, and the stream's duplicate window (120 s) drops them:
@@ -135,7 +149,10 @@ NOTES = """\
   check, 0.2 in decompression, the rest in the kernel's copies and the sync. `cp` uses
   0.33 CPU-s per GiB (the kernel copies page to page), so on two cores shared with other
   jobs the goals of 0.6 x cp stay out of reach for a tool that hashes every byte.
-- **swift_backup**: client, proxy and object server share the two cores; `cpu_s_median`
+- **swift_backup**: with the blake3 block list (two runs, 5 rounds each): no compression 0.945
+  and 0.932 x `swift upload`, zstd 1.31 and 1.38; client CPU none 0.68-0.72 s against 0.61
+  (py-spy of the pack workers: the ETag's MD5 is ten times the blake3 list; both clients
+  compute the MD5), the Swift servers the same for both. How it got there: client, proxy and object server share the two cores; `cpu_s_median`
   says how many CPU seconds each of them used per contender (in its timed part). Before →
   after the driver hands each chunk's MD5 and sha256 to the store (issue 29; consecutive
   runs, 256 MiB, 5 rounds each; two pairs): zstd 0.717 → 0.87 and 0.685 → 0.758 x
@@ -160,7 +177,13 @@ NOTES = """\
   after: the HTTP side is small and unchanged. The backup does `swift upload`'s MD5 plus the
   block list's sha256 on the cores the Swift servers use, so when they are saturated the
   ratio follows total CPU (about 0.9); on a quieter machine it reaches 1.0.
-- **s3_backup**: the S3 store (obstore) against a boto3 thread-pool upload of the same chunks
+- **s3_backup**: with the blake3 block list (two runs, 5 rounds each): no compression 0.965
+  and 0.974 x the boto3 loop, zstd 1.59 and 1.60; client CPU none 0.42-0.44 s against
+  boto3's 0.40-0.41 and the obstore loop's 0.23-0.24 (the backup reads the file, hashes the
+  blocks and writes the block list and metadata; handing obstore the reused buffers instead
+  of a `bytes` per chunk cut the page faults from about 30,000 to 11,000 per 256 MiB but
+  not the CPU: obstore copies a buffer it is given, so the store keeps `bytes`). How it got
+  there: the S3 store (obstore) against a boto3 thread-pool upload of the same chunks
   to the same single-node Ceph RGW; `ratio_obstore_vs_aiobotocore` is why the store uses
   obstore (aiobotocore signs the payload and writes through aiohttp on the event loop).
   Before → after the driver hands each chunk's MD5 to the store (issue 29; consecutive
@@ -203,6 +226,19 @@ NOTES = """\
   loop hashing the same blocks runs at 0.72 x the anchor, the backup at 0.84 x that loop.
   callgrind does not show it truly: under valgrind OpenSSL cannot use SHA-NI (28
   instructions per byte).
+  Then the block list became blake3 (0.28 CPU-s per run for the file's blocks against
+  sha256's 0.63; the hashing loop hashes with it too): the backup with no compression 0.578 →
+  0.645 and 0.757 x the anchor in two runs (7 rounds each), with zstd (the default) 1.07 and
+  1.15 x, the store's own loop 1.09 and 1.18 x, against the S3 store 2.53 and 2.56 x. The
+  client still uses 1.25 CPU-s per GiB against the hashing loop's 0.72: reading the chunks
+  into fresh `bytes` (page faults) and the pipeline.
+- **rbd_incremental**: the incremental's time did not change with the blake3 block list and
+  the full backup's fell, so their ratio rose: the code before and after, each in its own
+  venv, three runs each, alternated (3 rounds a run): incremental 0.357, 0.438, 0.435 s
+  before and 0.361, 0.443, 0.457 s after; full 1.60, 1.61, 1.57 → 1.27, 1.32, 1.34 s; ratio
+  0.24-0.28 → 0.30-0.33 (0.176 last session, on another VM, where `export-diff` alone took
+  0.050 s against 0.059 here). The incremental's time is the snapshot, the diff walk and the
+  block list of the whole image (32,768 entries per GiB, mostly the parent's).
 - **durable_cost**: in durable mode `notify()` returns once the notification is written to the
   spool's append-only log (copied on the event loop into a shared mapping of the segment: in
   the kernel's page cache, safe from a crash of the process, without a system call; the worker

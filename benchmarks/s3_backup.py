@@ -8,7 +8,7 @@ order that rotates, runs:
   from a thread pool with as many threads as the backup has uploads in flight (what a
   hand-written bulk upload with the usual client does);
 * ``notifykit_backup_none`` — ``BackupService.create_backup`` with the chunked driver on the
-  S3 store, no compression: the same bytes as the anchor, plus the block list's sha256 per
+  S3 store, no compression: the same bytes as the anchor, plus the block list's blake3 per
   32 KiB block and the block list and metadata objects;
 * ``notifykit_backup_zstd`` — the same with zstd, the default compression;
 * ``aiobotocore_put_loop`` and ``obstore_put_loop`` — the two async clients considered for
@@ -59,7 +59,7 @@ PER_OBJECT = {
                       "timing starts: SigV4 with the body's sha256 signed (X-Amz-Content-SHA256: RGW refuses a body "
                       "that does not match), Expect: 100-continue, no Content-MD5 and no ETag check (checksums "
                       "'when_required')",
-    "notifykit_backup": "one PUT per 4 MiB chunk read from the file: sha256 of every 32 KiB block (the block list: "
+    "notifykit_backup": "one PUT per 4 MiB chunk read from the file: blake3 of every 32 KiB block (the block list: "
                         "increments and restore checks) and zstd in a pack worker (the zstd run), then obstore's "
                         "PUT, SigV4 with the body's sha256 signed as boto3 does (RGW refuses a body that does not "
                         "match); after: the block list and the metadata object, and the catalog's records",
@@ -75,7 +75,7 @@ def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
     ceph = lambda per: sum(v for k, v in per.items() if k != "client")  # noqa: E731
     return (f"client CPU {ours.get('client', 0):.2f} s against the boto3 loop's {theirs.get('client', 0):.2f} s, RGW + OSD "
             f"{ceph(ours):.2f} s against {ceph(theirs):.2f} s, all on the same two cores: besides the signed sha256 "
-            "both compute, the backup hashes every 32 KiB block with sha256 (its block list: increments and restore "
+            "both compute, the backup hashes every 32 KiB block with blake3 (its block list: increments and restore "
             "checks), reads the file inside the timing (the loop's chunks are read before it) and writes the block "
             "list and a metadata object")
 

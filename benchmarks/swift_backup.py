@@ -60,7 +60,7 @@ PER_OBJECT = {
                     "computed on the way (no ETag header: Swift does not check the body) and compared with the "
                     "answer's ETag; before: GET /info, HEAD of the object, PUT of the container and of "
                     "<container>_segments; after: the SLO manifest PUT (the proxy HEADs every segment)",
-    "notifykit_backup": "one PUT per 4 MiB chunk read into memory: sha256 of every 32 KiB block (the block list: "
+    "notifykit_backup": "one PUT per 4 MiB chunk read into memory: blake3 of every 32 KiB block (the block list: "
                         "increments and restore checks), zstd (the zstd run: raw when incompressible), the MD5 of "
                         "the stored bytes (all in a pack worker); the PUT carries it as ETag (Swift refuses a body "
                         "that does not match it) and the answer's ETag is checked; before: PUT of the container; "
@@ -75,7 +75,7 @@ def cause(cpu: dict[str, dict[str, float]], contender: str) -> str:
     servers = lambda per: sum(v for k, v in per.items() if k != "client")  # noqa: E731
     return (f"client CPU {ours.get('client', 0):.2f} s against swift upload's {theirs.get('client', 0):.2f} s, "
             f"Swift servers {servers(ours):.2f} s against {servers(theirs):.2f} s, all on the same two cores: "
-            "besides the MD5 both compute for the ETag, the backup hashes every 32 KiB block with sha256 (its "
+            "besides the MD5 both compute for the ETag, the backup hashes every 32 KiB block with blake3 (its "
             "block list: increments and restore checks), in the pack workers (zstd compresses too); the rest is "
             "httpx/asyncio per-request work, and the Swift servers' share of the same cores")
 
