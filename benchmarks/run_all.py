@@ -152,7 +152,8 @@ NOTES = """\
 - **swift_backup**: with the blake3 block list (two runs, 5 rounds each): no compression 0.945
   and 0.932 x `swift upload`, zstd 1.31 and 1.38; client CPU none 0.68-0.72 s against 0.61
   (py-spy of the pack workers: the ETag's MD5 is ten times the blake3 list; both clients
-  compute the MD5), the Swift servers the same for both. How it got there: client, proxy and object server share the two cores; `cpu_s_median`
+  compute the MD5), the Swift servers the same for both. How it got there: client, proxy
+  and object server share the two cores; `cpu_s_median`
   says how many CPU seconds each of them used per contender (in its timed part). Before →
   after the driver hands each chunk's MD5 and sha256 to the store (issue 29; consecutive
   runs, 256 MiB, 5 rounds each; two pairs): zstd 0.717 → 0.87 and 0.685 → 0.758 x

@@ -6,13 +6,16 @@ or a chain that mixes hashes, is one clear error."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from notifykit.backup import BackupConfig, BackupConfigError, BackupRecord, CorruptBackupError
+from notifykit.backup import BackupConfig, BackupConfigError, BackupError, BackupRecord, CorruptBackupError
 from notifykit.backup._block_hash import get_block_hash
+from notifykit.backup._chunked import ChunkedBackupDriver
+from notifykit.backup._posix import PosixObjectStore
 from notifykit.backup._verify import verify_backup
 
 from .helpers import CHUNK, Env, backup_env
@@ -115,3 +118,22 @@ def test_the_setting_is_checked_where_it_comes_from(tmp_path: Path) -> None:
     with pytest.raises(BackupConfigError, match="block_hash must be one of blake3, sha256, got 'md5'") as raised:
         BackupConfig.load(toml, env={})
     assert str(toml) in str(raised.value)
+
+
+@pytest.mark.asyncio
+async def test_without_the_blake3_package_each_use_is_one_error_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with backup_env(tmp_path) as env:
+        record = await env.service.create_backup(env.volume(SIZE))
+    monkeypatch.setitem(sys.modules, "blake3", None)  # import blake3 raises ImportError
+    get_block_hash.cache_clear()
+    try:
+        with pytest.raises(BackupConfigError, match=r"block_hash 'blake3' needs the blake3 package: pip install"):
+            ChunkedBackupDriver(PosixObjectStore(tmp_path / "other"))
+        assert ChunkedBackupDriver(PosixObjectStore(tmp_path / "other"), block_hash="sha256").block_hash.name == "sha256"
+        async with backup_env(tmp_path, block_hash="sha256") as env:  # a blake3 backup cannot be checked here
+            with pytest.raises(BackupError, match=r"_metadata: block_hash 'blake3' needs the blake3 package"):
+                await env.service.restore_backup(record.id, tmp_path / "out.img")
+        assert not (tmp_path / "out.img").exists()
+    finally:
+        get_block_hash.cache_clear()
