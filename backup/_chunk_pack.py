@@ -18,7 +18,7 @@ from ._buffers import ALIGN, Buffer, BufferPool
 from ._compression import Compressor
 from ._objectstore import ObjectDigests, compute_digests
 
-__all__ = ["DIGEST_SIZE", "Packed", "Packer", "Piece", "Raw", "object_name", "piece_name"]
+__all__ = ["Packed", "Packer", "Piece", "Raw", "object_name", "piece_name"]
 
 # A chunk whose samples (4 x 16 KiB, spread over it) do not shrink by 3 % is stored raw
 # without compressing it whole: on random, compressed or encrypted data, zstd costs as

@@ -2,8 +2,8 @@
 which hash makes the block list.
 
 Codecs: three corpora of 64 MiB cut into 4 MiB chunks, packed one thread at a time the
-way ``backup/_chunk_pack.py`` packs them (4 samples of 16 KiB decide raw or compressed,
-then the whole chunk is compressed), CPU time of the thread (sampling included) per GiB
+way the backup packs them (``Packer.codec_for``: 4 samples of 16 KiB decide raw, mixed or
+compressible, then the whole chunk is compressed), CPU time of the thread (sampling included) per GiB
 and the share of bytes stored:
 
 * ``files`` — shared libraries and Python sources of this machine, back to back;
@@ -40,14 +40,13 @@ from _goals import median, rotated
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from notifykit.backup._block_hash import get_block_hash  # noqa: E402
+from notifykit.backup._block_hash import SHA256, get_block_hash  # noqa: E402
+from notifykit.backup._chunk_pack import Packer  # noqa: E402
 from notifykit.backup._compression import get_compressor  # noqa: E402
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB
 CORPUS = 64 * MIB
-SAMPLES, SAMPLE = 4, 16 * 1024
-INCOMPRESSIBLE = 0.97
 TEXT = (b"notifykit benchmark volume, compressible text repeated over and over. " * 15_000)[:MIB]
 
 
@@ -78,15 +77,13 @@ def corpora() -> dict[str, bytes]:
 
 def packer(level: int, mixed: bool) -> Callable[[memoryview], int]:
     """What one chunk costs to store under a policy: the bytes stored (the CPU is timed outside)."""
-    codec = get_compressor("zstd", level)
-    fast = codec.for_mixed() if mixed else codec
+    packer = Packer(get_compressor("zstd", level), (), buffers=False, block_hash=SHA256)
 
     def pack(chunk: memoryview) -> int:
-        step = len(chunk) // SAMPLES
-        sizes = [len(codec.compress(chunk[i * step:i * step + SAMPLE])) for i in range(SAMPLES)]
-        if sum(sizes) >= INCOMPRESSIBLE * SAMPLES * SAMPLE:
+        codec = packer.codec_for(chunk)  # the backup's own rule; the anchor keeps the level for mixed chunks
+        if codec is None:
             return len(chunk)
-        use = fast if max(sizes) >= INCOMPRESSIBLE * SAMPLE else codec
+        use = codec if mixed else packer.compressor
         return min(len(chunk), len(use.compress(chunk)))
 
     return pack
