@@ -1,15 +1,8 @@
 """ChunkedBackupDriver: split a volume into chunks, compress, checksum, store as objects.
 
-The shape of Cinder's ChunkedBackupDriver on an ObjectStore, as an asyncio pipeline:
-
-    reader ──(bounded stream)──► N pack workers ──(bounded stream)──► M writers
-
-Reads, hashing/compression and object writes all run in worker threads (zlib, zstd and
-hashlib release the GIL), so several cores work at once while the event loop only moves
-chunk references. The streams are bounded, so memory stays at a few chunks per worker;
-for a store that ``accepts_buffers`` those chunks are reused page-aligned buffers
-(``_buffers``): each chunk is read into one, compressed into another, and handed to the
-store as views of them (``_chunk_pack``).
+The shape of Cinder's ChunkedBackupDriver on an ObjectStore: a backup is a pipeline of
+reads, pack workers and writers (``_chunk_backup``), a restore fetches, checks and writes
+objects in parallel (``_chunk_restore``); both run their CPU work in worker threads.
 
 Every backup also stores, beside its metadata, a digest of each block of the volume
 (Cinder's ``_sha256file``, blocks of ``backup_sha_block_size_bytes`` = 32 KiB; the hash is
@@ -36,34 +29,32 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._block_hash import DEFAULT_BLOCK_HASH, DIGEST_SIZE, BlockHash, get_block_hash
-from ._buffers import ALIGN, BufferPool, declared_with
+from ._buffers import declared_with
 from ._catalog import BackupRecord
+from ._chunk_backup import backup_objects
 from ._chunk_layers import (
     METADATA_VERSION,
     Layer,
     PlanItem,
     get_backup_object,
-    merge_runs,
     read_chain,
     read_layer,
     restore_plan,
 )
-from ._chunk_pack import Packed, Packer, Raw
+from ._chunk_pack import Packer
 from ._chunk_restore import restore_objects
 from ._compression import Compressor, get_compressor
 from ._driver import BackupDriver, BackupResult, ObjectCallback
 from ._errors import BackupConfigError, BackupError, CorruptBackupError, ObjectNotFoundError
-from ._objectstore import ObjectStore, put_object, wanted_digests
-from ._sparse import ZeroRuns, data_chunk, is_sparse_capable
+from ._objectstore import ObjectStore, wanted_digests
 from ._targets import RestoreTarget, open_target
-from ._tracing import timed, timed_async
+from ._tracing import timed_async
 from ._volume import is_rbd_url, open_volume, volume_size
 
 __all__ = ["BLOCK_SIZE", "DEFAULT_CHUNK_SIZE", "DEFAULT_UPLOADS", "MAX_CHUNK_SIZE", "MAX_PARALLEL",
@@ -203,16 +194,19 @@ class ChunkedBackupDriver(BackupDriver):
         size = source.size if source is not None else 0
         if source is None:
             fh, size = await anyio.to_thread.run_sync(open_volume, record.volume_path)
+        sha_name = self.sha256file_name(prefix)
+        # the store's wanted digests and buffer capability, and the chain's block hash
+        packer = Packer(self.compressor, wanted_digests(self.store),
+                        buffers=declared_with(self.store, "accepts_buffers", "put_object"), block_hash=block_hash)
         try:
-            await self.store.create_container(container)
-            entries, digests, zeros = await self._run_backup_pipeline(
-                fh, size, record.volume_path, container, prefix, on_object, chunk_size, block_size, parent_digests,
-                block_hash, source=source)
+            entries, digests, zeros = await backup_objects(
+                self.store, packer, fh, size, record.volume_path, container, prefix, sha_name, on_object, chunk_size,
+                block_size, parent_digests, workers=self.workers, uploads=self.uploads, source=source)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         finally:
             if fh is not None:
                 await anyio.to_thread.run_sync(fh.close)
-        sha_name = self.sha256file_name(prefix)
-        await timed_async("metadata", self.store.put_object)(container, sha_name, digests)
         metadata = {
             # sha256 lists are written as version 3 was, so an older notifykit still reads them
             "version": METADATA_VERSION if block_hash.name != "sha256" else 3,
@@ -236,92 +230,6 @@ class ChunkedBackupDriver(BackupDriver):
         await self.store.sync_container(container)
         return BackupResult(container=container, service_metadata=prefix, size_bytes=size,
                             object_count=len(entries), stored_bytes=sum(e["stored_length"] for e in entries))
-
-    async def _run_backup_pipeline(self, fh: BinaryIO | None, size: int, where: str, container: str, prefix: str,
-                                   on_object: ObjectCallback, chunk_size: int, block_size: int,
-                                   parent: bytes | None, block_hash: BlockHash, *,
-                                   source: Any = None) -> tuple[list[dict[str, Any]], bytes, ZeroRuns]:
-        entries: list[dict[str, Any]] = []
-        digests: dict[int, bytes] = {}
-        zeros: ZeroRuns = []
-        count = math.ceil(size / chunk_size)
-        fd = fh.fileno() if fh is not None else -1
-        sparse = fh is not None and await anyio.to_thread.run_sync(is_sparse_capable, fd)
-        # digests hashed with the chunk in its pack worker; views of reused buffers if the store takes them
-        packer = Packer(self.compressor, wanted_digests(self.store),
-                        buffers=declared_with(self.store, "accepts_buffers", "put_object"), block_hash=block_hash)
-        # Reused buffers, as many as chunks can be in flight: read into (a file volume), and
-        # compressed into; each goes back once the chunk is packed or its objects stored.
-        inputs = BufferPool(chunk_size, 3 * self.workers + self.uploads + 2) \
-            if packer.buffers and source is None else None
-        outputs = BufferPool(chunk_size + ALIGN, 2 * self.workers + self.uploads + 1) \
-            if packer.buffers and self.compressor.name != "none" else None
-
-        async def read(out: MemoryObjectSendStream[Raw]) -> None:
-            """Each chunk, in order; one holding no data (a hole) goes on unread."""
-            async with out:
-                index = 0
-                while index < count:
-                    lease = (inputs, await inputs.acquire()) if inputs is not None else None
-                    at, data = await anyio.to_thread.run_sync(
-                        timed("read", data_chunk), fd, index * chunk_size, chunk_size, size, where, sparse,
-                        lease[1].view if lease is not None else None)
-                    for hole in range(index, count if data is None else at // chunk_size):
-                        offset = hole * chunk_size
-                        await out.send(Raw(hole, offset, min(chunk_size, size - offset), None))
-                    if data is None:
-                        if lease is not None:
-                            lease[0].release(lease[1])
-                        break
-                    index = at // chunk_size
-                    await out.send(Raw(index, at, len(data), data, buffer=lease))
-                    index += 1
-
-        async def pack(inp: MemoryObjectReceiveStream[Raw], out: MemoryObjectSendStream[Packed]) -> None:
-            async with inp, out:
-                async for raw in inp:
-                    if raw.data is None:  # digests are constants: no thread needed
-                        await out.send(packer.pack(raw, prefix, block_size, parent))
-                        continue
-                    room = (outputs, await outputs.acquire()) if outputs is not None else None
-                    packed = await anyio.to_thread.run_sync(timed("pack", packer.pack), raw, prefix, block_size,
-                                                            parent, room)
-                    for lease in (raw.buffer, room):  # not viewed by any object: free for the next chunk
-                        if lease is not None and lease not in packed.buffers:
-                            lease[0].release(lease[1])
-                    await out.send(packed)
-
-        async def write(inp: MemoryObjectReceiveStream[Packed]) -> None:
-            async with inp:
-                async for packed in inp:
-                    for piece in packed.pieces:
-                        # a memoryview only for a store that accepts_buffers (it keeps no reference)
-                        await timed_async("store", put_object)(self.store, container, piece.name,
-                                                               cast(bytes, piece.stored), piece.digests)
-                        entries.append({"name": piece.name, "offset": piece.offset, "length": piece.length,
-                                        "stored_length": len(piece.stored), "compression": piece.compression})
-                    for pool, buffer in packed.buffers:
-                        pool.release(buffer)
-                    digests[packed.index] = packed.digests
-                    zeros.extend(packed.zeros)
-                    await on_object(packed.length)
-
-        raw_send, raw_recv = anyio.create_memory_object_stream[Raw](self.workers)
-        packed_send, packed_recv = anyio.create_memory_object_stream[Packed](self.workers)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read if source is None else source.reader(chunk_size, block_size, Raw), raw_send)
-                for _ in range(self.workers):
-                    tg.start_soon(pack, raw_recv.clone(), packed_send.clone())
-                for _ in range(self.uploads):
-                    tg.start_soon(write, packed_recv.clone())
-                raw_recv.close()
-                packed_send.close()
-                packed_recv.close()
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        entries.sort(key=lambda e: int(e["offset"]))
-        return entries, b"".join(digests[i] for i in range(count)), merge_runs(zeros)
 
     # -- reading a backup's metadata (_chunk_layers) -----------------------------------
 
