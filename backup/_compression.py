@@ -1,6 +1,11 @@
 """Chunk compression codecs: none, zlib, bz2 (Cinder offers both) and zstd (the
 ``zstandard`` package).
 
+``zlib`` is zlib-ng (the ``zlib-ng`` package, in the ``backup`` extra) when it is
+installed: the same stream format and levels as zlib, compressing about 2.7 times and
+inflating 1.5 times as fast (``benchmarks/codec_choice.py``); streams written by either
+library restore with the other, so Cinder's and older notifykit's zlib backups still do.
+
 Codecs are stateless from the caller's view and safe to call from several worker
 threads at once. zstd contexts are not thread-safe, so each worker thread keeps its own
 and reuses it chunk after chunk: a new context per chunk allocated and cleared its match
@@ -15,6 +20,7 @@ from __future__ import annotations
 import bz2
 import threading
 import zlib
+from types import ModuleType
 from typing import Any, Protocol
 
 from ._errors import BackupConfigError, CorruptBackupError
@@ -97,14 +103,32 @@ class NoCompression:
         return self
 
 
+def deflate_library() -> ModuleType:
+    """zlib-ng's zlib API when the package is installed, else the standard library's zlib."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        return zlib
+    return zlib_ng
+
+
 class ZlibCompression:
     name = "zlib"
 
     def __init__(self, level: int = 6) -> None:
         self.level = level
+        self._zlib = deflate_library()
+        self._errors: tuple[type[Exception], ...] = (zlib.error, self._zlib.error)
+
+    @property
+    def library(self) -> str:
+        """Which deflate implementation and version does the work (for reports)."""
+        if self._zlib is zlib:
+            return f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
+        return f"zlib-ng {getattr(self._zlib, 'ZLIBNG_VERSION', '?')}"
 
     def compress(self, data: Buffer) -> bytes:
-        return zlib.compress(data, self.level)
+        return bytes(self._zlib.compress(data, self.level))
 
     def compress_into(self, data: Buffer, out: memoryview) -> int | None:
         return _copy_into(self.compress(data), out)
@@ -112,12 +136,12 @@ class ZlibCompression:
     def decompress(self, data: bytes, expected_size: int) -> bytes:
         try:
             # max_length bounds memory if a corrupt stream claims to expand forever.
-            inflater = zlib.decompressobj()
-            out = inflater.decompress(data, expected_size + 1)
+            inflater = self._zlib.decompressobj()
+            out = bytes(inflater.decompress(data, expected_size + 1))
             if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
                 raise CorruptBackupError("zlib stream is truncated or has trailing data")
             return out
-        except zlib.error as exc:
+        except self._errors as exc:
             raise CorruptBackupError(f"zlib stream does not decompress: {exc}") from None
 
     def decompress_into(self, data: Buffer, out: memoryview) -> int:

@@ -1,5 +1,5 @@
-"""The backup's per-byte choices, measured (issue 29): which zstd setting packs a chunk, and
-which hash makes the block list.
+"""The backup's per-byte choices, measured (issue 29): which zstd setting packs a chunk,
+which hash makes the block list, and which deflate library the zlib codec uses.
 
 Codecs: three corpora of 64 MiB cut into 4 MiB chunks, packed one thread at a time the
 way the backup packs them (``Packer.codec_for``: 4 samples of 16 KiB decide raw, mixed or
@@ -17,7 +17,14 @@ shrink, some do not — at level 2's fast strategy: ``ZstdCompression.for_mixed`
 ``zstd-2`` and ``zstd-1`` everywhere.
 
 Block hashes: sha256 (the anchor, Cinder's) and blake3 over 32 KiB blocks of 256 MiB of
-random bytes, CPU-s per GiB. Every figure is the median of interleaved rounds.
+random bytes, CPU-s per GiB.
+
+Deflate libraries for the ``zlib`` codec (Cinder's default), on the ``files`` corpus, whole
+4 MiB chunks: the standard library's zlib at level 6 (the anchor: Cinder's ``zlib.compress``),
+zlib-ng at the same level (what the codec uses when ``zlib-ng`` is installed) and, when the
+``isal`` package is installed, ISA-L at its levels 1-3 (it has no others): compress and
+inflate CPU-s per GiB of the volume, and the share stored. Every figure is the median of
+interleaved rounds.
 
 Usage: python benchmarks/codec_choice.py [ROUNDS]
 """
@@ -109,6 +116,40 @@ def hash_cost(name: str, data: bytes) -> float:
     return (time.thread_time() - start) * MIB * 1024 / len(data)
 
 
+def deflaters() -> dict[str, tuple[Callable[[memoryview], bytes], Callable[[bytes], bytes]]]:
+    """Each deflate library measured: (compress a chunk, inflate it)."""
+    import zlib
+
+    out: dict[str, tuple[Callable[[memoryview], bytes], Callable[[bytes], bytes]]] = {
+        "zlib-6": (lambda chunk: zlib.compress(chunk, 6), zlib.decompress)}
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        pass
+    else:
+        out["zlib-ng-6"] = (lambda chunk: zlib_ng.compress(chunk, 6), zlib_ng.decompress)
+    try:
+        from isal import isal_zlib  # not a dependency: pip install isal to compare it
+    except ImportError:
+        pass
+    else:
+        for level in (1, 2, 3):
+            out[f"isal-{level}"] = (lambda chunk, level=level: isal_zlib.compress(chunk, level), isal_zlib.decompress)
+    return out
+
+
+def deflate_cost(compress: Callable[[memoryview], bytes], inflate: Callable[[bytes], bytes],
+                 data: bytes) -> tuple[float, float, float]:
+    """(compress, inflate) CPU-s per GiB of ``data`` and the share stored."""
+    view, per_gib = memoryview(data), MIB * 1024 / len(data)
+    start = time.thread_time()
+    packed = [compress(view[i:i + CHUNK]) for i in range(0, len(view), CHUNK)]
+    squeezed = time.thread_time() - start
+    start = time.thread_time()
+    assert b"".join(inflate(p) for p in packed) == data
+    return squeezed * per_gib, (time.thread_time() - start) * per_gib, sum(map(len, packed)) / len(data)
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     data = corpora()
@@ -116,6 +157,9 @@ def main() -> None:
     stored: dict[str, dict[str, float]] = {c: {} for c in data}
     noise = b"".join(random.Random(1).randbytes(MIB) for _ in range(256))
     hashes: dict[str, list[float]] = {"sha256": [], "blake3": []}
+    libraries = deflaters()
+    deflate: dict[str, dict[str, list[float]]] = {lib: {"compress": [], "inflate": [], "stored": []}
+                                                  for lib in libraries}
     for n in range(rounds):
         for corpus, blob in data.items():
             for policy in rotated(list(POLICIES), n):
@@ -124,6 +168,10 @@ def main() -> None:
                 stored[corpus][policy] = round(share, 4)
         for name in rotated(list(hashes), n):
             hashes[name].append(hash_cost(name, noise))
+        for lib in rotated(list(libraries), n):
+            for key, value in zip(("compress", "inflate", "stored"), deflate_cost(*libraries[lib], data["files"]),
+                                  strict=True):
+                deflate[lib][key].append(value)
     out: dict[str, Any] = {
         "machine": platform.processor() or platform.machine(), "rounds": rounds, "chunk_mib": CHUNK // MIB,
         "codecs": {corpus: {policy: {"cpu_s_per_gib": round(median(cpu[corpus][policy]), 3),
@@ -137,6 +185,14 @@ def main() -> None:
         "sha256_has_cpu_extension": "sha_ni" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
         else None,
         "hashlib_openssl": hashlib.sha256.__name__,
+        "deflate_files": {lib: {"compress_cpu_s_per_gib": round(median(v["compress"]), 3),
+                                "inflate_cpu_s_per_gib": round(median(v["inflate"]), 3),
+                                "stored_share": round(median(v["stored"]), 4),
+                                "compress_cpu_vs_zlib_6": round(median([a / b for a, b in zip(
+                                    v["compress"], deflate["zlib-6"]["compress"], strict=True)]), 3),
+                                "inflate_cpu_vs_zlib_6": round(median([a / b for a, b in zip(
+                                    v["inflate"], deflate["zlib-6"]["inflate"], strict=True)]), 3)}
+                          for lib, v in deflate.items()},
     }
     print(json.dumps(out, indent=2))
 
