@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from notifykit import ContextLike, Notification, Priority
 from notifykit.backup import BackupService
@@ -48,6 +50,20 @@ class CpuWindow:
 
     def start(self) -> None:
         self._start, self._end = self._now(), None
+
+    async def settle(self, interval: float = 0.2, quiet: float = 0.02, limit: float = 10.0) -> float:
+        """Wait until the servers are idle (less than ``quiet`` CPU seconds in an ``interval``,
+        at most ``limit`` seconds): work a server defers after the previous contender (an
+        OSD catching up on deletions) then lands in nobody's timing. The seconds waited."""
+        waited, before = 0.0, self._now()
+        while waited < limit:
+            await anyio.sleep(interval)
+            waited += interval
+            now = self._now()
+            if sum(now[k] - before[k] for k in self.pids) < quiet:
+                break
+            before = now
+        return waited
 
     def mark(self) -> None:
         if self._end is None:

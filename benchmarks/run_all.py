@@ -152,7 +152,14 @@ NOTES = """\
   check, 0.2 in decompression, the rest in the kernel's copies and the sync. `cp` uses
   0.33 CPU-s per GiB (the kernel copies page to page), so on two cores shared with other
   jobs the goals of 0.6 x cp stay out of reach for a tool that hashes every byte.
-- **swift_backup**: with the blake3 block list (two runs, 5 rounds each): no compression 0.945
+- **swift_backup**: on the session of 2026-12-07 afternoon's VM (slower: `swift upload`
+  157-196 MiB/s): no compression 0.984 before and 0.963 and 0.965 after the backup's
+  container and block list round trips moved beside its chunks (the result below; one run
+  each, 5 rounds), zstd 1.43 → 1.33-1.34. The run-to-run spread is wider than the change:
+  on a 4 MiB backup, where the fixed round trips show, it took 0.10 → 0.08 s, 8 MiB 0.13 →
+  0.105 s. Client CPU none 0.81 → 0.81-0.94 s against 0.72-0.84 s (the blake3 list: about
+  0.07 s on an idle core, 0.12 s beside the servers). Before, with the blake3 block list
+  (two runs, 5 rounds each): no compression 0.945
   and 0.932 x `swift upload`, zstd 1.31 and 1.38; client CPU none 0.68-0.72 s against 0.61
   (py-spy of the pack workers: the ETag's MD5 is ten times the blake3 list; both clients
   compute the MD5), the Swift servers the same for both. How it got there: client, proxy
@@ -181,7 +188,19 @@ NOTES = """\
   after: the HTTP side is small and unchanged. The backup does `swift upload`'s MD5 plus the
   block list's sha256 on the cores the Swift servers use, so when they are saturated the
   ratio follows total CPU (about 0.9); on a quieter machine it reaches 1.0.
-- **s3_backup**: with the blake3 block list (two runs, 5 rounds each): no compression 0.965
+- **s3_backup**: drifts more within one day than anything changed in it: the same code
+  (8865743's driver) measured 0.969 x the boto3 loop at 13:12 UTC on this VM and 0.858 at
+  14:27 (the full benchmark, 5 rounds, its driver loaded beside the new one); the new driver
+  (container and block list beside the chunks) 0.817, 0.898 and 0.858 (the result below)
+  in the afternoon, 0.958 against the old driver's 0.987 in a run of just the three (6
+  rounds; new vs old paired 0.971), and 1.148 against 1.179 s (6 alternated backups in one
+  process). In every afternoon run the OSD spent 0.63-0.69 CPU-s in the backup's window
+  against 0.33-0.38 for each upload loop, with the old driver as with the new, and 0.40 in
+  the morning; waiting for RGW and the OSD to be idle before each timing (`settle_s_median`)
+  changed nothing, and 64 obstore PUTs with the backup's long key names against short ones
+  were within the OSD's own spread. `boto3_read_put_loop` (new) reads its chunks from the
+  file inside the timing, as the backup must: the backup none 0.86-0.88 x it. Before, with
+  the blake3 block list (two runs, 5 rounds each): no compression 0.965
   and 0.974 x the boto3 loop, zstd 1.59 and 1.60; client CPU none 0.42-0.44 s against
   boto3's 0.40-0.41 and the obstore loop's 0.23-0.24 (the backup reads the file, hashes the
   blocks and writes the block list and metadata; handing obstore the reused buffers instead
