@@ -21,7 +21,6 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.exceptions
-import anyio.to_thread
 import pamqp.commands
 import pamqp.exceptions
 import pamqp.frame
@@ -120,12 +119,8 @@ class AmqpLink:
         """The amqps:// context, loaded once in a worker thread (it reads the CA and key files)."""
         if not self.options.tls.enabled:
             return None
-        if self._ssl_context is None:
-            try:
-                self._ssl_context = await anyio.to_thread.run_sync(self.options.tls.load_context)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise PermanentError(f"TLS files of transport {self.name!r} ({self.url.redacted}) "
-                                     f"cannot be loaded: {exc}") from None
+        if self._ssl_context is None:  # the toolkit's loader: a PermanentError naming the transport
+            self._ssl_context = await self.options.tls.client_context(f"amqp {self.name!r} {self.url.redacted}")
         return self._ssl_context
 
     async def connect(self) -> aio_pika.abc.AbstractConnection:

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-import anyio.to_thread
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -190,12 +189,8 @@ class MqttTransport(Transport):
     async def _tls_context(self) -> ssl.SSLContext | None:
         if not self.options.tls.enabled:
             return None
-        if self._ssl_context is None:
-            try:
-                self._ssl_context = await anyio.to_thread.run_sync(self.options.tls.load_context)
-            except (OSError, ValueError) as exc:
-                raise PermanentError(f"TLS files of transport {self.name!r} ({self.settings.url.redacted}) "
-                                     f"cannot be loaded: {exc}") from None
+        if self._ssl_context is None:  # the toolkit's loader: a PermanentError naming the transport
+            self._ssl_context = await self.options.tls.client_context(self._where())
         return self._ssl_context
 
     async def _ensure_connected(self) -> Link:

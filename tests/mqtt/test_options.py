@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from notifykit import ConfigError, Notifier
+from notifykit.transport import PermanentError
 from notifykit.transports.mqtt import MqttTransport
 
 from .support import free_port
@@ -66,3 +67,13 @@ async def test_the_password_is_never_shown(dead_letter_path: Path) -> None:
         error = notifier.stats()["mqtt"].last_error
     assert error and "Connection refused" in error and "s3cret-pw" not in error
     assert "s3cret-pw" not in dead_letter_path.read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_ca_file_that_does_not_load_is_one_permanent_error_in_the_toolkits_words(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    transport = build(f"mqtts://u:s3cret@127.0.0.1:{free_port()}/?ca_file={junk}")
+    with pytest.raises(PermanentError, match=r"^MQTT mqtts://u:\*+@127\.0\.0\.1:\d+/.*: cannot load TLS files: ") as info:
+        await transport.open()  # before any connection: a retry would not make the file load
+    assert "s3cret" not in str(info.value)
