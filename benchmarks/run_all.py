@@ -196,7 +196,9 @@ NOTES = """\
   rounds; new vs old paired 0.971), and 1.148 against 1.179 s (6 alternated backups in one
   process). In every afternoon run the OSD spent 0.63-0.69 CPU-s in the backup's window
   against 0.33-0.38 for each upload loop, with the old driver as with the new, and 0.40 in
-  the morning; waiting for RGW and the OSD to be idle before each timing (`settle_s_median`)
+  the morning, though its perf counters over the backup's window show the same operations
+  as the store's own put loop (66 writes and 132 bucket-index updates for 64 + 2 objects,
+  no reads); waiting for RGW and the OSD to be idle before each timing (`settle_s_median`)
   changed nothing, and 64 obstore PUTs with the backup's long key names against short ones
   were within the OSD's own spread. `boto3_read_put_loop` (new) reads its chunks from the
   file inside the timing, as the backup must: the backup none 0.86-0.88 x it. Where the
