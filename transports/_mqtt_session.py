@@ -246,7 +246,10 @@ class Link:
         session_present, code, answer = await asyncio.wait_for(self._connack, self.options.connect_timeout)
         if code.is_failure:
             raise Refused(code)
-        self.connected = self.ever_connected = True
+        self.ever_connected = True  # the broker has the session now: later connections resume it
+        if self.lost.done():  # lost before this task resumed: a stale connected=True would never reconnect
+            raise ConnectionError(f"the connection was lost right after the CONNACK: {self.lost.result()}")
+        self.connected = True
         self.session_present = session_present
         self.receive_maximum = int(getattr(answer, "ReceiveMaximum", 65535))
         self.maximum_qos = int(getattr(answer, "MaximumQoS", 2))

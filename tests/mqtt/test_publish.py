@@ -115,3 +115,28 @@ async def test_a_broker_that_says_quota_exceeded_gets_a_smaller_window(
     seen = await anyio.to_thread.run_sync(subscriber.wait_for, set(ids))
     assert set(seen) == set(ids)
     assert "(Quota exceeded); at most" in caplog.text
+
+
+async def test_a_connection_lost_right_after_its_connack_is_not_taken_for_connected(
+        broker: str, prefix: str, subscriber: Subscriber, dead_letter_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CONNACK and the loss of the connection can both be handled before the connecting task
+    resumes (a broker restarted under load closed the socket right after answering): the link
+    used to be marked connected anyway, so every retry found it 'connected', its loss already
+    recorded, and never reconnected (the SIGKILL fault test stalled that way). Now such a
+    connect fails and the next attempt connects again, resuming the session."""
+    original = Link._connected
+    lost_once: list[bool] = []
+
+    def connected(self: Link, session_present: bool, code: Any, props: Any) -> None:
+        if not lost_once:  # the first CONNACK arrives with its connection already gone
+            lost_once.append(True)
+            self._lost("connection lost (the test's)")
+        original(self, session_present, code, props)
+
+    monkeypatch.setattr(Link, "_connected", connected)
+    url = f"{broker}?topic={prefix}&qos=2&retry_initial_delay=0.01&retry_max_delay=0.1&circuit_reset_timeout=0.1"
+    with anyio.fail_after(30):
+        ids = await publish(url, dead_letter_path, 20)
+    seen = await anyio.to_thread.run_sync(subscriber.wait_for, set(ids))
+    assert set(seen) == set(ids) and lost_once
